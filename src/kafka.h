@@ -1,0 +1,125 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka.h
+ *	  Kafka ingestion: sources, workers, the launcher and message decoders.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef KAPPA_KAFKA_H
+#define KAPPA_KAFKA_H
+
+#include "postgres.h"
+
+#include "access/tupdesc.h"
+#include "utils/jsonb.h"
+
+/*
+ * A Kafka source as stored in kappa.source_catalog, with its options split
+ * into librdkafka properties and pg_kappa's own (batch bounds, format
+ * options).
+ */
+typedef struct KappaSource
+{
+	int32		id;
+	char	   *name;
+	Oid			owner;
+	Oid			target;
+	char	   *topic;
+	char	   *brokers;
+	char	   *format;
+	char	   *start;
+	int32		parallelism;
+	Jsonb	   *options;		/* as given by the user */
+	bool		paused;
+	int			batch_size;		/* option batch_size, or -1: the GUC */
+	int			max_latency_ms; /* option max_latency, or -1: the GUC */
+} KappaSource;
+
+/* Arguments of a source worker, carried in bgw_extra. */
+typedef struct KappaWorkerArgs
+{
+	Oid			dboid;
+	Oid			owner;
+	int32		source_id;
+	int32		slot;
+	bool		managed;		/* started by the launcher */
+} KappaWorkerArgs;
+
+#define KAPPA_WORKER_TYPE		"pg_kappa worker"
+#define KAPPA_LAUNCHER_TYPE		"pg_kappa launcher"
+#define KAPPA_SCANNER_TYPE		"pg_kappa scanner"
+
+/* in launcher.c */
+extern void KappaKafkaPreloadInit(void);
+extern bool KappaLauncherActive(void);
+extern void KappaLauncherWake(void);
+extern bool KappaStartWorker(const KappaWorkerArgs *args, const char *source_name,
+							 bool restart_on_exit, void **handle);
+extern PGDLLEXPORT void KappaLauncherMain(Datum arg);
+extern PGDLLEXPORT void KappaScannerMain(Datum arg);
+
+/* in kafka_source.c */
+extern Oid	KappaCatalogOwner(void);
+extern KappaSource *KappaSourceLoad(int32 source_id, bool missing_ok);
+extern bool KappaOptionIsSecret(const char *key);
+extern bool KappaOptionIsKappa(const char *key);
+extern void *KappaKafkaConfBuild(KappaSource *source, bool validate_only,
+								 char *errbuf, size_t errlen);
+extern void KappaSwitchToCatalogOwner(Oid *save_userid, int *save_sec);
+extern void KappaRestoreFromCatalogOwner(Oid save_userid, int save_sec);
+extern int	KappaSourceMaxMessageBytes(KappaSource *source);
+extern Jsonb *KappaFormatOptions(KappaSource *source);
+
+/* in kafka_worker.c */
+extern PGDLLEXPORT void KappaKafkaWorkerMain(Datum arg);
+
+/* in decode.c */
+typedef enum KappaFormat
+{
+	KAPPA_FORMAT_JSON,
+	KAPPA_FORMAT_CSV,
+	KAPPA_FORMAT_TEXT,
+	KAPPA_FORMAT_BYTEA
+} KappaFormat;
+
+/* Coordinates and metadata of one Kafka message. */
+typedef struct KappaMessageMeta
+{
+	const char *key;			/* NULL if the message has no key */
+	size_t		keylen;
+	int32		partition;
+	int64		offset;
+	int64		timestamp_ms;	/* -1 if unknown */
+	void	   *headers;		/* rd_kafka_headers_t *, or NULL */
+} KappaMessageMeta;
+
+typedef struct KappaDecoder KappaDecoder;
+
+/*
+ * KappaParseFormat maps a format name to KappaFormat, raising a clear error
+ * for an unknown one.
+ */
+extern KappaFormat KappaParseFormat(const char *name);
+
+/*
+ * KappaDecoderCreate prepares decoding of messages into rows of 'tupdesc'.
+ * 'options' holds format options (e.g. csv delimiter, quote, header; json
+ * strict) and may be NULL.  Raises an error at creation when a column of the
+ * target cannot be filled by the format (the check create_kafka_source runs).
+ * Everything is allocated in the current memory context.
+ */
+extern KappaDecoder *KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc,
+										Jsonb *options);
+
+/*
+ * KappaDecode decodes one message payload into values/nulls (arrays of
+ * tupdesc->natts), filling the kafka_* metadata columns from 'meta'.  Missing
+ * fields give the column default or NULL.  A message that cannot be decoded
+ * raises an ERROR (errcode and errmsg say why); the caller isolates it.
+ * Allocates in the current memory context.
+ */
+extern void KappaDecode(KappaDecoder *decoder, const char *payload, size_t len,
+						const KappaMessageMeta *meta,
+						Datum *values, bool *nulls);
+
+#endif							/* KAPPA_KAFKA_H */

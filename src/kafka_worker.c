@@ -1,0 +1,1396 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka_worker.c
+ *	  The worker of one Kafka source slot: consumes its partitions and applies
+ *	  them to the target, one batch per transaction, exactly once.
+ *
+ * Exactly once.  The next offset of every partition lives in
+ * kappa.source_offsets.  A batch's rows (or stream rows, with every view
+ * delta), its dead letters and the new offsets are written in one
+ * transaction, and the offset rows are updated only if they still hold the
+ * offsets the batch started from -- so a crash at any instant neither loses
+ * nor duplicates a message, and a second worker on the same partitions (which
+ * the session advisory lock should already prevent) cannot commit a
+ * duplicate either.  Partitions are assigned explicitly with the stored
+ * offsets; nothing is committed to Kafka.
+ *
+ * Bad messages.  A batch runs in a subtransaction.  When it fails in one
+ * message (decoding, type or constraint), that message becomes a dead letter
+ * and the messages before it are applied again; when it fails while
+ * applying a stream batch to its views, the range is bisected until the
+ * offending messages are alone.  Errors that do not belong to a message
+ * (cancel, shutdown, lack of resources, serialization failures) abort the
+ * whole transaction and the worker exits; it is restarted and starts over
+ * from the stored offsets.
+ *
+ * Threads.  librdkafka runs its own threads.  Its log lines and errors are
+ * routed to the consumer queue (log.queue) and served by
+ * rd_kafka_consumer_poll in this process's main thread; the callbacks only
+ * copy text into static buffers, which the main loop reports with elog.
+ * The queue's event fd (a pipe) wakes the latch wait when messages arrive.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <librdkafka/rdkafka.h>
+
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "pg_kappa.h"
+#include "kafka.h"
+
+/* Per-partition state of this worker. */
+typedef struct KwPartition
+{
+	bool		exists;			/* the topic has it */
+	bool		mine;			/* partition % parallelism == slot */
+	bool		assigned;		/* given to librdkafka */
+	int64		committed;		/* next offset, as stored */
+	int64		hwm;			/* high watermark, -1 if unknown */
+	int64		batch_next;		/* next offset after this batch, or -1 */
+} KwPartition;
+
+typedef struct KwDead
+{
+	ErrorData  *edata;
+} KwDead;
+
+static KappaWorkerArgs kw_args;
+static KappaSource *kw_source;
+static char *kw_source_name;
+
+static MemoryContext kw_long_cxt;	/* lives as long as the worker */
+static MemoryContext kw_target_cxt; /* decoder and plan, rebuilt on change */
+static MemoryContext kw_batch_cxt;	/* reset after each batch */
+static MemoryContext kw_row_cxt;	/* reset after each message */
+
+static rd_kafka_t *kw_rk;
+static rd_kafka_queue_t *kw_queue;
+static int	kw_pipe[2] = {-1, -1};
+
+static KwPartition *kw_parts;
+static int	kw_nparts;			/* allocated entries of kw_parts */
+
+/* The current batch. */
+static rd_kafka_message_t **kw_msgs;
+static int	kw_nmsgs;
+static KwDead *kw_dead;
+static TimestampTz kw_batch_deadline;
+
+/* The target, as of the last batch. */
+static bool kw_is_stream;
+static TupleDesc kw_tupdesc;
+static KappaDecoder *kw_decoder;
+static SPIPlanPtr kw_insert_plan;
+static int *kw_colmap;			/* insert parameter i is attribute kw_colmap[i] */
+static int	kw_ncols;
+static Datum *kw_values;
+static bool *kw_nulls;
+static Datum *kw_params;
+static char *kw_paramnulls;
+static TupleTableSlot *kw_slot;
+static int	kw_max_message_bytes;
+static int	kw_failed_index;	/* message being processed, -1 in apply */
+
+/* Catalog plans (executed as the catalog owner). */
+static SPIPlanPtr kw_offsets_plan;
+static SPIPlanPtr kw_dead_plan;
+static SPIPlanPtr kw_status_plan;
+
+/* Status and statistics. */
+static const char *kw_state = "starting";
+static const char *kw_reported_state = NULL;
+static char kw_last_error[1024];
+static bool kw_error_pending;	/* kw_last_error not yet stored */
+static TimestampTz kw_last_status_flush;
+static TimestampTz kw_rate_window_start;
+static int64 kw_rate_msgs;
+static int64 kw_rate_bytes;
+static double kw_msgs_per_sec;
+static double kw_bytes_per_sec;
+
+/* librdkafka callbacks copy here; the main loop reports. */
+#define KW_LOG_LINES 16
+static char kw_log_lines[KW_LOG_LINES][512];
+static int	kw_log_count;
+static char kw_cb_error[512];
+static bool kw_cb_error_set;
+static int	kw_cb_error_code;
+
+static TimestampTz kw_next_metadata;
+static TimestampTz kw_next_catalog_check;
+static int	kw_metadata_backoff_ms = 500;
+
+static void kw_apply_batch(void);
+
+/*
+ * Callbacks: run from rd_kafka_consumer_poll in this thread (log.queue), but
+ * still never call elog (it could longjmp through librdkafka): copy only.
+ */
+static void
+kw_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	if (kw_log_count < KW_LOG_LINES)
+		snprintf(kw_log_lines[kw_log_count++], sizeof(kw_log_lines[0]),
+				 "%s: %s", fac, buf);
+}
+
+static void
+kw_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	snprintf(kw_cb_error, sizeof(kw_cb_error), "%s", reason);
+	kw_cb_error_code = err;
+	kw_cb_error_set = true;
+}
+
+/*
+ * kw_set_error records the last error for kappa.sources (stored at the next
+ * status flush) and logs it once.
+ */
+static void
+kw_set_error(const char *state, const char *fmt,...)
+{
+	char		buf[sizeof(kw_last_error)];
+	va_list		ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (strcmp(buf, kw_last_error) != 0)
+		ereport(LOG,
+				(errmsg("kafka source \"%s\": %s", kw_source_name, buf)));
+	strlcpy(kw_last_error, buf, sizeof(kw_last_error));
+	kw_error_pending = true;
+	kw_state = state;
+}
+
+/* kw_report_callbacks logs what librdkafka's callbacks left behind. */
+static void
+kw_report_callbacks(void)
+{
+	for (int i = 0; i < kw_log_count; i++)
+		ereport(LOG,
+				(errmsg("kafka source \"%s\": librdkafka: %s", kw_source_name,
+						kw_log_lines[i])));
+	kw_log_count = 0;
+	if (kw_cb_error_set)
+	{
+		kw_cb_error_set = false;
+		kw_set_error("retrying", "%s", kw_cb_error);
+	}
+}
+
+/*
+ * kw_exit_cb destroys the consumer without waiting for the broker, so that
+ * no librdkafka thread runs while the process exits.
+ */
+static void
+kw_exit_cb(int code, Datum arg)
+{
+	if (kw_rk)
+	{
+		rd_kafka_t *rk = kw_rk;
+
+		kw_rk = NULL;
+		if (kw_queue)
+			rd_kafka_queue_destroy(kw_queue);
+		rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+	}
+}
+
+static int
+kw_batch_size(void)
+{
+	return kw_source->batch_size > 0 ? kw_source->batch_size : kappa_batch_size;
+}
+
+static int
+kw_max_latency(void)
+{
+	return kw_source->max_latency_ms > 0 ? kw_source->max_latency_ms : kappa_max_latency_ms;
+}
+
+/*
+ * kw_catalog_exec runs a kept plan as the catalog owner.  Returns
+ * SPI_processed.
+ */
+static uint64
+kw_catalog_exec(SPIPlanPtr plan, Datum *values, const char *nulls, int expected_rc)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			rc;
+
+	KappaSwitchToCatalogOwner(&save_userid, &save_sec);
+	rc = SPI_execute_plan(plan, values, nulls, false, 0);
+	KappaRestoreFromCatalogOwner(save_userid, save_sec);
+	if (rc != expected_rc)
+		elog(ERROR, "pg_kappa catalog statement failed: %s", SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+/*
+ * kw_catalog_sql runs one statement as the catalog owner (SPI connected).
+ */
+static void
+kw_catalog_sql(const char *sql, int nargs, Oid *argtypes, Datum *values,
+			   const char *nulls)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			rc;
+
+	KappaSwitchToCatalogOwner(&save_userid, &save_sec);
+	rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
+	KappaRestoreFromCatalogOwner(save_userid, save_sec);
+	if (rc < 0)
+		elog(ERROR, "pg_kappa catalog statement failed: %s", SPI_result_code_string(rc));
+}
+
+static SPIPlanPtr
+kw_prepare(const char *sql, int nargs, Oid *argtypes)
+{
+	Oid			save_userid;
+	int			save_sec;
+	SPIPlanPtr	plan;
+
+	KappaSwitchToCatalogOwner(&save_userid, &save_sec);
+	plan = SPI_prepare(sql, nargs, argtypes);
+	KappaRestoreFromCatalogOwner(save_userid, save_sec);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+/* kw_partitions_text renders this worker's assigned partitions as int[]. */
+static char *
+kw_partitions_text(void)
+{
+	StringInfoData buf;
+	bool		first = true;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (int p = 0; p < kw_nparts; p++)
+		if (kw_parts[p].assigned)
+		{
+			appendStringInfo(&buf, "%s%d", first ? "" : ",", p);
+			first = false;
+		}
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/*
+ * kw_update_rates folds the messages of a batch into the per-second rates,
+ * over windows of at least one second.
+ */
+static void
+kw_update_rates(int64 msgs, int64 bytes)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		ms = TimestampDifferenceMilliseconds(kw_rate_window_start, now);
+
+	kw_rate_msgs += msgs;
+	kw_rate_bytes += bytes;
+	if (ms >= 1000)
+	{
+		kw_msgs_per_sec = kw_rate_msgs * 1000.0 / ms;
+		kw_bytes_per_sec = kw_rate_bytes * 1000.0 / ms;
+		kw_rate_msgs = 0;
+		kw_rate_bytes = 0;
+		kw_rate_window_start = now;
+	}
+}
+
+/*
+ * kw_flush_status writes state, partitions, rates, high watermarks and the
+ * last error in a transaction of its own (outside any batch).
+ */
+static void
+kw_flush_status(void)
+{
+	Oid			argtypes[6] = {INT4OID, INT4OID, TEXTOID, TEXTOID, FLOAT8OID, FLOAT8OID};
+	Datum		values[6];
+	char		nulls[6] = "      ";
+
+	kw_update_rates(0, 0);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+
+	values[0] = Int32GetDatum(kw_source->id);
+	values[1] = Int32GetDatum(kw_args.slot);
+	values[2] = CStringGetTextDatum(kw_state);
+	values[3] = CStringGetTextDatum(kw_partitions_text());
+	values[4] = Float8GetDatum(kw_msgs_per_sec);
+	values[5] = Float8GetDatum(kw_bytes_per_sec);
+	kw_catalog_sql("UPDATE kappa.source_status SET state = $3, partitions = $4::int[], "
+				   "messages_per_sec = $5, bytes_per_sec = $6, pid = pg_backend_pid(), "
+				   "updated_at = now() WHERE source_id = $1 AND slot = $2",
+				   6, argtypes, values, nulls);
+	if (kw_error_pending)
+	{
+		values[2] = CStringGetTextDatum(kw_last_error);
+		kw_catalog_sql("UPDATE kappa.source_status SET last_error = $3, last_error_at = now() "
+					   "WHERE source_id = $1 AND slot = $2", 3, argtypes, values, nulls);
+		kw_error_pending = false;
+	}
+	for (int p = 0; p < kw_nparts; p++)
+	{
+		Oid			t[3] = {INT4OID, INT4OID, INT8OID};
+		Datum		v[3];
+
+		if (!kw_parts[p].assigned || kw_parts[p].hwm < 0)
+			continue;
+		v[0] = Int32GetDatum(kw_source->id);
+		v[1] = Int32GetDatum(p);
+		v[2] = Int64GetDatum(kw_parts[p].hwm);
+		kw_catalog_sql("UPDATE kappa.source_offsets SET high_watermark = $3 "
+					   "WHERE source_id = $1 AND partition = $2 "
+					   "AND high_watermark IS DISTINCT FROM $3", 3, t, v, NULL);
+	}
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	kw_reported_state = kw_state;
+	kw_last_status_flush = GetCurrentTimestamp();
+}
+
+/*
+ * kw_refresh_watermarks reads the cached high watermarks of the assigned
+ * partitions (no broker round trip).
+ */
+static void
+kw_refresh_watermarks(void)
+{
+	for (int p = 0; p < kw_nparts; p++)
+	{
+		int64		lo,
+					hi;
+
+		if (!kw_parts[p].assigned)
+			continue;
+		if (rd_kafka_get_watermark_offsets(kw_rk, kw_source->topic, p, &lo, &hi) ==
+			RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0)
+			kw_parts[p].hwm = hi;
+	}
+}
+
+/*
+ * kw_check_source re-reads the source and exits cleanly when it is gone,
+ * paused, or no longer has this slot.  Runs outside any batch.
+ */
+static void
+kw_check_source(void)
+{
+	KappaSource *s;
+	const char *why = NULL;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	s = KappaSourceLoad(kw_source->id, true);
+	if (s == NULL)
+		why = "dropped";
+	else if (s->paused)
+		why = "paused";
+	else if (kw_args.slot >= s->parallelism)
+		why = "resized";
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	if (why)
+	{
+		ereport(LOG,
+				(errmsg("kafka source \"%s\" worker %d stopping: the source was %s",
+						kw_source_name, kw_args.slot, why)));
+		if (kw_args.managed)
+			KappaLauncherWake();
+		proc_exit(0);
+	}
+}
+
+/*
+ * kw_ensure_parts grows kw_parts to hold n partitions.
+ */
+static void
+kw_ensure_parts(int n)
+{
+	if (n <= kw_nparts)
+		return;
+	if (kw_parts == NULL)
+		kw_parts = MemoryContextAllocZero(kw_long_cxt, n * sizeof(KwPartition));
+	else
+	{
+		kw_parts = repalloc(kw_parts, n * sizeof(KwPartition));
+		memset(kw_parts + kw_nparts, 0, (n - kw_nparts) * sizeof(KwPartition));
+	}
+	for (int p = kw_nparts; p < n; p++)
+	{
+		kw_parts[p].hwm = -1;
+		kw_parts[p].batch_next = -1;
+	}
+	kw_nparts = n;
+}
+
+/*
+ * kw_resolve_start finds the first offset of a partition that has no stored
+ * offset yet, from the source's start: earliest, latest or a timestamp (the
+ * first message at or after it; where the broker has none -- or answers -1
+ * as some do -- the partition's end).  Returns false if the broker could not
+ * tell (the caller retries later).
+ */
+static bool
+kw_resolve_start(int32 partition, int64 *offset)
+{
+	int64		lo,
+				hi;
+	rd_kafka_resp_err_t err;
+
+	err = rd_kafka_query_watermark_offsets(kw_rk, kw_source->topic, partition,
+										   &lo, &hi, 2000);
+	if (err)
+	{
+		kw_set_error("retrying", "could not read offsets of partition %d of topic \"%s\": %s",
+					 partition, kw_source->topic, rd_kafka_err2str(err));
+		return false;
+	}
+	kw_parts[partition].hwm = hi;
+
+	if (strcmp(kw_source->start, "earliest") == 0)
+		*offset = lo;
+	else if (strcmp(kw_source->start, "latest") == 0)
+		*offset = hi;
+	else
+	{
+		TimestampTz ts = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in,
+																 CStringGetDatum(kw_source->start),
+																 ObjectIdGetDatum(InvalidOid),
+																 Int32GetDatum(-1)));
+		int64		ms = ts / 1000 + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * 86400 * 1000;
+		rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+
+		rd_kafka_topic_partition_list_add(l, kw_source->topic, partition)->offset = ms;
+		err = rd_kafka_offsets_for_times(kw_rk, l, 2000);
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			err = l->elems[0].err;
+		*offset = l->elems[0].offset;
+		rd_kafka_topic_partition_list_destroy(l);
+		if (err)
+		{
+			kw_set_error("retrying", "could not look up offsets for times in partition %d of topic \"%s\": %s",
+						 partition, kw_source->topic, rd_kafka_err2str(err));
+			return false;
+		}
+		if (*offset < 0)
+			*offset = hi;
+	}
+	return true;
+}
+
+/*
+ * kw_refresh_assignment reads the topic's partitions from the broker and
+ * assigns those of this slot that are not assigned yet, at their stored
+ * offsets (stored first, from the start option, for partitions never seen).
+ * On failure it records the error and backs off.
+ */
+static void
+kw_refresh_assignment(void)
+{
+	rd_kafka_topic_t *rkt;
+	const struct rd_kafka_metadata *md = NULL;
+	rd_kafka_resp_err_t err;
+	int			npart;
+	rd_kafka_topic_partition_list_t *add;
+	bool		missing = false;
+	int			nnew = 0;
+
+	rkt = rd_kafka_topic_new(kw_rk, kw_source->topic, NULL);
+	err = rd_kafka_metadata(kw_rk, 0, rkt, &md, 800);
+	rd_kafka_topic_destroy(rkt);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1 && md->topics[0].err)
+		err = md->topics[0].err;
+	if (err)
+	{
+		if (md)
+			rd_kafka_metadata_destroy(md);
+		if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+			kw_set_error("waiting", "topic \"%s\" does not exist (yet)", kw_source->topic);
+		else
+			kw_set_error("retrying", "could not read metadata of topic \"%s\": %s",
+						 kw_source->topic, rd_kafka_err2str(err));
+		kw_next_metadata = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   kw_metadata_backoff_ms);
+		kw_metadata_backoff_ms = Min(kw_metadata_backoff_ms * 2, 10000);
+		return;
+	}
+
+	npart = md->topics[0].partition_cnt;
+	kw_ensure_parts(npart);
+	for (int i = 0; i < npart; i++)
+	{
+		int32		p = md->topics[0].partitions[i].id;
+
+		if (p >= 0 && p < npart)
+		{
+			kw_parts[p].exists = true;
+			kw_parts[p].mine = (p % kw_source->parallelism) == kw_args.slot;
+			if (kw_parts[p].mine && !kw_parts[p].assigned)
+				nnew++;
+		}
+	}
+	rd_kafka_metadata_destroy(md);
+
+	if (nnew > 0)
+	{
+		int64	   *starts = palloc(sizeof(int64) * npart);
+		bool	   *known = palloc0(sizeof(bool) * npart);
+
+		/* read the stored offsets */
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		SPI_connect();
+		{
+			Oid			t[1] = {INT4OID};
+			Datum		v[1] = {Int32GetDatum(kw_source->id)};
+
+			kw_catalog_sql("SELECT partition, next_offset FROM kappa.source_offsets "
+						   "WHERE source_id = $1", 1, t, v, NULL);
+			for (uint64 r = 0; r < SPI_processed; r++)
+			{
+				bool		isnull;
+				int32		p = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r],
+															SPI_tuptable->tupdesc, 1, &isnull));
+				int64		o = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+															SPI_tuptable->tupdesc, 2, &isnull));
+
+				if (p >= 0 && p < npart)
+				{
+					starts[p] = o;
+					known[p] = true;
+				}
+			}
+		}
+
+		/* resolve and store the start of partitions never seen */
+		for (int p = 0; p < npart; p++)
+		{
+			Oid			t[3] = {INT4OID, INT4OID, INT8OID};
+			Datum		v[3];
+
+			if (!kw_parts[p].mine || kw_parts[p].assigned || known[p])
+				continue;
+			if (!kw_resolve_start(p, &starts[p]))
+			{
+				missing = true;
+				continue;
+			}
+			v[0] = Int32GetDatum(kw_source->id);
+			v[1] = Int32GetDatum(p);
+			v[2] = Int64GetDatum(starts[p]);
+			kw_catalog_sql("INSERT INTO kappa.source_offsets (source_id, partition, next_offset) "
+						   "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", 3, t, v, NULL);
+			if (SPI_processed != 1)
+				elog(ERROR, "offsets of partition %d of kafka source \"%s\" appeared concurrently",
+					 p, kw_source_name);
+			known[p] = true;
+		}
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+
+		/* assign them */
+		add = rd_kafka_topic_partition_list_new(nnew);
+		for (int p = 0; p < npart; p++)
+		{
+			if (!kw_parts[p].mine || kw_parts[p].assigned || !known[p])
+				continue;
+			rd_kafka_topic_partition_list_add(add, kw_source->topic, p)->offset = starts[p];
+			kw_parts[p].committed = starts[p];
+		}
+		if (add->cnt > 0)
+		{
+			rd_kafka_error_t *error = rd_kafka_incremental_assign(kw_rk, add);
+
+			if (error)
+			{
+				char	   *msg = pstrdup(rd_kafka_error_string(error));
+
+				rd_kafka_error_destroy(error);
+				rd_kafka_topic_partition_list_destroy(add);
+				elog(ERROR, "could not assign partitions of topic \"%s\": %s",
+					 kw_source->topic, msg);
+			}
+			for (int i = 0; i < add->cnt; i++)
+				kw_parts[add->elems[i].partition].assigned = true;
+			ereport(LOG,
+					(errmsg("kafka source \"%s\" worker %d: assigned %d partition(s) of topic \"%s\"",
+							kw_source_name, kw_args.slot, add->cnt, kw_source->topic)));
+		}
+		rd_kafka_topic_partition_list_destroy(add);
+		pfree(starts);
+		pfree(known);
+	}
+
+	if (missing)
+	{
+		kw_next_metadata = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   kw_metadata_backoff_ms);
+		kw_metadata_backoff_ms = Min(kw_metadata_backoff_ms * 2, 10000);
+		return;
+	}
+	kw_metadata_backoff_ms = 500;
+	kw_next_metadata = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 5000);
+	if (strcmp(kw_state, "running") != 0)
+		kw_state = "running";
+}
+
+/*
+ * kw_prepare_target (re)builds the decoder, the insert plan or stream slot
+ * for the target's current row type.  Called in each batch transaction with
+ * the target open; cheap when nothing changed.
+ */
+static void
+kw_prepare_target(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	MemoryContext old;
+	StringInfoData sql;
+	Oid		   *argtypes;
+
+	if (kw_tupdesc && equalTupleDescs(kw_tupdesc, desc))
+		return;
+
+	if (kw_insert_plan)
+	{
+		SPI_freeplan(kw_insert_plan);
+		kw_insert_plan = NULL;
+	}
+	if (kw_slot)
+	{
+		ExecDropSingleTupleTableSlot(kw_slot);
+		kw_slot = NULL;
+	}
+	MemoryContextReset(kw_target_cxt);
+	old = MemoryContextSwitchTo(kw_target_cxt);
+
+	kw_tupdesc = CreateTupleDescCopyConstr(desc);
+	kw_is_stream = KappaIsStream(RelationGetRelid(rel));
+	kw_decoder = KappaDecoderCreate(KappaParseFormat(kw_source->format), kw_tupdesc,
+									KappaFormatOptions(kw_source));
+	kw_values = palloc0(sizeof(Datum) * desc->natts);
+	kw_nulls = palloc0(sizeof(bool) * desc->natts);
+	kw_params = palloc0(sizeof(Datum) * desc->natts);
+	kw_paramnulls = palloc0(desc->natts + 1);
+	kw_colmap = palloc0(sizeof(int) * desc->natts);
+	kw_ncols = 0;
+	argtypes = palloc0(sizeof(Oid) * desc->natts);
+
+	if (kw_is_stream)
+	{
+		MemoryContextSwitchTo(kw_long_cxt);
+		kw_slot = MakeSingleTupleTableSlot(kw_tupdesc, &TTSOpsVirtual);
+		MemoryContextSwitchTo(kw_target_cxt);
+	}
+	else
+	{
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "INSERT INTO %s.%s (",
+						 quote_identifier(get_namespace_name(RelationGetNamespace(rel))),
+						 quote_identifier(RelationGetRelationName(rel)));
+		for (int i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+
+			if (att->attisdropped || att->attgenerated || att->attidentity)
+				continue;
+			appendStringInfo(&sql, "%s%s", kw_ncols ? ", " : "",
+							 quote_identifier(NameStr(att->attname)));
+			argtypes[kw_ncols] = att->atttypid;
+			kw_colmap[kw_ncols++] = i;
+		}
+		appendStringInfoString(&sql, ") VALUES (");
+		for (int i = 0; i < kw_ncols; i++)
+			appendStringInfo(&sql, "%s$%d", i ? ", " : "", i + 1);
+		appendStringInfoChar(&sql, ')');
+		kw_insert_plan = SPI_prepare(sql.data, kw_ncols, argtypes);
+		if (kw_insert_plan == NULL)
+			elog(ERROR, "could not prepare \"%s\": %s", sql.data,
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(kw_insert_plan);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * kw_insert_range decodes and stores messages [lo, hi) that are not dead
+ * letters yet; for a stream it then applies them.  Raises the first error;
+ * kw_failed_index says which message raised it (-1: the stream apply).
+ */
+static void
+kw_insert_range(Relation rel, int lo, int hi)
+{
+	KappaBatch *batch = NULL;
+	MemoryContext old;
+
+	if (kw_is_stream)
+		batch = KappaBatchCreate(rel, kw_batch_cxt);
+
+	for (int i = lo; i < hi; i++)
+	{
+		rd_kafka_message_t *m = kw_msgs[i];
+		KappaMessageMeta meta;
+		rd_kafka_headers_t *hdrs = NULL;
+
+		if (kw_dead[i].edata)
+			continue;
+		kw_failed_index = i;
+		MemoryContextReset(kw_row_cxt);
+		old = MemoryContextSwitchTo(kw_row_cxt);
+
+		if (m->len > (size_t) kw_max_message_bytes)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("message of %zu bytes exceeds max_message_bytes (%d)",
+							m->len, kw_max_message_bytes)));
+
+		meta.key = m->key;
+		meta.keylen = m->key_len;
+		meta.partition = m->partition;
+		meta.offset = m->offset;
+		meta.timestamp_ms = rd_kafka_message_timestamp(m, NULL);
+		if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+			hdrs = NULL;
+		meta.headers = hdrs;
+
+		KappaDecode(kw_decoder, m->payload ? (const char *) m->payload : "",
+					m->payload ? m->len : 0, &meta, kw_values, kw_nulls);
+
+		if (kw_is_stream)
+		{
+			ExecClearTuple(kw_slot);
+			memcpy(kw_slot->tts_values, kw_values, sizeof(Datum) * kw_tupdesc->natts);
+			memcpy(kw_slot->tts_isnull, kw_nulls, sizeof(bool) * kw_tupdesc->natts);
+			ExecStoreVirtualTuple(kw_slot);
+			KappaBatchAdd(batch, kw_slot);
+		}
+		else
+		{
+			int			rc;
+
+			for (int c = 0; c < kw_ncols; c++)
+			{
+				kw_params[c] = kw_values[kw_colmap[c]];
+				kw_paramnulls[c] = kw_nulls[kw_colmap[c]] ? 'n' : ' ';
+			}
+			rc = SPI_execute_plan(kw_insert_plan, kw_params, kw_paramnulls, false, 0);
+			if (rc != SPI_OK_INSERT)
+				elog(ERROR, "could not insert into \"%s\": %s",
+					 RelationGetRelationName(rel), SPI_result_code_string(rc));
+		}
+		MemoryContextSwitchTo(old);
+	}
+
+	kw_failed_index = -1;
+	if (batch)
+	{
+		KappaBatchApply(batch);
+		KappaBatchDestroy(batch);
+	}
+}
+
+/*
+ * kw_error_is_message_error tells whether an error belongs to the message
+ * being processed (so it becomes a dead letter) rather than to the system
+ * (then the transaction aborts and the worker starts over).
+ */
+static bool
+kw_error_is_message_error(ErrorData *edata)
+{
+	int			class = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
+
+	if (edata->elevel > ERROR)
+		return false;
+	if (class == ERRCODE_TRANSACTION_ROLLBACK ||	/* 40: serialization, deadlock */
+		class == ERRCODE_INSUFFICIENT_RESOURCES ||	/* 53 */
+		class == ERRCODE_OPERATOR_INTERVENTION ||	/* 57: cancel, shutdown */
+		class == ERRCODE_SYSTEM_ERROR ||	/* 58 */
+		class == ERRCODE_INTERNAL_ERROR ||	/* XX */
+		edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		edata->sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE)
+		return false;
+	/* class 54 (program limit: an oversize message or value) is the message's */
+	return true;
+}
+
+/*
+ * kw_try_range runs kw_insert_range in a subtransaction.  Returns NULL on
+ * success; on failure rolls the subtransaction back and returns the error,
+ * with *failed set to the failing message (or -1).  Errors that are not the
+ * messages' fault are rethrown.
+ */
+static ErrorData *
+kw_try_range(Relation rel, int lo, int hi, int *failed)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		kw_insert_range(rel, lo, hi);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(kw_batch_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		if (!kw_error_is_message_error(edata))
+			ReThrowError(edata);
+		*failed = kw_failed_index;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = oldowner;
+	return edata;
+}
+
+/* kw_live_count counts messages in [lo, hi) that are not dead letters. */
+static int
+kw_live_count(int lo, int hi)
+{
+	int			n = 0;
+
+	for (int i = lo; i < hi; i++)
+		if (!kw_dead[i].edata)
+			n++;
+	return n;
+}
+
+/*
+ * kw_process_range applies messages [lo, hi), isolating bad messages as
+ * dead letters (see the file header).
+ */
+static void
+kw_process_range(Relation rel, int lo, int hi)
+{
+	while (lo < hi)
+	{
+		int			failed = -1;
+		ErrorData  *edata;
+		int			live = kw_live_count(lo, hi);
+
+		if (live == 0)
+			return;
+		edata = kw_try_range(rel, lo, hi, &failed);
+		if (edata == NULL)
+			return;
+		if (failed >= lo && failed < hi)
+		{
+			/* the message at 'failed' is bad; those before it were fine */
+			kw_dead[failed].edata = edata;
+			if (failed > lo)
+				kw_process_range(rel, lo, failed);
+			lo = failed + 1;
+			continue;
+		}
+		/* failed while applying to the views: bisect */
+		if (live == 1)
+		{
+			for (int i = lo; i < hi; i++)
+				if (!kw_dead[i].edata)
+					kw_dead[i].edata = edata;
+			return;
+		}
+		{
+			int			mid = lo + (hi - lo) / 2;
+
+			kw_process_range(rel, lo, mid);
+			kw_process_range(rel, mid, hi);
+			return;
+		}
+	}
+}
+
+/*
+ * kw_dead_letter_text renders an error for kappa.errors: message, then
+ * detail.
+ */
+static char *
+kw_dead_letter_text(ErrorData *edata)
+{
+	if (edata->detail)
+		return psprintf("%s: %s", edata->message ? edata->message : "error", edata->detail);
+	return pstrdup(edata->message ? edata->message : "error");
+}
+
+static bytea *
+kw_bytea(const void *data, size_t len)
+{
+	bytea	   *b = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	if (len > 0)
+		memcpy(VARDATA(b), data, len);
+	return b;
+}
+
+/*
+ * kw_apply_batch applies the current batch in one transaction: rows, dead
+ * letters, offsets and status.
+ */
+static void
+kw_apply_batch(void)
+{
+	Relation	rel;
+	int64		nbytes = 0;
+	int64		ndead = 0;
+	MemoryContext old;
+
+	if (kw_nmsgs == 0)
+		return;
+
+	old = MemoryContextSwitchTo(kw_batch_cxt);
+	kw_dead = palloc0(sizeof(KwDead) * kw_nmsgs);
+	MemoryContextSwitchTo(old);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "pg_kappa: applying a batch");
+	SPI_connect();
+
+	rel = table_open(kw_source->target, RowExclusiveLock);
+	kw_prepare_target(rel);
+	kw_max_message_bytes = KappaSourceMaxMessageBytes(kw_source);
+
+	old = MemoryContextSwitchTo(kw_batch_cxt);
+	kw_process_range(rel, 0, kw_nmsgs);
+
+	/* dead letters */
+	for (int i = 0; i < kw_nmsgs; i++)
+	{
+		rd_kafka_message_t *m = kw_msgs[i];
+		Datum		v[8];
+		char		n[8] = "        ";
+
+		nbytes += m->len;
+		if (!kw_dead[i].edata)
+			continue;
+		ndead++;
+		v[0] = Int32GetDatum(kw_source->id);
+		v[1] = CStringGetTextDatum(kw_source->topic);
+		v[2] = Int32GetDatum(m->partition);
+		v[3] = Int64GetDatum(m->offset);
+		if (m->key)
+			v[4] = PointerGetDatum(kw_bytea(m->key, m->key_len));
+		else
+			n[4] = 'n';
+		if (m->payload)
+			v[5] = PointerGetDatum(kw_bytea(m->payload, m->len));
+		else
+			n[5] = 'n';
+		v[6] = CStringGetTextDatum(kw_dead_letter_text(kw_dead[i].edata));
+		v[7] = CStringGetTextDatum(unpack_sql_state(kw_dead[i].edata->sqlerrcode));
+		kw_catalog_exec(kw_dead_plan, v, n, SPI_OK_INSERT);
+	}
+
+	/* offsets, only where they still are what this batch started from */
+	kw_refresh_watermarks();
+	for (int i = 0; i < kw_nmsgs; i++)
+	{
+		int32		p = kw_msgs[i]->partition;
+
+		if (kw_parts[p].batch_next < kw_msgs[i]->offset + 1)
+			kw_parts[p].batch_next = kw_msgs[i]->offset + 1;
+	}
+	for (int p = 0; p < kw_nparts; p++)
+	{
+		Datum		v[5];
+		char		n[5] = "     ";
+
+		if (kw_parts[p].batch_next < 0)
+			continue;
+		v[0] = Int32GetDatum(kw_source->id);
+		v[1] = Int32GetDatum(p);
+		v[2] = Int64GetDatum(kw_parts[p].batch_next);
+		v[3] = Int64GetDatum(kw_parts[p].hwm);
+		if (kw_parts[p].hwm < 0)
+			n[3] = 'n';
+		v[4] = Int64GetDatum(kw_parts[p].committed);
+		if (kw_catalog_exec(kw_offsets_plan, v, n, SPI_OK_UPDATE) != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("offsets of partition %d of kafka source \"%s\" were changed concurrently",
+							p, kw_source_name),
+					 errdetail("The source was dropped or another worker consumed the partition; this batch is discarded.")));
+	}
+
+	/* status */
+	kw_update_rates(kw_nmsgs, nbytes);
+	{
+		Datum		v[8];
+
+		v[0] = Int32GetDatum(kw_source->id);
+		v[1] = Int32GetDatum(kw_args.slot);
+		v[2] = Int64GetDatum(kw_nmsgs - ndead);
+		v[3] = Int64GetDatum(nbytes);
+		v[4] = Int64GetDatum(ndead);
+		v[5] = Float8GetDatum(kw_msgs_per_sec);
+		v[6] = Float8GetDatum(kw_bytes_per_sec);
+		v[7] = CStringGetTextDatum("running");
+		kw_catalog_exec(kw_status_plan, v, NULL, SPI_OK_UPDATE);
+	}
+	MemoryContextSwitchTo(old);
+
+	table_close(rel, NoLock);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	/* committed: advance, and let the messages go */
+	for (int p = 0; p < kw_nparts; p++)
+		if (kw_parts[p].batch_next >= 0)
+		{
+			kw_parts[p].committed = kw_parts[p].batch_next;
+			kw_parts[p].batch_next = -1;
+		}
+	for (int i = 0; i < kw_nmsgs; i++)
+		rd_kafka_message_destroy(kw_msgs[i]);
+	kw_nmsgs = 0;
+	kw_dead = NULL;
+	MemoryContextReset(kw_batch_cxt);
+	kw_state = "running";
+	kw_reported_state = "running";
+}
+
+/*
+ * kw_prepare_catalog_plans prepares the statements each batch runs on the
+ * catalog.
+ */
+static void
+kw_prepare_catalog_plans(void)
+{
+	Oid			dt[8] = {INT4OID, TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID, TEXTOID, TEXTOID};
+	Oid			ot[5] = {INT4OID, INT4OID, INT8OID, INT8OID, INT8OID};
+	Oid			st[8] = {INT4OID, INT4OID, INT8OID, INT8OID, INT8OID, FLOAT8OID, FLOAT8OID, TEXTOID};
+
+	kw_dead_plan = kw_prepare("INSERT INTO kappa.dead_letters "
+							  "(source_id, topic, partition, \"offset\", key, payload, error, sqlstate) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", 8, dt);
+	kw_offsets_plan = kw_prepare("UPDATE kappa.source_offsets SET next_offset = $3, "
+								 "high_watermark = coalesce($4, high_watermark), updated_at = now() "
+								 "WHERE source_id = $1 AND partition = $2 AND next_offset = $5",
+								 5, ot);
+	kw_status_plan = kw_prepare("UPDATE kappa.source_status SET messages = messages + $3, "
+								"bytes = bytes + $4, dead_letters = dead_letters + $5, "
+								"batches = batches + 1, messages_per_sec = $6, bytes_per_sec = $7, "
+								"state = $8, last_batch_at = now(), updated_at = now() "
+								"WHERE source_id = $1 AND slot = $2", 8, st);
+}
+
+/*
+ * kw_start loads the source, takes the slot's lock and records the worker
+ * in kappa.source_status.  Exits quietly when there is nothing to do.
+ */
+static void
+kw_start(void)
+{
+	LOCKTAG		tag;
+	char		appname[NAMEDATALEN + 32];
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	{
+		MemoryContext old = MemoryContextSwitchTo(kw_long_cxt);
+
+		kw_source = KappaSourceLoad(kw_args.source_id, true);
+		if (kw_source)
+			kw_source_name = pstrdup(kw_source->name);
+		MemoryContextSwitchTo(old);
+	}
+	if (kw_source == NULL || kw_source->paused || kw_args.slot >= kw_source->parallelism)
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		proc_exit(0);
+	}
+
+	snprintf(appname, sizeof(appname), "pg_kappa source %s", kw_source_name);
+	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
+
+	/* one worker per slot: a session lock nobody else uses (field4 = 3) */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) kw_source->id,
+						 (uint32) kw_args.slot, 3);
+	if (LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+	{
+		ereport(LOG,
+				(errmsg("kafka source \"%s\" worker %d is already running",
+						kw_source_name, kw_args.slot)));
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		proc_exit(0);
+	}
+
+	SPI_connect();
+	{
+		Oid			t[2] = {INT4OID, INT4OID};
+		Datum		v[2] = {Int32GetDatum(kw_source->id), Int32GetDatum(kw_args.slot)};
+
+		kw_catalog_sql("INSERT INTO kappa.source_status (source_id, slot, pid, state, started_at) "
+					   "VALUES ($1, $2, pg_backend_pid(), 'starting', now()) "
+					   "ON CONFLICT (source_id, slot) DO UPDATE SET pid = pg_backend_pid(), "
+					   "state = 'starting', started_at = now(), messages_per_sec = 0, "
+					   "bytes_per_sec = 0, updated_at = now()", 2, t, v, NULL);
+	}
+	kw_prepare_catalog_plans();
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
+ * kw_create_consumer creates the librdkafka consumer and its event pipe.
+ */
+static void
+kw_create_consumer(void)
+{
+	rd_kafka_conf_t *conf;
+	char		errstr[512];
+
+	StartTransactionCommand();
+	conf = KappaKafkaConfBuild(kw_source, false, NULL, 0);
+	CommitTransactionCommand();
+	rd_kafka_conf_set_log_cb(conf, kw_log_cb);
+	rd_kafka_conf_set_error_cb(conf, kw_error_cb);
+
+	kw_rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+	if (kw_rk == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not create a Kafka consumer for source \"%s\"", kw_source_name),
+				 errdetail_internal("%s", errstr)));
+	rd_kafka_set_log_queue(kw_rk, NULL);
+	rd_kafka_poll_set_consumer(kw_rk);
+	kw_queue = rd_kafka_queue_get_consumer(kw_rk);
+
+	if (pipe(kw_pipe) != 0)
+		elog(ERROR, "could not create pipe: %m");
+	fcntl(kw_pipe[0], F_SETFL, O_NONBLOCK);
+	fcntl(kw_pipe[1], F_SETFL, O_NONBLOCK);
+	rd_kafka_queue_io_event_enable(kw_queue, kw_pipe[1], "1", 1);
+}
+
+/* kw_drain_pipe empties the event pipe. */
+static void
+kw_drain_pipe(void)
+{
+	char		buf[256];
+
+	while (read(kw_pipe[0], buf, sizeof(buf)) > 0)
+		;
+}
+
+/*
+ * kw_poll moves available messages into the batch, up to the batch size.
+ * Returns true if it stopped because the batch is full (messages may be
+ * left in the queue, so the caller must not wait for the event fd).
+ */
+static bool
+kw_poll(void)
+{
+	int			limit = kw_batch_size();
+
+	while (kw_nmsgs < limit)
+	{
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(kw_rk, 0);
+
+		if (m == NULL)
+			break;
+		if (m->err)
+		{
+			if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+				kw_set_error("retrying", "%s", rd_kafka_message_errstr(m));
+			rd_kafka_message_destroy(m);
+			continue;
+		}
+		if (m->partition < 0 || m->partition >= kw_nparts ||
+			!kw_parts[m->partition].assigned)
+		{
+			rd_kafka_message_destroy(m);
+			continue;
+		}
+		if (kw_nmsgs == 0)
+			kw_batch_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															kw_max_latency());
+		kw_msgs[kw_nmsgs++] = m;
+	}
+	return kw_nmsgs >= limit;
+}
+
+/*
+ * KappaKafkaWorkerMain is the entry point of a source worker; bgw_extra
+ * holds its KappaWorkerArgs.
+ */
+void
+KappaKafkaWorkerMain(Datum main_arg)
+{
+	int			msgs_cap = 0;
+
+	memcpy(&kw_args, MyBgworkerEntry->bgw_extra, sizeof(KappaWorkerArgs));
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(kw_args.dboid, kw_args.owner, 0);
+
+	kw_long_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa worker",
+										ALLOCSET_DEFAULT_SIZES);
+	kw_target_cxt = AllocSetContextCreate(kw_long_cxt, "pg_kappa target",
+										  ALLOCSET_DEFAULT_SIZES);
+	kw_batch_cxt = AllocSetContextCreate(kw_long_cxt, "pg_kappa batch",
+										 ALLOCSET_DEFAULT_SIZES);
+	kw_row_cxt = AllocSetContextCreate(kw_long_cxt, "pg_kappa message",
+									   ALLOCSET_DEFAULT_SIZES);
+
+	kw_start();
+	on_proc_exit(kw_exit_cb, (Datum) 0);
+	kw_create_consumer();
+	kw_rate_window_start = GetCurrentTimestamp();
+	ereport(LOG,
+			(errmsg("kafka source \"%s\" worker %d started: topic \"%s\" into \"%s\"",
+					kw_source_name, kw_args.slot, kw_source->topic,
+					kw_source->name)));
+
+	for (;;)
+	{
+		bool		full = false;
+		TimestampTz now;
+		long		timeout;
+		int			rc;
+
+		now = GetCurrentTimestamp();
+		if (now >= kw_next_metadata)
+		{
+			kw_refresh_assignment();
+			now = GetCurrentTimestamp();
+		}
+
+		/* the batch array follows the batch size */
+		if (msgs_cap < kw_batch_size())
+		{
+			int			newcap = kw_batch_size();
+
+			if (kw_msgs == NULL)
+				kw_msgs = MemoryContextAlloc(kw_long_cxt, newcap * sizeof(*kw_msgs));
+			else
+				kw_msgs = repalloc(kw_msgs, newcap * sizeof(*kw_msgs));
+			msgs_cap = newcap;
+		}
+
+		full = kw_poll();
+		kw_report_callbacks();
+		now = GetCurrentTimestamp();
+
+		if (full || (kw_nmsgs > 0 && now >= kw_batch_deadline))
+		{
+			kw_apply_batch();
+			CHECK_FOR_INTERRUPTS();
+		}
+
+		/* between batches: the source may have changed; status */
+		now = GetCurrentTimestamp();
+		if (kw_nmsgs == 0 && now >= kw_next_catalog_check)
+		{
+			kw_check_source();
+			kw_next_catalog_check = TimestampTzPlusMilliseconds(now, 1000);
+		}
+		if (kw_nmsgs == 0 &&
+			(kw_error_pending || kw_reported_state != kw_state ||
+			 TimestampDifferenceExceeds(kw_last_status_flush, now, 2000)))
+		{
+			kw_refresh_watermarks();
+			kw_flush_status();
+		}
+
+		/* a full batch may have left messages in the queue: no waiting */
+		if (full)
+		{
+			if (ConfigReloadPending)
+			{
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+			}
+			continue;
+		}
+
+		/* wait for messages, the deadline of the batch, or a tick */
+		now = GetCurrentTimestamp();
+		if (kw_nmsgs > 0)
+			timeout = Max(TimestampDifferenceMilliseconds(now, kw_batch_deadline), 0);
+		else
+			timeout = 1000;
+		if (kw_next_metadata > now)
+			timeout = Min(timeout, TimestampDifferenceMilliseconds(now, kw_next_metadata) + 1);
+		else
+			timeout = 0;
+
+		if (timeout > 0)
+		{
+			rc = WaitLatchOrSocket(MyLatch,
+								   WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT |
+								   WL_EXIT_ON_PM_DEATH,
+								   kw_pipe[0], timeout, PG_WAIT_EXTENSION);
+			if (rc & WL_LATCH_SET)
+				ResetLatch(MyLatch);
+		}
+		kw_drain_pipe();
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		AcceptInvalidationMessages();
+	}
+}

@@ -1,0 +1,550 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *	  The launcher background worker: finds every database with pg_kappa and
+ *	  keeps one worker per Kafka source (per parallelism slot) running.
+ *
+ * The launcher connects to no database (like the logical replication
+ * launcher) and reads pg_database.  It cannot read another database's
+ * catalog, so for each database it starts a short-lived *scanner* worker
+ * connected to it, which looks up pg_extension and kappa.source_catalog and
+ * leaves the list of active sources in shared memory.  The launcher then
+ * starts a dynamic worker for every (database, source, slot) that has none,
+ * restarts workers that died (with a backoff when they die young), and stops
+ * workers of sources that were paused, dropped or shrunk.
+ *
+ * Databases are scanned every KAPPA_SCAN_INTERVAL_MS, and at once when
+ * create/pause/resume/drop_source commits or a worker stops (both wake the
+ * launcher through KappaLauncherWake).  Worker handles live in the
+ * launcher's local memory; after a crash the postmaster forgets every worker
+ * (they are registered with BGW_NEVER_RESTART) and the launcher starts over.
+ * A second worker for a slot (say, the launcher restarted while the old one
+ * still runs) finds the slot's session lock taken and exits.
+ *
+ * Without shared_preload_libraries there is no launcher: the source
+ * functions start workers directly (KappaStartWorker), which the postmaster
+ * restarts on failure until the server stops.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "pg_kappa.h"
+#include "kafka.h"
+
+#define KAPPA_MAX_ACTIVE_SOURCES	1024
+#define KAPPA_SCAN_INTERVAL_MS		10000
+#define KAPPA_RESTART_MIN_MS		500
+#define KAPPA_RESTART_MAX_MS		30000
+
+/* One active (not paused) source, as found by a scanner. */
+typedef struct KappaActiveSource
+{
+	Oid			dboid;
+	Oid			owner;
+	int32		source_id;
+	int32		parallelism;
+} KappaActiveSource;
+
+typedef struct KappaLauncherShared
+{
+	slock_t		mutex;
+	Latch	   *launcher_latch;
+	bool		rescan;			/* scan all databases at once */
+	int			nsources;
+	KappaActiveSource sources[KAPPA_MAX_ACTIVE_SOURCES];
+} KappaLauncherShared;
+
+/* A worker the launcher started (launcher-local). */
+typedef struct KlWorker
+{
+	Oid			dboid;
+	int32		source_id;
+	int32		slot;
+	Oid			owner;
+	bool		wanted;
+	BackgroundWorkerHandle *handle;
+	TimestampTz started_at;
+	TimestampTz next_start;
+	int			backoff_ms;
+} KlWorker;
+
+static KappaLauncherShared *kappa_launcher_shared = NULL;
+static shmem_request_hook_type kl_prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type kl_prev_shmem_startup_hook = NULL;
+
+static KlWorker *kl_workers;
+static int	kl_nworkers;
+static int	kl_maxworkers;
+
+static void
+kl_shmem_request(void)
+{
+	if (kl_prev_shmem_request_hook)
+		kl_prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(KappaLauncherShared)));
+}
+
+static void
+kl_shmem_startup(void)
+{
+	bool		found;
+
+	if (kl_prev_shmem_startup_hook)
+		kl_prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	kappa_launcher_shared = ShmemInitStruct("pg_kappa launcher",
+											sizeof(KappaLauncherShared), &found);
+	if (!found)
+	{
+		memset(kappa_launcher_shared, 0, sizeof(KappaLauncherShared));
+		SpinLockInit(&kappa_launcher_shared->mutex);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * KappaKafkaPreloadInit is called from _PG_init when the library is preloaded:
+ * it requests shared memory and registers the launcher.
+ */
+void
+KappaKafkaPreloadInit(void)
+{
+	BackgroundWorker worker;
+
+	kl_prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = kl_shmem_request;
+	kl_prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = kl_shmem_startup;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_kappa");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "KappaLauncherMain");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_kappa launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, KAPPA_LAUNCHER_TYPE);
+	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * KappaLauncherActive tells whether a launcher manages the workers (the
+ * library was preloaded).
+ */
+bool
+KappaLauncherActive(void)
+{
+	return kappa_loaded_via_preload && kappa_launcher_shared != NULL;
+}
+
+/*
+ * KappaLauncherWake asks the launcher to scan the databases now.  Safe to
+ * call anywhere (it only takes a spinlock); a no-op without the launcher.
+ */
+void
+KappaLauncherWake(void)
+{
+	Latch	   *latch;
+
+	if (kappa_launcher_shared == NULL)
+		return;
+	SpinLockAcquire(&kappa_launcher_shared->mutex);
+	kappa_launcher_shared->rescan = true;
+	latch = kappa_launcher_shared->launcher_latch;
+	SpinLockRelease(&kappa_launcher_shared->mutex);
+	if (latch)
+		SetLatch(latch);
+}
+
+/*
+ * KappaStartWorker registers a dynamic worker for one source slot.  With
+ * 'handle' the caller (the launcher) gets its handle and is notified when it
+ * stops; restart_on_exit makes the postmaster restart it after a failure
+ * (for workers started without a launcher).  Returns false when no worker
+ * slot is free.
+ */
+bool
+KappaStartWorker(const KappaWorkerArgs *args, const char *source_name,
+				 bool restart_on_exit, void **handle)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *h = NULL;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = restart_on_exit ? 5 : BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_kappa");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "KappaKafkaWorkerMain");
+	if (source_name)
+		snprintf(worker.bgw_name, BGW_MAXLEN, "pg_kappa worker for source %s slot %d",
+				 source_name, args->slot);
+	else
+		snprintf(worker.bgw_name, BGW_MAXLEN, "pg_kappa worker for source %d slot %d",
+				 args->source_id, args->slot);
+	snprintf(worker.bgw_type, BGW_MAXLEN, KAPPA_WORKER_TYPE);
+	StaticAssertStmt(sizeof(KappaWorkerArgs) <= BGW_EXTRALEN, "worker args too long");
+	memcpy(worker.bgw_extra, args, sizeof(KappaWorkerArgs));
+	worker.bgw_notify_pid = handle ? MyProcPid : 0;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, handle ? &h : NULL))
+		return false;
+	if (handle)
+		*handle = h;
+	return true;
+}
+
+/*
+ * KappaScannerMain is a short-lived worker connected to one database
+ * (main_arg): it leaves the database's active sources in shared memory.
+ */
+void
+KappaScannerMain(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	KappaActiveSource *found = NULL;
+	int			nfound = 0;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (OidIsValid(get_extension_oid("pg_kappa", true)))
+	{
+		SPI_connect();
+		if (SPI_execute("SELECT id, owner, parallelism FROM kappa.source_catalog "
+						"WHERE NOT paused ORDER BY id", true, 0) == SPI_OK_SELECT)
+		{
+			found = MemoryContextAlloc(TopMemoryContext,
+									   sizeof(KappaActiveSource) * (SPI_processed + 1));
+			for (uint64 i = 0; i < SPI_processed; i++)
+			{
+				HeapTuple	tup = SPI_tuptable->vals[i];
+				TupleDesc	desc = SPI_tuptable->tupdesc;
+				bool		isnull;
+
+				found[nfound].dboid = dboid;
+				found[nfound].source_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+				found[nfound].owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+				found[nfound].parallelism = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+				nfound++;
+			}
+		}
+		SPI_finish();
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	SpinLockAcquire(&kappa_launcher_shared->mutex);
+	{
+		int			n = 0;
+
+		for (int i = 0; i < kappa_launcher_shared->nsources; i++)
+			if (kappa_launcher_shared->sources[i].dboid != dboid)
+				kappa_launcher_shared->sources[n++] = kappa_launcher_shared->sources[i];
+		for (int i = 0; i < nfound && n < KAPPA_MAX_ACTIVE_SOURCES; i++)
+			kappa_launcher_shared->sources[n++] = found[i];
+		kappa_launcher_shared->nsources = n;
+	}
+	SpinLockRelease(&kappa_launcher_shared->mutex);
+	proc_exit(0);
+}
+
+/*
+ * kl_database_list returns the oids of the databases that accept
+ * connections.
+ */
+static List *
+kl_database_list(void)
+{
+	List	   *result = NIL;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	MemoryContext caller = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+		MemoryContext old;
+
+		if (!db->datallowconn || db->datconnlimit == DATCONNLIMIT_INVALID_DB)
+			continue;
+		old = MemoryContextSwitchTo(caller);
+		result = lappend_oid(result, db->oid);
+		MemoryContextSwitchTo(old);
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return result;
+}
+
+/*
+ * kl_scan runs a scanner in every database, one after the other, and
+ * forgets the sources of databases that are gone.
+ */
+static void
+kl_scan(void)
+{
+	List	   *dbs = kl_database_list();
+	ListCell   *lc;
+
+	foreach(lc, dbs)
+	{
+		Oid			dboid = lfirst_oid(lc);
+		BackgroundWorker worker;
+		BackgroundWorkerHandle *handle;
+		pid_t		pid;
+
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		worker.bgw_restart_time = BGW_NEVER_RESTART;
+		snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_kappa");
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "KappaScannerMain");
+		snprintf(worker.bgw_name, BGW_MAXLEN, "pg_kappa scanner for database %u", dboid);
+		snprintf(worker.bgw_type, BGW_MAXLEN, KAPPA_SCANNER_TYPE);
+		worker.bgw_main_arg = ObjectIdGetDatum(dboid);
+		worker.bgw_notify_pid = MyProcPid;
+
+		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		{
+			ereport(LOG,
+					(errmsg("pg_kappa launcher: no free worker slot to scan database %u", dboid),
+					 errhint("Raise max_worker_processes.")));
+			continue;
+		}
+		if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
+			(void) WaitForBackgroundWorkerShutdown(handle);
+		pfree(handle);
+	}
+
+	/* sources of databases that no longer exist */
+	SpinLockAcquire(&kappa_launcher_shared->mutex);
+	{
+		int			n = 0;
+
+		for (int i = 0; i < kappa_launcher_shared->nsources; i++)
+			if (list_member_oid(dbs, kappa_launcher_shared->sources[i].dboid))
+				kappa_launcher_shared->sources[n++] = kappa_launcher_shared->sources[i];
+		kappa_launcher_shared->nsources = n;
+	}
+	SpinLockRelease(&kappa_launcher_shared->mutex);
+	list_free(dbs);
+}
+
+static KlWorker *
+kl_find_worker(Oid dboid, int32 source_id, int32 slot)
+{
+	for (int i = 0; i < kl_nworkers; i++)
+		if (kl_workers[i].dboid == dboid && kl_workers[i].source_id == source_id &&
+			kl_workers[i].slot == slot)
+			return &kl_workers[i];
+	if (kl_nworkers == kl_maxworkers)
+	{
+		kl_maxworkers = kl_maxworkers ? kl_maxworkers * 2 : 16;
+		kl_workers = kl_workers ? repalloc(kl_workers, kl_maxworkers * sizeof(KlWorker))
+			: MemoryContextAlloc(TopMemoryContext, kl_maxworkers * sizeof(KlWorker));
+	}
+	memset(&kl_workers[kl_nworkers], 0, sizeof(KlWorker));
+	kl_workers[kl_nworkers].dboid = dboid;
+	kl_workers[kl_nworkers].source_id = source_id;
+	kl_workers[kl_nworkers].slot = slot;
+	kl_workers[kl_nworkers].backoff_ms = KAPPA_RESTART_MIN_MS;
+	return &kl_workers[kl_nworkers++];
+}
+
+/*
+ * kl_reconcile starts missing workers, restarts dead ones and stops
+ * unwanted ones.  Returns the milliseconds until the next restart is due
+ * (or -1).
+ */
+static long
+kl_reconcile(void)
+{
+	KappaActiveSource *sources;
+	int			nsources;
+	TimestampTz now = GetCurrentTimestamp();
+	long		next = -1;
+
+	SpinLockAcquire(&kappa_launcher_shared->mutex);
+	nsources = kappa_launcher_shared->nsources;
+	sources = palloc(sizeof(KappaActiveSource) * (nsources + 1));
+	memcpy(sources, kappa_launcher_shared->sources, sizeof(KappaActiveSource) * nsources);
+	SpinLockRelease(&kappa_launcher_shared->mutex);
+
+	for (int i = 0; i < kl_nworkers; i++)
+		kl_workers[i].wanted = false;
+
+	for (int i = 0; i < nsources; i++)
+		for (int slot = 0; slot < sources[i].parallelism; slot++)
+		{
+			KlWorker   *w = kl_find_worker(sources[i].dboid, sources[i].source_id, slot);
+
+			w->wanted = true;
+			w->owner = sources[i].owner;
+		}
+
+	for (int i = 0; i < kl_nworkers; i++)
+	{
+		KlWorker   *w = &kl_workers[i];
+		pid_t		pid;
+
+		if (w->handle && GetBackgroundWorkerPid(w->handle, &pid) == BGWH_STOPPED)
+		{
+			/* it stopped: restart soon, later if it died young */
+			if (TimestampDifferenceExceeds(w->started_at, now, 10000))
+				w->backoff_ms = KAPPA_RESTART_MIN_MS;
+			else
+				w->backoff_ms = Min(w->backoff_ms * 2, KAPPA_RESTART_MAX_MS);
+			w->next_start = TimestampTzPlusMilliseconds(now, w->backoff_ms);
+			pfree(w->handle);
+			w->handle = NULL;
+		}
+
+		if (w->wanted && w->handle == NULL)
+		{
+			if (now >= w->next_start)
+			{
+				KappaWorkerArgs args;
+
+				memset(&args, 0, sizeof(args));
+				args.dboid = w->dboid;
+				args.owner = w->owner;
+				args.source_id = w->source_id;
+				args.slot = w->slot;
+				args.managed = true;
+				if (KappaStartWorker(&args, NULL, false, (void **) &w->handle))
+					w->started_at = now;
+				else
+				{
+					ereport(LOG,
+							(errmsg("pg_kappa launcher: no free worker slot for source %d slot %d",
+									w->source_id, w->slot),
+							 errhint("Raise max_worker_processes.")));
+					w->next_start = TimestampTzPlusMilliseconds(now, 5000);
+				}
+			}
+			if (w->handle == NULL)
+			{
+				long		ms = TimestampDifferenceMilliseconds(now, w->next_start);
+
+				if (next < 0 || ms < next)
+					next = ms;
+			}
+		}
+		else if (!w->wanted && w->handle)
+			TerminateBackgroundWorker(w->handle);
+	}
+
+	/* forget entries with nothing left to do */
+	{
+		int			n = 0;
+
+		for (int i = 0; i < kl_nworkers; i++)
+			if (kl_workers[i].wanted || kl_workers[i].handle)
+				kl_workers[n++] = kl_workers[i];
+		kl_nworkers = n;
+	}
+	pfree(sources);
+	return next;
+}
+
+/* kl_launcher_exit forgets the launcher's latch. */
+static void
+kl_launcher_exit(int code, Datum arg)
+{
+	SpinLockAcquire(&kappa_launcher_shared->mutex);
+	kappa_launcher_shared->launcher_latch = NULL;
+	SpinLockRelease(&kappa_launcher_shared->mutex);
+}
+
+/*
+ * KappaLauncherMain is the launcher's entry point.
+ */
+void
+KappaLauncherMain(Datum main_arg)
+{
+	TimestampTz next_scan = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	SpinLockAcquire(&kappa_launcher_shared->mutex);
+	kappa_launcher_shared->launcher_latch = &MyProc->procLatch;
+	kappa_launcher_shared->nsources = 0;
+	SpinLockRelease(&kappa_launcher_shared->mutex);
+	before_shmem_exit(kl_launcher_exit, 0);
+
+	ereport(LOG, (errmsg("pg_kappa launcher started")));
+
+	for (;;)
+	{
+		bool		rescan;
+		long		timeout;
+		TimestampTz now = GetCurrentTimestamp();
+
+		SpinLockAcquire(&kappa_launcher_shared->mutex);
+		rescan = kappa_launcher_shared->rescan;
+		kappa_launcher_shared->rescan = false;
+		SpinLockRelease(&kappa_launcher_shared->mutex);
+
+		if (rescan || now >= next_scan)
+		{
+			kl_scan();
+			next_scan = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													KAPPA_SCAN_INTERVAL_MS);
+		}
+		timeout = kl_reconcile();
+		if (timeout < 0 || timeout > 1000)
+			timeout = 1000;
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(timeout, 10), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+}
