@@ -1,0 +1,258 @@
+/*-------------------------------------------------------------------------
+ *
+ * batch.c
+ *	  The one entry point that applies new stream rows: KappaBatchApply.
+ *
+ * INSERT and COPY into a stream (stream_fdw.c) and the Kafka worker both
+ * gather rows into a KappaBatch and call KappaBatchApply, which, inside the
+ * caller's transaction, appends the rows to the stream's retained storage
+ * (if any) and applies them to every continuous view on the stream.  A view
+ * therefore cannot tell where its rows came from, and a rolled-back
+ * transaction or savepoint takes the view changes with it.
+ *
+ * While a view's delta query runs, the batch is "active": the stream's
+ * foreign scan (stream_fdw.c) reads the batch's rows instead of storage.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "executor/tuptable.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "pg_kappa.h"
+#include "stats.h"
+
+static KappaBatch *kappa_active_batch = NULL;
+
+/*
+ * KappaBatchCreate returns an empty batch for 'stream', allocated under
+ * 'parent'.  The stream's row type is copied, so the batch does not depend
+ * on the relation staying open.
+ */
+KappaBatch *
+KappaBatchCreate(Relation stream, MemoryContext parent)
+{
+	KappaBatch *batch;
+
+	batch = MemoryContextAllocZero(parent, sizeof(KappaBatch));
+	batch->streamRelid = RelationGetRelid(stream);
+	batch->tupdesc = CreateTupleDescCopy(RelationGetDescr(stream));
+	batch->cxt = AllocSetContextCreate(parent, "pg_kappa batch rows",
+									   ALLOCSET_DEFAULT_SIZES);
+	batch->maxrows = 1024;
+	batch->rows = MemoryContextAlloc(parent, sizeof(HeapTuple) * batch->maxrows);
+	return batch;
+}
+
+/* KappaBatchAdd copies the row in 'slot' into the batch. */
+void
+KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot)
+{
+	MemoryContext oldcxt;
+
+	if (batch->nrows >= batch->maxrows)
+	{
+		batch->maxrows *= 2;
+		batch->rows = repalloc_huge(batch->rows,
+									sizeof(HeapTuple) * batch->maxrows);
+	}
+	oldcxt = MemoryContextSwitchTo(batch->cxt);
+	batch->rows[batch->nrows++] = ExecCopySlotHeapTuple(slot);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/* Append the batch's rows to the stream's retained storage. */
+static void
+append_to_storage(KappaBatch *batch, Oid backingRelid)
+{
+	Relation	rel;
+	TupleDesc	desc;
+	TupleTableSlot **slots;
+	int			nslots = 0;
+	int			maxslots = 1000;
+	BulkInsertState bistate;
+	CommandId	cid = GetCurrentCommandId(true);
+	TimestampTz now = GetCurrentTimestamp();
+	int			i;
+	AttrNumber *map;
+	int			j;
+	Datum	   *values;
+	bool	   *nulls;
+
+	rel = table_open(backingRelid, RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+
+	/* backing columns by name: the stream's, then kappa_arrived_at */
+	map = palloc0(sizeof(AttrNumber) * desc->natts);
+	for (j = 0; j < desc->natts; j++)
+	{
+		Form_pg_attribute battr = TupleDescAttr(desc, j);
+		int			k;
+
+		if (battr->attisdropped)
+			continue;
+		for (k = 0; k < batch->tupdesc->natts; k++)
+		{
+			Form_pg_attribute sattr = TupleDescAttr(batch->tupdesc, k);
+
+			if (!sattr->attisdropped &&
+				strcmp(NameStr(sattr->attname), NameStr(battr->attname)) == 0)
+			{
+				map[j] = k + 1;
+				break;
+			}
+		}
+	}
+
+	slots = palloc(sizeof(TupleTableSlot *) * maxslots);
+	for (i = 0; i < maxslots; i++)
+		slots[i] = table_slot_create(rel, NULL);
+	bistate = GetBulkInsertState();
+
+	values = palloc(sizeof(Datum) * batch->tupdesc->natts);
+	nulls = palloc(sizeof(bool) * batch->tupdesc->natts);
+	for (i = 0; i < batch->nrows; i++)
+	{
+		TupleTableSlot *slot = slots[nslots];
+
+		heap_deform_tuple(batch->rows[i], batch->tupdesc, values, nulls);
+		ExecClearTuple(slot);
+		for (j = 0; j < desc->natts; j++)
+		{
+			if (map[j] > 0)
+			{
+				slot->tts_values[j] = values[map[j] - 1];
+				slot->tts_isnull[j] = nulls[map[j] - 1];
+			}
+			else if (strcmp(NameStr(TupleDescAttr(desc, j)->attname),
+							"kappa_arrived_at") == 0)
+			{
+				slot->tts_values[j] = TimestampTzGetDatum(now);
+				slot->tts_isnull[j] = false;
+			}
+			else
+			{
+				slot->tts_values[j] = (Datum) 0;
+				slot->tts_isnull[j] = true;
+			}
+		}
+		ExecStoreVirtualTuple(slot);
+		if (++nslots == maxslots || i == batch->nrows - 1)
+		{
+			table_multi_insert(rel, slots, nslots, cid, 0, bistate);
+			nslots = 0;
+		}
+	}
+
+	FreeBulkInsertState(bistate);
+	for (i = 0; i < maxslots; i++)
+		ExecDropSingleTupleTableSlot(slots[i]);
+	table_close(rel, NoLock);
+}
+
+/*
+ * KappaBatchApply applies the batch's rows in the current transaction:
+ * retained storage first, then every view on the stream in OID order.  The
+ * batch is empty afterwards.  Errors propagate; the caller's (sub)transaction
+ * abort undoes whatever was applied.
+ */
+void
+KappaBatchApply(KappaBatch *batch)
+{
+	KappaStreamInfo *info;
+	ListCell   *lc;
+
+	/*
+	 * Lock what the views' cached plans read, as the plan cache would; if
+	 * that let in an invalidation, load the stream's views again.
+	 */
+	for (;;)
+	{
+		info = KappaGetStreamInfo(batch->streamRelid);
+		foreach(lc, info->views)
+			KappaViewLockRelations(lfirst(lc));
+		if (info->valid)
+			break;
+		KappaReleaseStreamInfo(info);
+	}
+
+	PG_TRY();
+	{
+		if (info->retained && batch->nrows > 0)
+			append_to_storage(batch, info->backingRelid);
+		foreach(lc, info->views)
+			KappaViewApplyBatch(lfirst(lc), batch);
+	}
+	PG_FINALLY();
+	{
+		kappa_active_batch = NULL;
+		KappaReleaseStreamInfo(info);
+	}
+	PG_END_TRY();
+
+	KappaStatsCountStream(batch->streamRelid, batch->nrows);
+	batch->rowsApplied += batch->nrows;
+	batch->nrows = 0;
+	MemoryContextReset(batch->cxt);
+}
+
+/* KappaBatchDestroy frees a batch (its rows need not be applied). */
+void
+KappaBatchDestroy(KappaBatch *batch)
+{
+	MemoryContextDelete(batch->cxt);
+	pfree(batch->rows);
+	FreeTupleDesc(batch->tupdesc);
+	pfree(batch);
+}
+
+/*
+ * KappaResetAfterAbort forgets the active batch after an error aborted the
+ * transaction; registered as a transaction callback.
+ */
+static void
+kappa_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
+		kappa_active_batch = NULL;
+		KappaResetAfterAbort();
+	}
+}
+
+/* KappaBatchInit registers the transaction callback; once per backend. */
+void
+KappaBatchInit(void)
+{
+	RegisterXactCallback(kappa_xact_callback, NULL);
+}
+
+/*
+ * KappaSetActiveBatch makes 'batch' (or nobody, with NULL) the source of
+ * scans of its stream and returns the previously active batch.
+ */
+KappaBatch *
+KappaSetActiveBatch(KappaBatch *batch)
+{
+	KappaBatch *prev = kappa_active_batch;
+
+	kappa_active_batch = batch;
+	return prev;
+}
+
+/* KappaActiveBatch returns the batch being applied to 'streamRelid', if any. */
+KappaBatch *
+KappaActiveBatch(Oid streamRelid)
+{
+	if (kappa_active_batch != NULL &&
+		kappa_active_batch->streamRelid == streamRelid)
+		return kappa_active_batch;
+	return NULL;
+}

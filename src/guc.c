@@ -1,0 +1,57 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.c
+ *	  Every kappa.* setting, defined in one place.
+ *
+ * kappa.batch_size and kappa.max_latency are the latency/cost knob: a batch
+ * ends when either bound is reached.  Kafka sources may override both with
+ * per-source options.  kappa.stream_chunk_rows bounds how many rows an INSERT
+ * or COPY into a stream buffers before applying them to the views, which
+ * bounds memory for statements of any size.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "utils/guc.h"
+
+#include "pg_kappa.h"
+
+int			kappa_batch_size = 10000;
+int			kappa_max_latency_ms = 100;
+int			kappa_stream_chunk_rows = 65536;
+
+/*
+ * KappaDefineGucs registers the kappa.* settings and reserves the prefix.
+ * Called once from _PG_init.
+ */
+void
+KappaDefineGucs(void)
+{
+	DefineCustomIntVariable("kappa.batch_size",
+							"Maximum number of Kafka messages applied in one batch.",
+							"A batch ends when it holds this many messages or when "
+							"kappa.max_latency has passed, whichever comes first.",
+							&kappa_batch_size,
+							10000, 1, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("kappa.max_latency",
+							"Longest time a Kafka message waits before its batch is applied.",
+							"Lower values make views fresher at a higher cost per message.",
+							&kappa_max_latency_ms,
+							100, 1, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("kappa.stream_chunk_rows",
+							"Rows an INSERT or COPY into a stream buffers before applying them to its views.",
+							NULL,
+							&kappa_stream_chunk_rows,
+							65536, 1, 10000000,
+							PGC_USERSET, 0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("kappa");
+}

@@ -1,0 +1,99 @@
+/*-------------------------------------------------------------------------
+ *
+ * pg_kappa.h
+ *	  Map of the pg_kappa module: the externs of each source file, grouped by
+ *	  the file that defines them.
+ *
+ * pg_kappa turns PostgreSQL into the processing and serving layer of a
+ * real-time pipeline.  Rows reach a *stream* (a foreign table of our own FDW)
+ * by INSERT, COPY or a Kafka worker; every path ends in KappaBatchApply(),
+ * which feeds the rows to every continuous view on the stream inside the
+ * caller's transaction.  See docs/architecture.md.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG_KAPPA_H
+#define PG_KAPPA_H
+
+#include "postgres.h"
+
+#include "access/tupdesc.h"
+#include "executor/tuptable.h"
+#include "nodes/execnodes.h"
+#include "nodes/parsenodes.h"
+#include "storage/lockdefs.h"
+#include "utils/relcache.h"
+
+#define KAPPA_SCHEMA		"kappa"
+#define KAPPA_DATA_SCHEMA	"kappa_data"
+#define KAPPA_SERVER_NAME	"kappa_streams"
+
+/* in guc.c */
+extern int	kappa_batch_size;
+extern int	kappa_max_latency_ms;
+extern int	kappa_stream_chunk_rows;
+extern void KappaDefineGucs(void);
+
+/* in pg_kappa.c */
+extern bool kappa_loaded_via_preload;
+
+/*
+ * A batch of new rows for one stream.  The rows are heap tuples in the
+ * stream's row type, allocated in 'cxt', which KappaBatchApply resets.  INSERT,
+ * COPY and the Kafka worker all fill a KappaBatch and call KappaBatchApply.
+ */
+typedef struct KappaBatch
+{
+	Oid			streamRelid;
+	TupleDesc	tupdesc;		/* the stream's row type (not owned) */
+	MemoryContext cxt;			/* holds the rows; reset after each apply */
+	HeapTuple  *rows;
+	int			nrows;
+	int			maxrows;
+	uint64		rowsApplied;	/* total rows applied through this batch */
+} KappaBatch;
+
+/* in batch.c */
+extern KappaBatch *KappaBatchCreate(Relation stream, MemoryContext parent);
+extern void KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot);
+extern void KappaBatchApply(KappaBatch *batch);
+extern void KappaBatchDestroy(KappaBatch *batch);
+extern void KappaBatchInit(void);
+extern KappaBatch *KappaActiveBatch(Oid streamRelid);
+extern KappaBatch *KappaSetActiveBatch(KappaBatch *batch);
+
+/* in catalog.c */
+typedef struct KappaViewInfo KappaViewInfo;
+
+typedef struct KappaStreamInfo
+{
+	Oid			relid;			/* the stream (foreign table) */
+	Oid			backingRelid;	/* heap of retained rows, or InvalidOid */
+	bool		retained;
+	List	   *views;			/* of KappaViewInfo *, in view-OID order */
+	bool		valid;			/* false once invalidated */
+	MemoryContext cxt;			/* holds this entry and its views */
+} KappaStreamInfo;
+
+extern bool KappaIsStream(Oid relid);
+extern KappaStreamInfo *KappaGetStreamInfo(Oid relid);
+extern void KappaReleaseStreamInfo(KappaStreamInfo *info);
+extern void KappaInvalidateStream(Oid relid);
+extern void KappaResetAfterAbort(void);
+extern Oid	KappaStreamServerOid(bool missing_ok);
+extern void KappaCatalogInit(void);
+
+/* in view_engine.c */
+extern void KappaViewApplyBatch(KappaViewInfo *view, KappaBatch *batch);
+extern KappaViewInfo *KappaViewInfoLoad(Oid viewRelid, Oid matRelid,
+										Oid defRelid, MemoryContext parent);
+extern void KappaViewInfoFree(KappaViewInfo *view);
+extern void KappaViewLockRelations(KappaViewInfo *view);
+
+/* in stream.c */
+extern Oid	KappaLookupStream(const char *name, LOCKMODE lockmode);
+
+/* in util.c (the rest in util.h) */
+extern void KappaExecUtility(Node *stmt, const char *sourceText);
+
+#endif							/* PG_KAPPA_H */

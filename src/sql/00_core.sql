@@ -1,0 +1,203 @@
+-- pg_kappa install script, assembled by the Makefile from src/sql/*.sql.
+-- Part 00: streams, continuous views and their catalog.
+
+\echo Use "CREATE EXTENSION pg_kappa" to load this file. \quit
+
+-- Objects that carry the data of streams and views (materializations,
+-- definitions, retained rows).  Users reach them only through the objects
+-- pg_kappa creates in their own schemas.
+CREATE SCHEMA kappa_data;
+GRANT USAGE ON SCHEMA kappa_data TO PUBLIC;
+
+-- Streams are foreign tables of this wrapper.
+CREATE FUNCTION kappa.stream_fdw_handler()
+RETURNS fdw_handler
+AS 'MODULE_PATHNAME', 'kappa_stream_fdw_handler'
+LANGUAGE C STRICT;
+
+CREATE FUNCTION kappa.stream_fdw_validator(text[], oid)
+RETURNS void
+AS 'MODULE_PATHNAME', 'kappa_stream_fdw_validator'
+LANGUAGE C STRICT;
+
+CREATE FOREIGN DATA WRAPPER kappa_stream
+  HANDLER kappa.stream_fdw_handler
+  VALIDATOR kappa.stream_fdw_validator;
+
+CREATE SERVER kappa_streams FOREIGN DATA WRAPPER kappa_stream;
+GRANT USAGE ON FOREIGN SERVER kappa_streams TO PUBLIC;
+
+-- Catalog.  Rows are written only by pg_kappa's functions; pg_dump dumps them
+-- (pg_extension_config_dump) so that a restored database keeps its streams
+-- and views.
+CREATE TABLE kappa.stream_catalog (
+    stream      regclass PRIMARY KEY,
+    backing     regclass,               -- heap of retained rows, NULL if none
+    retain_all  boolean NOT NULL DEFAULT false,  -- retain => 'infinity'
+    retain      interval,               -- retain => an interval; expiry age
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE kappa.view_catalog (
+    id          serial PRIMARY KEY,
+    view        regclass NOT NULL UNIQUE,   -- what users read
+    stream      regclass NOT NULL REFERENCES kappa.stream_catalog (stream),
+    mat         regclass NOT NULL UNIQUE,   -- materialization: keys, states, finals
+    def         regclass NOT NULL UNIQUE,   -- definition: the query as a plain view
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+SELECT pg_catalog.pg_extension_config_dump('kappa.stream_catalog', '');
+SELECT pg_catalog.pg_extension_config_dump('kappa.view_catalog', '');
+SELECT pg_catalog.pg_extension_config_dump('kappa.view_catalog_id_seq', '');
+
+REVOKE ALL ON kappa.stream_catalog, kappa.view_catalog FROM PUBLIC;
+GRANT SELECT ON kappa.stream_catalog, kappa.view_catalog TO PUBLIC;
+
+-- Streams.
+CREATE FUNCTION kappa.create_stream(name text, columns text, retain text DEFAULT NULL)
+RETURNS regclass
+AS 'MODULE_PATHNAME', 'kappa_create_stream'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE;
+
+COMMENT ON FUNCTION kappa.create_stream(text, text, text) IS
+  'create a stream: a typed append-only relation that feeds continuous views';
+
+CREATE FUNCTION kappa.drop_stream(name text, cascade boolean DEFAULT false)
+RETURNS void
+AS 'MODULE_PATHNAME', 'kappa_drop_stream'
+LANGUAGE C STRICT VOLATILE;
+
+-- Continuous views.
+CREATE FUNCTION kappa.create_view(name text, query text)
+RETURNS regclass
+AS 'MODULE_PATHNAME', 'kappa_create_view'
+LANGUAGE C STRICT VOLATILE;
+
+COMMENT ON FUNCTION kappa.create_view(text, text) IS
+  'create a continuous view: an aggregate query over a stream maintained incrementally';
+
+CREATE FUNCTION kappa.drop_view(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'kappa_drop_view'
+LANGUAGE C STRICT VOLATILE;
+
+-- Statistics kept in shared memory (NULL when the library is not preloaded).
+CREATE FUNCTION kappa.stream_stats(stream regclass,
+    OUT rows_applied bigint, OUT batches bigint, OUT last_batch_at timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'kappa_stream_stats'
+LANGUAGE C STRICT STABLE;
+
+-- Drops made with plain DDL (DROP VIEW, DROP FOREIGN TABLE ... CASCADE, DROP
+-- EXTENSION) keep the catalog consistent through this event trigger: the
+-- remaining pieces of an affected view are dropped and its catalog row goes.
+CREATE FUNCTION kappa.on_sql_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    dropped oid[];
+    v record;
+    s record;
+BEGIN
+    SELECT array_agg(objid) INTO dropped
+      FROM pg_event_trigger_dropped_objects()
+     WHERE classid = 'pg_class'::regclass AND objsubid = 0;
+    IF dropped IS NULL OR to_regclass('kappa.view_catalog') IS NULL THEN
+        RETURN;
+    END IF;
+
+    FOR v IN DELETE FROM kappa.view_catalog
+              WHERE view::oid = ANY (dropped) OR mat::oid = ANY (dropped)
+                 OR def::oid = ANY (dropped) OR stream::oid = ANY (dropped)
+          RETURNING *
+    LOOP
+        IF NOT v.view::oid = ANY (dropped) THEN
+            EXECUTE format('DROP VIEW IF EXISTS %s CASCADE', v.view);
+        END IF;
+        IF NOT v.mat::oid = ANY (dropped) THEN
+            EXECUTE format('DROP TABLE IF EXISTS %s CASCADE', v.mat);
+        END IF;
+        IF NOT v.def::oid = ANY (dropped) THEN
+            EXECUTE format('DROP VIEW IF EXISTS %s CASCADE', v.def);
+        END IF;
+        IF NOT v.stream::oid = ANY (dropped) THEN
+            PERFORM kappa.stream_changed(v.stream);
+        END IF;
+    END LOOP;
+
+    FOR s IN SELECT * FROM kappa.stream_catalog
+              WHERE backing::oid = ANY (dropped) AND NOT stream::oid = ANY (dropped)
+    LOOP
+        RAISE EXCEPTION 'cannot drop the retained rows of stream %', s.stream
+              USING ERRCODE = 'dependent_objects_still_exist',
+                    HINT = 'Use kappa.drop_stream() to drop the stream with its rows.';
+    END LOOP;
+
+    FOR s IN DELETE FROM kappa.stream_catalog
+              WHERE stream::oid = ANY (dropped)
+          RETURNING *
+    LOOP
+        IF s.backing IS NOT NULL AND NOT s.backing::oid = ANY (dropped) THEN
+            EXECUTE format('DROP TABLE IF EXISTS %s', s.backing);
+        END IF;
+    END LOOP;
+END;
+$$;
+
+CREATE FUNCTION kappa.stream_changed(stream regclass)
+RETURNS void
+AS 'MODULE_PATHNAME', 'kappa_stream_changed'
+LANGUAGE C STRICT VOLATILE;
+REVOKE ALL ON FUNCTION kappa.stream_changed(regclass) FROM PUBLIC;
+
+CREATE EVENT TRIGGER kappa_sql_drop ON sql_drop
+  EXECUTE FUNCTION kappa.on_sql_drop();
+
+-- Catalog views.
+CREATE VIEW kappa.streams AS
+SELECT s.stream,
+       n.nspname AS schema_name,
+       c.relname AS stream_name,
+       (SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)),
+                          ', ' ORDER BY a.attnum)
+          FROM pg_attribute a
+         WHERE a.attrelid = s.stream AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
+       CASE WHEN s.retain_all THEN 'infinity' ELSE s.retain::text END AS retention,
+       ARRAY(SELECT v.view FROM kappa.view_catalog v
+              WHERE v.stream = s.stream ORDER BY v.view::oid) AS views,
+       st.rows_applied,
+       st.batches,
+       st.last_batch_at,
+       s.created_at
+  FROM kappa.stream_catalog s
+  JOIN pg_class c ON c.oid = s.stream
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN LATERAL kappa.stream_stats(s.stream) st ON true;
+
+CREATE FUNCTION kappa.view_stats(view regclass,
+    OUT groups bigint, OUT rows_applied bigint, OUT last_update timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'kappa_view_stats'
+LANGUAGE C STRICT STABLE;
+
+CREATE VIEW kappa.views AS
+SELECT v.view,
+       n.nspname AS schema_name,
+       c.relname AS view_name,
+       v.stream,
+       pg_get_viewdef(v.def) AS query,
+       st.groups,
+       st.rows_applied,
+       st.last_update,
+       v.mat AS materialization,
+       v.created_at
+  FROM kappa.view_catalog v
+  JOIN pg_class c ON c.oid = v.view
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN LATERAL kappa.view_stats(v.view) st ON true;
+
+GRANT USAGE ON SCHEMA kappa TO PUBLIC;
+GRANT SELECT ON kappa.streams, kappa.views TO PUBLIC;

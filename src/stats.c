@@ -1,0 +1,169 @@
+/*-------------------------------------------------------------------------
+ *
+ * stats.c
+ *	  Cumulative statistics of streams (rows applied, batches, last batch
+ *	  time), shown by kappa.streams.
+ *
+ * Like pg_stat counters these are not transactional: rows of a batch that
+ * is later rolled back are counted.  They live in a small shared hash table
+ * keyed by (database, stream), which exists only when pg_kappa is in
+ * shared_preload_libraries; otherwise kappa.stream_stats returns NULLs.
+ * Counters start from zero at server start.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/timestamp.h"
+
+#include "pg_kappa.h"
+#include "stats.h"
+
+#define KAPPA_MAX_STREAM_STATS 4096
+
+typedef struct StreamStatsKey
+{
+	Oid			dbid;
+	Oid			relid;
+} StreamStatsKey;
+
+typedef struct StreamStatsEntry
+{
+	StreamStatsKey key;
+	uint64		rows;
+	uint64		batches;
+	TimestampTz lastBatch;
+} StreamStatsEntry;
+
+typedef struct StreamStatsShared
+{
+	LWLock	   *lock;
+} StreamStatsShared;
+
+static StreamStatsShared *kappa_stats = NULL;
+static HTAB *kappa_stats_hash = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+kappa_stats_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(StreamStatsShared)) +
+						   hash_estimate_size(KAPPA_MAX_STREAM_STATS,
+											  sizeof(StreamStatsEntry)));
+	RequestNamedLWLockTranche("pg_kappa stats", 1);
+}
+
+static void
+kappa_stats_shmem_startup(void)
+{
+	bool		found;
+	HASHCTL		ctl;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	kappa_stats = ShmemInitStruct("pg_kappa stats", sizeof(StreamStatsShared),
+								  &found);
+	if (!found)
+		kappa_stats->lock = &(GetNamedLWLockTranche("pg_kappa stats"))->lock;
+	ctl.keysize = sizeof(StreamStatsKey);
+	ctl.entrysize = sizeof(StreamStatsEntry);
+	kappa_stats_hash = ShmemInitHash("pg_kappa stream stats",
+									 KAPPA_MAX_STREAM_STATS,
+									 KAPPA_MAX_STREAM_STATS,
+									 &ctl, HASH_ELEM | HASH_BLOBS);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* KappaStatsPreloadInit installs the shared memory hooks (preload only). */
+void
+KappaStatsPreloadInit(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = kappa_stats_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = kappa_stats_shmem_startup;
+}
+
+/*
+ * KappaStatsCountStream adds one applied batch of 'nrows' rows to the
+ * stream's counters.  Does nothing without shared memory or when the table
+ * is full (the counters are informational).
+ */
+void
+KappaStatsCountStream(Oid streamRelid, uint64 nrows)
+{
+	StreamStatsKey key;
+	StreamStatsEntry *entry;
+	bool		found;
+
+	if (kappa_stats == NULL || nrows == 0)
+		return;
+	key.dbid = MyDatabaseId;
+	key.relid = streamRelid;
+	LWLockAcquire(kappa_stats->lock, LW_EXCLUSIVE);
+	entry = hash_search(kappa_stats_hash, &key, HASH_ENTER_NULL, &found);
+	if (entry != NULL)
+	{
+		if (!found)
+		{
+			entry->rows = 0;
+			entry->batches = 0;
+		}
+		entry->rows += nrows;
+		entry->batches++;
+		entry->lastBatch = GetCurrentTimestamp();
+	}
+	LWLockRelease(kappa_stats->lock);
+}
+
+PG_FUNCTION_INFO_V1(kappa_stream_stats);
+
+/*
+ * kappa.stream_stats(stream) returns (rows_applied, batches, last_batch_at)
+ * since server start, or NULLs when the library is not preloaded.
+ */
+Datum
+kappa_stream_stats(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {true, true, true};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	if (kappa_stats != NULL)
+	{
+		StreamStatsKey key;
+		StreamStatsEntry *entry;
+
+		key.dbid = MyDatabaseId;
+		key.relid = relid;
+		LWLockAcquire(kappa_stats->lock, LW_SHARED);
+		entry = hash_search(kappa_stats_hash, &key, HASH_FIND, NULL);
+		values[0] = Int64GetDatum(entry ? entry->rows : 0);
+		values[1] = Int64GetDatum(entry ? entry->batches : 0);
+		nulls[0] = nulls[1] = false;
+		if (entry)
+		{
+			values[2] = TimestampTzGetDatum(entry->lastBatch);
+			nulls[2] = false;
+		}
+		LWLockRelease(kappa_stats->lock);
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}

@@ -1,0 +1,129 @@
+/*-------------------------------------------------------------------------
+ *
+ * view.h
+ *	  Continuous views: the shape of a view query, the per-backend state used
+ *	  to apply batches to a view, and the aggregate-state arithmetic.
+ *
+ * A continuous view is stored as three relations:
+ *
+ *	 - the definition ("def"): a plain view in kappa_data holding the user's
+ *	   query, so that PostgreSQL tracks its dependencies, renames and dumps;
+ *	 - the materialization ("mat"): a heap table in kappa_data with one row
+ *	   per group: key columns k_1..k_n (unique index, NULLS NOT DISTINCT),
+ *	   aggregate transition states s_1..s_m, the output columns c_1..c_p
+ *	   computed from the finalized states, h (HAVING) and o_1..o_q (ORDER BY
+ *	   keys) when the query has them, and updated_at;
+ *	 - the user-facing view, in the user's schema: SELECT c_1 AS ..., ... FROM
+ *	   mat [WHERE h] [ORDER BY o_1, ...] [LIMIT ...].
+ *
+ * The last aggregate is always count(*): it gives rows_applied per group.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef KAPPA_VIEW_H
+#define KAPPA_VIEW_H
+
+#include "postgres.h"
+
+#include "access/tupdesc.h"
+#include "fmgr.h"
+#include "nodes/execnodes.h"
+#include "nodes/parsenodes.h"
+#include "nodes/plannodes.h"
+
+/*
+ * What a view query means for incremental maintenance, derived from the
+ * analyzed and rewritten query.  Expressions in outExprs, having and
+ * sortExprs refer to a "finals" tuple: Var(1, i) is the i-th group key for
+ * i <= nkeys, then the finalized value of each aggregate in 'aggrefs'.
+ */
+typedef struct KappaViewShape
+{
+	Query	   *query;			/* analyzed and rewritten view query */
+	Oid			streamRelid;
+	int			nkeys;
+	List	   *keyExprs;		/* GROUP BY expressions, groupClause order */
+	List	   *aggrefs;		/* distinct Aggrefs; the last is count(*) */
+	int			rowsAgg;		/* index in aggrefs of count(*) */
+	List	   *outExprs;		/* non-junk target expressions, mapped */
+	List	   *outNames;		/* their column names (char *) */
+	Expr	   *having;			/* mapped HAVING, or NULL */
+	List	   *sortExprs;		/* mapped ORDER BY expressions */
+	List	   *sortClauses;	/* SortGroupClause of each ORDER BY item */
+	Node	   *limitCount;		/* Const or NULL */
+	Node	   *limitOffset;	/* Const or NULL */
+} KappaViewShape;
+
+/* How to merge, finalize and store one aggregate's transition state. */
+typedef struct KappaAggMerge
+{
+	Oid			aggfnoid;
+	Oid			transtype;
+	int16		transtypLen;
+	bool		transtypByVal;
+	bool		internalState;	/* stored serialized, as bytea */
+	Oid			inputCollid;
+	FmgrInfo	combinefn;
+	FmgrInfo	serialfn;		/* internal states only */
+	FmgrInfo	deserialfn;		/* internal states only */
+	FmgrInfo	finalfn;
+	bool		hasFinalfn;
+	int			numFinalArgs;
+	Oid			resultType;
+	int16		resultTypLen;
+	bool		resultTypByVal;
+} KappaAggMerge;
+
+/* Per-backend state of one continuous view, cached per stream. */
+struct KappaViewInfo
+{
+	Oid			viewRelid;		/* user-facing view */
+	Oid			matRelid;
+	Oid			defRelid;
+	Oid			indexRelid;		/* unique index on the keys of mat */
+	Oid			ownerId;		/* deltas run with the owner's rights */
+	MemoryContext cxt;			/* everything below lives here */
+	KappaViewShape *shape;
+	char	   *sql;			/* the definition, for error context */
+	PlannedStmt *deltaPlan;		/* batch -> (keys, partial states) sorted */
+	List	   *relationOids;	/* relations the plan depends on */
+	int			nkeys;
+	int			naggs;
+	KappaAggMerge *aggs;
+	bool		globalView;		/* no GROUP BY: one row, dummy key k_0 */
+	/* attribute numbers in mat */
+	int			matNatts;
+	AttrNumber *keyAttnos;
+	AttrNumber *stateAttnos;
+	AttrNumber *outAttnos;
+	AttrNumber	havingAttno;
+	AttrNumber *sortAttnos;
+	AttrNumber	updatedAttno;
+	RegProcedure *keyEqProcs;	/* btree equality of each key, for probes */
+	Oid		   *keyCollations;
+	/* evaluation of outputs from the finals tuple */
+	TupleDesc	finalsDesc;
+	ExprState **outStates;
+	ExprState  *havingState;
+	ExprState **sortStates;
+	AggState   *aggContext;		/* stands in for the Agg node when calling
+								 * combine/final functions */
+	ExprContext *econtext;		/* per-group memory, reset after each group */
+};
+
+/* in view_define.c */
+extern KappaViewShape *KappaBuildViewShape(Query *query, const char *sql);
+extern Query *KappaParseViewQuery(const char *sql, bool rewrite);
+extern Aggref *KappaMakeCountStar(void);
+
+/* in agg_state.c */
+extern void KappaAggMergeInit(KappaAggMerge *merge, Aggref *aggref);
+extern Oid	KappaAggStateType(Aggref *aggref);
+extern AggState *KappaMakeAggContext(ExprContext *econtext);
+extern void KappaAggCombineAndFinalize(KappaAggMerge *merge, AggState *aggcontext,
+									   bool haveStored, Datum stored, bool storedNull,
+									   Datum delta, bool deltaNull,
+									   Datum *newState, bool *newStateNull,
+									   Datum *final, bool *finalNull);
+
+#endif							/* KAPPA_VIEW_H */

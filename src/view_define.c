@@ -1,0 +1,921 @@
+/*-------------------------------------------------------------------------
+ *
+ * view_define.c
+ *	  Creating and dropping continuous views: what a view query may contain,
+ *	  what it means for incremental maintenance (its "shape"), and the
+ *	  relations that store it.
+ *
+ * A view query is a SELECT over exactly one stream, optionally joined to
+ * ordinary tables, with aggregates that have combine functions.  Everything
+ * that cannot be maintained from per-batch partial states is refused here,
+ * at creation, with its own SQLSTATE (kappa_errcodes.h), a message naming
+ * the construct and a hint with the alternative.
+ *
+ * KappaBuildViewShape is used both at creation and whenever a backend loads
+ * a view (view_engine.c), from the text of the view's definition, so the two
+ * cannot disagree.  See view.h for the storage layout.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_aggregate.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_operator.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "commands/defrem.h"
+#include "commands/tablecmds.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/optimizer.h"
+#include "parser/analyze.h"
+#include "parser/parse_agg.h"
+#include "parser/parse_node.h"
+#include "parser/parse_relation.h"
+#include "parser/parser.h"
+#include "parser/parsetree.h"
+#include "rewrite/rewriteHandler.h"
+#include "rewrite/rewriteManip.h"
+#include "tcop/tcopprot.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/rel.h"
+#include "utils/ruleutils.h"
+#include "utils/syscache.h"
+
+#include "pg_kappa.h"
+#include "kappa_errcodes.h"
+#include "util.h"
+#include "view.h"
+
+typedef struct CheckContext
+{
+	ParseState *pstate;			/* for error positions in the query text */
+	int			streams;		/* stream references anywhere */
+} CheckContext;
+
+typedef struct MapContext
+{
+	KappaViewShape *shape;
+	ParseState *pstate;
+} MapContext;
+
+/*
+ * KappaParseViewQuery parses and analyzes a view query given as text.  It
+ * must be exactly one SELECT.  With 'rewrite', views it reads are expanded
+ * (what planning needs); locks are taken on every relation it reads.
+ */
+Query *
+KappaParseViewQuery(const char *sql, bool rewrite)
+{
+	List	   *raw;
+	RawStmt    *rawstmt;
+	List	   *queries;
+
+	raw = raw_parser(sql, RAW_PARSE_DEFAULT);
+	if (list_length(raw) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_NOT_SELECT),
+				 errmsg("a continuous view must be defined by exactly one SELECT statement"),
+				 errdetail("The query text contains %d statements.", list_length(raw))));
+	rawstmt = linitial_node(RawStmt, raw);
+	if (!IsA(rawstmt->stmt, SelectStmt) ||
+		((SelectStmt *) rawstmt->stmt)->intoClause != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_NOT_SELECT),
+				 errmsg("a continuous view must be defined by a SELECT statement"),
+				 errhint("Write the query as SELECT ... FROM stream ... GROUP BY ...")));
+
+	if (rewrite)
+		queries = pg_analyze_and_rewrite_fixedparams(rawstmt, sql, NULL, 0, NULL);
+	else
+		queries = list_make1(parse_analyze_fixedparams(rawstmt, sql, NULL, 0, NULL));
+	if (list_length(queries) != 1)
+		elog(ERROR, "view query rewrote to %d queries", list_length(queries));
+	return linitial_node(Query, queries);
+}
+
+/* Count references to streams anywhere in a query tree. */
+static bool
+count_streams_walker(Node *node, CheckContext *ctx)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, RangeTblEntry))
+	{
+		RangeTblEntry *rte = (RangeTblEntry *) node;
+
+		if (rte->rtekind == RTE_RELATION && KappaIsStream(rte->relid))
+			ctx->streams++;
+		return false;
+	}
+	if (IsA(node, Query))
+		return query_tree_walker((Query *) node, count_streams_walker, ctx,
+								 QTW_EXAMINE_RTES_BEFORE);
+	return expression_tree_walker(node, count_streams_walker, ctx);
+}
+
+/* Is range table entry 'rtindex' on the nullable side of an outer join? */
+static bool
+rte_is_nullable(Node *jtnode, int rtindex, bool nullable)
+{
+	if (jtnode == NULL)
+		return false;
+	if (IsA(jtnode, RangeTblRef))
+		return ((RangeTblRef *) jtnode)->rtindex == rtindex && nullable;
+	if (IsA(jtnode, FromExpr))
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((FromExpr *) jtnode)->fromlist)
+		{
+			if (rte_is_nullable(lfirst(lc), rtindex, nullable))
+				return true;
+		}
+		return false;
+	}
+	if (IsA(jtnode, JoinExpr))
+	{
+		JoinExpr   *j = (JoinExpr *) jtnode;
+		bool		lnull = nullable || j->jointype == JOIN_RIGHT || j->jointype == JOIN_FULL;
+		bool		rnull = nullable || j->jointype == JOIN_LEFT || j->jointype == JOIN_FULL;
+
+		return rte_is_nullable(j->larg, rtindex, lnull) ||
+			rte_is_nullable(j->rarg, rtindex, rnull);
+	}
+	return false;
+}
+
+static bool
+volatile_func_checker(Oid func_id, void *context)
+{
+	if (func_volatile(func_id) == PROVOLATILE_VOLATILE)
+	{
+		*(Oid *) context = func_id;
+		return true;
+	}
+	return false;
+}
+
+/* Find a volatile function anywhere in a query tree; sets *funcid. */
+static bool
+find_volatile_walker(Node *node, Oid *funcid)
+{
+	if (node == NULL)
+		return false;
+	if (check_functions_in_node(node, volatile_func_checker, funcid))
+		return true;
+	if (IsA(node, NextValueExpr))
+	{
+		*funcid = F_NEXTVAL;
+		return true;
+	}
+	if (IsA(node, Query))
+		return query_tree_walker((Query *) node, find_volatile_walker, funcid, 0);
+	return expression_tree_walker(node, find_volatile_walker, funcid);
+}
+
+static bool
+collect_aggrefs_walker(Node *node, List **aggrefs)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Aggref))
+	{
+		ListCell   *lc;
+
+		foreach(lc, *aggrefs)
+		{
+			if (equal(lfirst(lc), node))
+				return false;
+		}
+		*aggrefs = lappend(*aggrefs, node);
+		return false;			/* the parser forbids nested aggregates */
+	}
+	if (IsA(node, Query))
+		return false;
+	return expression_tree_walker(node, collect_aggrefs_walker, aggrefs);
+}
+
+/* Refuse an aggregate call that cannot be maintained from partial states. */
+static void
+check_aggref(Aggref *aggref, ParseState *pstate)
+{
+	HeapTuple	tuple;
+	Form_pg_aggregate aggform;
+	char	   *name = format_procedure(aggref->aggfnoid);
+
+	if (aggref->agglevelsup != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_OUTER_AGGREGATE),
+				 errmsg("outer-level aggregate %s is not supported in a continuous view", name),
+				 parser_errposition(pstate, aggref->location)));
+	if (AGGKIND_IS_ORDERED_SET(aggref->aggkind))
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_ORDERED_SET_AGGREGATE),
+				 errmsg("ordered-set aggregate %s is not supported in a continuous view", name),
+				 errdetail("Ordered-set aggregates (WITHIN GROUP) need every input row at once."),
+				 errhint("Keep a mergeable sketch instead, such as a tdigest (tdigest extension), and compute percentiles from it when reading."),
+				 parser_errposition(pstate, aggref->location)));
+	if (aggref->aggdistinct != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_DISTINCT_AGGREGATE),
+				 errmsg("DISTINCT inside aggregate %s is not supported in a continuous view", name),
+				 errdetail("Distinct values cannot be merged from per-batch partial results."),
+				 errhint("For distinct counts use a HyperLogLog sketch, e.g. hll_cardinality(hll_add_agg(hll_hash_text(x))) from the hll extension, or GROUP BY the value.")),
+				parser_errposition(pstate, aggref->location));
+	if (aggref->aggorder != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_ORDERED_AGGREGATE),
+				 errmsg("ORDER BY inside aggregate %s is not supported in a continuous view", name),
+				 errdetail("Input order cannot be kept across batches."),
+				 errhint("Remove the ORDER BY from the aggregate call."),
+				 parser_errposition(pstate, aggref->location)));
+
+	tuple = SearchSysCache1(AGGFNOID, ObjectIdGetDatum(aggref->aggfnoid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for aggregate %u", aggref->aggfnoid);
+	aggform = (Form_pg_aggregate) GETSTRUCT(tuple);
+	if (!OidIsValid(aggform->aggcombinefn))
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_NO_COMBINE_FUNCTION),
+				 errmsg("aggregate %s is not supported in a continuous view", name),
+				 errdetail("The aggregate has no combine function, so results of separate batches cannot be merged."),
+				 errhint("Use an aggregate that has a combine function (see pg_aggregate.aggcombinefn), or keep the raw rows in a retained stream and aggregate them when reading."),
+				 parser_errposition(pstate, aggref->location)));
+	if (aggform->aggtranstype == INTERNALOID &&
+		(!OidIsValid(aggform->aggserialfn) || !OidIsValid(aggform->aggdeserialfn)))
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_NO_COMBINE_FUNCTION),
+				 errmsg("aggregate %s is not supported in a continuous view", name),
+				 errdetail("Its transition state has type internal and no serialization functions, so it cannot be stored."),
+				 errhint("Use an aggregate with serialization functions (pg_aggregate.aggserialfn)."),
+				 parser_errposition(pstate, aggref->location)));
+	ReleaseSysCache(tuple);
+}
+
+/*
+ * Refuse everything that cannot be maintained incrementally; returns the
+ * range table index of the stream.
+ */
+static Index
+check_view_query(Query *query, ParseState *pstate)
+{
+	CheckContext ctx = {pstate, 0};
+	int			direct = 0;
+	Index		streamIndex = 0;
+	ListCell   *lc;
+	Index		rti = 0;
+	Oid			volatileFunc = InvalidOid;
+
+	if (query->commandType != CMD_SELECT || query->utilityStmt != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_NOT_SELECT),
+				 errmsg("a continuous view must be defined by a SELECT statement")));
+	if (query->setOperations != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_SET_OPERATION),
+				 errmsg("set operations (UNION, INTERSECT, EXCEPT) are not supported in a continuous view"),
+				 errhint("Create one continuous view per branch and combine them in a plain view that reads both.")));
+
+	(void) count_streams_walker((Node *) query, &ctx);
+	foreach(lc, query->rtable)
+	{
+		RangeTblEntry *rte = lfirst(lc);
+
+		rti++;
+		if (rte->rtekind == RTE_RELATION && KappaIsStream(rte->relid))
+		{
+			direct++;
+			streamIndex = rti;
+		}
+	}
+	if (ctx.streams > direct)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_SUBQUERY_STREAM),
+				 errmsg("a subquery, common table expression or view that reads a stream is not supported in a continuous view"),
+				 errdetail("A continuous view reads its stream directly in its FROM clause."),
+				 errhint("Move the stream into the main FROM clause and express the subquery's filter in WHERE, or define a continuous view over the stream and query that.")));
+	if (direct == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_NO_STREAM),
+				 errmsg("the query of a continuous view must read from a stream"),
+				 errhint("Create a stream with kappa.create_stream(), or use a plain or materialized view for queries over tables.")));
+	if (direct > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_MULTIPLE_STREAMS),
+				 errmsg("a continuous view can read only one stream"),
+				 errdetail("The query reads streams %d times.", direct),
+				 errhint("Create one continuous view per stream; join streams upstream before they reach PostgreSQL.")));
+	if (rte_is_nullable((Node *) query->jointree, streamIndex, false))
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_OUTER_JOIN_STREAM),
+				 errmsg("a stream on the nullable side of an outer join is not supported in a continuous view"),
+				 errdetail("Rows of the other side without a match would depend on which batch is applied."),
+				 errhint("Join the stream with an inner join or as the left side of a LEFT JOIN.")));
+	if (query->hasWindowFuncs)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_WINDOW_FUNCTION),
+				 errmsg("window functions are not supported in a continuous view"),
+				 errdetail("A window function needs all rows of its partition at once."),
+				 errhint("Apply the window function when reading: SELECT ..., rank() OVER (...) FROM the continuous view.")));
+	if (query->groupingSets != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_GROUPING_SETS),
+				 errmsg("GROUPING SETS, ROLLUP and CUBE are not supported in a continuous view"),
+				 errhint("Create one continuous view per grouping, or aggregate the finest grouping further when reading.")));
+	if (query->hasTargetSRFs)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_SET_RETURNING),
+				 errmsg("set-returning functions in the select list are not supported in a continuous view")));
+	if (query->distinctClause != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_SELECT_DISTINCT),
+				 errmsg("SELECT DISTINCT is not supported in a continuous view"),
+				 errhint("GROUP BY the columns instead, or apply DISTINCT when reading the view.")));
+	if (query->rowMarks != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_LOCKING_CLAUSE),
+				 errmsg("FOR UPDATE and FOR SHARE are not supported in a continuous view")));
+	if (!query->hasAggs && query->groupClause == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_NOT_AGGREGATE),
+				 errmsg("a continuous view needs an aggregate or a GROUP BY clause"),
+				 errdetail("Without aggregation the view would be a copy of every row."),
+				 errhint("Keep the rows with kappa.create_stream(..., retain => 'infinity') and query the stream, or feed an ordinary table.")));
+	if (find_volatile_walker((Node *) query, &volatileFunc))
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_VOLATILE_FUNCTION),
+				 errmsg("volatile function %s is not supported in a continuous view",
+						format_procedure(volatileFunc)),
+				 errdetail("A volatile function could give a different result each time a batch is applied."),
+				 errhint("Compute the value before inserting it into the stream, or use an immutable or stable expression.")));
+	if (query->limitOption == LIMIT_OPTION_WITH_TIES ||
+		(query->limitCount && !IsA(query->limitCount, Const)) ||
+		(query->limitOffset && !IsA(query->limitOffset, Const)))
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_NONCONSTANT_LIMIT),
+				 errmsg("LIMIT and OFFSET of a continuous view must be constants"),
+				 errhint("Apply other limits when reading the view.")));
+
+	foreach(lc, query->groupClause)
+	{
+		SortGroupClause *sgc = lfirst(lc);
+		TargetEntry *tle = get_sortgroupclause_tle(sgc, query->targetList);
+		Oid			type = exprType((Node *) tle->expr);
+
+		if (!OidIsValid(sgc->sortop) ||
+			!OidIsValid(GetDefaultOpClass(type, BTREE_AM_OID)))
+			ereport(ERROR,
+					(errcode(ERRCODE_KAPPA_UNORDERED_KEY),
+					 errmsg("cannot group by type %s in a continuous view",
+							format_type_be(type)),
+					 errdetail("Group keys are stored in a unique btree index, which needs a default btree operator class."),
+					 errhint("Group by an expression of a sortable type, such as a cast to text."),
+					 parser_errposition(pstate, exprLocation((Node *) tle->expr))));
+	}
+
+	/* outputs, HAVING and ORDER BY are evaluated per group at merge time */
+	foreach(lc, query->targetList)
+	{
+		TargetEntry *tle = lfirst(lc);
+
+		if (checkExprHasSubLink((Node *) tle->expr))
+			ereport(ERROR,
+					(errcode(ERRCODE_KAPPA_SUBQUERY_OUTPUT),
+					 errmsg("subqueries in the select list or ORDER BY are not supported in a continuous view"),
+					 errhint("Join the table in the FROM clause instead, or use the subquery when reading the view."),
+					 parser_errposition(pstate, exprLocation((Node *) tle->expr))));
+	}
+	if (checkExprHasSubLink(query->havingQual))
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_SUBQUERY_OUTPUT),
+				 errmsg("subqueries in HAVING are not supported in a continuous view"),
+				 errhint("Filter when reading the view instead.")));
+	return streamIndex;
+}
+
+/* Replace group keys and aggregates by Vars of the finals tuple. */
+static Node *
+map_to_finals_mutator(Node *node, MapContext *ctx)
+{
+	KappaViewShape *shape = ctx->shape;
+	ListCell   *lc;
+	int			i;
+
+	if (node == NULL)
+		return NULL;
+	i = 0;
+	foreach(lc, shape->keyExprs)
+	{
+		Node	   *key = lfirst(lc);
+
+		i++;
+		if (equal(node, key))
+			return (Node *) makeVar(1, i, exprType(key), exprTypmod(key),
+									exprCollation(key), 0);
+	}
+	if (IsA(node, Aggref))
+	{
+		i = 0;
+		foreach(lc, shape->aggrefs)
+		{
+			Aggref	   *agg = lfirst(lc);
+
+			i++;
+			if (equal(node, agg))
+				return (Node *) makeVar(1, shape->nkeys + i, agg->aggtype, -1,
+										agg->aggcollid, 0);
+		}
+		elog(ERROR, "aggregate not found in view shape");
+	}
+	if (IsA(node, Var))
+	{
+		Var		   *var = (Var *) node;
+
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_UNGROUPED_COLUMN),
+				 errmsg("column %s must appear in the GROUP BY clause or be used in an aggregate function in a continuous view",
+						get_rte_attribute_name(rt_fetch(var->varno, shape->query->rtable),
+											   var->varattno)),
+				 errdetail("A continuous view stores only its group keys and aggregates."),
+				 errhint("Add the column to GROUP BY."),
+				 parser_errposition(ctx->pstate, var->location)));
+	}
+	return expression_tree_mutator(node, map_to_finals_mutator, ctx);
+}
+
+/* KappaMakeCountStar returns a new count(*) aggregate call. */
+Aggref *
+KappaMakeCountStar(void)
+{
+	Aggref	   *agg = makeNode(Aggref);
+
+	agg->aggfnoid = F_COUNT_;
+	agg->aggtype = INT8OID;
+	agg->aggcollid = InvalidOid;
+	agg->inputcollid = InvalidOid;
+	agg->aggtranstype = InvalidOid;
+	agg->aggstar = true;
+	agg->aggkind = AGGKIND_NORMAL;
+	agg->aggsplit = AGGSPLIT_SIMPLE;
+	agg->aggno = -1;
+	agg->aggtransno = -1;
+	agg->location = -1;
+	return agg;
+}
+
+/*
+ * KappaBuildViewShape checks an analyzed, rewritten view query and derives
+ * its shape.  'sql' is the query text, for error positions.
+ */
+KappaViewShape *
+KappaBuildViewShape(Query *query, const char *sql)
+{
+	KappaViewShape *shape = palloc0(sizeof(KappaViewShape));
+	ParseState *pstate = make_parsestate(NULL);
+	MapContext mctx;
+	Index		streamIndex;
+	ListCell   *lc;
+	List	   *found = NIL;
+
+	pstate->p_sourcetext = sql;
+	streamIndex = check_view_query(query, pstate);
+	shape->query = query;
+	shape->streamRelid = rt_fetch(streamIndex, query->rtable)->relid;
+
+	foreach(lc, query->groupClause)
+	{
+		SortGroupClause *sgc = lfirst(lc);
+		TargetEntry *tle = get_sortgroupclause_tle(sgc, query->targetList);
+
+		shape->keyExprs = lappend(shape->keyExprs, tle->expr);
+	}
+	shape->nkeys = list_length(shape->keyExprs);
+
+	/* count(*) comes first: it counts the rows applied to each group */
+	shape->aggrefs = list_make1(KappaMakeCountStar());
+	shape->rowsAgg = 0;
+	(void) collect_aggrefs_walker((Node *) query->targetList, &found);
+	(void) collect_aggrefs_walker(query->havingQual, &found);
+	foreach(lc, found)
+	{
+		Aggref	   *agg = lfirst(lc);
+
+		check_aggref(agg, pstate);
+		if (!equal(agg, linitial(shape->aggrefs)))
+			shape->aggrefs = lappend(shape->aggrefs, agg);
+	}
+
+	mctx.shape = shape;
+	mctx.pstate = pstate;
+	foreach(lc, query->targetList)
+	{
+		TargetEntry *tle = lfirst(lc);
+
+		if (tle->resjunk)
+			continue;
+		shape->outExprs = lappend(shape->outExprs,
+								  map_to_finals_mutator((Node *) tle->expr, &mctx));
+		shape->outNames = lappend(shape->outNames,
+								  pstrdup(tle->resname ? tle->resname : "?column?"));
+	}
+	if (query->havingQual)
+		shape->having = (Expr *) map_to_finals_mutator(query->havingQual, &mctx);
+	foreach(lc, query->sortClause)
+	{
+		SortGroupClause *sgc = lfirst(lc);
+		TargetEntry *tle = get_sortgroupclause_tle(sgc, query->targetList);
+
+		shape->sortExprs = lappend(shape->sortExprs,
+								   map_to_finals_mutator((Node *) tle->expr, &mctx));
+		shape->sortClauses = lappend(shape->sortClauses, sgc);
+	}
+	shape->limitCount = query->limitCount;
+	shape->limitOffset = query->limitOffset;
+	return shape;
+}
+
+/* Column definition text "name type [COLLATE x]". */
+static void
+append_column(StringInfo buf, const char *name, Oid type, int32 typmod, Oid collation)
+{
+	appendStringInfo(buf, "%s %s", quote_identifier(name),
+					 format_type_with_typemod(type, typmod));
+	if (OidIsValid(collation) && collation != get_typcollation(type))
+		appendStringInfo(buf, " COLLATE %s", generate_collation_name(collation));
+}
+
+/* Create the materialization table; returns its OID. */
+static Oid
+create_mat_table(KappaViewShape *shape, const char *matname)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	int			i;
+	const char *qname = quote_qualified_identifier(KAPPA_DATA_SCHEMA, matname);
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "CREATE TABLE %s (", qname);
+	if (shape->nkeys == 0)
+		appendStringInfoString(&buf, "k_0 integer NOT NULL DEFAULT 0, ");
+	i = 0;
+	foreach(lc, shape->keyExprs)
+	{
+		Node	   *key = lfirst(lc);
+
+		append_column(&buf, psprintf("k_%d", ++i), exprType(key),
+					  exprTypmod(key), exprCollation(key));
+		appendStringInfoString(&buf, ", ");
+	}
+	i = 0;
+	foreach(lc, shape->aggrefs)
+	{
+		append_column(&buf, psprintf("s_%d", ++i),
+					  KappaAggStateType(lfirst(lc)), -1, InvalidOid);
+		appendStringInfoString(&buf, ", ");
+	}
+	i = 0;
+	foreach(lc, shape->outExprs)
+	{
+		Node	   *out = lfirst(lc);
+
+		append_column(&buf, psprintf("c_%d", ++i), exprType(out),
+					  exprTypmod(out), exprCollation(out));
+		appendStringInfoString(&buf, ", ");
+	}
+	if (shape->having)
+		appendStringInfoString(&buf, "h boolean, ");
+	i = 0;
+	foreach(lc, shape->sortExprs)
+	{
+		Node	   *sortexpr = lfirst(lc);
+
+		append_column(&buf, psprintf("o_%d", ++i), exprType(sortexpr),
+					  exprTypmod(sortexpr), exprCollation(sortexpr));
+		appendStringInfoString(&buf, ", ");
+	}
+	appendStringInfoString(&buf, "updated_at timestamptz NOT NULL) WITH (fillfactor = 70)");
+	KappaExecSql(buf.data);
+
+	resetStringInfo(&buf);
+	appendStringInfo(&buf, "CREATE UNIQUE INDEX ON %s (", qname);
+	if (shape->nkeys == 0)
+		appendStringInfoString(&buf, "k_0");
+	for (i = 1; i <= shape->nkeys; i++)
+		appendStringInfo(&buf, "%sk_%d", i > 1 ? ", " : "", i);
+	appendStringInfoString(&buf, ") NULLS NOT DISTINCT");
+	KappaExecSql(buf.data);
+
+	return get_relname_relid(matname, get_namespace_oid(KAPPA_DATA_SCHEMA, false));
+}
+
+/* ORDER BY item text for the user-facing view. */
+static void
+append_order_item(StringInfo buf, int i, SortGroupClause *sgc, Oid type)
+{
+	Oid			opfamily;
+	Oid			opcintype;
+	int16		strategy;
+	Oid			defaultOpclass = GetDefaultOpClass(type, BTREE_AM_OID);
+
+	appendStringInfo(buf, "o_%d", i);
+	if (get_ordering_op_properties(sgc->sortop, &opfamily, &opcintype, &strategy) &&
+		OidIsValid(defaultOpclass) &&
+		opfamily == get_opclass_family(defaultOpclass))
+		appendStringInfoString(buf, strategy == BTGreaterStrategyNumber ? " DESC" : " ASC");
+	else
+	{
+		HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(sgc->sortop));
+		Form_pg_operator oper;
+
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "cache lookup failed for operator %u", sgc->sortop);
+		oper = (Form_pg_operator) GETSTRUCT(tup);
+		appendStringInfo(buf, " USING OPERATOR(%s.%s)",
+						 quote_identifier(get_namespace_name(oper->oprnamespace)),
+						 NameStr(oper->oprname));
+		ReleaseSysCache(tup);
+	}
+	appendStringInfoString(buf, sgc->nulls_first ? " NULLS FIRST" : " NULLS LAST");
+}
+
+/* The user-facing view over the materialization. */
+static void
+create_user_view(KappaViewShape *shape, const char *qualifiedName, Oid matRelid)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	ListCell   *lc2;
+	int			i;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "CREATE VIEW %s AS SELECT ", qualifiedName);
+	i = 0;
+	foreach(lc, shape->outNames)
+	{
+		appendStringInfo(&buf, "%sc_%d AS %s", i > 0 ? ", " : "", i + 1,
+						 quote_identifier(lfirst(lc)));
+		i++;
+	}
+	appendStringInfo(&buf, " FROM %s",
+					 quote_qualified_identifier(KAPPA_DATA_SCHEMA,
+												get_rel_name(matRelid)));
+	if (shape->having)
+		appendStringInfoString(&buf, " WHERE h");
+	i = 0;
+	forboth(lc, shape->sortClauses, lc2, shape->sortExprs)
+	{
+		appendStringInfoString(&buf, i == 0 ? " ORDER BY " : ", ");
+		append_order_item(&buf, ++i, lfirst(lc), exprType(lfirst(lc2)));
+	}
+	if (shape->limitCount && !((Const *) shape->limitCount)->constisnull)
+		appendStringInfo(&buf, " LIMIT " INT64_FORMAT,
+						 DatumGetInt64(((Const *) shape->limitCount)->constvalue));
+	if (shape->limitOffset && !((Const *) shape->limitOffset)->constisnull)
+		appendStringInfo(&buf, " OFFSET " INT64_FORMAT,
+						 DatumGetInt64(((Const *) shape->limitOffset)->constvalue));
+	KappaExecSql(buf.data);
+}
+
+/* Check that the caller may read every relation the query reads. */
+static void
+check_read_permissions(Query *query)
+{
+	ListCell   *lc;
+
+	foreach(lc, query->rtable)
+	{
+		RangeTblEntry *rte = lfirst(lc);
+
+		if (rte->rtekind != RTE_RELATION)
+			continue;
+		if (pg_class_aclcheck(rte->relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+			aclcheck_error(ACLCHECK_NO_PRIV, get_relkind_objtype(get_rel_relkind(rte->relid)),
+						   get_rel_name(rte->relid));
+	}
+}
+
+PG_FUNCTION_INFO_V1(kappa_create_view);
+
+/*
+ * kappa.create_view(name, query) creates a continuous view and returns it.
+ * Rows already retained by the stream are applied at once (backfill).
+ */
+Datum
+kappa_create_view(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	RangeVar   *rv = KappaMakeRangeVar(name);
+	Oid			nspid;
+	Query	   *query;
+	KappaViewShape *shape;
+	int64		id;
+	char	   *defname;
+	char	   *matname;
+	Oid			defRelid;
+	Oid			matRelid;
+	Oid			viewRelid;
+	char	   *qualifiedName;
+	KappaSavedUser saved;
+	ViewStmt   *vstmt;
+	List	   *raw;
+	KappaViewInfo *vinfo;
+	KappaStreamInfo *sinfo;
+	Oid			argtypes[5] = {INT4OID, OIDOID, OIDOID, OIDOID, OIDOID};
+	Datum		args[5];
+	KappaBatch *emptyBatch = NULL;
+	Relation	streamRel;
+	bool		isnull;
+
+	KappaStreamServerOid(false);
+	nspid = RangeVarGetCreationNamespace(rv);
+	if (OidIsValid(get_relname_relid(rv->relname, nspid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_TABLE),
+				 errmsg("relation \"%s\" already exists", rv->relname),
+				 errhint("Choose another name, or drop the existing relation first.")));
+	qualifiedName = quote_qualified_identifier(get_namespace_name(nspid), rv->relname);
+
+	query = KappaParseViewQuery(sql, true);
+	shape = KappaBuildViewShape(query, sql);
+	check_read_permissions(query);
+
+	/* wait for running inserts, and block new ones until we commit */
+	streamRel = table_open(shape->streamRelid, ShareLock);
+
+	/* definition and materialization live in kappa_data */
+	saved = KappaBecomeDataOwner();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT nextval('kappa.view_catalog_id_seq')", false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not allocate a view id");
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+									 &isnull));
+	SPI_finish();
+
+	defname = KappaDataRelName(rv->relname, psprintf("_def_" INT64_FORMAT, id));
+	matname = KappaDataRelName(rv->relname, psprintf("_mat_" INT64_FORMAT, id));
+
+	raw = raw_parser(sql, RAW_PARSE_DEFAULT);
+	vstmt = makeNode(ViewStmt);
+	vstmt->view = makeRangeVar(KAPPA_DATA_SCHEMA, defname, -1);
+	vstmt->query = linitial_node(RawStmt, raw)->stmt;
+	vstmt->replace = false;
+	vstmt->withCheckOption = NO_CHECK_OPTION;
+	KappaExecUtility((Node *) vstmt, sql);
+	defRelid = get_relname_relid(defname, get_namespace_oid(KAPPA_DATA_SCHEMA, false));
+
+	matRelid = create_mat_table(shape, matname);
+	KappaRestoreUser(saved);
+
+	/* the caller owns what stores the view */
+	ATExecChangeOwner(defRelid, saved.userid, false, AccessExclusiveLock);
+	ATExecChangeOwner(matRelid, saved.userid, false, AccessExclusiveLock);
+	CommandCounterIncrement();
+
+	create_user_view(shape, qualifiedName, matRelid);
+	viewRelid = get_relname_relid(rv->relname, nspid);
+
+	saved = KappaBecomeDataOwner();
+	args[0] = Int32GetDatum((int32) id);
+	args[1] = ObjectIdGetDatum(viewRelid);
+	args[2] = ObjectIdGetDatum(shape->streamRelid);
+	args[3] = ObjectIdGetDatum(matRelid);
+	args[4] = ObjectIdGetDatum(defRelid);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("INSERT INTO kappa.view_catalog (id, view, stream, mat, def) "
+							  "VALUES ($1, $2, $3, $4, $5)",
+							  5, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert into kappa.view_catalog");
+	SPI_finish();
+	KappaRestoreUser(saved);
+	CommandCounterIncrement();
+
+	/* backfill: retained rows, or the one row of a global aggregate */
+	sinfo = KappaGetStreamInfo(shape->streamRelid);
+	vinfo = KappaViewInfoLoad(viewRelid, matRelid, defRelid, CurrentMemoryContext);
+	if (!sinfo->retained)
+		emptyBatch = KappaBatchCreate(streamRel, CurrentMemoryContext);
+	KappaReleaseStreamInfo(sinfo);
+	KappaViewApplyBatch(vinfo, emptyBatch);
+	KappaViewInfoFree(vinfo);
+
+	KappaInvalidateStream(shape->streamRelid);
+	table_close(streamRel, NoLock);
+	PG_RETURN_OID(viewRelid);
+}
+
+/* Look up a continuous view by name; errors if it is not one. */
+static Oid
+lookup_continuous_view(const char *name, Oid *streamRelid)
+{
+	RangeVar   *rv = KappaMakeRangeVar(name);
+	Oid			relid = RangeVarGetRelid(rv, AccessShareLock, false);
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+	bool		found;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT stream FROM kappa.view_catalog WHERE view = $1",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read kappa.view_catalog");
+	found = (SPI_processed == 1);
+	if (found && streamRelid)
+	{
+		bool		isnull;
+
+		*streamRelid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_finish();
+	if (!found)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a continuous view", name),
+				 errhint("Use DROP VIEW or DROP TABLE for other relations.")));
+	return relid;
+}
+
+PG_FUNCTION_INFO_V1(kappa_drop_view);
+
+/*
+ * kappa.drop_view(name) drops a continuous view with its materialization
+ * and definition (the event trigger removes the pieces and the catalog row).
+ */
+Datum
+kappa_drop_view(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Oid			streamRelid = InvalidOid;
+	Oid			relid = lookup_continuous_view(name, &streamRelid);
+	Relation	streamRel;
+
+	/* wait for running inserts so that none applies to a dropped view */
+	streamRel = table_open(streamRelid, ShareLock);
+	KappaExecSql(psprintf("DROP VIEW %s",
+						  quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+													 get_rel_name(relid))));
+	KappaInvalidateStream(streamRelid);
+	table_close(streamRel, NoLock);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(kappa_view_stats);
+
+/*
+ * kappa.view_stats(view) returns the number of groups, the rows applied and
+ * the last update of a continuous view; NULLs if the caller may not read it.
+ */
+Datum
+kappa_view_stats(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {true, true, true};
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK)
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute_with_args("SELECT mat::text FROM kappa.view_catalog WHERE view = $1",
+								  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read kappa.view_catalog");
+		if (SPI_processed == 1)
+		{
+			char	   *mat = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+			KappaSavedUser saved = KappaBecomeDataOwner();
+			int			i;
+
+			if (SPI_execute(psprintf("SELECT count(*), sum(s_1)::int8, max(updated_at) FROM %s", mat),
+							true, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not read materialization %s", mat);
+			KappaRestoreUser(saved);
+			for (i = 0; i < 3; i++)
+				values[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										  i + 1, &nulls[i]);
+		}
+		SPI_finish();
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}

@@ -1,0 +1,648 @@
+/*-------------------------------------------------------------------------
+ *
+ * view_engine.c
+ *	  Applying a batch of stream rows to one continuous view.
+ *
+ * For each view a backend keeps a planned "delta query": the view's SELECT
+ * reduced to its group keys and aggregates, planned once, with the Agg node
+ * switched to partial mode (AGGSPLIT_INITIAL_SERIAL, what a parallel worker
+ * runs) and the output sorted by the group keys.  Executing it while the
+ * batch is active (the stream's scan then returns the batch's rows) yields
+ * one row per touched group: the keys and a partial state per aggregate.
+ *
+ * Each such row is merged into the materialization (see view.h for its
+ * layout): the group is probed in the unique index with a dirty snapshot;
+ * if present, the stored states are combined with the delta's (agg_state.c),
+ * the outputs recomputed and the row updated; if absent, the row is inserted
+ * with speculative insertion, as INSERT ... ON CONFLICT does.  A concurrent
+ * writer of the same group is waited for and the merge retried, so no update
+ * is lost; groups are touched in key order, so writers do not deadlock.
+ *
+ * The delta runs with the view owner's rights (as a view would) and in a
+ * security-restricted operation, as REFRESH MATERIALIZED VIEW does.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/nbtree.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "executor/executor.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/optimizer.h"
+#include "parser/parse_clause.h"
+#include "parser/parse_relation.h"
+#include "storage/lmgr.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/ruleutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "pg_kappa.h"
+#include "view.h"
+
+typedef struct MergeReceiver
+{
+	DestReceiver pub;
+	KappaViewInfo *view;
+	Relation	mat;
+	Relation	index;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	List	   *arbiterIndexes;
+	IndexScanDesc scan;
+	SnapshotData dirty;
+	ScanKey		skeys;
+	int			nscankeys;
+	TupleTableSlot *oldslot;
+	TupleTableSlot *newslot;
+	TupleTableSlot *finalsSlot;
+	CommandId	cid;
+	TimestampTz now;
+	uint64		groups;
+} MergeReceiver;
+
+/* Set partial-aggregation mode on an Aggref of the delta plan. */
+static bool
+mark_partial_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Aggref))
+	{
+		Aggref	   *agg = (Aggref *) node;
+
+		agg->aggsplit = AGGSPLIT_INITIAL_SERIAL;
+		agg->aggtype = (agg->aggtranstype == INTERNALOID) ? BYTEAOID : agg->aggtranstype;
+		return false;
+	}
+	return expression_tree_walker(node, mark_partial_walker, context);
+}
+
+/*
+ * Switch the top Agg node of a delta plan to partial aggregation, and fix
+ * the types of the nodes above it (a Sort), which pass its output through.
+ */
+static void
+make_plan_partial(Plan *plan)
+{
+	List	   *above = NIL;
+	Plan	   *node = plan;
+	ListCell   *lc;
+
+	while (node != NULL && !IsA(node, Agg))
+	{
+		above = lcons(node, above);
+		node = node->lefttree;
+	}
+	if (node == NULL)
+		elog(ERROR, "delta plan of continuous view has no aggregation");
+
+	((Agg *) node)->aggsplit = AGGSPLIT_INITIAL_SERIAL;
+	(void) mark_partial_walker((Node *) node->targetlist, NULL);
+	(void) mark_partial_walker((Node *) node->qual, NULL);
+
+	/* 'above' runs from the node right above the Agg up to the top */
+	foreach(lc, above)
+	{
+		Plan	   *parent = lfirst(lc);
+		Plan	   *child = parent->lefttree;
+		ListCell   *lc2;
+
+		if (parent->qual != NIL)
+			elog(ERROR, "unexpected qual above the aggregation of a delta plan");
+		foreach(lc2, parent->targetlist)
+		{
+			TargetEntry *tle = lfirst(lc2);
+			Var		   *var = (Var *) tle->expr;
+			TargetEntry *childTle;
+
+			if (!IsA(var, Var) || var->varno != OUTER_VAR)
+				elog(ERROR, "unexpected expression above the aggregation of a delta plan");
+			childTle = list_nth(child->targetlist, var->varattno - 1);
+			var->vartype = exprType((Node *) childTle->expr);
+			var->vartypmod = exprTypmod((Node *) childTle->expr);
+			var->varcollid = exprCollation((Node *) childTle->expr);
+		}
+	}
+}
+
+/* Build and plan the delta query of a view. */
+static PlannedStmt *
+plan_delta_query(KappaViewShape *shape, const char *sql)
+{
+	Query	   *query = shape->query;
+	Query	   *delta = copyObject(query);
+	List	   *tlist = NIL;
+	AttrNumber	resno = 0;
+	ListCell   *lc;
+	PlannedStmt *pstmt;
+
+	foreach(lc, query->groupClause)
+	{
+		SortGroupClause *sgc = lfirst(lc);
+		TargetEntry *tle = get_sortgroupclause_tle(sgc, query->targetList);
+		TargetEntry *ntle;
+
+		resno++;
+		ntle = makeTargetEntry(copyObject(tle->expr), resno,
+							   psprintf("k_%d", resno), false);
+		ntle->ressortgroupref = tle->ressortgroupref;
+		tlist = lappend(tlist, ntle);
+	}
+	foreach(lc, shape->aggrefs)
+	{
+		resno++;
+		tlist = lappend(tlist, makeTargetEntry(copyObject(lfirst(lc)), resno,
+											   psprintf("s_%d", resno), false));
+	}
+	delta->targetList = tlist;
+	delta->hasAggs = true;
+	delta->havingQual = NULL;
+	delta->sortClause = copyObject(query->groupClause);
+	delta->limitCount = NULL;
+	delta->limitOffset = NULL;
+	delta->limitOption = LIMIT_OPTION_DEFAULT;
+
+	pstmt = pg_plan_query(delta, sql, 0, NULL);
+	make_plan_partial(pstmt->planTree);
+	return pstmt;
+}
+
+static AttrNumber
+mat_attno(Relation mat, const char *name)
+{
+	AttrNumber	attno = attnameAttNum(mat, name, false);
+
+	if (attno == InvalidAttrNumber)
+		elog(ERROR, "column \"%s\" is missing from materialization \"%s\"",
+			 name, RelationGetRelationName(mat));
+	return attno;
+}
+
+/*
+ * KappaViewInfoLoad builds the per-backend state of a continuous view from
+ * its catalog entry: its query is read back from the definition view, so it
+ * follows renames.  The result lives in a new context under 'parent'.
+ */
+KappaViewInfo *
+KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext parent)
+{
+	MemoryContext cxt;
+	MemoryContext tmpcxt;
+	MemoryContext oldcxt;
+	KappaViewInfo *view;
+	KappaViewShape *shape;
+	PlannedStmt *pstmt;
+	char	   *sql;
+	Relation	mat;
+	Relation	index;
+	List	   *indexes;
+	ListCell   *lc;
+	int			i;
+	HeapTuple	tuple;
+
+	cxt = AllocSetContextCreate(parent, "pg_kappa view", ALLOCSET_DEFAULT_SIZES);
+	tmpcxt = AllocSetContextCreate(CurrentMemoryContext, "pg_kappa view load",
+								   ALLOCSET_DEFAULT_SIZES);
+
+	/* parse, check and plan in a scratch context */
+	oldcxt = MemoryContextSwitchTo(tmpcxt);
+	sql = TextDatumGetCString(DirectFunctionCall1(pg_get_viewdef,
+												  ObjectIdGetDatum(defRelid)));
+	shape = KappaBuildViewShape(KappaParseViewQuery(sql, true), sql);
+	pstmt = plan_delta_query(shape, sql);
+
+	MemoryContextSwitchTo(cxt);
+	view = palloc0(sizeof(KappaViewInfo));
+	view->cxt = cxt;
+	view->viewRelid = viewRelid;
+	view->matRelid = matRelid;
+	view->defRelid = defRelid;
+	view->sql = pstrdup(sql);
+	view->deltaPlan = copyObject(pstmt);
+	view->relationOids = list_copy(pstmt->relationOids);
+	view->shape = palloc0(sizeof(KappaViewShape));
+	view->shape->nkeys = shape->nkeys;
+	view->shape->aggrefs = copyObject(shape->aggrefs);
+	view->shape->outExprs = copyObject(shape->outExprs);
+	view->shape->having = copyObject(shape->having);
+	view->shape->sortExprs = copyObject(shape->sortExprs);
+	view->shape->streamRelid = shape->streamRelid;
+
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(viewRelid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", viewRelid);
+	view->ownerId = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+
+	view->nkeys = shape->nkeys;
+	view->globalView = (shape->nkeys == 0);
+	view->naggs = list_length(shape->aggrefs);
+	view->aggs = palloc0(sizeof(KappaAggMerge) * view->naggs);
+	i = 0;
+	foreach(lc, view->shape->aggrefs)
+		KappaAggMergeInit(&view->aggs[i++], lfirst(lc));
+
+	/* where things are in the materialization */
+	mat = table_open(matRelid, AccessShareLock);
+	view->matNatts = RelationGetDescr(mat)->natts;
+	view->keyAttnos = palloc(sizeof(AttrNumber) * Max(view->nkeys, 1));
+	if (view->globalView)
+		view->keyAttnos[0] = mat_attno(mat, "k_0");
+	for (i = 0; i < view->nkeys; i++)
+		view->keyAttnos[i] = mat_attno(mat, psprintf("k_%d", i + 1));
+	view->stateAttnos = palloc(sizeof(AttrNumber) * view->naggs);
+	for (i = 0; i < view->naggs; i++)
+		view->stateAttnos[i] = mat_attno(mat, psprintf("s_%d", i + 1));
+	view->outAttnos = palloc(sizeof(AttrNumber) * Max(list_length(shape->outExprs), 1));
+	for (i = 0; i < list_length(shape->outExprs); i++)
+		view->outAttnos[i] = mat_attno(mat, psprintf("c_%d", i + 1));
+	view->havingAttno = shape->having ? mat_attno(mat, "h") : InvalidAttrNumber;
+	view->sortAttnos = palloc(sizeof(AttrNumber) * Max(list_length(shape->sortExprs), 1));
+	for (i = 0; i < list_length(shape->sortExprs); i++)
+		view->sortAttnos[i] = mat_attno(mat, psprintf("o_%d", i + 1));
+	view->updatedAttno = mat_attno(mat, "updated_at");
+
+	indexes = RelationGetIndexList(mat);
+	if (list_length(indexes) < 1)
+		elog(ERROR, "materialization \"%s\" has no index", RelationGetRelationName(mat));
+	view->indexRelid = linitial_oid(indexes);
+	index = index_open(view->indexRelid, AccessShareLock);
+	view->keyEqProcs = palloc(sizeof(RegProcedure) * Max(view->nkeys, 1));
+	view->keyCollations = palloc(sizeof(Oid) * Max(view->nkeys, 1));
+	for (i = 0; i < Max(view->nkeys, 1); i++)
+	{
+		Oid			eqop = get_opfamily_member(index->rd_opfamily[i],
+											   index->rd_opcintype[i],
+											   index->rd_opcintype[i],
+											   BTEqualStrategyNumber);
+
+		if (!OidIsValid(eqop))
+			elog(ERROR, "missing equality operator for key %d of \"%s\"",
+				 i + 1, RelationGetRelationName(mat));
+		view->keyEqProcs[i] = get_opcode(eqop);
+		view->keyCollations[i] = index->rd_indcollation[i];
+	}
+	index_close(index, NoLock);
+	table_close(mat, NoLock);
+
+	/* the finals tuple: keys, then one final value per aggregate */
+	view->finalsDesc = CreateTemplateTupleDesc(view->nkeys + view->naggs);
+	i = 0;
+	foreach(lc, shape->keyExprs)
+	{
+		Node	   *key = lfirst(lc);
+
+		i++;
+		TupleDescInitEntry(view->finalsDesc, i, NULL, exprType(key), exprTypmod(key), 0);
+	}
+	foreach(lc, view->shape->aggrefs)
+	{
+		Aggref	   *agg = lfirst(lc);
+
+		i++;
+		TupleDescInitEntry(view->finalsDesc, i, NULL, agg->aggtype, -1, 0);
+	}
+
+	view->outStates = palloc(sizeof(ExprState *) * Max(list_length(shape->outExprs), 1));
+	i = 0;
+	foreach(lc, view->shape->outExprs)
+		view->outStates[i++] = ExecInitExpr(lfirst(lc), NULL);
+	view->havingState = view->shape->having ? ExecInitExpr(view->shape->having, NULL) : NULL;
+	view->sortStates = palloc(sizeof(ExprState *) * Max(list_length(shape->sortExprs), 1));
+	i = 0;
+	foreach(lc, view->shape->sortExprs)
+		view->sortStates[i++] = ExecInitExpr(lfirst(lc), NULL);
+
+	view->econtext = CreateStandaloneExprContext();
+	view->aggContext = KappaMakeAggContext(view->econtext);
+
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(tmpcxt);
+	return view;
+}
+
+/* KappaViewInfoFree releases what KappaViewInfoLoad built. */
+void
+KappaViewInfoFree(KappaViewInfo *view)
+{
+	FreeExprContext(view->econtext, true);
+	MemoryContextDelete(view->cxt);
+}
+
+/*
+ * Find the stored row of a group and wait out concurrent writers of it.
+ * Returns true with the row in receiver->oldslot (copied out of the buffer).
+ */
+static bool
+lookup_group(MergeReceiver *r, Datum *keys, bool *keynulls)
+{
+	KappaViewInfo *view = r->view;
+	int			i;
+
+	for (i = 0; i < r->nscankeys; i++)
+	{
+		if (keynulls[i])
+			ScanKeyEntryInitialize(&r->skeys[i], SK_ISNULL | SK_SEARCHNULL,
+								   i + 1, InvalidStrategy, InvalidOid,
+								   InvalidOid, InvalidOid, (Datum) 0);
+		else
+			ScanKeyEntryInitialize(&r->skeys[i], 0, i + 1, BTEqualStrategyNumber,
+								   InvalidOid, view->keyCollations[i],
+								   view->keyEqProcs[i], keys[i]);
+	}
+
+	for (;;)
+	{
+		TransactionId xwait = InvalidTransactionId;
+
+		index_rescan(r->scan, r->skeys, r->nscankeys, NULL, 0);
+		if (!index_getnext_slot(r->scan, ForwardScanDirection, r->oldslot))
+			return false;
+		ExecMaterializeSlot(r->oldslot);
+		if (TransactionIdIsValid(r->dirty.xmin))
+			xwait = r->dirty.xmin;
+		else if (TransactionIdIsValid(r->dirty.xmax))
+			xwait = r->dirty.xmax;
+		if (!TransactionIdIsValid(xwait))
+			return true;
+		XactLockTableWait(xwait, r->mat, &r->oldslot->tts_tid, XLTW_Lock);
+	}
+}
+
+/*
+ * Merge one delta row (keys + partial states) into the materialization.
+ * Runs in the view's per-group memory context, reset at the end.
+ */
+static bool
+merge_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	MergeReceiver *r = (MergeReceiver *) self;
+	KappaViewInfo *view = r->view;
+	ExprContext *econtext = view->econtext;
+	MemoryContext oldcxt;
+	Datum		keys[INDEX_MAX_KEYS];
+	bool		keynulls[INDEX_MAX_KEYS];
+	Datum	   *values;
+	bool	   *nulls;
+	int			i;
+
+	slot_getallattrs(slot);
+	oldcxt = MemoryContextSwitchTo(econtext->ecxt_per_tuple_memory);
+	if (view->globalView)
+	{
+		keys[0] = Int32GetDatum(0);
+		keynulls[0] = false;
+	}
+	for (i = 0; i < view->nkeys; i++)
+	{
+		keys[i] = slot->tts_values[i];
+		keynulls[i] = slot->tts_isnull[i];
+	}
+
+	for (;;)
+	{
+		bool		found = lookup_group(r, keys, keynulls);
+		TupleTableSlot *finals = r->finalsSlot;
+		TupleTableSlot *newslot = r->newslot;
+
+		if (found)
+			slot_getallattrs(r->oldslot);
+
+		ExecClearTuple(newslot);
+		values = newslot->tts_values;
+		nulls = newslot->tts_isnull;
+		memset(nulls, true, sizeof(bool) * view->matNatts);
+
+		ExecClearTuple(finals);
+		for (i = 0; i < view->nkeys; i++)
+		{
+			finals->tts_values[i] = keys[i];
+			finals->tts_isnull[i] = keynulls[i];
+		}
+		for (i = 0; i < Max(view->nkeys, 1); i++)
+		{
+			if (view->globalView && i == 0)
+			{
+				values[view->keyAttnos[0] - 1] = keys[0];
+				nulls[view->keyAttnos[0] - 1] = false;
+				break;
+			}
+			values[view->keyAttnos[i] - 1] = keys[i];
+			nulls[view->keyAttnos[i] - 1] = keynulls[i];
+		}
+		for (i = 0; i < view->naggs; i++)
+		{
+			AttrNumber	sattno = view->stateAttnos[i];
+
+			KappaAggCombineAndFinalize(&view->aggs[i], view->aggContext, found,
+									   found ? r->oldslot->tts_values[sattno - 1] : (Datum) 0,
+									   found ? r->oldslot->tts_isnull[sattno - 1] : true,
+									   slot->tts_values[view->nkeys + i],
+									   slot->tts_isnull[view->nkeys + i],
+									   &values[sattno - 1], &nulls[sattno - 1],
+									   &finals->tts_values[view->nkeys + i],
+									   &finals->tts_isnull[view->nkeys + i]);
+		}
+		ExecStoreVirtualTuple(finals);
+
+		econtext->ecxt_scantuple = finals;
+		for (i = 0; i < list_length(view->shape->outExprs); i++)
+			values[view->outAttnos[i] - 1] =
+				ExecEvalExpr(view->outStates[i], econtext, &nulls[view->outAttnos[i] - 1]);
+		if (view->havingState)
+			values[view->havingAttno - 1] =
+				ExecEvalExpr(view->havingState, econtext, &nulls[view->havingAttno - 1]);
+		for (i = 0; i < list_length(view->shape->sortExprs); i++)
+			values[view->sortAttnos[i] - 1] =
+				ExecEvalExpr(view->sortStates[i], econtext, &nulls[view->sortAttnos[i] - 1]);
+		values[view->updatedAttno - 1] = TimestampTzGetDatum(r->now);
+		nulls[view->updatedAttno - 1] = false;
+		ExecStoreVirtualTuple(newslot);
+
+		if (found)
+		{
+			TM_FailureData tmfd;
+			LockTupleMode lockmode;
+			bool		updateIndexes;
+			TM_Result	result;
+
+			result = table_tuple_update(r->mat, &r->oldslot->tts_tid, newslot,
+										r->cid, r->estate->es_snapshot,
+										InvalidSnapshot, true, &tmfd,
+										&lockmode, &updateIndexes);
+			if (result == TM_Ok)
+			{
+				if (updateIndexes)
+					ExecInsertIndexTuples(r->rri, newslot, r->estate, true, false,
+										  NULL, NIL);
+				break;
+			}
+			if (result != TM_Updated && result != TM_Deleted)
+				elog(ERROR, "unexpected result %d updating continuous view \"%s\"",
+					 (int) result, get_rel_name(view->viewRelid));
+			/* a concurrent writer got there first: merge into its version */
+		}
+		else
+		{
+			ItemPointerData conflictTid;
+			uint32		specToken;
+			bool		specConflict = false;
+
+			if (ExecCheckIndexConstraints(r->rri, newslot, r->estate, &conflictTid,
+										  r->arbiterIndexes))
+			{
+				specToken = SpeculativeInsertionLockAcquire(GetCurrentTransactionId());
+				table_tuple_insert_speculative(r->mat, newslot, r->cid, 0, NULL, specToken);
+				ExecInsertIndexTuples(r->rri, newslot, r->estate, false, true,
+									  &specConflict, r->arbiterIndexes);
+				table_tuple_complete_speculative(r->mat, newslot, specToken, !specConflict);
+				SpeculativeInsertionLockRelease(GetCurrentTransactionId());
+				if (!specConflict)
+					break;
+			}
+			/* someone inserted the group meanwhile: merge into theirs */
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	r->groups++;
+	MemoryContextSwitchTo(oldcxt);
+	ResetExprContext(econtext);
+	return true;
+}
+
+static void
+merge_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+	MergeReceiver *r = (MergeReceiver *) self;
+	KappaViewInfo *view = r->view;
+
+	r->mat = table_open(view->matRelid, RowExclusiveLock);
+	r->estate = CreateExecutorState();
+	r->estate->es_output_cid = r->cid;
+	r->estate->es_snapshot = GetActiveSnapshot();
+	r->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(r->rri, r->mat, 0, NULL, 0);
+	ExecOpenIndices(r->rri, true);
+	r->index = NULL;
+	for (int i = 0; i < r->rri->ri_NumIndices; i++)
+	{
+		if (RelationGetRelid(r->rri->ri_IndexRelationDescs[i]) == view->indexRelid)
+			r->index = r->rri->ri_IndexRelationDescs[i];
+	}
+	if (r->index == NULL)
+		elog(ERROR, "unique index of continuous view \"%s\" is missing",
+			 get_rel_name(view->viewRelid));
+	r->arbiterIndexes = list_make1_oid(view->indexRelid);
+	r->nscankeys = Max(view->nkeys, 1);
+	r->skeys = palloc(sizeof(ScanKeyData) * r->nscankeys);
+	InitDirtySnapshot(r->dirty);
+	r->scan = index_beginscan(r->mat, r->index, &r->dirty, r->nscankeys, 0);
+	r->oldslot = table_slot_create(r->mat, NULL);
+	r->newslot = MakeSingleTupleTableSlot(RelationGetDescr(r->mat), &TTSOpsVirtual);
+	r->finalsSlot = MakeSingleTupleTableSlot(view->finalsDesc, &TTSOpsVirtual);
+}
+
+static void
+merge_shutdown(DestReceiver *self)
+{
+	MergeReceiver *r = (MergeReceiver *) self;
+
+	index_endscan(r->scan);
+	ExecDropSingleTupleTableSlot(r->oldslot);
+	ExecDropSingleTupleTableSlot(r->newslot);
+	ExecDropSingleTupleTableSlot(r->finalsSlot);
+	ExecCloseIndices(r->rri);
+	FreeExecutorState(r->estate);
+	table_close(r->mat, NoLock);
+}
+
+static void
+merge_destroy(DestReceiver *self)
+{
+	pfree(self);
+}
+
+/*
+ * KappaViewLockRelations locks every relation the view's delta plan reads
+ * and its materialization, as the plan cache does before running a cached
+ * plan.  Taking a lock may process invalidations that make the view stale.
+ */
+void
+KappaViewLockRelations(KappaViewInfo *view)
+{
+	ListCell   *lc;
+
+	foreach(lc, view->deltaPlan->rtable)
+	{
+		RangeTblEntry *rte = lfirst(lc);
+
+		if (rte->rtekind == RTE_RELATION)
+			LockRelationOid(rte->relid, rte->rellockmode);
+	}
+	LockRelationOid(view->matRelid, RowExclusiveLock);
+}
+
+/*
+ * KappaViewApplyBatch applies 'batch' to one view in the current
+ * transaction.  With batch NULL the delta query reads the stream's retained
+ * rows instead (backfill at creation).
+ */
+void
+KappaViewApplyBatch(KappaViewInfo *view, KappaBatch *batch)
+{
+	MergeReceiver *receiver;
+	QueryDesc  *qd;
+	Oid			saveUser;
+	int			saveSec;
+	KappaBatch *prevBatch;
+
+	/* see the previous batches' merges and the tables as of now */
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	UpdateActiveSnapshotCommandId();
+
+	GetUserIdAndSecContext(&saveUser, &saveSec);
+	SetUserIdAndSecContext(view->ownerId,
+						   saveSec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+
+	receiver = palloc0(sizeof(MergeReceiver));
+	receiver->pub.receiveSlot = merge_receive;
+	receiver->pub.rStartup = merge_startup;
+	receiver->pub.rShutdown = merge_shutdown;
+	receiver->pub.rDestroy = merge_destroy;
+	receiver->pub.mydest = DestNone;
+	receiver->view = view;
+	receiver->cid = GetCurrentCommandId(true);
+	receiver->now = GetCurrentTimestamp();
+
+	prevBatch = KappaSetActiveBatch(batch);
+	qd = CreateQueryDesc(view->deltaPlan, view->sql, GetActiveSnapshot(),
+						 InvalidSnapshot, (DestReceiver *) receiver, NULL, NULL, 0);
+	ExecutorStart(qd, 0);
+	ExecutorRun(qd, ForwardScanDirection, 0, true);
+	ExecutorFinish(qd);
+	ExecutorEnd(qd);
+	FreeQueryDesc(qd);
+	KappaSetActiveBatch(prevBatch);
+	merge_destroy((DestReceiver *) receiver);
+
+	SetUserIdAndSecContext(saveUser, saveSec);
+	PopActiveSnapshot();
+}
