@@ -366,6 +366,8 @@ KappaKafkaConfBuild(KappaSource *source, bool validate_only,
 
 	snprintf(client_id, sizeof(client_id), "pg_kappa-%s", source->name);
 	kappa_conf_set(conf, "client.id", client_id);
+	/* the consumer queue needs a group; it never joins or commits (assign) */
+	kappa_conf_set(conf, "group.id", client_id);
 	kappa_conf_set(conf, "auto.offset.reset", "earliest");
 	kappa_conf_set(conf, "topic.metadata.refresh.interval.ms", "10000");
 	kappa_conf_set(conf, "reconnect.backoff.max.ms", "2000");

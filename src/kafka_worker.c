@@ -1213,6 +1213,8 @@ kw_create_consumer(void)
 	rd_kafka_set_log_queue(kw_rk, NULL);
 	rd_kafka_poll_set_consumer(kw_rk);
 	kw_queue = rd_kafka_queue_get_consumer(kw_rk);
+	if (kw_queue == NULL)
+		elog(ERROR, "librdkafka consumer of source \"%s\" has no consumer queue", kw_source_name);
 
 	if (pipe(kw_pipe) != 0)
 		elog(ERROR, "could not create pipe: %m");
@@ -1300,7 +1302,7 @@ KappaKafkaWorkerMain(Datum main_arg)
 	ereport(LOG,
 			(errmsg("kafka source \"%s\" worker %d started: topic \"%s\" into \"%s\"",
 					kw_source_name, kw_args.slot, kw_source->topic,
-					kw_source->name)));
+					get_rel_name(kw_source->target) ? get_rel_name(kw_source->target) : "?")));
 
 	for (;;)
 	{
