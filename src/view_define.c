@@ -72,6 +72,23 @@ typedef struct MapContext
 } MapContext;
 
 /*
+ * Error context of view queries: report positions inside the query text
+ * (as an internal query) rather than inside the calling statement.
+ */
+static void
+view_query_error_callback(void *arg)
+{
+	int			pos = geterrposition();
+
+	if (pos > 0)
+	{
+		errposition(0);
+		internalerrposition(pos);
+		internalerrquery((const char *) arg);
+	}
+}
+
+/*
  * KappaParseViewQuery parses and analyzes a view query given as text.  It
  * must be exactly one SELECT.  With 'rewrite', views it reads are expanded
  * (what planning needs); locks are taken on every relation it reads.
@@ -82,6 +99,12 @@ KappaParseViewQuery(const char *sql, bool rewrite)
 	List	   *raw;
 	RawStmt    *rawstmt;
 	List	   *queries;
+	ErrorContextCallback errcallback;
+
+	errcallback.callback = view_query_error_callback;
+	errcallback.arg = (void *) sql;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 
 	raw = raw_parser(sql, RAW_PARSE_DEFAULT);
 	if (list_length(raw) != 1)
@@ -103,6 +126,7 @@ KappaParseViewQuery(const char *sql, bool rewrite)
 		queries = list_make1(parse_analyze_fixedparams(rawstmt, sql, NULL, 0, NULL));
 	if (list_length(queries) != 1)
 		elog(ERROR, "view query rewrote to %d queries", list_length(queries));
+	error_context_stack = errcallback.previous;
 	return linitial_node(Query, queries);
 }
 
@@ -214,7 +238,7 @@ check_aggref(Aggref *aggref, ParseState *pstate)
 {
 	HeapTuple	tuple;
 	Form_pg_aggregate aggform;
-	char	   *name = format_procedure(aggref->aggfnoid);
+	char	   *name = get_func_name(aggref->aggfnoid);
 
 	if (aggref->agglevelsup != 0)
 		ereport(ERROR,
@@ -490,6 +514,13 @@ KappaBuildViewShape(Query *query, const char *sql)
 	ListCell   *lc;
 	List	   *found = NIL;
 
+	ErrorContextCallback errcallback;
+
+	errcallback.callback = view_query_error_callback;
+	errcallback.arg = (void *) sql;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
 	pstate->p_sourcetext = sql;
 	streamIndex = check_view_query(query, pstate);
 	shape->query = query;
@@ -544,6 +575,7 @@ KappaBuildViewShape(Query *query, const char *sql)
 	}
 	shape->limitCount = query->limitCount;
 	shape->limitOffset = query->limitOffset;
+	error_context_stack = errcallback.previous;
 	return shape;
 }
 

@@ -221,8 +221,12 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 
 	/* parse, check and plan in a scratch context */
 	oldcxt = MemoryContextSwitchTo(tmpcxt);
+	/* see a definition created earlier in this very command */
+	PushCopiedSnapshot(GetActiveSnapshot());
+	UpdateActiveSnapshotCommandId();
 	sql = TextDatumGetCString(DirectFunctionCall1(pg_get_viewdef,
 												  ObjectIdGetDatum(defRelid)));
+	PopActiveSnapshot();
 	shape = KappaBuildViewShape(KappaParseViewQuery(sql, true), sql);
 	pstmt = plan_delta_query(shape, sql);
 
