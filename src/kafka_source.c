@@ -28,6 +28,7 @@
 #include "access/relation.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/catalog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
@@ -696,6 +697,11 @@ kappa_create_kafka_source(PG_FUNCTION_ARGS)
 	/* the target: a stream or a table the caller may INSERT into */
 	rv = makeRangeVarFromNameList(stringToQualifiedNameList(target));
 	source->target = RangeVarGetRelid(rv, AccessShareLock, false);
+	if (IsCatalogRelationOid(source->target))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is a system catalog and cannot be the target of a kafka source",
+						target)));
 	if (!KappaIsStream(source->target))
 	{
 		char		relkind = get_rel_relkind(source->target);

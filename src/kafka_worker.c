@@ -1300,9 +1300,8 @@ KappaKafkaWorkerMain(Datum main_arg)
 	kw_create_consumer();
 	kw_rate_window_start = GetCurrentTimestamp();
 	ereport(LOG,
-			(errmsg("kafka source \"%s\" worker %d started: topic \"%s\" into \"%s\"",
-					kw_source_name, kw_args.slot, kw_source->topic,
-					get_rel_name(kw_source->target) ? get_rel_name(kw_source->target) : "?")));
+			(errmsg("kafka source \"%s\" worker %d started on topic \"%s\"",
+					kw_source_name, kw_args.slot, kw_source->topic)));
 
 	for (;;)
 	{

@@ -1,0 +1,127 @@
+# Helpers for the Kafka TAP tests (test/t/1*_kafka_*.pl): the dev broker,
+# producing with kcat, a node with pg_kappa, and waiting for counts.
+#
+# Load with:  require "./test/t/100_kafka_common.pl";
+# Run on its own (prove runs every file) it only checks that the tools exist.
+
+use strict;
+use warnings;
+use IPC::Run ();
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep time);
+
+our $kafka_repo = $ENV{KAPPA_REPO} // '.';
+our $kafka_dev_broker = "$kafka_repo/test/dev_broker";
+
+# kafka_start_broker(topic => partitions, ...): start the dev broker with
+# these topics; returns a hash with bootstrap, and the handles.
+sub kafka_start_broker
+{
+	my (%topics) = @_;
+	my @args = ($kafka_dev_broker);
+	push @args, '--topic', "$_:$topics{$_}" for sort keys %topics;
+	my ($in, $out, $err) = ('', '', '');
+	my $h = IPC::Run::start(\@args, '<', \$in, '>', \$out, '2>', \$err);
+	my $deadline = time + 20;
+	while ($out !~ /^BOOTSTRAP (\S+)/m)
+	{
+		die "dev broker did not start: $err" if time > $deadline || !$h->pumpable;
+		$h->pump_nb;
+		usleep(20_000);
+	}
+	$out =~ /^BOOTSTRAP (\S+)/m;
+	my $broker = { h => $h, in => \$in, out => \$out, err => \$err, bootstrap => $1 };
+	note "dev broker at $1";
+	return $broker;
+}
+
+# kafka_broker_cmd($broker, "down"): send a control command, wait for its
+# OK/ERR line; returns the line.
+sub kafka_broker_cmd
+{
+	my ($broker, $cmd) = @_;
+	my $seen = () = ${ $broker->{out} } =~ /^(?:OK|ERR)/mg;
+	${ $broker->{in} } .= "$cmd\n";
+	my $deadline = time + 20;
+	while (1)
+	{
+		$broker->{h}->pump_nb;
+		my @lines = ${ $broker->{out} } =~ /^((?:OK|ERR).*)$/mg;
+		return $lines[-1] if @lines > $seen;
+		die "dev broker did not answer \"$cmd\"" if time > $deadline;
+		usleep(20_000);
+	}
+}
+
+sub kafka_stop_broker
+{
+	my ($broker) = @_;
+	${ $broker->{in} } .= "quit\n";
+	eval { $broker->{h}->finish; 1 } or $broker->{h}->kill_kill;
+}
+
+# kafka_produce($broker, $topic, \@messages, %opts): produce with kcat.
+# Messages are lines (no newline inside); opts: key_delim => '|' (each
+# message is "key|value"), partition => N.
+sub kafka_produce
+{
+	my ($broker, $topic, $msgs, %opts) = @_;
+	my @cmd = ('kcat', '-P', '-b', $broker->{bootstrap}, '-t', $topic);
+	push @cmd, '-K', $opts{key_delim} if defined $opts{key_delim};
+	push @cmd, '-p', $opts{partition} if defined $opts{partition};
+	my $input = join('', map { "$_\n" } @$msgs);
+	my ($out, $err) = ('', '');
+	IPC::Run::run(\@cmd, '<', \$input, '>', \$out, '2>', \$err)
+	  or die "kcat failed: $err";
+	return scalar @$msgs;
+}
+
+# kafka_node($name, %opts): a started node with pg_kappa (preloaded unless
+# preload => 0) and the extension created in database postgres.
+sub kafka_node
+{
+	my ($name, %opts) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	my $preload = $opts{preload} // 1;
+	$node->append_conf('postgresql.conf',
+		($preload ? "shared_preload_libraries = 'pg_kappa'\n" : '')
+		  . "max_worker_processes = 24\n"
+		  . "kappa.max_latency = 50ms\n"
+		  . ($opts{conf} // ''));
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION pg_kappa');
+	return $node;
+}
+
+# kafka_wait($node, $sql, $expected, $what, $timeout): poll until $sql
+# returns $expected; a failed test (with the last value) after the timeout.
+sub kafka_wait
+{
+	my ($node, $sql, $expected, $what, $timeout) = @_;
+	$timeout //= 60;
+	my $deadline = time + $timeout;
+	my $got;
+	while (1)
+	{
+		$got = $node->safe_psql('postgres', $sql);
+		return is($got, $expected, $what) if $got eq $expected;
+		if (time > $deadline)
+		{
+			note "last value: $got";
+			return is($got, $expected, "$what (timed out)");
+		}
+		usleep(100_000);
+	}
+}
+
+unless (caller)
+{
+	ok(-x $kafka_dev_broker, 'dev broker is built');
+	ok(system('kcat -V >/dev/null 2>&1') == 0, 'kcat is installed');
+	done_testing();
+}
+
+1;

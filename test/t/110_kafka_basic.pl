@@ -1,0 +1,176 @@
+# A Kafka source into an ordinary table: rows, metadata columns, offsets,
+# dead letters for every kind of bad message, kappa.sources/kappa.errors,
+# and the checks create_kafka_source makes at create time.
+#
+# produced = rows + dead letters, exactly.
+
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+require "./test/t/100_kafka_common.pl";
+
+my $broker = kafka_start_broker(events => 4, other => 1);
+my $bs = $broker->{bootstrap};
+my $node = kafka_node('kafka_basic');
+
+$node->safe_psql('postgres', q{
+CREATE TABLE events (
+    id      int PRIMARY KEY,
+    name    text NOT NULL,
+    amount  numeric CHECK (amount >= 0),
+    kafka_key text,
+    kafka_partition int,
+    kafka_offset bigint
+);
+});
+
+# 2000 messages, 1% bad, keyed "k<i>|<json>"
+my (@msgs, %bad);
+my $n = 2000;
+for my $i (1 .. $n)
+{
+	my $v = qq({"id": $i, "name": "n$i", "amount": $i.25, "extra": {"a": [1,2]}});
+	if ($i % 100 == 7)
+	{
+		my $kind = ($i / 100) % 8;
+		if    ($kind == 0) { $v = qq({"id": $i, "name": "n$i", "amount": ); }    # malformed
+		elsif ($kind == 1) { $v = qq({"id": "abc$i", "name": "n$i"}); }         # wrong type
+		elsif ($kind == 2) { $v = qq({"id": $i, "amount": 1}); }                # NOT NULL
+		elsif ($kind == 3) { $v = qq({"id": $i, "name": "n$i", "amount": -1}); } # CHECK
+		elsif ($kind == 4) { $v = qq({"id": $i, "name": ") . ('x' x 3000) . qq("}); } # oversize
+		elsif ($kind == 5) { $v = qq({"id": $i, "name": "\xff\xfe$i"}); }      # invalid UTF-8
+		elsif ($kind == 6) { $v = ''; }                                       # empty
+		else               { $v = qq({"id": 1, "name": "duplicate"}); }        # unique
+		$bad{$i} = $kind;
+	}
+	push @msgs, "k$i|$v";
+}
+my $nbad = scalar keys %bad;
+kafka_produce($broker, 'events', \@msgs, key_delim => '|');
+
+$node->safe_psql('postgres', qq{
+SELECT kappa.create_kafka_source('events_src', target => 'events', topic => 'events',
+    brokers => '$bs', format => 'json', start => 'earliest',
+    options => '{"max_message_bytes": 2000, "batch_size": 500}');
+});
+
+kafka_wait($node,
+	q{SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM kappa.errors)},
+	$n, 'produced = rows + dead letters');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM events'), $n - $nbad, 'good rows');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM kappa.errors'), $nbad, 'dead letters');
+is($node->safe_psql('postgres',
+	q{SELECT count(*) FROM events WHERE kafka_key = 'k' || id AND kafka_offset IS NOT NULL
+	     AND kafka_partition BETWEEN 0 AND 3}),
+	$n - $nbad, 'metadata columns filled');
+
+# every dead letter has its coordinates, key, raw bytes and an error
+is($node->safe_psql('postgres', q{
+SELECT count(*) FROM kappa.errors e
+ WHERE source = 'events_src' AND topic = 'events' AND partition BETWEEN 0 AND 3
+   AND "offset" >= 0 AND key IS NOT NULL AND payload IS NOT NULL
+   AND error <> '' AND "when" IS NOT NULL}), $nbad, 'dead letters complete');
+for my $kind (0 .. 7)
+{
+	my @ids = grep { $bad{$_} == $kind } keys %bad;
+	my $keys = join(',', map { "'k$_'" } @ids);
+	is($node->safe_psql('postgres',
+		"SELECT count(*) FROM kappa.errors WHERE convert_from(key, 'UTF8') IN ($keys)"),
+		scalar(@ids), "dead letters of kind $kind");
+}
+is($node->safe_psql('postgres',
+	q{SELECT count(*) FROM kappa.errors WHERE length(payload) = 0}),
+	scalar(grep { $_ == 6 } values %bad), 'empty messages kept as empty payloads');
+is($node->safe_psql('postgres',
+	q{SELECT count(*) FROM kappa.errors WHERE position('\xfffe'::bytea in payload) > 0}),
+	scalar(grep { $_ == 5 } values %bad), 'invalid UTF-8 kept byte for byte');
+like($node->safe_psql('postgres',
+	q{SELECT string_agg(error, ' | ') FROM kappa.errors WHERE error ~* 'max_message_bytes'}),
+	qr/exceeds max_message_bytes/, 'oversize message error');
+
+# offsets: committed = high watermark on every partition
+kafka_wait($node,
+	q{SELECT sum(committed_offset) = sum(high_watermark) AND count(*) = 4
+	    FROM kappa.source_partitions WHERE source = 'events_src'},
+	't', 'committed offsets reach the high watermarks');
+is($node->safe_psql('postgres',
+	q{SELECT sum(next_offset) FROM kappa.source_offsets}), $n, 'offsets cover every message');
+
+# kappa.sources
+kafka_wait($node,
+	q{SELECT state, workers, partitions, lag, dead_letters, messages
+	    FROM kappa.sources WHERE source = 'events_src'},
+	"running|1|4|0|$nbad|" . ($n - $nbad), 'kappa.sources');
+is($node->safe_psql('postgres',
+	q{SELECT count(*) FROM pg_stat_activity
+	   WHERE backend_type = 'pg_kappa worker' AND application_name = 'pg_kappa source events_src'}),
+	1, 'worker in pg_stat_activity');
+
+# more messages later: consumed incrementally, nothing twice
+kafka_produce($broker, 'events',
+	[ map { qq(k$_|{"id": $_, "name": "n$_", "amount": 1}) } ($n + 1 .. $n + 100) ],
+	key_delim => '|');
+kafka_wait($node, 'SELECT count(*) FROM events', $n - $nbad + 100, 'later messages');
+
+# create-time checks
+my ($ret, $out, $err);
+my $create = sub {
+	my ($args) = @_;
+	($ret, $out, $err) = $node->psql('postgres',
+		"SELECT kappa.create_kafka_source('x', topic => 'other', brokers => '$bs', $args)");
+	return $err;
+};
+like($create->(q{target => 'events', options => '{"no.such.property": 1}'}),
+	qr/unknown Kafka source option "no.such.property"/, 'unknown property refused');
+like($create->(q{target => 'events', options => '{"fetch.wait.max.ms": "soon"}'}),
+	qr/invalid value for Kafka property "fetch.wait.max.ms".*\n.*DETAIL/s,
+	'invalid property value refused with librdkafka detail');
+like($create->(q{target => 'events', options => '{"sasl.password": 12}', format => 'json'}),
+	qr/^$|ERROR/, 'a secret option is accepted or refused without its value');
+unlike($err, qr/\b12\b/, 'secret value not in the error') if $err;
+$node->safe_psql('postgres', q{SELECT kappa.drop_source('x')}) if !$err;
+like($create->(q{target => 'events', format => 'xml'}), qr/format/, 'unknown format refused');
+like($create->(q{target => 'no_such_table'}), qr/does not exist/, 'missing target refused');
+like($create->(q{target => 'events', start => 'yesterday-ish'}), qr/invalid input syntax|start/,
+	'bad start refused');
+like($create->(q{target => 'events', options => '{"batch_size": 0}'}), qr/batch_size/,
+	'bad batch_size refused');
+like($create->(q{target => 'events', options => '{"enable.auto.commit": true}'}),
+	qr/set by pg_kappa/, 'reserved property refused');
+like($create->(q{target => 'pg_class'}), qr/system catalog/,
+	'catalog target refused');
+$node->safe_psql('postgres', q{CREATE TABLE wrongtypes (p point)});
+like($create->(q{target => 'wrongtypes', format => 'bytea'}), qr/ERROR/,
+	'a column the format cannot fill is refused');
+like($create->(q{target => 'events', parallelism => 0}), qr/parallelism/, 'bad parallelism');
+$node->safe_psql('postgres', qq{SELECT kappa.create_kafka_source('dup', target => 'events',
+	topic => 'other', brokers => '$bs')});
+like($node->psql('postgres', qq{SELECT kappa.create_kafka_source('dup', target => 'events',
+	topic => 'other', brokers => '$bs')}, stderr => \$err) && $err, qr/already exists/,
+	'duplicate name refused');
+
+# pause / resume / drop
+$node->safe_psql('postgres', q{SELECT kappa.pause_source('events_src')});
+kafka_wait($node, q{SELECT state, workers FROM kappa.sources WHERE source = 'events_src'},
+	'paused|0', 'paused: worker gone');
+kafka_produce($broker, 'events',
+	[ map { qq(k$_|{"id": $_, "name": "n$_"}) } ($n + 101 .. $n + 150) ], key_delim => '|');
+sleep 1;
+is($node->safe_psql('postgres', 'SELECT count(*) FROM events'), $n - $nbad + 100,
+	'nothing consumed while paused');
+$node->safe_psql('postgres', q{SELECT kappa.resume_source('events_src')});
+kafka_wait($node, 'SELECT count(*) FROM events', $n - $nbad + 150, 'resumed where it stopped');
+
+$node->safe_psql('postgres', q{SELECT kappa.drop_source(name) FROM kappa.source_catalog});
+kafka_wait($node, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'},
+	0, 'dropped: workers gone');
+is($node->safe_psql('postgres',
+	'SELECT (SELECT count(*) FROM kappa.source_catalog) + (SELECT count(*) FROM kappa.source_offsets)'),
+	0, 'catalog rows gone');
+
+$node->stop;
+kafka_stop_broker($broker);
+done_testing();
