@@ -407,6 +407,25 @@ kw_refresh_watermarks(void)
 }
 
 /*
+ * kw_source_changed tells whether the catalog row with our source's id now
+ * describes another source (dropped and created again, say after the
+ * extension was recreated).
+ */
+static bool
+kw_source_changed(KappaSource *s)
+{
+	return strcmp(s->name, kw_source->name) != 0 ||
+		s->target != kw_source->target ||
+		s->owner != kw_source->owner ||
+		strcmp(s->topic, kw_source->topic) != 0 ||
+		strcmp(s->brokers, kw_source->brokers) != 0 ||
+		strcmp(s->format, kw_source->format) != 0 ||
+		strcmp(s->start, kw_source->start) != 0 ||
+		VARSIZE(s->options) != VARSIZE(kw_source->options) ||
+		memcmp(s->options, kw_source->options, VARSIZE(s->options)) != 0;
+}
+
+/*
  * kw_check_source re-reads the source and exits cleanly when it is gone,
  * paused, or no longer has this slot.  Runs outside any batch.
  */
@@ -422,6 +441,8 @@ kw_check_source(void)
 	s = KappaSourceLoad(kw_source->id, true);
 	if (s == NULL)
 		why = "dropped";
+	else if (kw_source_changed(s))
+		why = "replaced";
 	else if (s->paused)
 		why = "paused";
 	else if (kw_args.slot >= s->parallelism)
@@ -436,7 +457,8 @@ kw_check_source(void)
 						kw_source_name, kw_args.slot, why)));
 		if (kw_args.managed)
 			KappaLauncherWake();
-		proc_exit(0);
+		/* a replaced source starts over with a new worker */
+		proc_exit(strcmp(why, "replaced") == 0 ? 1 : 0);
 	}
 }
 

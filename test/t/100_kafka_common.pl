@@ -106,7 +106,9 @@ sub kafka_wait
 	my $got;
 	while (1)
 	{
-		$got = $node->safe_psql('postgres', $sql);
+		# the server may be restarting (crash tests): retry until the deadline
+		my ($ret, $out, $err) = $node->psql('postgres', $sql);
+		$got = $ret == 0 ? $out : "ERROR: $err";
 		return is($got, $expected, $what) if $got eq $expected;
 		if (time > $deadline)
 		{
@@ -114,6 +116,21 @@ sub kafka_wait
 			return is($got, $expected, "$what (timed out)");
 		}
 		usleep(100_000);
+	}
+}
+
+# kafka_query($node, $sql): like safe_psql, but retries for up to 60 s while
+# the server restarts after a crash.
+sub kafka_query
+{
+	my ($node, $sql) = @_;
+	my $deadline = time + 60;
+	while (1)
+	{
+		my ($ret, $out, $err) = $node->psql('postgres', $sql);
+		return $out if $ret == 0;
+		die "query failed: $sql: $err" if time > $deadline;
+		usleep(200_000);
 	}
 }
 
