@@ -18,6 +18,7 @@
 #include "postgres.h"
 
 #include "access/heapam.h"
+#include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -30,6 +31,101 @@
 #include "stats.h"
 
 static KappaBatch *kappa_active_batch = NULL;
+
+/*
+ * Rows are formed directly into blocks of this size that the batch keeps
+ * across applies, so a long COPY neither fragments memory nor faults pages
+ * in again for every chunk.  Larger rows get their own allocation.
+ */
+#define KAPPA_BATCH_BLOCK_SIZE (1024 * 1024)
+#define KAPPA_BATCH_LARGE_ROW (KAPPA_BATCH_BLOCK_SIZE / 8)
+
+/* Allocate 'len' bytes for a row of the batch. */
+static void *
+batch_alloc(KappaBatch *batch, Size len)
+{
+	char	   *p;
+
+	len = MAXALIGN(len);
+	batch->bytes += len;
+	if (len > KAPPA_BATCH_LARGE_ROW)
+		return MemoryContextAlloc(batch->cxt, len);
+	if (batch->curBlock < 0 || batch->blockUsed + len > KAPPA_BATCH_BLOCK_SIZE)
+	{
+		batch->curBlock++;
+		if (batch->curBlock == batch->nblocks)
+		{
+			if (batch->nblocks == batch->maxblocks)
+			{
+				batch->maxblocks = Max(8, batch->maxblocks * 2);
+				batch->blocks = batch->blocks == NULL ?
+					MemoryContextAlloc(batch->blockcxt, sizeof(char *) * batch->maxblocks) :
+					repalloc(batch->blocks, sizeof(char *) * batch->maxblocks);
+			}
+			batch->blocks[batch->nblocks++] =
+				MemoryContextAlloc(batch->blockcxt, KAPPA_BATCH_BLOCK_SIZE);
+		}
+		batch->blockUsed = 0;
+	}
+	p = batch->blocks[batch->curBlock] + batch->blockUsed;
+	batch->blockUsed += len;
+	return p;
+}
+
+/*
+ * Form the row in 'slot' as a heap tuple in the batch's blocks; the same
+ * tuple heap_form_tuple would build, except that alignment padding is not
+ * zeroed (the tuple never reaches disk).
+ */
+static HeapTuple
+batch_form_tuple(KappaBatch *batch, TupleTableSlot *slot)
+{
+	TupleDesc	desc = batch->tupdesc;
+	int			natts = desc->natts;
+	Datum	   *values;
+	bool	   *isnull;
+	bool		hasnull = false;
+	Size		len;
+	Size		hoff;
+	Size		dataLen;
+	HeapTuple	tuple;
+	HeapTupleHeader td;
+	int			i;
+
+	slot_getallattrs(slot);
+	values = slot->tts_values;
+	isnull = slot->tts_isnull;
+	for (i = 0; i < natts; i++)
+	{
+		if (isnull[i])
+		{
+			hasnull = true;
+			break;
+		}
+	}
+	len = offsetof(HeapTupleHeaderData, t_bits);
+	if (hasnull)
+		len += BITMAPLEN(natts);
+	hoff = len = MAXALIGN(len);
+	dataLen = heap_compute_data_size(desc, values, isnull);
+	len += dataLen;
+
+	tuple = batch_alloc(batch, HEAPTUPLESIZE + len);
+	td = (HeapTupleHeader) ((char *) tuple + HEAPTUPLESIZE);
+	tuple->t_len = len;
+	ItemPointerSetInvalid(&(tuple->t_self));
+	tuple->t_tableOid = InvalidOid;
+	tuple->t_data = td;
+	memset(td, 0, hoff);
+	HeapTupleHeaderSetDatumLength(td, len);
+	HeapTupleHeaderSetTypeId(td, desc->tdtypeid);
+	HeapTupleHeaderSetTypMod(td, desc->tdtypmod);
+	HeapTupleHeaderSetNatts(td, natts);
+	td->t_hoff = hoff;
+	heap_fill_tuple(desc, values, isnull, (char *) td + hoff, dataLen,
+					&td->t_infomask, (hasnull ? td->t_bits : NULL));
+	return tuple;
+}
 
 /*
  * KappaBatchCreate returns an empty batch for 'stream', allocated under
@@ -46,26 +142,28 @@ KappaBatchCreate(Relation stream, MemoryContext parent)
 	batch->tupdesc = CreateTupleDescCopy(RelationGetDescr(stream));
 	batch->cxt = AllocSetContextCreate(parent, "pg_kappa batch rows",
 									   ALLOCSET_DEFAULT_SIZES);
+	batch->blockcxt = AllocSetContextCreate(parent, "pg_kappa batch blocks",
+											ALLOCSET_DEFAULT_SIZES);
+	batch->curBlock = -1;
 	batch->maxrows = 1024;
 	batch->rows = MemoryContextAlloc(parent, sizeof(HeapTuple) * batch->maxrows);
 	return batch;
 }
 
-/* KappaBatchAdd copies the row in 'slot' into the batch. */
+/*
+ * KappaBatchAdd copies the row in 'slot' into the batch.  batch->bytes tells
+ * callers how much memory the batch's rows take.
+ */
 void
 KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot)
 {
-	MemoryContext oldcxt;
-
 	if (batch->nrows >= batch->maxrows)
 	{
 		batch->maxrows *= 2;
 		batch->rows = repalloc_huge(batch->rows,
 									sizeof(HeapTuple) * batch->maxrows);
 	}
-	oldcxt = MemoryContextSwitchTo(batch->cxt);
-	batch->rows[batch->nrows++] = ExecCopySlotHeapTuple(slot);
-	MemoryContextSwitchTo(oldcxt);
+	batch->rows[batch->nrows++] = batch_form_tuple(batch, slot);
 }
 
 /* Append the batch's rows to the stream's retained storage. */
@@ -200,6 +298,8 @@ KappaBatchApply(KappaBatch *batch)
 	KappaStatsCountStream(batch->streamRelid, batch->nrows);
 	batch->rowsApplied += batch->nrows;
 	batch->nrows = 0;
+	batch->bytes = 0;
+	batch->curBlock = -1;
 	MemoryContextReset(batch->cxt);
 }
 
@@ -208,6 +308,7 @@ void
 KappaBatchDestroy(KappaBatch *batch)
 {
 	MemoryContextDelete(batch->cxt);
+	MemoryContextDelete(batch->blockcxt);
 	pfree(batch->rows);
 	FreeTupleDesc(batch->tupdesc);
 	pfree(batch);

@@ -5,9 +5,9 @@
  *
  * kappa.batch_size and kappa.max_latency are the latency/cost knob: a batch
  * ends when either bound is reached.  Kafka sources may override both with
- * per-source options.  kappa.stream_chunk_rows bounds how many rows an INSERT
- * or COPY into a stream buffers before applying them to the views, which
- * bounds memory for statements of any size.
+ * per-source options.  kappa.stream_batch_memory bounds the memory an INSERT
+ * or COPY into a stream fills with rows before applying them to the views,
+ * which bounds memory for statements of any size.
  *
  *-------------------------------------------------------------------------
  */
@@ -19,7 +19,7 @@
 
 int			kappa_batch_size = 10000;
 int			kappa_max_latency_ms = 100;
-int			kappa_stream_chunk_rows = 65536;
+int			kappa_stream_batch_memory_kb = 65536;
 
 /*
  * KappaDefineGucs registers the kappa.* settings and reserves the prefix.
@@ -45,12 +45,12 @@ KappaDefineGucs(void)
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
-	DefineCustomIntVariable("kappa.stream_chunk_rows",
-							"Rows an INSERT or COPY into a stream buffers before applying them to its views.",
-							NULL,
-							&kappa_stream_chunk_rows,
-							65536, 1, 10000000,
-							PGC_USERSET, 0,
+	DefineCustomIntVariable("kappa.stream_batch_memory",
+							"Memory an INSERT or COPY into a stream fills with rows before applying them to its views.",
+							"Larger batches merge each group into a view less often.",
+							&kappa_stream_batch_memory_kb,
+							65536, 64, MAX_KILOBYTES,
+							PGC_USERSET, GUC_UNIT_KB,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("kappa");

@@ -31,7 +31,7 @@
 /* in guc.c */
 extern int	kappa_batch_size;
 extern int	kappa_max_latency_ms;
-extern int	kappa_stream_chunk_rows;
+extern int	kappa_stream_batch_memory_kb;
 extern void KappaDefineGucs(void);
 
 /* in pg_kappa.c */
@@ -46,11 +46,19 @@ typedef struct KappaBatch
 {
 	Oid			streamRelid;
 	TupleDesc	tupdesc;		/* the stream's row type (not owned) */
-	MemoryContext cxt;			/* holds the rows; reset after each apply */
+	MemoryContext cxt;			/* large rows; reset after each apply */
 	HeapTuple  *rows;
 	int			nrows;
 	int			maxrows;
+	Size		bytes;			/* memory taken by the rows */
 	uint64		rowsApplied;	/* total rows applied through this batch */
+	/* blocks the rows are formed in, kept across applies */
+	MemoryContext blockcxt;
+	char	  **blocks;
+	int			nblocks;
+	int			maxblocks;
+	int			curBlock;
+	Size		blockUsed;
 } KappaBatch;
 
 /* in batch.c */

@@ -7,7 +7,8 @@
  * multi-row, INSERT ... SELECT, prepared) and COPY FROM reach the insert
  * callbacks here: rows are checked against the stream's constraints (core
  * does not check them for foreign tables), gathered into a KappaBatch and
- * applied with KappaBatchApply every kappa.stream_chunk_rows rows and at the
+ * applied with KappaBatchApply whenever they fill kappa.stream_batch_memory
+ * and at the
  * end of the statement.  A stream nobody reads (no views, no retention)
  * writes nothing at all.
  *
@@ -258,7 +259,7 @@ stream_add_row(StreamModifyState *st, ResultRelInfo *rinfo, TupleTableSlot *slot
 		return;
 	}
 	KappaBatchAdd(st->batch, slot);
-	if (st->batch->nrows >= kappa_stream_chunk_rows)
+	if (st->batch->bytes >= (Size) kappa_stream_batch_memory_kb * 1024)
 		KappaBatchApply(st->batch);
 }
 

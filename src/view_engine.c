@@ -73,6 +73,7 @@ typedef struct MergeReceiver
 	CommandId	cid;
 	TimestampTz now;
 	uint64		groups;
+	MemoryContext scancxt;		/* lives as long as the index scan */
 } MergeReceiver;
 
 /* Set partial-aggregation mode on an Aggref of the delta plan. */
@@ -373,11 +374,18 @@ lookup_group(MergeReceiver *r, Datum *keys, bool *keynulls)
 	for (;;)
 	{
 		TransactionId xwait = InvalidTransactionId;
+		MemoryContext oldcxt;
+		bool		found;
 
+		/* the scan keeps state (killed items) across lookups */
+		oldcxt = MemoryContextSwitchTo(r->scancxt);
 		index_rescan(r->scan, r->skeys, r->nscankeys, NULL, 0);
-		if (!index_getnext_slot(r->scan, ForwardScanDirection, r->oldslot))
+		found = index_getnext_slot(r->scan, ForwardScanDirection, r->oldslot);
+		if (found)
+			ExecMaterializeSlot(r->oldslot);
+		MemoryContextSwitchTo(oldcxt);
+		if (!found)
 			return false;
-		ExecMaterializeSlot(r->oldslot);
 		if (TransactionIdIsValid(r->dirty.xmin))
 			xwait = r->dirty.xmin;
 		else if (TransactionIdIsValid(r->dirty.xmax))
@@ -536,6 +544,7 @@ merge_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
 	MergeReceiver *r = (MergeReceiver *) self;
 	KappaViewInfo *view = r->view;
 
+	r->scancxt = CurrentMemoryContext;
 	r->mat = table_open(view->matRelid, RowExclusiveLock);
 	r->estate = CreateExecutorState();
 	r->estate->es_output_cid = r->cid;
