@@ -173,8 +173,8 @@ kappa_create_stream(PG_FUNCTION_ARGS)
 														 rv->relname)));
 		backingRelid = get_relname_relid(backing,
 										 get_namespace_oid(KAPPA_DATA_SCHEMA, false));
-		KappaRestoreUser(saved);
 		ATExecChangeOwner(backingRelid, saved.userid, false, AccessExclusiveLock);
+		KappaRestoreUser(saved);
 	}
 
 	saved = KappaBecomeDataOwner();

@@ -385,6 +385,8 @@ check_view_query(Query *query, ParseState *pstate)
 						format_procedure(volatileFunc)),
 				 errdetail("A volatile function could give a different result each time a batch is applied."),
 				 errhint("Compute the value before inserting it into the stream, or use an immutable or stable expression.")));
+	query->limitCount = eval_const_expressions(NULL, query->limitCount);
+	query->limitOffset = eval_const_expressions(NULL, query->limitOffset);
 	if (query->limitOption == LIMIT_OPTION_WITH_TIES ||
 		(query->limitCount && !IsA(query->limitCount, Const)) ||
 		(query->limitOffset && !IsA(query->limitOffset, Const)))
@@ -811,11 +813,11 @@ kappa_create_view(PG_FUNCTION_ARGS)
 	defRelid = get_relname_relid(defname, get_namespace_oid(KAPPA_DATA_SCHEMA, false));
 
 	matRelid = create_mat_table(shape, matname);
-	KappaRestoreUser(saved);
 
 	/* the caller owns what stores the view */
 	ATExecChangeOwner(defRelid, saved.userid, false, AccessExclusiveLock);
 	ATExecChangeOwner(matRelid, saved.userid, false, AccessExclusiveLock);
+	KappaRestoreUser(saved);
 	CommandCounterIncrement();
 
 	create_user_view(shape, qualifiedName, matRelid);
