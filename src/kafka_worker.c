@@ -870,6 +870,8 @@ kw_error_is_message_error(ErrorData *edata)
 		class == ERRCODE_SYSTEM_ERROR ||	/* 58 */
 		class == ERRCODE_INTERNAL_ERROR ||	/* XX */
 		edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE ||
+		edata->sqlerrcode == ERRCODE_UNDEFINED_TABLE ||
 		edata->sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE)
 		return false;
 	/* class 54 (program limit: an oversize message or value) is the message's */
@@ -1125,6 +1127,50 @@ kw_apply_batch(void)
 }
 
 /*
+ * kw_apply_batch_or_exit applies the batch; on an error that is not a
+ * message's fault (the target is gone, the owner lost its privilege, a
+ * serialization failure) it records the error in kappa.sources and exits,
+ * to be restarted from the stored offsets with a backoff.
+ */
+static void
+kw_apply_batch_or_exit(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		kw_apply_batch();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		/* the messages were not applied; the restart fetches them again */
+		kw_nmsgs = 0;
+		strlcpy(kw_last_error, "", sizeof(kw_last_error));
+		kw_set_error("failed", "batch failed, worker restarts: %s", edata->message);
+		PG_TRY();
+		{
+			kw_flush_status();
+		}
+		PG_CATCH();
+		{
+			EmitErrorReport();
+			FlushErrorState();
+			AbortCurrentTransaction();
+		}
+		PG_END_TRY();
+		proc_exit(1);
+	}
+	PG_END_TRY();
+}
+
+/*
  * kw_prepare_catalog_plans prepares the statements each batch runs on the
  * catalog.
  */
@@ -1357,7 +1403,7 @@ KappaKafkaWorkerMain(Datum main_arg)
 
 		if (full || (kw_nmsgs > 0 && now >= kw_batch_deadline))
 		{
-			kw_apply_batch();
+			kw_apply_batch_or_exit();
 			CHECK_FOR_INTERRUPTS();
 		}
 

@@ -142,6 +142,7 @@ CREATE VIEW kappa.sources AS
 SELECT s.name AS source,
        CASE
          WHEN s.paused THEN 'paused'
+         WHEN st.live = 0 AND st.last_state = 'failed' THEN 'failed'
          WHEN st.live = 0 THEN 'stopped'
          ELSE st.state
        END AS state,
@@ -181,6 +182,7 @@ SELECT s.name AS source,
                         CASE ss.state WHEN 'running' THEN 2 WHEN 'idle' THEN 3
                                       WHEN 'starting' THEN 1 ELSE 0 END)
               FILTER (WHERE a.pid IS NOT NULL))[1] AS state,
+           (array_agg(ss.state ORDER BY ss.updated_at DESC))[1] AS last_state,
            coalesce(sum(ss.messages), 0)::bigint AS messages,
            coalesce(sum(ss.bytes), 0)::bigint AS bytes,
            coalesce(sum(ss.messages_per_sec) FILTER (WHERE a.pid IS NOT NULL), 0) AS messages_per_sec,
