@@ -98,6 +98,9 @@ extern KappaViewInfo *KappaViewInfoLoad(Oid viewRelid, Oid matRelid,
 extern void KappaViewInfoFree(KappaViewInfo *view);
 extern void KappaViewLockRelations(KappaViewInfo *view);
 
+/* in retention.c */
+extern int64 KappaExpireRetainedRows(void);
+
 /* in stream.c */
 extern Oid	KappaLookupStream(const char *name, LOCKMODE lockmode);
 

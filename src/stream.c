@@ -171,6 +171,8 @@ kappa_create_stream(PG_FUNCTION_ARGS)
 							  quote_qualified_identifier(KAPPA_DATA_SCHEMA, backing),
 							  quote_qualified_identifier(get_namespace_name(nspid),
 														 rv->relname)));
+		KappaExecSql(psprintf("CREATE INDEX ON %s USING brin (kappa_arrived_at)",
+							  quote_qualified_identifier(KAPPA_DATA_SCHEMA, backing)));
 		backingRelid = get_relname_relid(backing,
 										 get_namespace_oid(KAPPA_DATA_SCHEMA, false));
 		ATExecChangeOwner(backingRelid, saved.userid, false, AccessExclusiveLock);

@@ -68,6 +68,14 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'kappa_drop_stream'
 LANGUAGE C STRICT VOLATILE;
 
+-- Expiry of rows kept by streams with an interval retention (also run
+-- periodically by the background workers when the library is preloaded).
+CREATE FUNCTION kappa.expire_retained_rows()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'kappa_expire_retained_rows'
+LANGUAGE C STRICT VOLATILE;
+REVOKE ALL ON FUNCTION kappa.expire_retained_rows() FROM PUBLIC;
+
 -- Continuous views.
 CREATE FUNCTION kappa.create_view(name text, query text)
 RETURNS regclass
