@@ -166,6 +166,19 @@ struct KappaDecoder
 	const KappaMessageMeta *meta;
 };
 
+/*
+ * Where a value comes from, for error details.  Only formatted when an error
+ * is raised (kappa_where_text), so that decoding a good message builds no
+ * message text.
+ */
+typedef struct KappaWhere
+{
+	const char *field;			/* JSON key or CSV header name, or NULL */
+	int			fieldno;		/* CSV field number (1-based), or 0 */
+	const char *column;			/* the column, with fieldno */
+	const char *text;			/* else a fixed text ("The key") */
+} KappaWhere;
+
 /* State of the JSON callbacks for one message. */
 typedef struct KappaJsonState
 {
@@ -186,6 +199,7 @@ static const char *const kappa_format_names[] = {"json", "csv", "text", "bytea"}
 
 static void kappa_parse_options(KappaDecoder *d, Jsonb *options,
 								List **columns);
+static char *kappa_where_text(const KappaWhere *where);
 
 /*
  * KappaParseFormat maps a format name (case-insensitive) to KappaFormat,
@@ -314,12 +328,12 @@ kappa_rethrow(ErrorData *edata, const char *mine)
 /*
  * kappa_input converts 'str' (NUL-terminated, 'len' bytes, in the database
  * encoding) to a Datum of column 'col' into *result, allocated in the
- * caller's context of KappaDecode.  'where' names the source of the value
- * for error details ("Field \"amount\"").
+ * caller's context of KappaDecode.  'where' tells where the value comes
+ * from, for error details.
  */
 static void
 kappa_input(KappaDecoder *d, KappaColumn *col, char *str, int len,
-			const char *where, Datum *result)
+			const KappaWhere *where, Datum *result)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(d->outcxt);
 
@@ -342,7 +356,7 @@ kappa_input(KappaDecoder *d, KappaColumn *col, char *str, int len,
 		MemoryContextSwitchTo(d->scratch);
 		edata = CopyErrorData();
 		FlushErrorState();
-		kappa_rethrow(edata, psprintf("%s holds %s.", where,
+		kappa_rethrow(edata, psprintf("%s holds %s.", kappa_where_text(where),
 									  kappa_sample(str, len)));
 	}
 	PG_END_TRY();
@@ -357,7 +371,7 @@ kappa_input(KappaDecoder *d, KappaColumn *col, char *str, int len,
  */
 static bool
 kappa_epoch(KappaDecoder *d, KappaColumn *col, const char *str, int len,
-			const char *where, Datum *result)
+			const KappaWhere *where, Datum *result)
 {
 	int64		unit;
 	char	   *end;
@@ -399,7 +413,8 @@ kappa_epoch(KappaDecoder *d, KappaColumn *col, const char *str, int len,
 		ereport(ERROR,
 				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
 				 errmsg("timestamp out of range"),
-				 errdetail("%s holds %s, read as %s since 1970.", where,
+				 errdetail("%s holds %s, read as %s since 1970.",
+						   kappa_where_text(where),
 						   kappa_sample(str, len),
 						   d->time_format == KAPPA_TIME_EPOCH_S ? "seconds" :
 						   d->time_format == KAPPA_TIME_EPOCH_MS ? "milliseconds" :
@@ -414,8 +429,8 @@ kappa_epoch(KappaDecoder *d, KappaColumn *col, const char *str, int len,
  * kappa_set_value converts a payload value for column index 'i'.
  */
 static void
-kappa_set_value(KappaDecoder *d, int i, char *str, int len, const char *where,
-				Datum *values, bool *nulls)
+kappa_set_value(KappaDecoder *d, int i, char *str, int len,
+				const KappaWhere *where, Datum *values, bool *nulls)
 {
 	KappaColumn *col = &d->cols[i];
 
@@ -432,11 +447,12 @@ kappa_set_value(KappaDecoder *d, int i, char *str, int len, const char *where,
 
 /*
  * kappa_set_null stores NULL for column index 'i'; for a domain type the
- * domain's constraints are checked, as an INSERT of NULL would.  'detail'
- * says where the NULL comes from, for errors.
+ * domain's constraints are checked, as an INSERT of NULL would.  'where'
+ * says where the NULL comes from, for errors: NULL when the message has no
+ * value for the column.
  */
 static void
-kappa_set_null(KappaDecoder *d, int i, const char *detail,
+kappa_set_null(KappaDecoder *d, int i, const KappaWhere *where,
 			   Datum *values, bool *nulls)
 {
 	KappaColumn *col = &d->cols[i];
@@ -460,7 +476,11 @@ kappa_set_null(KappaDecoder *d, int i, const char *detail,
 			MemoryContextSwitchTo(d->scratch);
 			edata = CopyErrorData();
 			FlushErrorState();
-			kappa_rethrow(edata, detail);
+			if (where == NULL)
+				kappa_rethrow(edata,
+							  psprintf("The message has no value for column \"%s\", "
+									   "which has no default.", col->name));
+			kappa_rethrow(edata, psprintf("%s is null.", kappa_where_text(where)));
 		}
 		PG_END_TRY();
 		MemoryContextSwitchTo(oldcxt);
@@ -493,6 +513,20 @@ kappa_field_where(const char *fname)
 	appendStringInfoString(&buf, "Field ");
 	escape_json(&buf, fname);
 	return buf.data;
+}
+
+/*
+ * kappa_where_text formats a KappaWhere as the subject of a sentence.
+ */
+static char *
+kappa_where_text(const KappaWhere *where)
+{
+	if (where->text != NULL)
+		return pstrdup(where->text);
+	if (where->fieldno > 0)
+		return psprintf("CSV field %d (column \"%s\")", where->fieldno,
+						where->column);
+	return kappa_field_where(where->field);
 }
 
 /*
@@ -649,8 +683,11 @@ kappa_json_field_start(void *state, char *fname, bool isnull)
 		return;
 
 	if (isnull)
-		kappa_set_null(d, i, psprintf("%s is null.", kappa_field_where(fname)),
-					   st->values, st->nulls);
+	{
+		KappaWhere	where = {fname, 0, NULL, NULL};
+
+		kappa_set_null(d, i, &where, st->values, st->nulls);
+	}
 	else
 		st->col = i;
 }
@@ -678,8 +715,12 @@ kappa_json_field_end(void *state, char *fname, bool isnull)
 	if (st->nested != JSON_TOKEN_INVALID)
 		kappa_json_nested_error(st, st->value_start, len);
 	if (d->cols[st->col].is_json)
+	{
+		KappaWhere	where = {fname, 0, NULL, NULL};
+
 		kappa_set_value(d, st->col, pnstrdup(st->value_start, len), len,
-						kappa_field_where(fname), st->values, st->nulls);
+						&where, st->values, st->nulls);
+	}
 	st->col = -1;
 }
 
@@ -693,14 +734,16 @@ kappa_json_scalar(void *state, char *token, JsonTokenType tokentype)
 {
 	KappaJsonState *st = (KappaJsonState *) state;
 	KappaDecoder *d = st->decoder;
+	KappaWhere	where = {NULL, 0, NULL, NULL};
 
 	if (st->depth == 0)
 		kappa_json_not_object(st, tokentype);
 	if (st->depth != 1 || st->col < 0 || d->cols[st->col].is_json)
 		return;
 
-	kappa_set_value(d, st->col, token, strlen(token),
-					kappa_field_where(st->fname), st->values, st->nulls);
+	where.field = st->fname;
+	kappa_set_value(d, st->col, token, strlen(token), &where,
+					st->values, st->nulls);
 	st->col = -1;
 }
 
@@ -854,15 +897,6 @@ kappa_csv_at_end(const char *data, int len, int pos)
 }
 
 /*
- * kappa_csv_field_where names CSV field 'n' (1-based) for details.
- */
-static char *
-kappa_csv_field_where(KappaDecoder *d, int n, int col)
-{
-	return psprintf("CSV field %d (column \"%s\")", n, d->cols[col].name);
-}
-
-/*
  * kappa_decode_csv fills the payload columns from one CSV record, or from a
  * header record naming the columns followed by one record of values.
  */
@@ -941,16 +975,21 @@ kappa_decode_csv(KappaDecoder *d, char *data, int len,
 	for (int i = 0; i < nfields && i < ncols; i++)
 	{
 		int			c = cols[i];
-		char	   *where;
+		KappaWhere	where = {NULL, 0, NULL, NULL};
 
 		if (c < 0)
 			continue;
-		where = d->header ? kappa_field_where(d->cols[c].name) :
-			kappa_csv_field_where(d, i + 1, c);
-		if (fields[i].isnull)
-			kappa_set_null(d, c, psprintf("%s is null.", where), values, nulls);
+		if (d->header)
+			where.field = d->cols[c].name;
 		else
-			kappa_set_value(d, c, fields[i].value, fields[i].len, where,
+		{
+			where.fieldno = i + 1;
+			where.column = d->cols[c].name;
+		}
+		if (fields[i].isnull)
+			kappa_set_null(d, c, &where, values, nulls);
+		else
+			kappa_set_value(d, c, fields[i].value, fields[i].len, &where,
 							values, nulls);
 	}
 }
@@ -1064,13 +1103,14 @@ kappa_fill_meta(KappaDecoder *d, int i, const KappaMessageMeta *meta,
 			}
 			else
 			{
+				KappaWhere	where = {NULL, 0, NULL, "The key"};
 				int			len;
 				char	   *s = kappa_to_server(d, meta->key, meta->keylen,
 												"key", &len);
 
 				if (s == meta->key)
 					s = pnstrdup(s, len);
-				kappa_input(d, col, s, len, "The key", &values[i]);
+				kappa_input(d, col, s, len, &where, &values[i]);
 			}
 			break;
 		case KAPPA_COL_PARTITION:
@@ -1171,9 +1211,11 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 				int			slen;
 				char	   *s = kappa_to_server(d, payload, len, "payload", &slen);
 
+				KappaWhere	where = {NULL, 0, NULL, "The message"};
+
 				if (s == payload)
 					s = pnstrdup(s, slen);
-				kappa_set_value(d, d->payload_col, s, slen, "The message",
+				kappa_set_value(d, d->payload_col, s, slen, &where,
 								values, nulls);
 				break;
 			}
@@ -1223,11 +1265,8 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 		}
 		else if (col->is_domain)
 		{
-			char	   *detail = psprintf("The message has no value for column \"%s\", "
-										  "which has no default.", col->name);
-
 			MemoryContextSwitchTo(d->scratch);
-			kappa_set_null(d, i, detail, values, nulls);
+			kappa_set_null(d, i, NULL, values, nulls);
 			MemoryContextSwitchTo(outcxt);
 		}
 	}
@@ -1305,7 +1344,9 @@ kappa_check_meta_type(KappaColumn *col)
 /*
  * kappa_prepare_defaults compiles the default expression of every payload
  * column.  The target relation is found from the row type of 'tupdesc'; a
- * descriptor of no relation gives the types' defaults only.
+ * descriptor of no relation gives the types' defaults only.  Identity
+ * columns get no default here: the executor numbers them when the row is
+ * inserted without them (evaluating nextval here would burn a number).
  */
 static void
 kappa_prepare_defaults(KappaDecoder *d, TupleDesc tupdesc)
@@ -1325,6 +1366,9 @@ kappa_prepare_defaults(KappaDecoder *d, TupleDesc tupdesc)
 
 		col->defnull = true;
 		if (col->kind != KAPPA_COL_PAYLOAD)
+			continue;
+		/* identity columns are numbered by the executor when left NULL */
+		if (TupleDescAttr(tupdesc, i)->attidentity)
 			continue;
 
 		if (rel != NULL && i < RelationGetNumberOfAttributes(rel))
