@@ -101,6 +101,9 @@ extern void KappaViewLockRelations(KappaViewInfo *view);
 /* in retention.c */
 extern int64 KappaExpireRetainedRows(void);
 
+/* in stream_fdw.c */
+extern double kappa_planned_batch_rows;
+
 /* in stream.c */
 extern Oid	KappaLookupStream(const char *name, LOCKMODE lockmode);
 

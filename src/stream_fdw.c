@@ -41,8 +41,11 @@
 #include "kappa_errcodes.h"
 #include "stats.h"
 
-/* rows assumed per scan when planning (the size of a typical batch) */
-#define KAPPA_PLANNED_BATCH_ROWS 1000
+/*
+ * Rows a scan of a stream is assumed to return when planning: view_engine.c
+ * plans each delta query twice, for small and for large batches.
+ */
+double		kappa_planned_batch_rows = 1000;
 /* rows the executor hands us per ExecForeignBatchInsert call */
 #define KAPPA_INSERT_BATCH_SIZE 1000
 
@@ -72,7 +75,7 @@ PG_FUNCTION_INFO_V1(kappa_stream_fdw_validator);
 static void
 stream_get_rel_size(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid)
 {
-	baserel->rows = KAPPA_PLANNED_BATCH_ROWS;
+	baserel->rows = kappa_planned_batch_rows;
 }
 
 static void

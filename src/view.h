@@ -85,7 +85,9 @@ struct KappaViewInfo
 	MemoryContext cxt;			/* everything below lives here */
 	KappaViewShape *shape;
 	char	   *sql;			/* the definition, for error context */
-	PlannedStmt *deltaPlan;		/* batch -> (keys, partial states) sorted */
+	PlannedStmt *deltaPlan;		/* batch -> (keys, partial states) sorted,
+								 * planned for large batches */
+	PlannedStmt *smallDeltaPlan;	/* the same, planned for a few rows */
 	List	   *relationOids;	/* relations the plan depends on */
 	int			nkeys;
 	int			naggs;

@@ -54,6 +54,15 @@
 #include "pg_kappa.h"
 #include "view.h"
 
+/*
+ * Each delta query is planned for batches of KAPPA_SMALL_BATCH_ROWS rows and
+ * for batches of KAPPA_LARGE_BATCH_ROWS rows; a batch of at most
+ * KAPPA_SMALL_BATCH_LIMIT rows runs the first plan.
+ */
+#define KAPPA_SMALL_BATCH_ROWS 10
+#define KAPPA_LARGE_BATCH_ROWS 100000
+#define KAPPA_SMALL_BATCH_LIMIT 1000
+
 typedef struct MergeReceiver
 {
 	DestReceiver pub;
@@ -183,6 +192,30 @@ plan_delta_query(KappaViewShape *shape, const char *sql)
 	return pstmt;
 }
 
+/*
+ * Plan a delta query for batches of about 'rows' rows: the planner then
+ * picks, e.g., index lookups into joined tables for a single-row INSERT and
+ * hash joins for a large COPY.
+ */
+static PlannedStmt *
+plan_delta_query_for(KappaViewShape *shape, const char *sql, double rows)
+{
+	double		saved = kappa_planned_batch_rows;
+	PlannedStmt *pstmt;
+
+	kappa_planned_batch_rows = rows;
+	PG_TRY();
+	{
+		pstmt = plan_delta_query(shape, sql);
+	}
+	PG_FINALLY();
+	{
+		kappa_planned_batch_rows = saved;
+	}
+	PG_END_TRY();
+	return pstmt;
+}
+
 static AttrNumber
 mat_attno(Relation mat, const char *name)
 {
@@ -208,6 +241,7 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	KappaViewInfo *view;
 	KappaViewShape *shape;
 	PlannedStmt *pstmt;
+	PlannedStmt *smallPstmt;
 	char	   *sql;
 	Relation	mat;
 	Relation	index;
@@ -229,7 +263,8 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 												  ObjectIdGetDatum(defRelid)));
 	PopActiveSnapshot();
 	shape = KappaBuildViewShape(KappaParseViewQuery(sql, true), sql);
-	pstmt = plan_delta_query(shape, sql);
+	pstmt = plan_delta_query_for(shape, sql, KAPPA_LARGE_BATCH_ROWS);
+	smallPstmt = plan_delta_query_for(shape, sql, KAPPA_SMALL_BATCH_ROWS);
 
 	MemoryContextSwitchTo(cxt);
 	view = palloc0(sizeof(KappaViewInfo));
@@ -239,7 +274,9 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	view->defRelid = defRelid;
 	view->sql = pstrdup(sql);
 	view->deltaPlan = copyObject(pstmt);
-	view->relationOids = list_copy(pstmt->relationOids);
+	view->smallDeltaPlan = copyObject(smallPstmt);
+	view->relationOids = list_concat(list_copy(pstmt->relationOids),
+									 smallPstmt->relationOids);
 	view->shape = palloc0(sizeof(KappaViewShape));
 	view->shape->nkeys = shape->nkeys;
 	view->shape->aggrefs = copyObject(shape->aggrefs);
@@ -608,6 +645,13 @@ KappaViewLockRelations(KappaViewInfo *view)
 		if (rte->rtekind == RTE_RELATION)
 			LockRelationOid(rte->relid, rte->rellockmode);
 	}
+	foreach(lc, view->smallDeltaPlan->rtable)
+	{
+		RangeTblEntry *rte = lfirst(lc);
+
+		if (rte->rtekind == RTE_RELATION)
+			LockRelationOid(rte->relid, rte->rellockmode);
+	}
 	LockRelationOid(view->matRelid, RowExclusiveLock);
 }
 
@@ -646,7 +690,9 @@ KappaViewApplyBatch(KappaViewInfo *view, KappaBatch *batch)
 	receiver->now = GetCurrentTimestamp();
 
 	prevBatch = KappaSetActiveBatch(batch);
-	qd = CreateQueryDesc(view->deltaPlan, view->sql, GetActiveSnapshot(),
+	qd = CreateQueryDesc(batch != NULL && batch->nrows <= KAPPA_SMALL_BATCH_LIMIT ?
+						 view->smallDeltaPlan : view->deltaPlan,
+						 view->sql, GetActiveSnapshot(),
 						 InvalidSnapshot, (DestReceiver *) receiver, NULL, NULL, 0);
 	ExecutorStart(qd, 0);
 	ExecutorRun(qd, ForwardScanDirection, 0, true);
