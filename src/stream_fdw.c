@@ -46,6 +46,7 @@
  * plans each delta query twice, for small and for large batches.
  */
 double		kappa_planned_batch_rows = 1000;
+
 /* rows the executor hands us per ExecForeignBatchInsert call */
 #define KAPPA_INSERT_BATCH_SIZE 1000
 

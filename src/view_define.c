@@ -511,7 +511,7 @@ KappaBuildViewShape(Query *query, const char *sql)
 {
 	KappaViewShape *shape = palloc0(sizeof(KappaViewShape));
 	ParseState *pstate = make_parsestate(NULL);
-	MapContext mctx;
+	MapContext	mctx;
 	Index		streamIndex;
 	ListCell   *lc;
 	List	   *found = NIL;
