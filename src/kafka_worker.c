@@ -217,6 +217,10 @@ kw_exit_cb(int code, Datum arg)
 	{
 		rd_kafka_t *rk = kw_rk;
 
+		/* librdkafka waits for every message we still hold */
+		for (int i = 0; i < kw_nmsgs; i++)
+			rd_kafka_message_destroy(kw_msgs[i]);
+		kw_nmsgs = 0;
 		kw_rk = NULL;
 		if (kw_queue)
 			rd_kafka_queue_destroy(kw_queue);
@@ -1151,7 +1155,6 @@ kw_apply_batch_or_exit(void)
 		FlushErrorState();
 		AbortCurrentTransaction();
 		/* the messages were not applied; the restart fetches them again */
-		kw_nmsgs = 0;
 		strlcpy(kw_last_error, "", sizeof(kw_last_error));
 		kw_set_error("failed", "batch failed, worker restarts: %s", edata->message);
 		PG_TRY();
