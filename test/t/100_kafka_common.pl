@@ -89,6 +89,7 @@ sub kafka_node
 	$node->append_conf('postgresql.conf',
 		($preload ? "shared_preload_libraries = 'pg_kappa'\n" : '')
 		  . "max_worker_processes = 24\n"
+		  . "restart_after_crash = on\n"
 		  . "kappa.max_latency = 50ms\n"
 		  . ($opts{conf} // ''));
 	$node->start;

@@ -1,0 +1,125 @@
+# Worker life cycle: without shared_preload_libraries create_kafka_source
+# still starts the worker (with a warning); SIGTERM stops a worker within a
+# second; SIGHUP reloads settings; with the launcher, sources come back
+# after pg_ctl restart and a worker killed with SIGKILL comes back; parallelism
+# spreads the partitions over the workers; the launcher finds sources in
+# every database.
+
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep time);
+
+require "./test/t/100_kafka_common.pl";
+
+my $broker = kafka_start_broker(w => 4);
+my $bs = $broker->{bootstrap};
+
+# --- without preloading
+my $plain = kafka_node('kafka_plain', preload => 0);
+$plain->safe_psql('postgres', 'CREATE TABLE w (id int)');
+my ($ret, $out, $err) = $plain->psql('postgres', qq{
+SELECT kappa.create_kafka_source('w_src', target => 'w', topic => 'w', brokers => '$bs')});
+is($ret, 0, 'source created without preloading');
+like($err, qr/WARNING:.*will not restart after a server restart/, 'with a warning');
+kafka_produce($broker, 'w', [ map { qq({"id": $_}) } 1 .. 100 ]);
+kafka_wait($plain, 'SELECT count(*) FROM w', 100, 'the worker runs without the launcher');
+is($plain->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity
+   WHERE backend_type = 'pg_kappa worker' AND application_name = 'pg_kappa source w_src'}),
+	1, 'in pg_stat_activity');
+
+# SIGTERM: gone within a second
+my $pid = $plain->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'});
+my $t0 = time;
+kill 'TERM', $pid;
+usleep(20_000) while kill(0, $pid) && time - $t0 < 5;
+my $elapsed = time - $t0;
+cmp_ok($elapsed, '<', 1, sprintf('SIGTERM stops the worker in %.3f s', $elapsed));
+
+# after a restart it is not back, until resume_source starts it again
+$plain->restart;
+sleep 1;
+is($plain->safe_psql('postgres', q{SELECT state FROM kappa.sources}), 'stopped',
+	'not preloaded: stopped after a restart');
+kafka_produce($broker, 'w', [ map { qq({"id": $_}) } 101 .. 150 ]);
+($ret, $out, $err) = $plain->psql('postgres', q{SELECT kappa.resume_source('w_src')});
+like($err, qr/WARNING/, 'resume_source starts it again, with the warning');
+kafka_wait($plain, 'SELECT count(*), count(DISTINCT id) FROM w', '150|150',
+	'resumed from the stored offsets');
+$plain->stop;
+
+# --- with the launcher
+my $node = kafka_node('kafka_launcher');
+sub kafka_wait_other
+{
+	for (1 .. 300)
+	{
+		my ($r, $o) = $node->psql('other', 'SELECT count(*) = 250 AND count(DISTINCT id) = 250 FROM w2');
+		return 't' if $r == 0 && $o eq 't';
+		usleep(100_000);
+	}
+	return 'f';
+}
+$node->safe_psql('postgres', q{
+CREATE DATABASE other;
+CREATE TABLE w (id int, kafka_partition int);
+});
+$node->safe_psql('other', q{CREATE EXTENSION pg_kappa; CREATE TABLE w2 (id int);});
+($ret, $out, $err) = $node->psql('postgres', qq{
+SELECT kappa.create_kafka_source('w_par', target => 'w', topic => 'w', brokers => '$bs',
+    parallelism => 2)});
+is($err, '', 'no warning with the launcher');
+$node->safe_psql('other', qq{
+SELECT kappa.create_kafka_source('w_other', target => 'w2', topic => 'w', brokers => '$bs')});
+kafka_wait($node, 'SELECT count(*) FROM w', 150, 'parallel source consumed everything');
+kafka_wait($node, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'},
+	3, 'workers for both databases');
+is($node->safe_psql('other', 'SELECT count(*) FROM w2'), 150, 'source in another database');
+is($node->safe_psql('postgres', q{
+SELECT string_agg(array_to_string(partitions, ','), '|' ORDER BY slot)
+  FROM kappa.source_status}), '0,2|1,3', 'partitions spread over the two workers');
+
+# SIGHUP reloads settings; the worker stays
+$node->append_conf('postgresql.conf', "kappa.batch_size = 7\n");
+my @pids = sort split /\n/, $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'});
+$node->reload;
+kafka_produce($broker, 'w', [ map { qq({"id": $_}) } 151 .. 200 ]);
+kafka_wait($node, 'SELECT count(*) FROM w', 200, 'consumes after a reload');
+is(join(',', sort split /\n/, $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'})),
+	join(',', @pids), 'workers survive SIGHUP');
+cmp_ok($node->safe_psql('postgres',
+	q{SELECT sum(batches) FROM kappa.source_status s JOIN kappa.source_catalog c ON c.id = s.source_id
+	   WHERE c.name = 'w_par'}), '>=', 8, 'the reloaded batch size applies');
+
+# pg_ctl restart: back by themselves
+$node->restart;
+kafka_wait($node, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'},
+	3, 'workers back after pg_ctl restart');
+
+# SIGKILL of a worker: crash recovery, and the workers come back
+$pid = (split /\n/, $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'}))[0];
+kill 'KILL', $pid;
+kafka_produce($broker, 'w', [ map { qq({"id": $_}) } 201 .. 250 ]);
+kafka_wait($node, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'},
+	3, 'workers back after SIGKILL');
+kafka_wait($node, 'SELECT count(*), count(DISTINCT id) FROM w', '250|250', 'exactly once');
+is(kafka_wait_other(), 't',
+	'exactly once in the other database');
+
+# pausing stops the workers; resuming brings them back
+$node->safe_psql('postgres', q{SELECT kappa.pause_source('w_par')});
+kafka_wait($node, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'},
+	1, 'paused source: its workers stop');
+$node->safe_psql('postgres', q{SELECT kappa.resume_source('w_par')});
+kafka_wait($node, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'},
+	3, 'resumed source: workers back');
+
+$node->stop;
+kafka_stop_broker($broker);
+done_testing();
