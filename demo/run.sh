@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# pg_kappa demo: a stream of card payments and continuous views over it,
+# updating live in the terminal.
+#
+#   bash demo/run.sh [--seconds N] [--rate N] [--no-build]
+#
+#   -s, --seconds N  stop after N seconds (default: until Ctrl-C on a terminal,
+#                    10 seconds when stdin is not a terminal; DEMO_SECONDS=N
+#                    does the same)
+#   -r, --rate N     rows fed into the stream per second (default 300)
+#   --no-build       skip apt-get, build and install (use the installed extension)
+#   -h, --help       this text
+#
+# Works on a fresh Debian 12 machine as root or as a user with sudo: installs
+# the dependencies, builds and installs the extension, then starts a throwaway
+# Postgres server (as the unprivileged user kappa_test when run as root) on
+# 127.0.0.1 and a free port, with its data and socket in a temporary directory
+# that is removed on exit.  A generator feeds the stream `payments` with
+# INSERT ... SELECT and COPY batches; the screen shows the views every second.
+# shellcheck disable=SC2317  # cleanup() runs from a trap
+set -uo pipefail
+
+# shellcheck source=test/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../test/lib.sh"
+
+usage() { sed -n '2,/^set -uo/{/^# shellcheck/d; /^#/!d; s/^# \{0,1\}//; p}' "$0"; }
+is_count() { case "$1" in ''|*[!0-9]*) return 1 ;; *) [ "$1" -gt 0 ] ;; esac; }
+
+DURATION=${DEMO_SECONDS:-}
+RATE=300
+BUILD=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -s|--seconds) [ $# -ge 2 ] || { usage >&2; exit 2; }; DURATION=$2; shift 2 ;;
+        --seconds=*)  DURATION=${1#*=}; shift ;;
+        -r|--rate)    [ $# -ge 2 ] || { usage >&2; exit 2; }; RATE=$2; shift 2 ;;
+        --rate=*)     RATE=${1#*=}; shift ;;
+        --no-build)   BUILD=; shift ;;
+        -h|--help)    usage; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+if [ -n "$DURATION" ] && ! is_count "$DURATION"; then
+    echo "--seconds / DEMO_SECONDS must be a positive integer, not '$DURATION'" >&2; exit 2
+fi
+is_count "$RATE" || { echo "--rate must be a positive integer, not '$RATE'" >&2; exit 2; }
+INTERACTIVE=
+[ -t 0 ] && INTERACTIVE=1
+[ -n "$INTERACTIVE" ] || DURATION=${DURATION:-10}
+TTY_OUT=
+[ -t 1 ] && TTY_OUT=1
+
+# ---------------------------------------------------------------- build
+if [ -n "$BUILD" ]; then
+    kappa_install_deps
+    kappa_build || kappa_die "build failed"
+    kappa_install || kappa_die "make install failed"
+fi
+command -v initdb >/dev/null || kappa_die "initdb not found in $KAPPA_PG_BIN (run without --no-build)"
+kappa_ensure_pg_user
+
+# ---------------------------------------------------------------- server
+TMP=
+SERVER_UP=
+GEN_PID=
+STOP=
+cleanup() {
+    trap - EXIT
+    trap "" INT TERM
+    if [ -n "$GEN_PID" ]; then
+        touch "$TMP/stop" 2>/dev/null
+        # Let the generator finish its batch, then make sure it is gone.
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$GEN_PID" 2>/dev/null || break; sleep 0.5; done
+        kill "$GEN_PID" 2>/dev/null
+        wait "$GEN_PID" 2>/dev/null
+    fi
+    if [ -n "$SERVER_UP" ]; then
+        kappa_as_pg_user pg_ctl -D "$TMP/data" -m fast -w -t 30 stop >/dev/null 2>&1 \
+            || kappa_as_pg_user pg_ctl -D "$TMP/data" -m immediate stop >/dev/null 2>&1
+    fi
+    if [ -n "$TMP" ]; then
+        kappa_stop_postmasters "$TMP"
+        rm -rf "$TMP"
+    fi
+}
+trap cleanup EXIT
+trap 'STOP=1' INT TERM
+
+TMP=$(mktemp -d /tmp/pg_kappa-demo.XXXXXX) || kappa_die "mktemp failed"
+[ "$(id -u)" -eq 0 ] && chown "$KAPPA_PG_USER": "$TMP"
+
+kappa_log "initdb in $TMP/data (as $(kappa_pg_user))"
+kappa_as_pg_user initdb -D "$TMP/data" -U postgres -A trust -E UTF8 --no-instructions \
+    >"$TMP/initdb.log" 2>&1 || { cat "$TMP/initdb.log" >&2; kappa_die "initdb failed"; }
+cat >>"$TMP/data/postgresql.conf" <<EOF
+
+# pg_kappa demo
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$TMP'
+shared_preload_libraries = 'pg_kappa'
+fsync = off
+EOF
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+PORT=
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+    p=$((20000 + RANDOM % 20000))
+    port_free "$p" || continue
+    : >"$TMP/server.log"
+    [ "$(id -u)" -eq 0 ] && chown "$KAPPA_PG_USER": "$TMP/server.log"
+    if kappa_as_pg_user pg_ctl -D "$TMP/data" -l "$TMP/server.log" -o "-p $p" -w -t 30 start \
+        >/dev/null 2>&1; then
+        PORT=$p
+        SERVER_UP=1
+        break
+    fi
+    grep -q 'could not bind\|Address already in use' "$TMP/server.log" || break
+done
+if [ -z "$PORT" ]; then
+    tail -n 20 "$TMP/server.log" >&2
+    kappa_die "could not start the demo server"
+fi
+kappa_log "Postgres running on 127.0.0.1:$PORT (psql -h 127.0.0.1 -p $PORT -U postgres)"
+
+PSQL=(psql -X -q -P pager=off -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
+
+# ---------------------------------------------------------------- schema
+kappa_log "creating the stream payments and its continuous views"
+if ! "${PSQL[@]}" >"$TMP/setup.log" 2>&1 <<'SQL'
+CREATE EXTENSION pg_kappa;
+
+SELECT kappa.create_stream('payments',
+         'card text, merchant text, amount numeric, country text, ts timestamptz');
+
+SELECT kappa.create_view('revenue_per_minute',
+  $$SELECT merchant, date_bin('1 minute', ts, timestamptz 'epoch') AS minute,
+           count(*) AS payments, sum(amount) AS revenue
+      FROM payments
+     GROUP BY merchant, minute$$);
+
+SELECT kappa.create_view('suspicious_cards',
+  $$SELECT card, count(*) AS n, sum(amount) AS total, max(amount) AS biggest
+      FROM payments
+     WHERE amount > 900
+     GROUP BY card$$);
+
+SELECT kappa.create_view('payment_totals',
+  $$SELECT count(*) AS payments, sum(amount) AS volume, max(ts) AS last_payment
+      FROM payments$$);
+SQL
+then
+    cat "$TMP/setup.log" >&2
+    kappa_die "could not create the stream and views (is the engine built?)"
+fi
+
+# ---------------------------------------------------------------- generator
+# One batch of $RATE random payments per second, alternately by INSERT ...
+# SELECT and by COPY.  Amounts are mostly small; about 3% are above 900.
+# $TMP/generated holds the number of rows committed so far.
+INSERT_SQL="INSERT INTO payments (card, merchant, amount, country, ts)
+SELECT 'card-' || lpad((1 + floor(random() * 400))::int::text, 4, '0'),
+       (ARRAY['Acme Books', 'Blue Bottle', 'City Cabs', 'Daily Grocer',
+              'Echo Electronics', 'Fjord Travel', 'Green Garden', 'Harbor Hotel'])
+         [1 + floor(random() * 8)::int],
+       round((random() ^ 4 * 1000)::numeric, 2),
+       (ARRAY['DE', 'FR', 'US', 'GB', 'NL', 'ES', 'IT', 'JP'])[1 + floor(random() * 8)::int],
+       clock_timestamp()
+  FROM generate_series(1, $RATE)"
+
+copy_rows() {
+    awk -v n="$RATE" -v seed="$((RANDOM * 32768 + RANDOM))" -v ts="$(date -u '+%Y-%m-%d %H:%M:%S+00')" 'BEGIN {
+        srand(seed)
+        split("Acme Books,Blue Bottle,City Cabs,Daily Grocer,Echo Electronics,Fjord Travel,Green Garden,Harbor Hotel", m, ",")
+        split("DE,FR,US,GB,NL,ES,IT,JP", c, ",")
+        for (i = 0; i < n; i++) {
+            a = rand(); a = a * a * a * a * 1000
+            printf "card-%04d,%s,%.2f,%s,%s\n", 1 + int(rand() * 400), m[1 + int(rand() * 8)], a, c[1 + int(rand() * 8)], ts
+        }
+    }'
+}
+
+generator() {
+    trap - INT TERM EXIT
+    local total=0 tick=0 ok
+    while [ ! -e "$TMP/stop" ]; do
+        tick=$((tick + 1))
+        if [ $((tick % 2)) -eq 1 ]; then
+            "${PSQL[@]}" -c "$INSERT_SQL" >>"$TMP/generator.log" 2>&1; ok=$?
+        else
+            copy_rows | "${PSQL[@]}" -c "\\copy payments (card, merchant, amount, country, ts) FROM pstdin WITH (FORMAT csv)" \
+                >>"$TMP/generator.log" 2>&1; ok=$?
+        fi
+        if [ "$ok" -eq 0 ]; then
+            total=$((total + RATE))
+            echo "$total" >"$TMP/generated.new" && mv "$TMP/generated.new" "$TMP/generated"
+        fi
+        sleep 1
+    done
+}
+echo 0 >"$TMP/generated"
+generator &
+GEN_PID=$!
+
+# ---------------------------------------------------------------- display
+view_count() {
+    "${PSQL[@]}" -At -c "SELECT coalesce(sum(payments), 0) FROM payment_totals" 2>/dev/null || echo '?'
+}
+snapshot() {
+    "${PSQL[@]}" -P footer=off \
+        -c '\echo Totals (view payment_totals)' \
+        -c "SELECT payments, volume, last_payment FROM payment_totals" \
+        -c '\echo Revenue per merchant and minute, latest minutes first (view revenue_per_minute)' \
+        -c "SELECT * FROM revenue_per_minute ORDER BY minute DESC, revenue DESC LIMIT 8" \
+        -c '\echo Cards with payments above 900 (view suspicious_cards)' \
+        -c "SELECT * FROM suspicious_cards ORDER BY total DESC, card LIMIT 6" 2>&1
+}
+
+START=$SECONDS
+if [ -n "$DURATION" ]; then
+    kappa_log "feeding $RATE rows/s for $DURATION s"
+else
+    kappa_log "feeding $RATE rows/s; Ctrl-C to stop"
+fi
+while [ -z "$STOP" ]; do
+    elapsed=$((SECONDS - START))
+    [ -n "$DURATION" ] && [ "$elapsed" -ge "$DURATION" ] && break
+    generated=$(cat "$TMP/generated" 2>/dev/null)
+    if [ -n "$TTY_OUT" ] && [ -n "$INTERACTIVE" ]; then
+        screen=$(
+            echo "pg_kappa demo: stream payments, $RATE rows/s by INSERT and COPY.  Ctrl-C to stop."
+            echo "server 127.0.0.1:$PORT   elapsed ${elapsed}s   rows generated: ${generated:-0}"
+            echo "try: psql -h 127.0.0.1 -p $PORT -U postgres -c 'SELECT * FROM kappa.views'"
+            echo
+            snapshot
+            tail -n 3 "$TMP/generator.log" 2>/dev/null | sed 's/^/generator: /'
+        )
+        printf '\033[H\033[2J%s\n' "$screen"
+    else
+        echo "[${elapsed}s] rows generated: ${generated:-0}, payments in view payment_totals: $(view_count)"
+    fi
+    sleep 1
+done
+
+# ---------------------------------------------------------------- wrap up
+touch "$TMP/stop"
+for _ in $(seq 1 20); do kill -0 "$GEN_PID" 2>/dev/null || break; sleep 0.5; done
+kill "$GEN_PID" 2>/dev/null
+wait "$GEN_PID" 2>/dev/null
+GEN_PID=
+generated=$(cat "$TMP/generated")
+counted=$(view_count)
+echo
+snapshot
+echo
+if [ -s "$TMP/generator.log" ]; then
+    echo "generator messages (last 5):"
+    tail -n 5 "$TMP/generator.log"
+fi
+echo "rows generated: $generated, payments counted by the view: $counted"
+status=0
+if [ "$generated" != "$counted" ]; then
+    echo "MISMATCH: the view does not count every row fed into the stream" >&2
+    status=1
+elif [ "$generated" -eq 0 ]; then
+    echo "no rows could be fed into the stream" >&2
+    status=1
+fi
+exit "$status"
