@@ -27,6 +27,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "pg_kappa.h"
@@ -119,6 +120,7 @@ load_stream_info(Oid relid)
 	Oid			argtypes[1] = {OIDOID};
 	int			rc;
 	uint64		i;
+	bool		pushed = false;
 
 	cxt = AllocSetContextCreate(kappa_cache_cxt, "pg_kappa stream",
 								ALLOCSET_SMALL_SIZES);
@@ -126,6 +128,12 @@ load_stream_info(Oid relid)
 	info->relid = relid;
 	info->cxt = cxt;
 
+	/* callers outside a query (background workers) may have no snapshot */
+	if (!ActiveSnapshotSet())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pushed = true;
+	}
 	arg[0] = ObjectIdGetDatum(relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -166,6 +174,8 @@ load_stream_info(Oid relid)
 		MemoryContextSwitchTo(oldcxt);
 	}
 	SPI_finish();
+	if (pushed)
+		PopActiveSnapshot();
 	info->valid = true;
 	return info;
 }

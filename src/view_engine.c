@@ -257,7 +257,10 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	/* parse, check and plan in a scratch context */
 	oldcxt = MemoryContextSwitchTo(tmpcxt);
 	/* see a definition created earlier in this very command */
-	PushCopiedSnapshot(GetActiveSnapshot());
+	if (ActiveSnapshotSet())
+		PushCopiedSnapshot(GetActiveSnapshot());
+	else
+		PushActiveSnapshot(GetTransactionSnapshot());
 	UpdateActiveSnapshotCommandId();
 	sql = TextDatumGetCString(DirectFunctionCall1(pg_get_viewdef,
 												  ObjectIdGetDatum(defRelid)));
