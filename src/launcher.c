@@ -8,7 +8,8 @@
  * launcher) and reads pg_database.  It cannot read another database's
  * catalog, so for each database it starts a short-lived *scanner* worker
  * connected to it, which looks up pg_extension and kappa.source_catalog and
- * leaves the list of active sources in shared memory.  The launcher then
+ * leaves the list of active sources in shared memory (and expires the rows
+ * of interval-retained streams there).  The launcher then
  * starts a dynamic worker for every (database, source, slot) that has none,
  * restarts workers that died (with a backoff when they die young), and stops
  * workers of sources that were paused, dropped or shrunk.
@@ -221,6 +222,45 @@ KappaStartWorker(const KappaWorkerArgs *args, const char *source_name,
 }
 
 /*
+ * kl_expire_retained_rows deletes the rows interval-retained streams keep
+ * past their retention, in a transaction of its own; an error is logged and
+ * retried at the next scan.
+ */
+static void
+kl_expire_retained_rows(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (!OidIsValid(get_extension_oid("pg_kappa", true)))
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		return;
+	}
+	PG_TRY();
+	{
+		int64		n = KappaExpireRetainedRows();
+
+		if (n > 0)
+			ereport(DEBUG1,
+					(errmsg("pg_kappa: expired %lld retained stream rows", (long long) n)));
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+}
+
+/*
  * KappaScannerMain is a short-lived worker connected to one database
  * (main_arg): it leaves the database's active sources in shared memory.
  */
@@ -277,6 +317,9 @@ KappaScannerMain(Datum main_arg)
 		kappa_launcher_shared->nsources = n;
 	}
 	SpinLockRelease(&kappa_launcher_shared->mutex);
+
+	/* expire interval-retained stream rows of this database */
+	kl_expire_retained_rows();
 	proc_exit(0);
 }
 
