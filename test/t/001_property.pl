@@ -476,7 +476,8 @@ while ($step < $nsteps)
 	my $r = rand();
 	my ($kind, $sql, $expect_error, $tag);
 	my $steps_left = $nsteps - $step + 1;
-	if ($copies_left > 0 && (rand() < 0.08 || $steps_left <= $copies_left * 3))
+	if ($copies_left > 0
+		&& ($step == 2 || rand() < 0.08 || $steps_left <= $copies_left * 3))
 	{
 		$copies_left--;
 		my ($fmt, $c) = both_copy(100_000);
