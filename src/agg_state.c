@@ -301,3 +301,77 @@ KappaAggCombineAndFinalize(KappaAggMerge *merge, AggState *aggcontext,
 		*finalNull = transNull;
 	}
 }
+
+/*
+ * KappaAggCombineInMemory combines the delta state 'delta' (storage form)
+ * into an in-memory transition value (*state, *isnull) that lives in the
+ * aggregate context's per-tuple memory; with !haveState the delta becomes
+ * the value.  Scratch work (deserializing the delta) goes to the current
+ * memory context, which the caller resets; like the executor, we copy a
+ * pass-by-reference result into the aggregate context when it is not the
+ * old value.
+ */
+void
+KappaAggCombineInMemory(KappaAggMerge *merge, AggState *aggcontext,
+						bool haveState, Datum *state, bool *isnull,
+						Datum delta, bool deltaNull)
+{
+	MemoryContext statecxt = aggcontext->curaggcontext->ecxt_per_tuple_memory;
+	MemoryContext oldcxt;
+	Datum		b;
+	bool		bNull;
+	Datum		result;
+
+	if (!haveState || (*isnull && merge->combinefn.fn_strict))
+	{
+		/* the delta becomes the value: build it where the value lives */
+		oldcxt = MemoryContextSwitchTo(statecxt);
+		*state = state_from_stored(merge, aggcontext, delta, deltaNull, isnull);
+		MemoryContextSwitchTo(oldcxt);
+		return;
+	}
+	if (deltaNull && merge->combinefn.fn_strict)
+		return;
+
+	b = state_from_stored(merge, aggcontext, delta, deltaNull, &bNull);
+	result = call_support(&merge->combinefn, aggcontext, merge->inputCollid, 2,
+						  *state, *isnull, b, bNull, isnull);
+	if (!*isnull && !merge->transtypByVal &&
+		DatumGetPointer(result) != DatumGetPointer(*state))
+	{
+		oldcxt = MemoryContextSwitchTo(statecxt);
+		if (!merge->internalState)
+			result = datumCopy(result, false, merge->transtypLen);
+		else if (DatumGetPointer(result) == DatumGetPointer(b))
+		{
+			bool		dummy;
+			Datum		ser = call_support(&merge->serialfn, aggcontext, InvalidOid, 1,
+										   result, false, (Datum) 0, false, &dummy);
+
+			result = call_support(&merge->deserialfn, aggcontext, InvalidOid, 2,
+								  ser, false, (Datum) 0, false, &dummy);
+		}
+		MemoryContextSwitchTo(oldcxt);
+	}
+	*state = result;
+}
+
+/*
+ * KappaAggStoredForm returns the storage form of an in-memory transition
+ * value: serialized for internal states, the value itself otherwise.
+ */
+Datum
+KappaAggStoredForm(KappaAggMerge *merge, AggState *aggcontext,
+				   Datum state, bool isnull, bool *resultNull)
+{
+	if (isnull)
+	{
+		*resultNull = true;
+		return (Datum) 0;
+	}
+	if (merge->internalState)
+		return call_support(&merge->serialfn, aggcontext, InvalidOid, 1,
+							state, false, (Datum) 0, false, resultNull);
+	*resultNull = false;
+	return state;
+}

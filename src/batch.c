@@ -23,14 +23,23 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "executor/tuptable.h"
+#include "miscadmin.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
 #include "pg_kappa.h"
 #include "stats.h"
+#include "view.h"
 
 static KappaBatch *kappa_active_batch = NULL;
+
+/* A view's accumulator in a batch; acc is NULL if the view cannot have one. */
+typedef struct BatchAccum
+{
+	KappaViewInfo *view;
+	KappaViewAccum *acc;
+} BatchAccum;
 
 /*
  * Rows are formed directly into blocks of this size that the batch keeps
@@ -147,6 +156,7 @@ KappaBatchCreate(Relation stream, MemoryContext parent)
 	batch->curBlock = -1;
 	batch->maxrows = 1024;
 	batch->rows = MemoryContextAlloc(parent, sizeof(HeapTuple) * batch->maxrows);
+	batch->parentcxt = parent;
 	return batch;
 }
 
@@ -256,10 +266,112 @@ append_to_storage(KappaBatch *batch, Oid backingRelid)
 }
 
 /*
+ * Get the stream's description with every relation its views read locked,
+ * as the plan cache would lock them; if that let in an invalidation, load
+ * the views again.
+ */
+static KappaStreamInfo *
+get_locked_stream_info(Oid streamRelid)
+{
+	for (;;)
+	{
+		KappaStreamInfo *info = KappaGetStreamInfo(streamRelid);
+		ListCell   *lc;
+
+		foreach(lc, info->views)
+			KappaViewLockRelations(lfirst(lc));
+		if (info->valid)
+			return info;
+		KappaReleaseStreamInfo(info);
+	}
+}
+
+/* Forget the batch's rows once they are applied. */
+static void
+batch_rows_done(KappaBatch *batch)
+{
+	KappaStatsCountStream(batch->streamRelid, batch->nrows);
+	batch->rowsApplied += batch->nrows;
+	batch->nrows = 0;
+	batch->bytes = 0;
+	batch->curBlock = -1;
+	MemoryContextReset(batch->cxt);
+}
+
+/* The accumulator of 'view' in the batch, created on first use. */
+static BatchAccum *
+batch_accum(KappaBatch *batch, KappaViewInfo *view)
+{
+	ListCell   *lc;
+	BatchAccum *ba;
+	MemoryContext oldcxt;
+
+	foreach(lc, batch->accums)
+	{
+		ba = lfirst(lc);
+		if (ba->view == view)
+			return ba;
+	}
+	oldcxt = MemoryContextSwitchTo(batch->parentcxt);
+	ba = palloc(sizeof(BatchAccum));
+	ba->view = view;
+	ba->acc = KappaAccumCreate(view, batch->parentcxt);
+	batch->accums = lappend(batch->accums, ba);
+	MemoryContextSwitchTo(oldcxt);
+	return ba;
+}
+
+/*
+ * KappaBatchAccumulate applies the batch's rows as one chunk of a longer
+ * statement: retained storage takes them now; views combine their deltas in
+ * memory (written by the KappaBatchApply that ends the statement) or, if
+ * they cannot, are merged now.  The batch's rows are empty afterwards.
+ */
+void
+KappaBatchAccumulate(KappaBatch *batch)
+{
+	KappaStreamInfo *info = get_locked_stream_info(batch->streamRelid);
+	ListCell   *lc;
+
+	PG_TRY();
+	{
+		if (info->retained && batch->nrows > 0)
+			append_to_storage(batch, info->backingRelid);
+		foreach(lc, info->views)
+		{
+			KappaViewInfo *view = lfirst(lc);
+			BatchAccum *ba = batch_accum(batch, view);
+
+			if (ba->acc == NULL)
+				KappaViewApplyBatch(view, batch);
+			else
+			{
+				KappaViewAccumulateBatch(view, batch, ba->acc);
+
+				/*
+				 * bounded like a hash aggregate: work_mem *
+				 * hash_mem_multiplier
+				 */
+				if (KappaAccumMemory(ba->acc) > get_hash_memory_limit())
+					KappaViewFlushAccum(view, ba->acc);
+			}
+		}
+	}
+	PG_FINALLY();
+	{
+		kappa_active_batch = NULL;
+		KappaReleaseStreamInfo(info);
+	}
+	PG_END_TRY();
+	batch_rows_done(batch);
+}
+
+/*
  * KappaBatchApply applies the batch's rows in the current transaction:
- * retained storage first, then every view on the stream in OID order.  The
- * batch is empty afterwards.  Errors propagate; the caller's (sub)transaction
- * abort undoes whatever was applied.
+ * retained storage first, then every view on the stream in OID order, and
+ * writes what earlier KappaBatchAccumulate calls combined.  The batch is
+ * empty afterwards.  Errors propagate; the caller's (sub)transaction abort
+ * undoes whatever was applied.
  */
 void
 KappaBatchApply(KappaBatch *batch)
@@ -267,20 +379,21 @@ KappaBatchApply(KappaBatch *batch)
 	KappaStreamInfo *info;
 	ListCell   *lc;
 
-	/*
-	 * Lock what the views' cached plans read, as the plan cache would; if
-	 * that let in an invalidation, load the stream's views again.
-	 */
-	for (;;)
+	if (batch->accums != NIL)
 	{
-		info = KappaGetStreamInfo(batch->streamRelid);
-		foreach(lc, info->views)
-			KappaViewLockRelations(lfirst(lc));
-		if (info->valid)
-			break;
-		KappaReleaseStreamInfo(info);
+		if (batch->nrows > 0)
+			KappaBatchAccumulate(batch);
+		foreach(lc, batch->accums)
+		{
+			BatchAccum *ba = lfirst(lc);
+
+			if (ba->acc != NULL)
+				KappaViewFlushAccum(ba->view, ba->acc);
+		}
+		return;
 	}
 
+	info = get_locked_stream_info(batch->streamRelid);
 	PG_TRY();
 	{
 		if (info->retained && batch->nrows > 0)
@@ -294,13 +407,7 @@ KappaBatchApply(KappaBatch *batch)
 		KappaReleaseStreamInfo(info);
 	}
 	PG_END_TRY();
-
-	KappaStatsCountStream(batch->streamRelid, batch->nrows);
-	batch->rowsApplied += batch->nrows;
-	batch->nrows = 0;
-	batch->bytes = 0;
-	batch->curBlock = -1;
-	MemoryContextReset(batch->cxt);
+	batch_rows_done(batch);
 }
 
 /* KappaBatchDestroy frees a batch (its rows need not be applied). */

@@ -59,12 +59,16 @@ typedef struct KappaBatch
 	int			maxblocks;
 	int			curBlock;
 	Size		blockUsed;
+	/* deltas combined in memory until the end of a statement (view_accum.c) */
+	List	   *accums;
+	MemoryContext parentcxt;
 } KappaBatch;
 
 /* in batch.c */
 extern KappaBatch *KappaBatchCreate(Relation stream, MemoryContext parent);
 extern void KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot);
 extern void KappaBatchApply(KappaBatch *batch);
+extern void KappaBatchAccumulate(KappaBatch *batch);
 extern void KappaBatchDestroy(KappaBatch *batch);
 extern void KappaBatchInit(void);
 extern KappaBatch *KappaActiveBatch(Oid streamRelid);
@@ -97,6 +101,10 @@ extern KappaViewInfo *KappaViewInfoLoad(Oid viewRelid, Oid matRelid,
 										Oid defRelid, MemoryContext parent);
 extern void KappaViewInfoFree(KappaViewInfo *view);
 extern void KappaViewLockRelations(KappaViewInfo *view);
+typedef struct KappaViewAccum KappaViewAccum;
+extern void KappaViewAccumulateBatch(KappaViewInfo *view, KappaBatch *batch,
+									 KappaViewAccum *acc);
+extern void KappaViewFlushAccum(KappaViewInfo *view, KappaViewAccum *acc);
 
 /* in retention.c */
 extern int64 KappaExpireRetainedRows(void);

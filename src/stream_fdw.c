@@ -264,7 +264,7 @@ stream_add_row(StreamModifyState *st, ResultRelInfo *rinfo, TupleTableSlot *slot
 	}
 	KappaBatchAdd(st->batch, slot);
 	if (st->batch->bytes >= (Size) kappa_stream_batch_memory_kb * 1024)
-		KappaBatchApply(st->batch);
+		KappaBatchAccumulate(st->batch);
 }
 
 static TupleTableSlot *

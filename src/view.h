@@ -30,6 +30,9 @@
 #include "nodes/execnodes.h"
 #include "nodes/parsenodes.h"
 #include "nodes/plannodes.h"
+#include "tcop/dest.h"
+
+#include "pg_kappa.h"
 
 /*
  * What a view query means for incremental maintenance, derived from the
@@ -103,6 +106,11 @@ struct KappaViewInfo
 	AttrNumber	updatedAttno;
 	RegProcedure *keyEqProcs;	/* btree equality of each key, for probes */
 	Oid		   *keyCollations;
+	/* grouping operators of each key, for accumulating (view_accum.c) */
+	Oid		   *keyEqOps;
+	Oid		   *keySortOps;
+	bool	   *keyNullsFirst;
+	bool	   *keyHashable;
 	/* evaluation of outputs from the finals tuple */
 	TupleDesc	finalsDesc;
 	ExprState **outStates;
@@ -118,6 +126,13 @@ extern KappaViewShape *KappaBuildViewShape(Query *query, const char *sql);
 extern Query *KappaParseViewQuery(const char *sql, bool rewrite);
 extern Aggref *KappaMakeCountStar(void);
 
+/* in view_accum.c (KappaViewAccum is declared in pg_kappa.h) */
+extern KappaViewAccum *KappaAccumCreate(KappaViewInfo *view, MemoryContext parent);
+extern DestReceiver *KappaAccumReceiver(KappaViewAccum *acc);
+extern Size KappaAccumMemory(KappaViewAccum *acc);
+extern int64 KappaAccumGroups(KappaViewAccum *acc);
+extern void KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge);
+
 /* in agg_state.c */
 extern void KappaAggMergeInit(KappaAggMerge *merge, Aggref *aggref);
 extern Oid	KappaAggStateType(Aggref *aggref);
@@ -127,5 +142,11 @@ extern void KappaAggCombineAndFinalize(KappaAggMerge *merge, AggState *aggcontex
 									   Datum delta, bool deltaNull,
 									   Datum *newState, bool *newStateNull,
 									   Datum *final, bool *finalNull);
+
+extern void KappaAggCombineInMemory(KappaAggMerge *merge, AggState *aggcontext,
+									bool haveState, Datum *state, bool *isnull,
+									Datum delta, bool deltaNull);
+extern Datum KappaAggStoredForm(KappaAggMerge *merge, AggState *aggcontext,
+								Datum state, bool isnull, bool *resultNull);
 
 #endif							/* KAPPA_VIEW_H */

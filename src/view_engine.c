@@ -345,6 +345,22 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	index_close(index, NoLock);
 	table_close(mat, NoLock);
 
+	view->keyEqOps = palloc(sizeof(Oid) * Max(view->nkeys, 1));
+	view->keySortOps = palloc(sizeof(Oid) * Max(view->nkeys, 1));
+	view->keyNullsFirst = palloc(sizeof(bool) * Max(view->nkeys, 1));
+	view->keyHashable = palloc(sizeof(bool) * Max(view->nkeys, 1));
+	i = 0;
+	foreach(lc, shape->query->groupClause)
+	{
+		SortGroupClause *sgc = lfirst(lc);
+
+		view->keyEqOps[i] = sgc->eqop;
+		view->keySortOps[i] = sgc->sortop;
+		view->keyNullsFirst[i] = sgc->nulls_first;
+		view->keyHashable[i] = sgc->hashable;
+		i++;
+	}
+
 	/* the finals tuple: keys, then one final value per aggregate */
 	view->finalsDesc = CreateTemplateTupleDesc(view->nkeys + view->naggs);
 	i = 0;
@@ -658,31 +674,12 @@ KappaViewLockRelations(KappaViewInfo *view)
 	LockRelationOid(view->matRelid, RowExclusiveLock);
 }
 
-/*
- * KappaViewApplyBatch applies 'batch' to one view in the current
- * transaction.  With batch NULL the delta query reads the stream's retained
- * rows instead (backfill at creation).
- */
-void
-KappaViewApplyBatch(KappaViewInfo *view, KappaBatch *batch)
+/* Make a receiver that merges delta rows into the view's materialization. */
+static DestReceiver *
+make_merge_receiver(KappaViewInfo *view)
 {
-	MergeReceiver *receiver;
-	QueryDesc  *qd;
-	Oid			saveUser;
-	int			saveSec;
-	KappaBatch *prevBatch;
+	MergeReceiver *receiver = palloc0(sizeof(MergeReceiver));
 
-	/* see the previous batches' merges and the tables as of now */
-	CommandCounterIncrement();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	UpdateActiveSnapshotCommandId();
-
-	GetUserIdAndSecContext(&saveUser, &saveSec);
-	SetUserIdAndSecContext(view->ownerId,
-						   saveSec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-
-	receiver = palloc0(sizeof(MergeReceiver));
 	receiver->pub.receiveSlot = merge_receive;
 	receiver->pub.rStartup = merge_startup;
 	receiver->pub.rShutdown = merge_shutdown;
@@ -691,20 +688,109 @@ KappaViewApplyBatch(KappaViewInfo *view, KappaBatch *batch)
 	receiver->view = view;
 	receiver->cid = GetCurrentCommandId(true);
 	receiver->now = GetCurrentTimestamp();
+	return (DestReceiver *) receiver;
+}
+
+/*
+ * Set up what a view's delta or merge runs in: a command counter that sees
+ * the previous merges, a fresh snapshot (joined tables as of now), and the
+ * view owner's rights in a security-restricted operation.
+ */
+static void
+begin_view_work(KappaViewInfo *view, Oid *saveUser, int *saveSec)
+{
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	UpdateActiveSnapshotCommandId();
+	GetUserIdAndSecContext(saveUser, saveSec);
+	SetUserIdAndSecContext(view->ownerId,
+						   *saveSec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+}
+
+static void
+end_view_work(Oid saveUser, int saveSec)
+{
+	SetUserIdAndSecContext(saveUser, saveSec);
+	PopActiveSnapshot();
+}
+
+/* Run the view's delta query over 'batch' into 'dest'. */
+static void
+run_delta(KappaViewInfo *view, KappaBatch *batch, DestReceiver *dest)
+{
+	QueryDesc  *qd;
+	KappaBatch *prevBatch;
 
 	prevBatch = KappaSetActiveBatch(batch);
 	qd = CreateQueryDesc(batch != NULL && batch->nrows <= KAPPA_SMALL_BATCH_LIMIT ?
 						 view->smallDeltaPlan : view->deltaPlan,
 						 view->sql, GetActiveSnapshot(),
-						 InvalidSnapshot, (DestReceiver *) receiver, NULL, NULL, 0);
+						 InvalidSnapshot, dest, NULL, NULL, 0);
 	ExecutorStart(qd, 0);
 	ExecutorRun(qd, ForwardScanDirection, 0, true);
 	ExecutorFinish(qd);
 	ExecutorEnd(qd);
 	FreeQueryDesc(qd);
 	KappaSetActiveBatch(prevBatch);
-	merge_destroy((DestReceiver *) receiver);
+}
 
-	SetUserIdAndSecContext(saveUser, saveSec);
-	PopActiveSnapshot();
+/*
+ * KappaViewApplyBatch applies 'batch' to one view in the current
+ * transaction.  With batch NULL the delta query reads the stream's retained
+ * rows instead (backfill at creation).
+ */
+void
+KappaViewApplyBatch(KappaViewInfo *view, KappaBatch *batch)
+{
+	DestReceiver *merge;
+	Oid			saveUser;
+	int			saveSec;
+
+	begin_view_work(view, &saveUser, &saveSec);
+	merge = make_merge_receiver(view);
+	run_delta(view, batch, merge);
+	merge_destroy(merge);
+	end_view_work(saveUser, saveSec);
+}
+
+/*
+ * KappaViewAccumulateBatch combines the delta of 'batch' into 'acc' without
+ * touching the materialization; KappaViewFlushAccum writes it.
+ */
+void
+KappaViewAccumulateBatch(KappaViewInfo *view, KappaBatch *batch,
+						 KappaViewAccum *acc)
+{
+	DestReceiver *dest;
+	Oid			saveUser;
+	int			saveSec;
+
+	begin_view_work(view, &saveUser, &saveSec);
+	dest = KappaAccumReceiver(acc);
+	run_delta(view, batch, dest);
+	dest->rDestroy(dest);
+	end_view_work(saveUser, saveSec);
+}
+
+/*
+ * KappaViewFlushAccum merges every group accumulated in 'acc' into the
+ * view's materialization, once per group and in key order, and empties it.
+ */
+void
+KappaViewFlushAccum(KappaViewInfo *view, KappaViewAccum *acc)
+{
+	DestReceiver *merge;
+	Oid			saveUser;
+	int			saveSec;
+
+	if (KappaAccumGroups(acc) == 0)
+		return;
+	begin_view_work(view, &saveUser, &saveSec);
+	merge = make_merge_receiver(view);
+	merge->rStartup(merge, CMD_SELECT, NULL);
+	KappaAccumFlush(acc, merge);
+	merge->rShutdown(merge);
+	merge_destroy(merge);
+	end_view_work(saveUser, saveSec);
 }

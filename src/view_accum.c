@@ -1,0 +1,351 @@
+/*-------------------------------------------------------------------------
+ *
+ * view_accum.c
+ *	  Combining the deltas of a long INSERT or COPY in memory, so that each
+ *	  group of a view is written once per statement.
+ *
+ * A statement that streams more rows than kappa.stream_batch_memory holds
+ * is applied in chunks.  Merging every chunk's delta into the
+ * materialization would update each group once per chunk (one row version
+ * each, all in one transaction).  Instead, each chunk's delta rows (group
+ * keys and partial states, as the delta plan produces them) are combined
+ * here, in a hash table keyed by the group keys, with the aggregates'
+ * combine functions; at the end of the statement the combined states are
+ * merged into the materialization, once per group and in key order, by the
+ * same code that merges a single delta (view_engine.c).
+ *
+ * Views whose group keys cannot be hashed are merged chunk by chunk.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_operator.h"
+#include "catalog/pg_type.h"
+#include "executor/executor.h"
+#include "executor/tuptable.h"
+#include "nodes/makefuncs.h"
+#include "utils/datum.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/sortsupport.h"
+
+#include "pg_kappa.h"
+#include "view.h"
+
+struct KappaViewAccum
+{
+	KappaViewInfo *view;
+	MemoryContext cxt;			/* the accumulator itself */
+	MemoryContext tablecxt;		/* group keys in the hash table */
+	MemoryContext statecxt;		/* entries and combined states */
+	MemoryContext tempcxt;		/* hashing and comparing, per row */
+	TupleHashTable table;
+	TupleDesc	keyDesc;
+	TupleDesc	deltaDesc;		/* keys, then stored-form states */
+	TupleTableSlot *keySlot;	/* keys of an incoming delta row */
+	TupleTableSlot *readSlot;	/* keys of an accumulated group */
+	ExprContext *aggExprContext;	/* its per-tuple memory is statecxt */
+	AggState   *aggContext;
+	int64		ngroups;
+};
+
+/* Combined states of one group, in memory (deserialized) form. */
+typedef struct AccumEntry
+{
+	Datum	   *states;
+	bool	   *nulls;
+	Datum	   *keys;			/* filled when sorting for a flush */
+	bool	   *keynulls;
+} AccumEntry;
+
+typedef struct AccumReceiver
+{
+	DestReceiver pub;
+	KappaViewAccum *acc;
+} AccumReceiver;
+
+/*
+ * KappaAccumCreate returns an empty accumulator for 'view' under 'parent',
+ * or NULL if the view's group keys cannot be hashed.
+ */
+KappaViewAccum *
+KappaAccumCreate(KappaViewInfo *view, MemoryContext parent)
+{
+	KappaViewAccum *acc;
+	MemoryContext oldcxt;
+	int			nkeys = view->nkeys;
+	Oid		   *eqFuncOids;
+	FmgrInfo   *hashFunctions;
+	AttrNumber *keyColIdx;
+	int			i;
+
+	for (i = 0; i < nkeys; i++)
+	{
+		if (!view->keyHashable[i])
+			return NULL;
+	}
+
+	acc = MemoryContextAllocZero(parent, sizeof(KappaViewAccum));
+	acc->view = view;
+	acc->cxt = AllocSetContextCreate(parent, "pg_kappa view accumulator",
+									 ALLOCSET_SMALL_SIZES);
+	acc->tablecxt = AllocSetContextCreate(acc->cxt, "pg_kappa accumulated keys",
+										  ALLOCSET_DEFAULT_SIZES);
+	acc->statecxt = AllocSetContextCreate(acc->cxt, "pg_kappa accumulated states",
+										  ALLOCSET_DEFAULT_SIZES);
+	acc->tempcxt = AllocSetContextCreate(acc->cxt, "pg_kappa accumulator temp",
+										 ALLOCSET_SMALL_SIZES);
+	oldcxt = MemoryContextSwitchTo(acc->cxt);
+
+	acc->deltaDesc = ExecTypeFromTL(view->deltaPlan->planTree->targetlist);
+	acc->keyDesc = CreateTemplateTupleDesc(Max(nkeys, 1));
+	if (nkeys == 0)
+		TupleDescInitEntry(acc->keyDesc, 1, NULL, INT4OID, -1, 0);
+	for (i = 0; i < nkeys; i++)
+		TupleDescCopyEntry(acc->keyDesc, i + 1, acc->deltaDesc, i + 1);
+	acc->keySlot = MakeSingleTupleTableSlot(acc->keyDesc, &TTSOpsVirtual);
+	acc->readSlot = MakeSingleTupleTableSlot(acc->keyDesc, &TTSOpsMinimalTuple);
+
+	keyColIdx = palloc(sizeof(AttrNumber) * Max(nkeys, 1));
+	for (i = 0; i < Max(nkeys, 1); i++)
+		keyColIdx[i] = i + 1;
+	if (nkeys == 0)
+	{
+		/* a global view has one group: hash a constant */
+		Oid			eqop = Int4EqualOperator;
+		Oid			collations[1] = {InvalidOid};
+
+		execTuplesHashPrepare(1, &eqop, &eqFuncOids, &hashFunctions);
+		acc->table = BuildTupleHashTableExt(NULL, acc->keyDesc, 1, keyColIdx,
+											eqFuncOids, hashFunctions,
+											collations, 16, 0, acc->cxt,
+											acc->tablecxt, acc->tempcxt, false);
+	}
+	else
+	{
+		execTuplesHashPrepare(nkeys, view->keyEqOps, &eqFuncOids, &hashFunctions);
+		acc->table = BuildTupleHashTableExt(NULL, acc->keyDesc, nkeys, keyColIdx,
+											eqFuncOids, hashFunctions,
+											view->keyCollations, 1024, 0,
+											acc->cxt, acc->tablecxt,
+											acc->tempcxt, false);
+	}
+
+	acc->aggExprContext = makeNode(ExprContext);
+	acc->aggExprContext->ecxt_per_tuple_memory = acc->statecxt;
+	acc->aggContext = KappaMakeAggContext(acc->aggExprContext);
+	MemoryContextSwitchTo(oldcxt);
+	return acc;
+}
+
+/* KappaAccumMemory tells how much memory the accumulated groups take. */
+Size
+KappaAccumMemory(KappaViewAccum *acc)
+{
+	return MemoryContextMemAllocated(acc->cxt, true);
+}
+
+/* KappaAccumGroups tells how many groups are accumulated. */
+int64
+KappaAccumGroups(KappaViewAccum *acc)
+{
+	return acc->ngroups;
+}
+
+/* Combine one delta row into its group's entry. */
+static bool
+accum_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	KappaViewAccum *acc = ((AccumReceiver *) self)->acc;
+	KappaViewInfo *view = acc->view;
+	TupleHashEntry entry;
+	AccumEntry *ae;
+	bool		isnew;
+	MemoryContext oldcxt;
+	int			i;
+
+	slot_getallattrs(slot);
+	ExecClearTuple(acc->keySlot);
+	if (view->nkeys == 0)
+	{
+		acc->keySlot->tts_values[0] = Int32GetDatum(0);
+		acc->keySlot->tts_isnull[0] = false;
+	}
+	for (i = 0; i < view->nkeys; i++)
+	{
+		acc->keySlot->tts_values[i] = slot->tts_values[i];
+		acc->keySlot->tts_isnull[i] = slot->tts_isnull[i];
+	}
+	ExecStoreVirtualTuple(acc->keySlot);
+
+	entry = LookupTupleHashEntry(acc->table, acc->keySlot, &isnew, NULL);
+	if (isnew)
+	{
+		ae = MemoryContextAlloc(acc->statecxt, sizeof(AccumEntry));
+		ae->states = MemoryContextAlloc(acc->statecxt, sizeof(Datum) * view->naggs);
+		ae->nulls = MemoryContextAlloc(acc->statecxt, sizeof(bool) * view->naggs);
+		entry->additional = ae;
+		acc->ngroups++;
+	}
+	else
+		ae = entry->additional;
+
+	/* scratch memory of the combine step, reset per row */
+	oldcxt = MemoryContextSwitchTo(acc->tempcxt);
+	for (i = 0; i < view->naggs; i++)
+		KappaAggCombineInMemory(&view->aggs[i], acc->aggContext, !isnew,
+								&ae->states[i], &ae->nulls[i],
+								slot->tts_values[view->nkeys + i],
+								slot->tts_isnull[view->nkeys + i]);
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextReset(acc->tempcxt);
+	return true;
+}
+
+static void
+accum_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+}
+
+static void
+accum_shutdown(DestReceiver *self)
+{
+}
+
+static void
+accum_destroy(DestReceiver *self)
+{
+	pfree(self);
+}
+
+/* KappaAccumReceiver returns a receiver that combines delta rows into 'acc'. */
+DestReceiver *
+KappaAccumReceiver(KappaViewAccum *acc)
+{
+	AccumReceiver *r = palloc0(sizeof(AccumReceiver));
+
+	r->pub.receiveSlot = accum_receive;
+	r->pub.rStartup = accum_startup;
+	r->pub.rShutdown = accum_shutdown;
+	r->pub.rDestroy = accum_destroy;
+	r->pub.mydest = DestNone;
+	r->acc = acc;
+	return (DestReceiver *) r;
+}
+
+/* Comparators of the group keys, for sorting accumulated groups. */
+static SortSupport accum_sort_keys;
+static int	accum_sort_nkeys;
+
+static int
+compare_entries(const void *a, const void *b)
+{
+	AccumEntry *ea = (*(TupleHashEntry const *) a)->additional;
+	AccumEntry *eb = (*(TupleHashEntry const *) b)->additional;
+	int			i;
+
+	for (i = 0; i < accum_sort_nkeys; i++)
+	{
+		int			cmp = ApplySortComparator(ea->keys[i], ea->keynulls[i],
+											  eb->keys[i], eb->keynulls[i],
+											  &accum_sort_keys[i]);
+
+		if (cmp != 0)
+			return cmp;
+	}
+	return 0;
+}
+
+/*
+ * KappaAccumFlush hands every accumulated group, in key order and in the
+ * form of a delta row (keys, then stored-form states), to 'merge', and
+ * empties the accumulator.  The caller has started 'merge' and shuts it down.
+ */
+void
+KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge)
+{
+	KappaViewInfo *view = acc->view;
+	TupleHashIterator iter;
+	TupleHashEntry entry;
+	TupleHashEntry *entries;
+	int64		n = 0;
+	int64		i;
+	TupleTableSlot *slot;
+	MemoryContext tmpcxt;
+	MemoryContext oldcxt;
+
+	if (acc->ngroups == 0)
+		return;
+
+	/* the groups, with their keys extracted */
+	entries = MemoryContextAlloc(acc->statecxt, sizeof(TupleHashEntry) * acc->ngroups);
+	InitTupleHashIterator(acc->table, &iter);
+	while ((entry = ScanTupleHashTable(acc->table, &iter)) != NULL)
+	{
+		AccumEntry *ae = entry->additional;
+
+		ExecStoreMinimalTuple(entry->firstTuple, acc->readSlot, false);
+		slot_getallattrs(acc->readSlot);
+		ae->keys = MemoryContextAlloc(acc->statecxt, sizeof(Datum) * acc->keyDesc->natts);
+		ae->keynulls = MemoryContextAlloc(acc->statecxt, sizeof(bool) * acc->keyDesc->natts);
+		memcpy(ae->keys, acc->readSlot->tts_values, sizeof(Datum) * acc->keyDesc->natts);
+		memcpy(ae->keynulls, acc->readSlot->tts_isnull, sizeof(bool) * acc->keyDesc->natts);
+		entries[n++] = entry;
+	}
+	TermTupleHashIterator(&iter);
+
+	/* in key order, like a delta, so that writers do not deadlock */
+	if (view->nkeys > 0 && n > 1)
+	{
+		SortSupport sortKeys = MemoryContextAllocZero(acc->statecxt,
+													  sizeof(SortSupportData) * view->nkeys);
+
+		for (i = 0; i < view->nkeys; i++)
+		{
+			sortKeys[i].ssup_cxt = acc->statecxt;
+			sortKeys[i].ssup_collation = view->keyCollations[i];
+			sortKeys[i].ssup_nulls_first = view->keyNullsFirst[i];
+			sortKeys[i].ssup_attno = i + 1;
+			PrepareSortSupportFromOrderingOp(view->keySortOps[i], &sortKeys[i]);
+		}
+		accum_sort_keys = sortKeys;
+		accum_sort_nkeys = view->nkeys;
+		qsort(entries, n, sizeof(TupleHashEntry), compare_entries);
+		accum_sort_keys = NULL;
+	}
+
+	slot = MakeSingleTupleTableSlot(acc->deltaDesc, &TTSOpsVirtual);
+	tmpcxt = AllocSetContextCreate(CurrentMemoryContext, "pg_kappa accumulator flush",
+								   ALLOCSET_DEFAULT_SIZES);
+	for (i = 0; i < n; i++)
+	{
+		AccumEntry *ae = entries[i]->additional;
+		int			k;
+
+		oldcxt = MemoryContextSwitchTo(tmpcxt);
+		ExecClearTuple(slot);
+		for (k = 0; k < view->nkeys; k++)
+		{
+			slot->tts_values[k] = ae->keys[k];
+			slot->tts_isnull[k] = ae->keynulls[k];
+		}
+		for (k = 0; k < view->naggs; k++)
+			slot->tts_values[view->nkeys + k] =
+				KappaAggStoredForm(&view->aggs[k], acc->aggContext,
+								   ae->states[k], ae->nulls[k],
+								   &slot->tts_isnull[view->nkeys + k]);
+		ExecStoreVirtualTuple(slot);
+		MemoryContextSwitchTo(oldcxt);
+		merge->receiveSlot(slot, merge);
+		MemoryContextReset(tmpcxt);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	MemoryContextDelete(tmpcxt);
+
+	/* start over empty */
+	ResetTupleHashTable(acc->table);
+	MemoryContextReset(acc->tablecxt);
+	MemoryContextReset(acc->statecxt);
+	acc->ngroups = 0;
+}
