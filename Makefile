@@ -26,8 +26,7 @@ REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=./tmp_check \
 	--load-extension=pg_kappa
 
-# TAP tests in test/t
-TAP_TESTS = 1
+# TAP tests in test/t, run by 'make prove-check' (not by installcheck)
 PROVE_TESTS = $(sort $(wildcard test/t/*.pl))
 
 # Dev broker on librdkafka's mock cluster, used by the demo and Kafka tests.

@@ -3,6 +3,11 @@
 
 \echo Use "CREATE EXTENSION pg_kappa" to load this file. \quit
 
+-- The extension's own schema, created here so that it belongs to the
+-- extension and DROP EXTENSION removes it (pg_kappa.control names
+-- pg_catalog as the extension's schema for that reason).
+CREATE SCHEMA kappa;
+
 -- Objects that carry the data of streams and views (materializations,
 -- definitions, retained rows).  Users reach them only through the objects
 -- pg_kappa creates in their own schemas.
