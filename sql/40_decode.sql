@@ -123,7 +123,8 @@ CREATE TABLE bad_meta3 (kafka_headers text, body text);
 SELECT kappa.decode_preview('bad_meta3', 'json', convert_to('{"body": 1}', 'UTF8'));
 
 -- Defaults are evaluated per message; generated and identity columns are
--- left to the executor (NULL here); domains check NULLs.
+-- left to the executor (NULL here, even when the message has a value);
+-- domains check NULLs.
 CREATE DOMAIN positive AS integer NOT NULL CHECK (VALUE > 0);
 CREATE SEQUENCE seq;
 CREATE TABLE dflt (
@@ -136,6 +137,8 @@ CREATE TABLE dflt (
 SELECT kappa.decode_preview('dflt', 'json', convert_to('{"p": 5, "q": 100}', 'UTF8'));
 SELECT kappa.decode_preview('dflt', 'json', convert_to('{"p": 6}', 'UTF8'));
 SELECT kappa.decode_preview('dflt', 'json', convert_to('{"p": 7, "ident": 70}', 'UTF8'));
+-- (and they are not among the CSV fields)
+SELECT kappa.decode_preview('dflt', 'csv', convert_to('4,9,lbl', 'UTF8'));
 SELECT kappa.decode_preview('dflt', 'json', convert_to('{"p": -1}', 'UTF8'));
 SELECT kappa.decode_preview('dflt', 'json', convert_to('{"p": null}', 'UTF8'));
 SELECT kappa.decode_preview('dflt', 'json', convert_to('{"label": "no p"}', 'UTF8'));

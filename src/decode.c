@@ -16,8 +16,9 @@
  *
  * Columns named kafka_key, kafka_partition, kafka_offset, kafka_timestamp
  * and kafka_headers are metadata columns: they are filled from the message's
- * coordinates, never from its payload.  Every other column that is not
- * dropped or generated is a payload column.
+ * coordinates, never from its payload.  Generated and identity columns are
+ * left NULL, for the executor to fill when the row is inserted.  Every other
+ * column is a payload column.
  *
  * JSON is parsed with PostgreSQL's own parser (common/jsonapi.h) driven by
  * semantic callbacks: a top-level field's scalar goes through the column
@@ -83,7 +84,7 @@ PG_FUNCTION_INFO_V1(kappa_decode_preview);
 /* What fills a column. */
 typedef enum KappaColumnKind
 {
-	KAPPA_COL_SKIP,				/* dropped or generated: always NULL */
+	KAPPA_COL_SKIP,				/* dropped, generated or identity: NULL */
 	KAPPA_COL_PAYLOAD,			/* a value from the payload, or the default */
 	KAPPA_COL_KEY,				/* kafka_key */
 	KAPPA_COL_PARTITION,		/* kafka_partition */
@@ -199,6 +200,7 @@ static const char *const kappa_format_names[] = {"json", "csv", "text", "bytea"}
 
 static void kappa_parse_options(KappaDecoder *d, Jsonb *options,
 								List **columns);
+static void kappa_rethrow(ErrorData *edata, const char *mine) pg_attribute_noreturn();
 static char *kappa_where_text(const KappaWhere *where);
 
 /*
@@ -293,6 +295,8 @@ kappa_to_server(KappaDecoder *d, const char *data, size_t len,
 						pg_encoding_to_char(d->encoding), what),
 				 errdetail("The bytes at offset %d are %s.",
 						   valid, kappa_hex_sample(data, len, valid)),
+				 strcmp(what, "key") == 0 ?
+				 errhint("Use a bytea kafka_key column for binary keys.") :
 				 errhint("Use format bytea for binary messages, or option \"encoding\" "
 						 "if the messages are text in another encoding.")));
 
@@ -480,7 +484,8 @@ kappa_set_null(KappaDecoder *d, int i, const KappaWhere *where,
 				kappa_rethrow(edata,
 							  psprintf("The message has no value for column \"%s\", "
 									   "which has no default.", col->name));
-			kappa_rethrow(edata, psprintf("%s is null.", kappa_where_text(where)));
+			else
+				kappa_rethrow(edata, psprintf("%s is null.", kappa_where_text(where)));
 		}
 		PG_END_TRY();
 		MemoryContextSwitchTo(oldcxt);
@@ -622,6 +627,10 @@ kappa_json_nested_error(KappaJsonState *st, char *value, int len)
 			 errhint("Nested values go to json or jsonb columns.")));
 }
 
+/*
+ * kappa_json_object_start tracks the depth; an object as a field's value is
+ * checked against the field's column.
+ */
 static void
 kappa_json_object_start(void *state)
 {
@@ -632,6 +641,10 @@ kappa_json_object_start(void *state)
 	st->depth++;
 }
 
+/*
+ * kappa_json_array_start tracks the depth; a top-level array is refused, an
+ * array as a field's value is checked against the field's column.
+ */
 static void
 kappa_json_array_start(void *state)
 {
@@ -644,6 +657,9 @@ kappa_json_array_start(void *state)
 	st->depth++;
 }
 
+/*
+ * kappa_json_struct_end tracks the depth at the end of an object or array.
+ */
 static void
 kappa_json_struct_end(void *state)
 {
@@ -1155,11 +1171,14 @@ kappa_fill_meta(KappaDecoder *d, int i, const KappaMessageMeta *meta,
 
 /*
  * KappaDecode decodes one message payload into values/nulls (arrays of the
- * target's natts), filling the kafka_* metadata columns from 'meta'.
- * Payload columns without a value get their default (or NULL); dropped and
- * generated columns are NULL.  A message that cannot be decoded raises an
- * ERROR; the caller isolates it.  The Datums are allocated in the current
- * memory context.
+ * target's natts), filling the kafka_* metadata columns from 'meta' (NULL:
+ * no metadata).  Payload columns without a value get their default (or
+ * NULL); dropped, generated and identity columns are NULL.  A message that
+ * cannot be decoded raises an ERROR; the caller isolates it.  The Datums are
+ * allocated in the current memory context.  When an error is raised, the
+ * current memory context may be the decoder's scratch context, which the
+ * next call resets: the caller's error handler must switch back to its own
+ * context, as after any PG_CATCH.
  */
 void
 KappaDecode(KappaDecoder *d, const char *payload, size_t len,
@@ -1208,10 +1227,9 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 			}
 		case KAPPA_FORMAT_TEXT:
 			{
+				KappaWhere	where = {NULL, 0, NULL, "The message"};
 				int			slen;
 				char	   *s = kappa_to_server(d, payload, len, "payload", &slen);
-
-				KappaWhere	where = {NULL, 0, NULL, "The message"};
 
 				if (s == payload)
 					s = pnstrdup(s, slen);
@@ -1344,9 +1362,7 @@ kappa_check_meta_type(KappaColumn *col)
 /*
  * kappa_prepare_defaults compiles the default expression of every payload
  * column.  The target relation is found from the row type of 'tupdesc'; a
- * descriptor of no relation gives the types' defaults only.  Identity
- * columns get no default here: the executor numbers them when the row is
- * inserted without them (evaluating nextval here would burn a number).
+ * descriptor of no relation gives the types' defaults only.
  */
 static void
 kappa_prepare_defaults(KappaDecoder *d, TupleDesc tupdesc)
@@ -1366,9 +1382,6 @@ kappa_prepare_defaults(KappaDecoder *d, TupleDesc tupdesc)
 
 		col->defnull = true;
 		if (col->kind != KAPPA_COL_PAYLOAD)
-			continue;
-		/* identity columns are numbered by the executor when left NULL */
-		if (TupleDescAttr(tupdesc, i)->attidentity)
 			continue;
 
 		if (rel != NULL && i < RelationGetNumberOfAttributes(rel))
@@ -1538,8 +1551,8 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 		entry->index = i;
 
 		col->kind = kappa_meta_kind(col->name);
-		if (att->attgenerated)
-			col->kind = KAPPA_COL_SKIP;
+		if (att->attgenerated || att->attidentity)
+			col->kind = KAPPA_COL_SKIP;	/* filled by the executor */
 		kappa_check_meta_type(col);
 		if (col->kind == KAPPA_COL_SKIP)
 			continue;
