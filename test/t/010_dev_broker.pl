@@ -155,6 +155,19 @@ is($out, "m1-a\nm1-b\n", '... the consumer still gets everything');
 my $backoffs = () = $err =~ /Fetch backoff .*Unknown topic or partition/g;
 is($backoffs, 2, '... after backing off twice on the injected error');
 
+# ListOffsets and Produce honour injected errors too.
+is(cmd($b, 'error ListOffsets NOT_LEADER_FOR_PARTITION 1'),
+	'OK error 2 NOT_LEADER_FOR_PARTITION 1', 'inject a ListOffsets error');
+($ok, $out, $err) = kcat('-Q', '-b', $bs, '-t', 'clicks:0:-1');
+like($out . $err, qr/Not leader for partition/i, '... the next offsets query fails with it');
+($ok, $out) = kcat('-Q', '-b', $bs, '-t', 'clicks:0:-1');
+like($out, qr/clicks \[0\] offset 2/, '... the one after succeeds');
+is(cmd($b, 'error Produce NOT_LEADER_FOR_PARTITION 2'),
+	'OK error 0 NOT_LEADER_FOR_PARTITION 2', 'inject 2 Produce errors');
+($ok, undef, $err) = kcat('-P', '-b', $bs, '-t', 'clicks', '-p', 3, { in => "m3-c\n" });
+ok($ok, '... the producer retries and succeeds') or diag $err;
+is((watermarks($bs, 'clicks', 3))[1], 3, '... the message is stored once');
+
 # Offsets for times: always -1 from the mock.
 ($ok, $out) = kcat('-Q', '-b', $bs, '-t', 'clicks:0:1000');
 like($out, qr/clicks \[0\] offset -1/, 'offsets for times answers -1');
