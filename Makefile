@@ -38,6 +38,11 @@ include $(PGXS)
 
 all: test/dev_broker
 
+# PGXS tracks no header dependencies (autodepend is off in Debian's build):
+# rebuild every object when a header changes, so no object sees an old
+# struct layout.
+$(OBJS): $(wildcard src/*.h)
+
 pg_kappa--0.1.sql: $(sort $(wildcard src/sql/*.sql))
 	cat $^ > $@
 

@@ -34,7 +34,9 @@ GRANT USAGE ON FOREIGN SERVER kappa_streams TO PUBLIC;
 
 -- Catalog.  Rows are written only by pg_kappa's functions; pg_dump dumps them
 -- (pg_extension_config_dump) so that a restored database keeps its streams
--- and views.
+-- and views.  There are no foreign keys between these tables: pg_restore -j
+-- loads each table's data on its own, in any order.  create_view and the
+-- event trigger keep them consistent instead.
 CREATE TABLE kappa.stream_catalog (
     stream      regclass PRIMARY KEY,
     backing     regclass,               -- heap of retained rows, NULL if none
@@ -46,7 +48,7 @@ CREATE TABLE kappa.stream_catalog (
 CREATE TABLE kappa.view_catalog (
     id          serial PRIMARY KEY,
     view        regclass NOT NULL UNIQUE,   -- what users read
-    stream      regclass NOT NULL REFERENCES kappa.stream_catalog (stream),
+    stream      regclass NOT NULL,          -- a stream in kappa.stream_catalog
     mat         regclass NOT NULL UNIQUE,   -- materialization: keys, states, finals
     def         regclass NOT NULL UNIQUE,   -- definition: the query as a plain view
     created_at  timestamptz NOT NULL DEFAULT now()
