@@ -31,16 +31,40 @@
 #include "pg_kappa.h"
 #include "util.h"
 
+#define COLUMNS_PREFIX "CREATE TABLE kappa_columns ("
+
+/* Report syntax errors at their position in the column list itself. */
+static void
+stream_columns_error_callback(void *arg)
+{
+	int			pos = geterrposition();
+	int			prefix = strlen(COLUMNS_PREFIX);
+
+	if (pos > prefix)
+	{
+		errposition(0);
+		internalerrposition(pos - prefix);
+		internalerrquery((const char *) arg);
+	}
+}
+
 /* Parse the column list of create_stream into table elements. */
 static List *
 parse_stream_columns(const char *columns)
 {
-	char	   *sql = psprintf("CREATE TABLE kappa_columns (%s)", columns);
+	char	   *sql = psprintf(COLUMNS_PREFIX "%s)", columns);
 	List	   *raw;
 	CreateStmt *stmt;
 	ListCell   *lc;
+	ErrorContextCallback errcallback;
 
+	errcallback.callback = stream_columns_error_callback;
+	errcallback.arg = (void *) columns;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 	raw = raw_parser(sql, RAW_PARSE_DEFAULT);
+	error_context_stack = errcallback.previous;
+
 	if (list_length(raw) != 1 ||
 		!IsA(linitial_node(RawStmt, raw)->stmt, CreateStmt))
 		ereport(ERROR,
@@ -48,6 +72,16 @@ parse_stream_columns(const char *columns)
 				 errmsg("invalid column list for a stream: %s", columns),
 				 errhint("Give columns as in CREATE TABLE, e.g. 'user_id int, url text, ts timestamptz'.")));
 	stmt = (CreateStmt *) linitial_node(RawStmt, raw)->stmt;
+	if (stmt->inhRelations != NIL || stmt->partspec != NULL ||
+		stmt->partbound != NULL || stmt->ofTypename != NULL ||
+		stmt->options != NIL || stmt->oncommit != ONCOMMIT_NOOP ||
+		stmt->tablespacename != NULL || stmt->accessMethod != NULL ||
+		stmt->relation->relpersistence != RELPERSISTENCE_PERMANENT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid column list for a stream: %s", columns),
+				 errdetail("The text continues past the column list with clauses of CREATE TABLE."),
+				 errhint("Give only columns, e.g. 'user_id int, url text, ts timestamptz'.")));
 	if (stmt->tableElts == NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

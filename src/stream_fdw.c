@@ -26,6 +26,7 @@
 #include "access/tableam.h"
 #include "catalog/pg_foreign_table.h"
 #include "commands/defrem.h"
+#include "commands/trigger.h"
 #include "executor/executor.h"
 #include "foreign/fdwapi.h"
 #include "nodes/makefuncs.h"
@@ -288,9 +289,20 @@ stream_exec_batch_insert(EState *estate, ResultRelInfo *rinfo,
 	return slots;
 }
 
+/*
+ * The executor hands us rows in batches, except when it needs each row back
+ * at once: RETURNING, WITH CHECK OPTION, or row triggers on the stream.
+ */
 static int
 stream_batch_size(ResultRelInfo *rinfo)
 {
+	TriggerDesc *trigdesc = rinfo->ri_TrigDesc;
+
+	if (rinfo->ri_projectReturning != NULL ||
+		rinfo->ri_WithCheckOptions != NIL ||
+		(trigdesc != NULL &&
+		 (trigdesc->trig_insert_before_row || trigdesc->trig_insert_after_row)))
+		return 1;
 	return KAPPA_INSERT_BATCH_SIZE;
 }
 

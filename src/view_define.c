@@ -111,7 +111,10 @@ KappaParseViewQuery(const char *sql, bool rewrite)
 		ereport(ERROR,
 				(errcode(ERRCODE_KAPPA_NOT_SELECT),
 				 errmsg("a continuous view must be defined by exactly one SELECT statement"),
-				 errdetail("The query text contains %d statements.", list_length(raw))));
+				 errdetail("The query text contains %d statements.", list_length(raw)),
+				 list_length(raw) == 0 ?
+				 errhint("Give the SELECT statement that defines the view.") :
+				 errhint("Create one continuous view per query.")));
 	rawstmt = linitial_node(RawStmt, raw);
 	if (!IsA(rawstmt->stmt, SelectStmt) ||
 		((SelectStmt *) rawstmt->stmt)->intoClause != NULL)
@@ -362,7 +365,8 @@ check_view_query(Query *query, ParseState *pstate)
 	if (query->hasTargetSRFs)
 		ereport(ERROR,
 				(errcode(ERRCODE_KAPPA_SET_RETURNING),
-				 errmsg("set-returning functions in the select list are not supported in a continuous view")));
+				 errmsg("set-returning functions in the select list are not supported in a continuous view"),
+				 errhint("Expand the set before inserting into the stream, or join a table that holds it.")));
 	if (query->distinctClause != NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_KAPPA_SELECT_DISTINCT),
