@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# pg_kappa demo: a stream of card payments and continuous views over it,
-# updating live in the terminal.
+# pg_kappa demo: card payments flow from Kafka into Postgres, and continuous
+# views over them update live in the terminal.
 #
 #   bash demo/run.sh [--seconds N] [--rate N] [--no-build]
 #
 #   -s, --seconds N  stop after N seconds (default: until Ctrl-C on a terminal,
 #                    10 seconds when stdin is not a terminal; DEMO_SECONDS=N
 #                    does the same)
-#   -r, --rate N     rows fed into the stream per second (default 300)
+#   -r, --rate N     messages produced to Kafka per second (default 300)
 #   --no-build       skip apt-get, build and install (use the installed extension)
 #   -h, --help       this text
 #
@@ -15,8 +15,14 @@
 # the dependencies, builds and installs the extension, then starts a throwaway
 # Postgres server (as the unprivileged user kappa_test when run as root) on
 # 127.0.0.1 and a free port, with its data and socket in a temporary directory
-# that is removed on exit.  A generator feeds the stream `payments` with
-# INSERT ... SELECT and COPY batches; the screen shows the views every second.
+# that is removed on exit, and the dev broker (a Kafka broker on librdkafka's
+# mock cluster, test/dev_broker) with a topic `payments` of 4 partitions.
+# A generator produces JSON payment events with kcat, about 1% of them bad
+# (malformed JSON or an amount that is not a number); a Kafka source consumes
+# the topic into the stream `payments`; the screen shows the fraud and
+# revenue views and the source's state every second.  At the end it checks
+# that every message produced is either counted by the views or kept as a
+# dead letter in kappa.errors.
 # shellcheck disable=SC2317  # cleanup() runs from a trap
 set -uo pipefail
 
@@ -63,6 +69,7 @@ kappa_ensure_pg_user
 TMP=
 SERVER_UP=
 GEN_PID=
+BROKER_PID=
 STOP=
 cleanup() {
     trap - EXIT
@@ -73,6 +80,10 @@ cleanup() {
         for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$GEN_PID" 2>/dev/null || break; sleep 0.5; done
         kill "$GEN_PID" 2>/dev/null
         wait "$GEN_PID" 2>/dev/null
+    fi
+    if [ -n "$BROKER_PID" ]; then
+        kill "$BROKER_PID" 2>/dev/null
+        wait "$BROKER_PID" 2>/dev/null
     fi
     if [ -n "$SERVER_UP" ]; then
         kappa_as_pg_user pg_ctl -D "$TMP/data" -m fast -w -t 30 stop >/dev/null 2>&1 \
@@ -124,6 +135,20 @@ kappa_log "Postgres running on 127.0.0.1:$PORT (psql -h 127.0.0.1 -p $PORT -U po
 
 PSQL=(psql -X -q -P pager=off -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
 
+# ---------------------------------------------------------------- broker
+[ -x "$KAPPA_REPO/test/dev_broker" ] || kappa_die "test/dev_broker is not built (run without --no-build)"
+"$KAPPA_REPO/test/dev_broker" --topic payments:4 >"$TMP/broker.out" 2>"$TMP/broker.err" </dev/null &
+BROKER_PID=$!
+BOOTSTRAP=
+for _ in $(seq 1 100); do
+    BOOTSTRAP=$(sed -n 's/^BOOTSTRAP //p' "$TMP/broker.out" 2>/dev/null)
+    [ -n "$BOOTSTRAP" ] && break
+    kill -0 "$BROKER_PID" 2>/dev/null || break
+    sleep 0.1
+done
+[ -n "$BOOTSTRAP" ] || { cat "$TMP/broker.err" >&2; kappa_die "the dev broker did not start"; }
+kappa_log "dev broker (Kafka protocol) at $BOOTSTRAP, topic payments with 4 partitions"
+
 # ---------------------------------------------------------------- schema
 kappa_log "creating the stream payments and its continuous views"
 if ! "${PSQL[@]}" >"$TMP/setup.log" 2>&1 <<'SQL'
@@ -152,45 +177,43 @@ then
     cat "$TMP/setup.log" >&2
     kappa_die "could not create the stream and views (is the engine built?)"
 fi
+kappa_log "creating the Kafka source payments_src: topic payments -> stream payments"
+"${PSQL[@]}" -c "SELECT kappa.create_kafka_source('payments_src',
+                   target => 'payments', topic => 'payments', brokers => '$BOOTSTRAP',
+                   format => 'json', start => 'earliest')" >>"$TMP/setup.log" 2>&1 \
+    || { cat "$TMP/setup.log" >&2; kappa_die "could not create the Kafka source"; }
 
 # ---------------------------------------------------------------- generator
-# One batch of $RATE random payments per second, alternately by INSERT ...
-# SELECT and by COPY.  Amounts are mostly small; about 3% are above 900.
-# $TMP/generated holds the number of rows committed so far.
-INSERT_SQL="INSERT INTO payments (card, merchant, amount, country, ts)
-SELECT 'card-' || lpad((1 + floor(random() * 400))::int::text, 4, '0'),
-       (ARRAY['Acme Books', 'Blue Bottle', 'City Cabs', 'Daily Grocer',
-              'Echo Electronics', 'Fjord Travel', 'Green Garden', 'Harbor Hotel'])
-         [1 + floor(random() * 8)::int],
-       round((random() ^ 4 * 1000)::numeric, 2),
-       (ARRAY['DE', 'FR', 'US', 'GB', 'NL', 'ES', 'IT', 'JP'])[1 + floor(random() * 8)::int],
-       clock_timestamp()
-  FROM generate_series(1, $RATE)"
-
-copy_rows() {
-    awk -v n="$RATE" -v seed="$((RANDOM * 32768 + RANDOM))" -v ts="$(date -u '+%Y-%m-%d %H:%M:%S+00')" 'BEGIN {
+# One batch of $RATE JSON payment events per second, produced to the topic by
+# kcat, an independent Kafka client.  Amounts are mostly small; about 3% are
+# above 900.  Every 100th message is bad: malformed JSON or an amount that is
+# not a number.  $TMP/generated holds the number of messages produced so far.
+produce_batch() {
+    awk -v n="$RATE" -v seed="$((RANDOM * 32768 + RANDOM))" -v ts="$(date -u '+%Y-%m-%dT%H:%M:%SZ')" \
+        -v first="$1" 'BEGIN {
         srand(seed)
         split("Acme Books,Blue Bottle,City Cabs,Daily Grocer,Echo Electronics,Fjord Travel,Green Garden,Harbor Hotel", m, ",")
         split("DE,FR,US,GB,NL,ES,IT,JP", c, ",")
         for (i = 0; i < n; i++) {
-            a = rand(); a = a * a * a * a * 1000
-            printf "card-%04d,%s,%.2f,%s,%s\n", 1 + int(rand() * 400), m[1 + int(rand() * 8)], a, c[1 + int(rand() * 8)], ts
+            card = sprintf("card-%04d", 1 + int(rand() * 400))
+            if ((first + i) % 200 == 99)
+                printf "{\"card\": \"%s\", \"amount\": 12.5\n", card
+            else if ((first + i) % 200 == 199)
+                printf "{\"card\": \"%s\", \"merchant\": \"%s\", \"amount\": \"a lot\", \"ts\": \"%s\"}\n", card, m[1], ts
+            else {
+                a = rand(); a = a * a * a * a * 1000
+                printf "{\"card\": \"%s\", \"merchant\": \"%s\", \"amount\": %.2f, \"country\": \"%s\", \"ts\": \"%s\"}\n", \
+                    card, m[1 + int(rand() * 8)], a, c[1 + int(rand() * 8)], ts
+            }
         }
-    }'
+    }' | kcat -P -b "$BOOTSTRAP" -t payments -X sticky.partitioning.linger.ms=0
 }
 
 generator() {
     trap - INT TERM EXIT
-    local total=0 tick=0 ok
+    local total=0
     while [ ! -e "$TMP/stop" ]; do
-        tick=$((tick + 1))
-        if [ $((tick % 2)) -eq 1 ]; then
-            "${PSQL[@]}" -c "$INSERT_SQL" >>"$TMP/generator.log" 2>&1; ok=$?
-        else
-            copy_rows | "${PSQL[@]}" -c "\\copy payments (card, merchant, amount, country, ts) FROM pstdin WITH (FORMAT csv)" \
-                >>"$TMP/generator.log" 2>&1; ok=$?
-        fi
-        if [ "$ok" -eq 0 ]; then
+        if produce_batch "$total" >>"$TMP/generator.log" 2>&1; then
             total=$((total + RATE))
             echo "$total" >"$TMP/generated.new" && mv "$TMP/generated.new" "$TMP/generated"
         fi
@@ -205,6 +228,9 @@ GEN_PID=$!
 view_count() {
     "${PSQL[@]}" -At -c "SELECT coalesce(sum(payments), 0) FROM payment_totals" 2>/dev/null || echo '?'
 }
+dead_count() {
+    "${PSQL[@]}" -At -c "SELECT count(*) FROM kappa.errors WHERE source = 'payments_src'" 2>/dev/null || echo '?'
+}
 snapshot() {
     "${PSQL[@]}" -P footer=off \
         -c '\echo Totals (view payment_totals)' \
@@ -212,7 +238,10 @@ snapshot() {
         -c '\echo Revenue per merchant and minute, latest minutes first (view revenue_per_minute)' \
         -c "SELECT * FROM revenue_per_minute ORDER BY minute DESC, revenue DESC LIMIT 8" \
         -c '\echo Cards with payments above 900 (view suspicious_cards)' \
-        -c "SELECT * FROM suspicious_cards ORDER BY total DESC, card LIMIT 6" 2>&1
+        -c "SELECT * FROM suspicious_cards ORDER BY total DESC, card LIMIT 6" \
+        -c '\echo Kafka source (kappa.sources) and its dead letters (kappa.errors)' \
+        -c "SELECT source, state, partitions, messages, lag, round(messages_per_sec) AS msgs_per_s, dead_letters, last_batch_at FROM kappa.sources" \
+        -c "SELECT \"offset\", partition, left(convert_from(payload, 'UTF8'), 40) AS payload, left(error, 50) AS error FROM kappa.errors ORDER BY \"when\" DESC LIMIT 3" 2>&1
 }
 
 START=$SECONDS
@@ -227,8 +256,8 @@ while [ -z "$STOP" ]; do
     generated=$(cat "$TMP/generated" 2>/dev/null)
     if [ -n "$TTY_OUT" ] && [ -n "$INTERACTIVE" ]; then
         screen=$(
-            echo "pg_kappa demo: stream payments, $RATE rows/s by INSERT and COPY.  Ctrl-C to stop."
-            echo "server 127.0.0.1:$PORT   elapsed ${elapsed}s   rows generated: ${generated:-0}"
+            echo "pg_kappa demo: Kafka topic payments -> stream payments -> continuous views, $RATE messages/s.  Ctrl-C to stop."
+            echo "server 127.0.0.1:$PORT   broker $BOOTSTRAP   elapsed ${elapsed}s   messages produced: ${generated:-0}"
             echo "try: psql -h 127.0.0.1 -p $PORT -U postgres -c 'SELECT * FROM kappa.views'"
             echo
             snapshot
@@ -236,7 +265,7 @@ while [ -z "$STOP" ]; do
         )
         printf '\033[H\033[2J%s\n' "$screen"
     else
-        echo "[${elapsed}s] rows generated: ${generated:-0}, payments in view payment_totals: $(view_count)"
+        echo "[${elapsed}s] messages produced: ${generated:-0}, payments in view payment_totals: $(view_count), dead letters: $(dead_count)"
     fi
     sleep 1
 done
@@ -248,7 +277,13 @@ kill "$GEN_PID" 2>/dev/null
 wait "$GEN_PID" 2>/dev/null
 GEN_PID=
 generated=$(cat "$TMP/generated")
-counted=$(view_count)
+# the source catches up within its batch latency; give it a few seconds
+for _ in $(seq 1 60); do
+    counted=$(view_count)
+    dead=$(dead_count)
+    [ "$counted" != '?' ] && [ "$dead" != '?' ] && [ $((counted + dead)) -ge "$generated" ] && break
+    sleep 0.5
+done
 echo
 snapshot
 echo
@@ -256,13 +291,13 @@ if [ -s "$TMP/generator.log" ]; then
     echo "generator messages (last 5):"
     tail -n 5 "$TMP/generator.log"
 fi
-echo "rows generated: $generated, payments counted by the view: $counted"
+echo "messages produced: $generated = payments counted by the views: $counted + dead letters: $dead"
 status=0
-if [ "$generated" != "$counted" ]; then
-    echo "MISMATCH: the view does not count every row fed into the stream" >&2
+if [ "$counted" = '?' ] || [ "$dead" = '?' ] || [ $((counted + dead)) -ne "$generated" ]; then
+    echo "MISMATCH: produced messages are neither counted nor kept as dead letters" >&2
     status=1
 elif [ "$generated" -eq 0 ]; then
-    echo "no rows could be fed into the stream" >&2
+    echo "no messages could be produced" >&2
     status=1
 fi
 exit "$status"
