@@ -373,6 +373,21 @@ KappaKafkaConfBuild(KappaSource *source, bool validate_only,
 	kappa_conf_set(conf, "topic.metadata.refresh.interval.ms", "10000");
 	kappa_conf_set(conf, "reconnect.backoff.max.ms", "2000");
 
+	/*
+	 * A fetch that finds no new data waits up to fetch.wait.max.ms (500 ms by
+	 * default) on the broker.  Brokers that do not answer as soon as data
+	 * arrives (the mock cluster, some proxies) then add that wait to every
+	 * message's latency; keep it to half the batch latency bound.
+	 */
+	{
+		int			latency = source->max_latency_ms > 0 ? source->max_latency_ms
+			: kappa_max_latency_ms;
+		char		buf[32];
+
+		snprintf(buf, sizeof(buf), "%d", Max(Min(latency / 2, 500), 5));
+		kappa_conf_set(conf, "fetch.wait.max.ms", buf);
+	}
+
 	if (source->options && JB_ROOT_IS_OBJECT(source->options))
 	{
 		JsonbIterator *it = JsonbIteratorInit(&source->options->root);

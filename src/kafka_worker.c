@@ -1194,7 +1194,7 @@ kw_prepare_catalog_plans(void)
 	kw_status_plan = kw_prepare("UPDATE kappa.source_status SET messages = messages + $3, "
 								"bytes = bytes + $4, dead_letters = dead_letters + $5, "
 								"batches = batches + 1, messages_per_sec = $6, bytes_per_sec = $7, "
-								"state = $8, last_batch_at = now(), updated_at = now() "
+								"state = $8, last_batch_at = clock_timestamp(), updated_at = now() "
 								"WHERE source_id = $1 AND slot = $2", 8, st);
 }
 

@@ -20,7 +20,7 @@ our $kafka_dev_broker = "$kafka_repo/test/dev_broker";
 sub kafka_start_broker
 {
 	my (%topics) = @_;
-	my @args = ($kafka_dev_broker);
+	my @args = ($kafka_dev_broker, '--exit-on-eof');
 	push @args, '--topic', "$_:$topics{$_}" for sort keys %topics;
 	my ($in, $out, $err) = ('', '', '');
 	my $h = IPC::Run::start(\@args, '<', \$in, '>', \$out, '2>', \$err);
@@ -34,6 +34,7 @@ sub kafka_start_broker
 	$out =~ /^BOOTSTRAP (\S+)/m;
 	my $broker = { h => $h, in => \$in, out => \$out, err => \$err, bootstrap => $1 };
 	note "dev broker at $1";
+	push @kafka_brokers, $broker;
 	return $broker;
 }
 
@@ -55,11 +56,23 @@ sub kafka_broker_cmd
 	}
 }
 
+our @kafka_brokers;
+
 sub kafka_stop_broker
 {
 	my ($broker) = @_;
+	return if $broker->{stopped};
+	$broker->{stopped} = 1;
 	${ $broker->{in} } .= "quit\n";
-	eval { $broker->{h}->finish; 1 } or $broker->{h}->kill_kill;
+	eval { $broker->{h}->pump_nb; 1 };
+	# --exit-on-eof: closing stdin stops it too
+	eval { $broker->{h}->finish; 1 } or eval { $broker->{h}->kill_kill(grace => 2); 1 };
+}
+
+# a test that dies must not leave its broker behind
+END
+{
+	kafka_stop_broker($_) for @kafka_brokers;
 }
 
 # kafka_produce($broker, $topic, \@messages, %opts): produce with kcat.
@@ -71,6 +84,10 @@ sub kafka_produce
 	my @cmd = ('kcat', '-P', '-b', $broker->{bootstrap}, '-t', $topic);
 	push @cmd, '-K', $opts{key_delim} if defined $opts{key_delim};
 	push @cmd, '-p', $opts{partition} if defined $opts{partition};
+	# spread keyless messages over the partitions one by one (librdkafka's
+	# sticky partitioner would fill one partition per batch, and the mock
+	# cluster keeps only ~5 MiB per partition)
+	push @cmd, '-X', 'sticky.partitioning.linger.ms=0';
 	my $input = join('', map { "$_\n" } @$msgs);
 	my ($out, $err) = ('', '');
 	IPC::Run::run(\@cmd, '<', \$input, '>', \$out, '2>', \$err)

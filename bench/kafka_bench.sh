@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# bench/kafka_bench.sh — Kafka ingestion throughput and latency, measured
+# against the limits of this machine in the same run (issue 3, point 10).
+#
+#   bash bench/kafka_bench.sh [MESSAGES]        (default 1000000)
+#
+# Throughput, on MESSAGES JSON messages of ~100 bytes over 32 partitions in
+# the dev broker:
+#   kcat       kcat consuming the topic to /dev/null (limit: the client)
+#   copy       COPY of the same rows, already decoded, into an unlogged
+#              table (limit: writing the rows at all)
+#   table      a source into an ordinary table
+#   view1      a source into a non-retained stream with 1 continuous view
+#   view3      the same with 3 views
+#   view1_p2   view1 with parallelism => 2
+# Each source reads the whole topic from 'earliest'; its time runs from the
+# source's creation to the commit of its last batch (server clock).
+#
+# Latency, at a steady LAT_RATE messages/s (default 20000) for LAT_SECONDS
+# (default 15): time from handing a message to the producer to seeing it in
+# a view (polled every 5 ms), p50 and p99, with default settings and with
+# kappa.max_latency = 10ms.
+#
+# Memory: the worker's RSS while MEM_MESSAGES (default 10000000) messages
+# flow through view1, produced in rounds while consuming (the dev broker
+# keeps only ~5 MiB per partition).  MEM_MESSAGES=0 skips it.
+#
+# Not a test: it asserts nothing.  Starts its own throwaway server and dev
+# broker and removes them at the end.  Runs as root (Postgres then runs as
+# an unprivileged user) or as a user with sudo, like test/run.sh.
+# KAPPA_BENCH_NO_INSTALL=1 uses the installed build as is; KAPPA_BENCH_PG_BIN
+# puts another PostgreSQL bin directory first on PATH.
+set -uo pipefail
+
+. "$(dirname "$0")/../test/lib.sh"
+
+MESSAGES=${1:-1000000}
+PARTITIONS=${PARTITIONS:-32}
+LAT_RATE=${LAT_RATE:-20000}
+LAT_SECONDS=${LAT_SECONDS:-15}
+MEM_MESSAGES=${MEM_MESSAGES:-10000000}
+
+if [ -z "${KAPPA_BENCH_NO_INSTALL:-}" ]; then
+    kappa_install_deps
+    kappa_build >/dev/null || kappa_die "build failed"
+    kappa_install >/dev/null || kappa_die "install failed"
+fi
+[ -n "${KAPPA_BENCH_PG_BIN:-}" ] && export PATH="$KAPPA_BENCH_PG_BIN:$PATH"
+kappa_ensure_pg_user
+
+TMP=$(mktemp -d /tmp/pg_kappa-kbench.XXXXXX)
+chmod 755 "$TMP"
+[ "$(id -u)" -eq 0 ] && chown "$(kappa_pg_user)" "$TMP"
+BROKER_PID=
+cleanup() {
+    kappa_as_pg_user pg_ctl -D "$TMP/data" -m immediate stop >/dev/null 2>&1
+    [ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null
+    rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
+
+# --- dev broker
+"$KAPPA_REPO/test/dev_broker" --topic "bench:$PARTITIONS" --topic "mem:$PARTITIONS" \
+    --topic lat:4 --topic lat10:4 >"$TMP/broker.out" 2>"$TMP/broker.err" </dev/null &
+BROKER_PID=$!
+for _ in $(seq 100); do grep -q '^BOOTSTRAP' "$TMP/broker.out" 2>/dev/null && break; sleep 0.1; done
+BS=$(sed -n 's/^BOOTSTRAP //p' "$TMP/broker.out")
+[ -n "$BS" ] || kappa_die "dev broker did not start: $(cat "$TMP/broker.err")"
+
+# --- server
+PORT=$((20000 + RANDOM % 20000))
+kappa_as_pg_user initdb -D "$TMP/data" -U postgres -A trust -E UTF8 --no-instructions >/dev/null \
+    || kappa_die "initdb failed"
+cat >> "$TMP/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$TMP'
+shared_preload_libraries = 'pg_kappa'
+max_worker_processes = 16
+max_wal_size = '4GB'
+EOF
+kappa_as_pg_user pg_ctl -D "$TMP/data" -l "$TMP/server.log" -w start >/dev/null \
+    || { tail "$TMP/server.log"; kappa_die "server did not start"; }
+
+psql_q() { kappa_as_pg_user psql -h "$TMP" -p "$PORT" -U postgres -d postgres -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+
+COLS='user_id int, url text, amount numeric, ts timestamptz'
+ROWSQL="SELECT (i * 7919) % 100000 AS user_id, 'https://example.com/page/' || (i % 1000) AS url,
+               round(((i * 31) % 100000) / 100.0, 2) AS amount,
+               timestamptz '2024-01-01' + i * interval '10 ms' AS ts
+          FROM generate_series(1, $MESSAGES) i"
+
+kappa_log "generating $MESSAGES messages"
+psql_q >/dev/null <<SQL
+CREATE EXTENSION pg_kappa;
+COPY ($ROWSQL) TO '$TMP/rows.csv' (FORMAT csv);
+SET timezone = 'UTC';
+COPY (SELECT format('{"user_id": %s, "url": "%s", "amount": %s, "ts": "%s"}',
+                    user_id, url, amount, ts)
+        FROM ($ROWSQL) r) TO '$TMP/messages.json';
+CREATE UNLOGGED TABLE unlogged ($COLS);
+SQL
+BYTES=$(wc -c <"$TMP/messages.json")
+kappa_log "producing $MESSAGES messages ($((BYTES / MESSAGES)) bytes each on average) to $PARTITIONS partitions"
+# sticky partitioning off: spread messages evenly (the mock keeps ~5 MiB per partition)
+KCAT_P=(-X linger.ms=20 -X batch.num.messages=10000 -X sticky.partitioning.linger.ms=0)
+kcat -P -b "$BS" -t bench "${KCAT_P[@]}" <"$TMP/messages.json" \
+    || kappa_die "kcat produce failed"
+
+# --- limits
+kappa_log "limit: kcat consuming the topic"
+T0=$(date +%s.%N)
+N_KCAT=$(kcat -C -b "$BS" -t bench -o beginning -e -q -f 'x\n' | wc -l)
+T1=$(date +%s.%N)
+T_KCAT=$(awk "BEGIN{print $T1 - $T0}")
+[ "$N_KCAT" -eq "$MESSAGES" ] || kappa_die "kcat read $N_KCAT of $MESSAGES messages (the dev broker dropped some: more partitions?)"
+
+kappa_log "limit: COPY into an unlogged table"
+psql_q -c CHECKPOINT >/dev/null
+T_COPY=$(psql_q -c '\timing on' -c "COPY unlogged FROM '$TMP/rows.csv' (FORMAT csv)" \
+         | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | awk '{print $1 / 1000}')
+
+# --- sources
+# run_source NAME TARGET PARALLELISM: seconds from creation to the last batch
+run_source() {
+    local name=$1 target=$2 par=$3 check=$4 got=0 i
+    psql_q -c CHECKPOINT >/dev/null
+    psql_q -c "SELECT kappa.create_kafka_source('$name', target => '$target', topic => 'bench',
+                 brokers => '$BS', parallelism => $par)" >/dev/null || kappa_die "create $name failed"
+    for i in $(seq 6000); do
+        got=$(psql_q -c "$check")
+        [ "$got" = "$MESSAGES" ] && break
+        sleep 0.1
+    done
+    [ "$got" = "$MESSAGES" ] || kappa_log "$name: only $got of $MESSAGES after 10 minutes"
+    psql_q -c "SELECT extract(epoch FROM (SELECT max(last_batch_at) FROM kappa.source_status s
+                                          WHERE s.source_id = c.id) - c.created_at)
+                 FROM kappa.source_catalog c WHERE name = '$name'"
+    psql_q -c "SELECT kappa.drop_source('$name')" >/dev/null
+}
+
+VIEW1="SELECT url, count(*) AS n, sum(amount) AS total, avg(amount) AS mean, max(ts) AS last_ts FROM %s GROUP BY url"
+VIEW2="SELECT user_id %% 100 AS bucket, count(*) AS n, max(amount) AS top FROM %s GROUP BY 1"
+VIEW3="SELECT date_bin('1 minute', ts, timestamptz 'epoch') AS minute, count(*) AS n, sum(amount) AS total FROM %s GROUP BY 1"
+
+new_stream() {
+    local s=$1 views=$2
+    psql_q >/dev/null <<SQL
+SELECT kappa.create_stream('$s', '$COLS');
+SELECT kappa.create_view('${s}_v1', format(\$q\$$VIEW1\$q\$, '$s'));
+SQL
+    if [ "$views" -ge 3 ]; then
+        psql_q >/dev/null <<SQL
+SELECT kappa.create_view('${s}_v2', format(\$q\$$VIEW2\$q\$, '$s'));
+SELECT kappa.create_view('${s}_v3', format(\$q\$$VIEW3\$q\$, '$s'));
+SQL
+    fi
+}
+
+kappa_log "source into a table"
+psql_q -c "CREATE TABLE t ($COLS)" >/dev/null
+T_TABLE=$(run_source src_table t 1 "SELECT count(*) FROM t")
+
+kappa_log "source into a stream with 1 view"
+new_stream s1 1
+T_VIEW1=$(run_source src_view1 s1 1 "SELECT coalesce(sum(n), 0) FROM s1_v1")
+
+kappa_log "source into a stream with 3 views"
+new_stream s3 3
+T_VIEW3=$(run_source src_view3 s3 1 "SELECT coalesce(sum(n), 0) FROM s3_v3")
+
+kappa_log "source into a stream with 1 view, parallelism 2"
+new_stream s2 1
+T_VIEW1P2=$(run_source src_view1_p2 s2 2 "SELECT coalesce(sum(n), 0) FROM s2_v1")
+
+# --- latency
+# latency TOPIC LABEL: produce LAT_RATE/s for LAT_SECONDS, poll the view
+# every 5 ms, print "p50 p99" in ms
+latency() {
+    local topic=$1 stream="lat_$1"
+    psql_q >/dev/null <<SQL
+SELECT kappa.create_stream('$stream', 'id bigint, sent_ms bigint');
+SELECT kappa.create_view('${stream}_v', 'SELECT count(*) AS n, max(sent_ms) AS last FROM $stream');
+SELECT kappa.create_kafka_source('src_$stream', target => '$stream', topic => '$topic',
+    brokers => '$BS', start => 'latest');
+SQL
+    sleep 2
+    # poller: clock and the newest visible message, every 5 ms
+    printf '%s\n' "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint || ' ' || coalesce(last, 0) FROM ${stream}_v \\watch 0.005" \
+        | kappa_as_pg_user psql -h "$TMP" -p "$PORT" -U postgres -d postgres -X -q -At \
+        >"$TMP/poll_$topic.txt" 2>/dev/null &
+    local poller=$!
+    sleep 0.5
+    # producer: LAT_RATE/s in 200 ticks per second, each message carries its time
+    perl -MTime::HiRes=time,sleep -e '
+        my ($rate, $secs) = @ARGV; $| = 1;
+        my $per_tick = int($rate / 200); my $start = time; my $id = 0;
+        for my $tick (0 .. $secs * 200 - 1) {
+            my $due = $start + $tick / 200; my $now = time;
+            sleep($due - $now) if $due > $now;
+            my $ms = int(time * 1000);
+            print join("", map { $id++; "{\"id\": $id, \"sent_ms\": $ms}\n" } 1 .. $per_tick);
+        }' "$LAT_RATE" "$LAT_SECONDS" \
+        | kcat -P -b "$BS" -t "$topic" -X linger.ms=1 -X sticky.partitioning.linger.ms=0
+    sleep 2
+    kill "$poller" 2>/dev/null; wait "$poller" 2>/dev/null
+    # for every distinct sent time, the first poll that saw it
+    kcat -C -b "$BS" -t "$topic" -o beginning -e -q -f '%s\n' \
+        | sed -n 's/.*"sent_ms": \([0-9]*\).*/\1/p' | sort -n | uniq -c >"$TMP/sent_$topic.txt"
+    perl -e '
+        open my $p, "<", $ARGV[0] or die; my @polls;
+        while (<$p>) { push @polls, [$1, $2] if /^(\d+) (\d+)$/ }
+        open my $s, "<", $ARGV[1] or die; my @lat; my $i = 0;
+        while (<$s>) {
+            my ($count, $sent) = /(\d+)\s+(\d+)/ or next;
+            $i++ while $i < @polls && $polls[$i][1] < $sent;
+            last if $i >= @polls;
+            push @lat, ($polls[$i][0] - $sent) x $count;
+        }
+        @lat = sort { $a <=> $b } @lat;
+        printf "%d %d %d\n", $lat[int(@lat * 0.50)], $lat[int(@lat * 0.99)], scalar @lat;
+    ' "$TMP/poll_$topic.txt" "$TMP/sent_$topic.txt"
+    psql_q -c "SELECT kappa.drop_source('src_$stream')" >/dev/null
+}
+
+kappa_log "latency at $LAT_RATE messages/s, default settings"
+LAT_DEFAULT=$(latency lat)
+kappa_log "latency at $LAT_RATE messages/s, kappa.max_latency = 10ms"
+psql_q -c "ALTER SYSTEM SET kappa.max_latency = '10ms'" -c "SELECT pg_reload_conf()" >/dev/null
+sleep 1
+LAT_10=$(latency lat10)
+psql_q -c "ALTER SYSTEM RESET kappa.max_latency" -c "SELECT pg_reload_conf()" >/dev/null
+
+# --- memory over many messages
+MEM_REPORT="skipped"
+if [ "$MEM_MESSAGES" -gt 0 ]; then
+    kappa_log "memory: $MEM_MESSAGES messages through a stream with 1 view"
+    new_stream m1 1
+    psql_q -c "SELECT kappa.create_kafka_source('src_mem', target => 'm1', topic => 'mem',
+                 brokers => '$BS')" >/dev/null
+    sleep 1
+    WPID=$(psql_q -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_kappa source src_mem'")
+    rounds=$(( (MEM_MESSAGES + MESSAGES - 1) / MESSAGES ))
+    : >"$TMP/rss.txt"
+    for r in $(seq "$rounds"); do
+        kcat -P -b "$BS" -t mem "${KCAT_P[@]}" <"$TMP/messages.json"
+        for _ in $(seq 6000); do
+            [ "$(psql_q -c 'SELECT coalesce(sum(n), 0) FROM m1_v1')" -ge $((r * MESSAGES)) ] && break
+            sleep 0.1
+        done
+        echo "$((r * MESSAGES)) $(ps -o rss= -p "$WPID")" >>"$TMP/rss.txt"
+    done
+    MEM_REPORT=$(awk 'NR == 1 {first = $2; fm = $1} {last = $2; lm = $1; if ($2 > max) max = $2}
+        END {printf "RSS after %d messages: %d kB; after %d: %d kB; max %d kB", fm, first, lm, last, max}' "$TMP/rss.txt")
+fi
+
+rate() { awk "BEGIN{printf \"%.0f\", $MESSAGES / $1}"; }
+ratio() { awk "BEGIN{printf \"%.2f\", $1 / $2}"; }
+R_KCAT=$(rate "$T_KCAT"); R_COPY=$(rate "$T_COPY"); R_TABLE=$(rate "$T_TABLE")
+R_V1=$(rate "$T_VIEW1"); R_V3=$(rate "$T_VIEW3"); R_V1P2=$(rate "$T_VIEW1P2")
+
+cat <<EOF
+
+pg_kappa Kafka benchmark: $MESSAGES JSON messages (~$((BYTES / MESSAGES)) bytes) over $PARTITIONS partitions, $(nproc) cores
+
+                                   seconds   messages/s   vs COPY   vs kcat
+limit: kcat to /dev/null          $(printf '%8.2f %12s' "$T_KCAT" "$R_KCAT")
+limit: COPY into unlogged table   $(printf '%8.2f %12s' "$T_COPY" "$R_COPY")
+source -> table                   $(printf '%8.2f %12s %9s %9s' "$T_TABLE" "$R_TABLE" "$(ratio "$R_TABLE" "$R_COPY")" "$(ratio "$R_TABLE" "$R_KCAT")")
+source -> stream, 1 view          $(printf '%8.2f %12s %9s %9s' "$T_VIEW1" "$R_V1" "$(ratio "$R_V1" "$R_COPY")" "$(ratio "$R_V1" "$R_KCAT")")
+source -> stream, 3 views         $(printf '%8.2f %12s %9s %9s' "$T_VIEW3" "$R_V3" "$(ratio "$R_V3" "$R_COPY")" "$(ratio "$R_V3" "$R_KCAT")")
+source -> stream, 1 view, p=2     $(printf '%8.2f %12s %9s %9s' "$T_VIEW1P2" "$R_V1P2" "$(ratio "$R_V1P2" "$R_COPY")" "$(ratio "$R_V1P2" "$R_KCAT")")
+parallelism 2 / 1 (1 view):       $(ratio "$R_V1P2" "$R_V1")
+
+latency produce -> visible in a view at $LAT_RATE messages/s for $LAT_SECONDS s (p50 p99 ms, messages):
+  default settings (kappa.max_latency = 100ms):  $LAT_DEFAULT
+  kappa.max_latency = 10ms:                       $LAT_10
+
+memory of one worker over $MEM_MESSAGES messages: $MEM_REPORT
+EOF
