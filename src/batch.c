@@ -22,8 +22,11 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "nodes/makefuncs.h"
+#include "executor/executor.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
@@ -157,16 +160,33 @@ KappaBatchCreate(Relation stream, MemoryContext parent)
 	batch->maxrows = 1024;
 	batch->rows = MemoryContextAlloc(parent, sizeof(HeapTuple) * batch->maxrows);
 	batch->parentcxt = parent;
+
+	/* the stream's NOT NULL and CHECK constraints, checked on every row */
+	if (RelationGetDescr(stream)->constr != NULL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(parent);
+
+		batch->checkEstate = CreateExecutorState();
+		batch->checkRelInfo = makeNode(ResultRelInfo);
+		InitResultRelInfo(batch->checkRelInfo, stream, 0, NULL, 0);
+		MemoryContextSwitchTo(oldcxt);
+	}
 	return batch;
 }
 
 /*
- * KappaBatchAdd copies the row in 'slot' into the batch.  batch->bytes tells
- * callers how much memory the batch's rows take.
+ * KappaBatchAdd checks the row in 'slot' against the stream's constraints
+ * (raising the executor's error for a violation) and copies it into the
+ * batch.  batch->bytes tells callers how much memory the batch's rows take.
  */
 void
 KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot)
 {
+	if (batch->checkRelInfo != NULL)
+	{
+		ExecConstraints(batch->checkRelInfo, slot, batch->checkEstate);
+		ResetPerTupleExprContext(batch->checkEstate);
+	}
 	if (batch->nrows >= batch->maxrows)
 	{
 		batch->maxrows *= 2;
@@ -174,6 +194,53 @@ KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot)
 									sizeof(HeapTuple) * batch->maxrows);
 	}
 	batch->rows[batch->nrows++] = batch_form_tuple(batch, slot);
+}
+
+/*
+ * KappaRetainedColumnMap maps each column of a stream (row type 'stream') to
+ * the column of its retained-rows table 'backing' with the same name, or 0
+ * for a dropped column.  Raises an error if the two no longer match (the
+ * stream was altered after its retained-rows table was made).
+ */
+AttrNumber *
+KappaRetainedColumnMap(TupleDesc stream, Relation backing)
+{
+	TupleDesc	bdesc = RelationGetDescr(backing);
+	AttrNumber *map = palloc0(sizeof(AttrNumber) * stream->natts);
+	int			i;
+
+	for (i = 0; i < stream->natts; i++)
+	{
+		Form_pg_attribute sattr = TupleDescAttr(stream, i);
+		int			j;
+
+		if (sattr->attisdropped)
+			continue;
+		for (j = 0; j < bdesc->natts; j++)
+		{
+			Form_pg_attribute battr = TupleDescAttr(bdesc, j);
+
+			if (!battr->attisdropped &&
+				strcmp(NameStr(sattr->attname), NameStr(battr->attname)) == 0)
+			{
+				if (battr->atttypid == sattr->atttypid &&
+					battr->atttypmod == sattr->atttypmod)
+					map[i] = j + 1;
+				break;
+			}
+		}
+		if (map[i] == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("retained rows of a stream do not match its column \"%s\"",
+							NameStr(sattr->attname)),
+					 errdetail("The stream was altered after it was created; its retained rows are in \"%s\".",
+							   RelationGetRelationName(backing)),
+					 errhint("Streams with retention cannot be altered: create a new stream, or alter %s the same way.",
+							 quote_qualified_identifier(KAPPA_DATA_SCHEMA,
+														RelationGetRelationName(backing)))));
+	}
+	return map;
 }
 
 /* Append the batch's rows to the stream's retained storage. */
@@ -197,25 +264,15 @@ append_to_storage(KappaBatch *batch, Oid backingRelid)
 	rel = table_open(backingRelid, RowExclusiveLock);
 	desc = RelationGetDescr(rel);
 
-	/* backing columns by name: the stream's, then kappa_arrived_at */
-	map = palloc0(sizeof(AttrNumber) * desc->natts);
-	for (j = 0; j < desc->natts; j++)
+	/* backing column -> stream column */
 	{
-		Form_pg_attribute battr = TupleDescAttr(desc, j);
-		int			k;
+		AttrNumber *streamToBacking = KappaRetainedColumnMap(batch->tupdesc, rel);
 
-		if (battr->attisdropped)
-			continue;
-		for (k = 0; k < batch->tupdesc->natts; k++)
+		map = palloc0(sizeof(AttrNumber) * desc->natts);
+		for (j = 0; j < batch->tupdesc->natts; j++)
 		{
-			Form_pg_attribute sattr = TupleDescAttr(batch->tupdesc, k);
-
-			if (!sattr->attisdropped &&
-				strcmp(NameStr(sattr->attname), NameStr(battr->attname)) == 0)
-			{
-				map[j] = k + 1;
-				break;
-			}
+			if (streamToBacking[j] > 0)
+				map[streamToBacking[j] - 1] = j + 1;
 		}
 	}
 
@@ -414,6 +471,8 @@ KappaBatchApply(KappaBatch *batch)
 void
 KappaBatchDestroy(KappaBatch *batch)
 {
+	if (batch->checkEstate != NULL)
+		FreeExecutorState(batch->checkEstate);
 	MemoryContextDelete(batch->cxt);
 	MemoryContextDelete(batch->blockcxt);
 	pfree(batch->rows);

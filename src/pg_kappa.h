@@ -62,6 +62,9 @@ typedef struct KappaBatch
 	/* deltas combined in memory until the end of a statement (view_accum.c) */
 	List	   *accums;
 	MemoryContext parentcxt;
+	/* checking rows against the stream's constraints, if it has any */
+	ResultRelInfo *checkRelInfo;
+	EState	   *checkEstate;
 } KappaBatch;
 
 /* in batch.c */
@@ -73,6 +76,7 @@ extern void KappaBatchDestroy(KappaBatch *batch);
 extern void KappaBatchInit(void);
 extern KappaBatch *KappaActiveBatch(Oid streamRelid);
 extern KappaBatch *KappaSetActiveBatch(KappaBatch *batch);
+extern AttrNumber *KappaRetainedColumnMap(TupleDesc stream, Relation backing);
 
 /* in catalog.c */
 typedef struct KappaViewInfo KappaViewInfo;

@@ -109,8 +109,6 @@ stream_begin_scan(ForeignScanState *node, int eflags)
 	KappaStreamInfo *info;
 	Oid			backingRelid;
 	TupleDesc	sdesc = RelationGetDescr(rel);
-	TupleDesc	bdesc;
-	int			i;
 
 	if (eflags & EXEC_FLAG_EXPLAIN_ONLY)
 		return;
@@ -132,27 +130,7 @@ stream_begin_scan(ForeignScanState *node, int eflags)
 				 errhint("Query a continuous view over the stream, or create the stream with retain => 'infinity' or an interval to keep its rows.")));
 
 	st->backing = table_open(backingRelid, AccessShareLock);
-	bdesc = RelationGetDescr(st->backing);
-	st->map = palloc0(sizeof(AttrNumber) * sdesc->natts);
-	for (i = 0; i < sdesc->natts; i++)
-	{
-		Form_pg_attribute sattr = TupleDescAttr(sdesc, i);
-		int			j;
-
-		if (sattr->attisdropped)
-			continue;
-		for (j = 0; j < bdesc->natts; j++)
-		{
-			Form_pg_attribute battr = TupleDescAttr(bdesc, j);
-
-			if (!battr->attisdropped &&
-				strcmp(NameStr(sattr->attname), NameStr(battr->attname)) == 0)
-			{
-				st->map[i] = j + 1;
-				break;
-			}
-		}
-	}
+	st->map = KappaRetainedColumnMap(sdesc, st->backing);
 	st->backingSlot = table_slot_create(st->backing, NULL);
 	st->scan = table_beginscan(st->backing, node->ss.ps.state->es_snapshot,
 							   0, NULL);
@@ -256,10 +234,11 @@ stream_begin_insert(ModifyTableState *mtstate, ResultRelInfo *rinfo)
 static inline void
 stream_add_row(StreamModifyState *st, ResultRelInfo *rinfo, TupleTableSlot *slot)
 {
-	if (st->checkConstraints)
-		ExecConstraints(rinfo, slot, st->estate);
 	if (st->batch == NULL)
 	{
+		/* nothing keeps the row, but it must still be a valid row */
+		if (st->checkConstraints)
+			ExecConstraints(rinfo, slot, st->estate);
 		st->unconsumedRows++;
 		return;
 	}
@@ -315,7 +294,8 @@ stream_end_insert_common(ResultRelInfo *rinfo)
 		return;
 	if (st->batch != NULL)
 	{
-		if (st->batch->nrows > 0)
+		/* the rows left, and what earlier chunks combined in memory */
+		if (st->batch->nrows > 0 || st->batch->accums != NIL)
 			KappaBatchApply(st->batch);
 		KappaBatchDestroy(st->batch);
 	}

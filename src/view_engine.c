@@ -379,6 +379,12 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 		TupleDescInitEntry(view->finalsDesc, i, NULL, agg->aggtype, -1, 0);
 	}
 
+	/* per-group expressions get what the planner does to expressions */
+	view->shape->outExprs = (List *) expression_planner((Expr *) view->shape->outExprs);
+	if (view->shape->having)
+		view->shape->having = expression_planner(view->shape->having);
+	view->shape->sortExprs = (List *) expression_planner((Expr *) view->shape->sortExprs);
+
 	view->outStates = palloc(sizeof(ExprState *) * Max(list_length(shape->outExprs), 1));
 	i = 0;
 	foreach(lc, view->shape->outExprs)
