@@ -83,7 +83,9 @@ BEGIN
 END \$\$;
 CREATE TRIGGER trigger_upsert AFTER INSERT ON trigger_rows
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION trigger_upsert();
-
+CREATE TABLE plain_rows (user_id int, url text, amount numeric, ts timestamptz);
+SQL
+[ $? -eq 0 ] || kappa_die "setup failed"
 
 VIEW_SQL="SELECT url, count(*) AS n, sum(amount) AS total, avg(amount) AS mean, max(ts) AS last_ts FROM stream1 GROUP BY url"
 
