@@ -85,8 +85,8 @@ kappa_as_pg_user pg_ctl -D "$TMP/data" -l "$TMP/server.log" -w start >/dev/null 
 psql_q() { kappa_as_pg_user psql -h "$TMP" -p "$PORT" -U postgres -d postgres -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 
 COLS='user_id int, url text, amount numeric, ts timestamptz'
-ROWSQL="SELECT (i * 7919) % 100000 AS user_id, 'https://example.com/page/' || (i % 1000) AS url,
-               round(((i * 31) % 100000) / 100.0, 2) AS amount,
+ROWSQL="SELECT ((i::bigint * 7919) % 100000)::int AS user_id, 'https://example.com/page/' || (i % 1000) AS url,
+               round(((i::bigint * 31) % 100000) / 100.0, 2) AS amount,
                timestamptz '2024-01-01' + i * interval '10 ms' AS ts
           FROM generate_series(1, $MESSAGES) i"
 
@@ -100,6 +100,7 @@ COPY (SELECT format('{"user_id": %s, "url": "%s", "amount": %s, "ts": "%s"}',
         FROM ($ROWSQL) r) TO '$TMP/messages.json';
 CREATE UNLOGGED TABLE unlogged ($COLS);
 SQL
+[ -s "$TMP/messages.json" ] || kappa_die "could not generate the messages"
 BYTES=$(wc -c <"$TMP/messages.json")
 kappa_log "producing $MESSAGES messages ($((BYTES / MESSAGES)) bytes each on average) to $PARTITIONS partitions"
 # sticky partitioning off: spread messages evenly (the mock keeps ~5 MiB per partition)
@@ -250,8 +251,7 @@ if [ "$MEM_MESSAGES" -gt 0 ]; then
         done
         echo "$((r * MESSAGES)) $(ps -o rss= -p "$WPID")" >>"$TMP/rss.txt"
     done
-    MEM_REPORT=$(awk 'NR == 1 {first = $2; fm = $1} {last = $2; lm = $1; if ($2 > max) max = $2}
-        END {printf "RSS after %d messages: %d kB; after %d: %d kB; max %d kB", fm, first, lm, last, max}' "$TMP/rss.txt")
+    MEM_REPORT=$(awk '{printf "%s%.0fM: %d MB", (NR > 1 ? ", " : ""), $1 / 1000000, $2 / 1024}' "$TMP/rss.txt")
 fi
 
 rate() { awk "BEGIN{printf \"%.0f\", $MESSAGES / $1}"; }
@@ -276,5 +276,5 @@ latency produce -> visible in a view at $LAT_RATE messages/s for $LAT_SECONDS s 
   default settings (kappa.max_latency = 100ms):  $LAT_DEFAULT
   kappa.max_latency = 10ms:                       $LAT_10
 
-memory of one worker over $MEM_MESSAGES messages: $MEM_REPORT
+RSS of one worker (stream, 1 view) after N messages: $MEM_REPORT
 EOF

@@ -374,6 +374,16 @@ KappaKafkaConfBuild(KappaSource *source, bool validate_only,
 	kappa_conf_set(conf, "reconnect.backoff.max.ms", "2000");
 
 	/*
+	 * All partitions share one consumer queue; librdkafka 2.0.2 stops
+	 * fetching every partition for a while (up to ~0.5 s) whenever that
+	 * queue holds queued.min.messages (default 100000).  A worker that
+	 * applies batches of 10,000 then stalls at every few batches.  Let the
+	 * byte limit (queued.max.messages.kbytes, 64 MB) bound prefetching
+	 * instead.
+	 */
+	kappa_conf_set(conf, "queued.min.messages", "1000000");
+
+	/*
 	 * A fetch that finds no new data waits up to fetch.wait.max.ms (500 ms by
 	 * default) on the broker.  Brokers that do not answer as soon as data
 	 * arrives (the mock cluster, some proxies) then add that wait to every

@@ -40,6 +40,7 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "lib/stringinfo.h"
@@ -442,7 +443,10 @@ kw_check_source(void)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	s = KappaSourceLoad(kw_source->id, true);
+	if (!OidIsValid(get_extension_oid("pg_kappa", true)))
+		s = NULL;
+	else
+		s = KappaSourceLoad(kw_source->id, true);
 	if (s == NULL)
 		why = "dropped";
 	else if (kw_source_changed(s))
@@ -790,6 +794,7 @@ kw_insert_range(Relation rel, int lo, int hi)
 	KappaBatch *batch = NULL;
 	MemoryContext old;
 
+	kw_failed_index = -1;
 	if (kw_is_stream)
 		batch = KappaBatchCreate(rel, kw_batch_cxt);
 
@@ -1211,6 +1216,14 @@ kw_start(void)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
+
+	/* the extension may have been dropped since this worker was registered */
+	if (!OidIsValid(get_extension_oid("pg_kappa", true)))
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		proc_exit(0);
+	}
 
 	{
 		MemoryContext old = MemoryContextSwitchTo(kw_long_cxt);

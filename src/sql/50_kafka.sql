@@ -128,7 +128,7 @@ SELECT CASE
        END
 $$;
 
-CREATE VIEW kappa.source_partitions AS
+CREATE VIEW kappa.source_partitions WITH (security_barrier) AS
 SELECT s.name AS source,
        o.partition,
        o.next_offset AS committed_offset,
@@ -138,7 +138,7 @@ SELECT s.name AS source,
   FROM kappa.source_catalog s
   JOIN kappa.source_offsets o ON o.source_id = s.id;
 
-CREATE VIEW kappa.sources AS
+CREATE VIEW kappa.sources WITH (security_barrier) AS
 SELECT s.name AS source,
        CASE
          WHEN s.paused THEN 'paused'
@@ -192,12 +192,12 @@ SELECT s.name AS source,
            (array_agg(ss.last_error ORDER BY ss.last_error_at DESC NULLS LAST))[1] AS last_error,
            max(ss.last_error_at) AS last_error_at
       FROM kappa.source_status ss
-      LEFT JOIN pg_catalog.pg_stat_activity a
-             ON a.pid = ss.pid AND a.backend_type = 'pg_kappa worker'
+      -- by pid only: other roles see no backend_type of the owner's workers
+      LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = ss.pid
      WHERE ss.source_id = s.id) st ON true;
 
 -- Dead letters, visible to the owner of their source (and superusers).
-CREATE VIEW kappa.errors AS
+CREATE VIEW kappa.errors WITH (security_barrier) AS
 SELECT s.name AS source,
        d.topic,
        d.partition,

@@ -14,6 +14,7 @@ use Time::HiRes qw(usleep time);
 
 our $kafka_repo = $ENV{KAPPA_REPO} // '.';
 our $kafka_dev_broker = "$kafka_repo/test/dev_broker";
+our @kafka_brokers;    # started by this test, stopped at the end
 
 # kafka_start_broker(topic => partitions, ...): start the dev broker with
 # these topics; returns a hash with bootstrap, and the handles.
@@ -55,8 +56,6 @@ sub kafka_broker_cmd
 		usleep(20_000);
 	}
 }
-
-our @kafka_brokers;
 
 sub kafka_stop_broker
 {

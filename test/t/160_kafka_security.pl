@@ -64,6 +64,8 @@ my ($r1, $bob_view) = as('regress_bob', 'SELECT s::text FROM kappa.sources s');
 unlike($bob_view, qr/hunter2|k3y-pw|oauth-s3cret|ks-pw/, 'secrets hidden from another role');
 like($bob_view, qr/alice-user/, 'non-secret options visible');
 like($bob_view, qr/\*\*\*\*/, 'secrets masked');
+is((as('regress_bob', 'SELECT state, workers FROM kappa.sources'))[1], 'running|1',
+	'another role sees the state');
 my ($r2, $alice_view) = as('regress_alice', 'SELECT options::text FROM kappa.sources');
 like($alice_view, qr/hunter2-pw/, 'the owner sees her secrets');
 like($node->safe_psql('postgres', 'SELECT options::text FROM kappa.sources'),
