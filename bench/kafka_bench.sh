@@ -21,7 +21,7 @@
 # a view (polled every 5 ms), p50 and p99, with default settings and with
 # kappa.max_latency = 10ms.
 #
-# Memory: the worker's RSS while MEM_MESSAGES (default 10000000) messages
+# Memory: the worker's private memory (RssAnon) while MEM_MESSAGES (default 10000000) messages
 # flow through view1, produced in rounds while consuming (the dev broker
 # keeps only ~5 MiB per partition).  MEM_MESSAGES=0 skips it.
 #
@@ -249,7 +249,8 @@ if [ "$MEM_MESSAGES" -gt 0 ]; then
             [ "$(psql_q -c 'SELECT coalesce(sum(n), 0) FROM m1_v1')" -ge $((r * MESSAGES)) ] && break
             sleep 0.1
         done
-        echo "$((r * MESSAGES)) $(ps -o rss= -p "$WPID")" >>"$TMP/rss.txt"
+        # private memory (RssAnon): RSS also counts the shared buffers touched
+        echo "$((r * MESSAGES)) $(awk '/^RssAnon:/ {print $2}' "/proc/$WPID/status")" >>"$TMP/rss.txt"
     done
     MEM_REPORT=$(awk '{printf "%s%.0fM: %d MB", (NR > 1 ? ", " : ""), $1 / 1000000, $2 / 1024}' "$TMP/rss.txt")
 fi
@@ -276,5 +277,5 @@ latency produce -> visible in a view at $LAT_RATE messages/s for $LAT_SECONDS s 
   default settings (kappa.max_latency = 100ms):  $LAT_DEFAULT
   kappa.max_latency = 10ms:                       $LAT_10
 
-RSS of one worker (stream, 1 view) after N messages: $MEM_REPORT
+private memory (RssAnon) of one worker (stream, 1 view) after N messages: $MEM_REPORT
 EOF
