@@ -379,13 +379,12 @@ batch_accum(KappaBatch *batch, KappaViewInfo *view)
 }
 
 /*
- * KappaBatchAccumulate applies the batch's rows as one chunk of a longer
- * statement: retained storage takes them now; views combine their deltas in
- * memory (written by the KappaBatchApply that ends the statement) or, if
- * they cannot, are merged now.  The batch's rows are empty afterwards.
+ * Apply the batch's rows: retained storage takes them; each view merges
+ * them into its materialization now or, with 'accumulate' and if it can,
+ * combines their delta in memory for a later KappaViewFlushAccum.
  */
-void
-KappaBatchAccumulate(KappaBatch *batch)
+static void
+apply_rows(KappaBatch *batch, bool accumulate)
 {
 	KappaStreamInfo *info = get_locked_stream_info(batch->streamRelid);
 	ListCell   *lc;
@@ -397,9 +396,9 @@ KappaBatchAccumulate(KappaBatch *batch)
 		foreach(lc, info->views)
 		{
 			KappaViewInfo *view = lfirst(lc);
-			BatchAccum *ba = batch_accum(batch, view);
+			BatchAccum *ba = accumulate ? batch_accum(batch, view) : NULL;
 
-			if (ba->acc == NULL)
+			if (ba == NULL || ba->acc == NULL)
 				KappaViewApplyBatch(view, batch);
 			else
 			{
@@ -424,6 +423,18 @@ KappaBatchAccumulate(KappaBatch *batch)
 }
 
 /*
+ * KappaBatchAccumulate applies the batch's rows as one chunk of a longer
+ * statement: retained storage takes them now; views combine their deltas in
+ * memory (written by the KappaBatchApply that ends the statement) or, if
+ * they cannot, are merged now.  The batch's rows are empty afterwards.
+ */
+void
+KappaBatchAccumulate(KappaBatch *batch)
+{
+	apply_rows(batch, true);
+}
+
+/*
  * KappaBatchApply applies the batch's rows in the current transaction:
  * retained storage first, then every view on the stream in OID order, and
  * writes what earlier KappaBatchAccumulate calls combined.  The batch is
@@ -433,38 +444,22 @@ KappaBatchAccumulate(KappaBatch *batch)
 void
 KappaBatchApply(KappaBatch *batch)
 {
-	KappaStreamInfo *info;
 	ListCell   *lc;
 
-	if (batch->accums != NIL)
+	if (batch->accums == NIL)
 	{
-		if (batch->nrows > 0)
-			KappaBatchAccumulate(batch);
-		foreach(lc, batch->accums)
-		{
-			BatchAccum *ba = lfirst(lc);
-
-			if (ba->acc != NULL)
-				KappaViewFlushAccum(ba->view, ba->acc);
-		}
+		apply_rows(batch, false);
 		return;
 	}
+	if (batch->nrows > 0)
+		apply_rows(batch, true);
+	foreach(lc, batch->accums)
+	{
+		BatchAccum *ba = lfirst(lc);
 
-	info = get_locked_stream_info(batch->streamRelid);
-	PG_TRY();
-	{
-		if (info->retained && batch->nrows > 0)
-			append_to_storage(batch, info->backingRelid);
-		foreach(lc, info->views)
-			KappaViewApplyBatch(lfirst(lc), batch);
+		if (ba->acc != NULL)
+			KappaViewFlushAccum(ba->view, ba->acc);
 	}
-	PG_FINALLY();
-	{
-		kappa_active_batch = NULL;
-		KappaReleaseStreamInfo(info);
-	}
-	PG_END_TRY();
-	batch_rows_done(batch);
 }
 
 /* KappaBatchDestroy frees a batch (its rows need not be applied). */
