@@ -63,8 +63,7 @@ extern Oid	KappaCatalogOwner(void);
 extern KappaSource *KappaSourceLoad(int32 source_id, bool missing_ok);
 extern bool KappaOptionIsSecret(const char *key);
 extern bool KappaOptionIsKappa(const char *key);
-extern void *KappaKafkaConfBuild(KappaSource *source, bool validate_only,
-								 char *errbuf, size_t errlen);
+extern void *KappaKafkaConfBuild(KappaSource *source);
 extern void KappaSwitchToCatalogOwner(Oid *save_userid, int *save_sec);
 extern void KappaRestoreFromCatalogOwner(Oid save_userid, int save_sec);
 extern int	KappaSourceMaxMessageBytes(KappaSource *source);

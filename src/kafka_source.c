@@ -359,8 +359,7 @@ kappa_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
  * result (rd_kafka_new takes it over).
  */
 void *
-KappaKafkaConfBuild(KappaSource *source, bool validate_only,
-					char *errbuf, size_t errlen)
+KappaKafkaConfBuild(KappaSource *source)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char		client_id[NAMEDATALEN + 16];
@@ -375,11 +374,10 @@ KappaKafkaConfBuild(KappaSource *source, bool validate_only,
 
 	/*
 	 * All partitions share one consumer queue; librdkafka 2.0.2 stops
-	 * fetching every partition for a while (up to ~0.5 s) whenever that
-	 * queue holds queued.min.messages (default 100000).  A worker that
-	 * applies batches of 10,000 then stalls at every few batches.  Let the
-	 * byte limit (queued.max.messages.kbytes, 64 MB) bound prefetching
-	 * instead.
+	 * fetching every partition for a while (up to ~0.5 s) whenever that queue
+	 * holds queued.min.messages (default 100000).  A worker that applies
+	 * batches of 10,000 then stalls at every few batches.  Let the byte limit
+	 * (queued.max.messages.kbytes, 64 MB) bound prefetching instead.
 	 */
 	kappa_conf_set(conf, "queued.min.messages", "1000000");
 
@@ -390,9 +388,11 @@ KappaKafkaConfBuild(KappaSource *source, bool validate_only,
 	 * message's latency; keep it to half the batch latency bound.
 	 */
 	{
-		int			latency = source->max_latency_ms > 0 ? source->max_latency_ms
-			: kappa_max_latency_ms;
+		int			latency = kappa_max_latency_ms;
 		char		buf[32];
+
+		if (source->max_latency_ms > 0)
+			latency = source->max_latency_ms;
 
 		snprintf(buf, sizeof(buf), "%d", Max(Min(latency / 2, 500), 5));
 		kappa_conf_set(conf, "fetch.wait.max.ms", buf);
@@ -762,7 +762,7 @@ kappa_create_kafka_source(PG_FUNCTION_ARGS)
 	/* options: ours, then librdkafka's */
 	kappa_apply_own_options(source);
 	(void) KappaSourceMaxMessageBytes(source);
-	conf = KappaKafkaConfBuild(source, true, NULL, 0);
+	conf = KappaKafkaConfBuild(source);
 	rd_kafka_conf_destroy(conf);
 
 	/* the format, and whether it can fill the target's columns */

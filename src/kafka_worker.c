@@ -109,7 +109,8 @@ static bool kw_is_stream;
 static TupleDesc kw_tupdesc;
 static KappaDecoder *kw_decoder;
 static SPIPlanPtr kw_insert_plan;
-static int *kw_colmap;			/* insert parameter i is attribute kw_colmap[i] */
+static int *kw_colmap;			/* insert parameter i is attribute
+								 * kw_colmap[i] */
 static int	kw_ncols;
 static Datum *kw_values;
 static bool *kw_nulls;
@@ -873,7 +874,8 @@ kw_error_is_message_error(ErrorData *edata)
 
 	if (edata->elevel > ERROR)
 		return false;
-	if (class == ERRCODE_TRANSACTION_ROLLBACK ||	/* 40: serialization, deadlock */
+	if (class == ERRCODE_TRANSACTION_ROLLBACK ||	/* 40: serialization,
+													 * deadlock */
 		class == ERRCODE_INSUFFICIENT_RESOURCES ||	/* 53 */
 		class == ERRCODE_OPERATOR_INTERVENTION ||	/* 57: cancel, shutdown */
 		class == ERRCODE_SYSTEM_ERROR ||	/* 58 */
@@ -1283,7 +1285,7 @@ kw_create_consumer(void)
 	char		errstr[512];
 
 	StartTransactionCommand();
-	conf = KappaKafkaConfBuild(kw_source, false, NULL, 0);
+	conf = KappaKafkaConfBuild(kw_source);
 	CommitTransactionCommand();
 	rd_kafka_conf_set_log_cb(conf, kw_log_cb);
 	rd_kafka_conf_set_error_cb(conf, kw_error_cb);
