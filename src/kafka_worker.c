@@ -509,7 +509,7 @@ kw_resolve_start(int32 partition, int64 *offset)
 	rd_kafka_resp_err_t err;
 
 	err = rd_kafka_query_watermark_offsets(kw_rk, kw_source->topic, partition,
-										   &lo, &hi, 2000);
+										   &lo, &hi, 500);
 	if (err)
 	{
 		kw_set_error("retrying", "could not read offsets of partition %d of topic \"%s\": %s",
@@ -532,7 +532,7 @@ kw_resolve_start(int32 partition, int64 *offset)
 		rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
 
 		rd_kafka_topic_partition_list_add(l, kw_source->topic, partition)->offset = ms;
-		err = rd_kafka_offsets_for_times(kw_rk, l, 2000);
+		err = rd_kafka_offsets_for_times(kw_rk, l, 500);
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 			err = l->elems[0].err;
 		*offset = l->elems[0].offset;

@@ -9,7 +9,7 @@
 CREATE TABLE kappa.source_catalog (
     id          serial PRIMARY KEY,
     name        text NOT NULL UNIQUE,
-    owner       oid NOT NULL,               -- the role the workers run as
+    owner       regrole NOT NULL,           -- the role the workers run as
     target      regclass NOT NULL,          -- a stream or an ordinary table
     topic       text NOT NULL,
     brokers     text NOT NULL,
