@@ -14,6 +14,13 @@ SELECT kappa.create_view('chunk_total', $$
   SELECT count(*) AS n, sum(x) AS sx, avg(f) AS af, stddev_samp(f) AS sdf FROM chunks$$);
 SELECT kappa.create_view('chunk_nullkeys', $$
   SELECT k % 3 AS m, ok, count(*) AS n, sum(k) AS sk FROM chunks GROUP BY 1, 2$$);
+-- a view with a join cannot take rows one by one: it runs its delta query
+-- over each chunk and combines the deltas in memory
+CREATE TABLE chunk_dim (m int PRIMARY KEY, label text);
+INSERT INTO chunk_dim VALUES (0, 'zero'), (1, 'one'), (2, 'two');
+SELECT kappa.create_view('chunk_joined', $$
+  SELECT d.label, count(*) AS n, sum(c.x) AS sx, max(c.g) AS maxg
+    FROM chunks c JOIN chunk_dim d ON d.m = c.k % 3 GROUP BY d.label$$);
 
 BEGIN;
 INSERT INTO chunks
@@ -48,6 +55,15 @@ SELECT count(*) AS diff_nullkeys FROM (
   (TABLE chunk_nullkeys EXCEPT ALL SELECT k % 3, ok, count(*), sum(k) FROM shadow GROUP BY 1, 2)
   UNION ALL
   (SELECT k % 3, ok, count(*), sum(k) FROM shadow GROUP BY 1, 2 EXCEPT ALL TABLE chunk_nullkeys)) d;
+SELECT count(*) AS diff_joined FROM (
+  (TABLE chunk_joined EXCEPT ALL
+   SELECT d.label, count(*), sum(c.x), max(c.g) FROM shadow c JOIN chunk_dim d ON d.m = c.k % 3 GROUP BY d.label)
+  UNION ALL
+  (SELECT d.label, count(*), sum(c.x), max(c.g) FROM shadow c JOIN chunk_dim d ON d.m = c.k % 3 GROUP BY d.label
+   EXCEPT ALL TABLE chunk_joined)) d;
+SELECT n_tup_upd AS joined_group_updates
+  FROM pg_stat_xact_user_tables
+ WHERE relid = (SELECT mat FROM kappa.view_catalog WHERE view = 'chunk_joined'::regclass);
 SELECT v.n = s.n AS n_equal, v.sx = s.sx AS sum_equal,
        abs(v.af - s.af) <= 1e-9 * abs(s.af) AS avg_within_tolerance,
        abs(v.sdf - s.sdf) <= 1e-9 * abs(s.sdf) AS stddev_within_tolerance

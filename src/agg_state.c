@@ -375,3 +375,51 @@ KappaAggStoredForm(KappaAggMerge *merge, AggState *aggcontext,
 	*resultNull = false;
 	return state;
 }
+
+/*
+ * KappaPushAggInit prepares advancing an aggregate call row by row: its
+ * transition function (with the call expression polymorphic functions look
+ * at) and its initial value, as nodeAgg.c sets them up.  The caller builds
+ * the input and FILTER expressions.
+ */
+void
+KappaPushAggInit(KappaPushAgg *push, KappaAggMerge *merge, Aggref *aggref)
+{
+	HeapTuple	tuple;
+	Form_pg_aggregate aggform;
+	Oid			inputTypes[FUNC_MAX_ARGS];
+	int			numArgs;
+	Expr	   *transfnexpr;
+	Datum		textInitVal;
+	bool		initValueIsNull;
+
+	tuple = SearchSysCache1(AGGFNOID, ObjectIdGetDatum(aggref->aggfnoid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for aggregate %u", aggref->aggfnoid);
+	aggform = (Form_pg_aggregate) GETSTRUCT(tuple);
+	numArgs = get_aggregate_argtypes(aggref, inputTypes);
+	push->numInputs = list_length(aggref->args);
+
+	build_aggregate_transfn_expr(inputTypes, numArgs, 0, aggref->aggvariadic,
+								 merge->transtype, aggref->inputcollid,
+								 aggform->aggtransfn, InvalidOid,
+								 &transfnexpr, NULL);
+	fmgr_info(aggform->aggtransfn, &push->transfn);
+	fmgr_info_set_expr((Node *) transfnexpr, &push->transfn);
+
+	textInitVal = SysCacheGetAttr(AGGFNOID, tuple, Anum_pg_aggregate_agginitval,
+								  &initValueIsNull);
+	push->initValueIsNull = initValueIsNull;
+	if (initValueIsNull)
+		push->initValue = (Datum) 0;
+	else
+	{
+		Oid			typinput;
+		Oid			typioparam;
+		char	   *strInitVal = TextDatumGetCString(textInitVal);
+
+		getTypeInputInfo(merge->transtype, &typinput, &typioparam);
+		push->initValue = OidInputFunctionCall(typinput, strInitVal, typioparam, -1);
+	}
+	ReleaseSysCache(tuple);
+}

@@ -40,9 +40,13 @@ static KappaBatch *kappa_active_batch = NULL;
 /* A view's accumulator in a batch; acc is NULL if the view cannot have one. */
 typedef struct BatchAccum
 {
-	KappaViewInfo *view;
+	Oid			viewRelid;
+	KappaViewInfo *view;		/* the view the accumulator was made for */
 	KappaViewAccum *acc;
+	bool		pushed;			/* rows go straight in (KappaAccumPushRow) */
 } BatchAccum;
+
+static BatchAccum *batch_accum(KappaBatch *batch, KappaViewInfo *view);
 
 /*
  * Rows are formed directly into blocks of this size that the batch keeps
@@ -161,6 +165,27 @@ KappaBatchCreate(Relation stream, MemoryContext parent)
 	batch->rows = MemoryContextAlloc(parent, sizeof(HeapTuple) * batch->maxrows);
 	batch->parentcxt = parent;
 
+	/*
+	 * Views over the stream alone take each row as it is added; the rows
+	 * themselves are kept only for retained storage and the other views.
+	 */
+	batch->info = KappaGetStreamInfo(batch->streamRelid);
+	batch->needRows = batch->info->retained;
+	{
+		ListCell   *lc;
+
+		foreach(lc, batch->info->views)
+		{
+			KappaViewInfo *view = lfirst(lc);
+			BatchAccum *ba = view->push != NULL ? batch_accum(batch, view) : NULL;
+
+			if (ba != NULL && ba->acc != NULL)
+				ba->pushed = true;
+			else
+				batch->needRows = true;
+		}
+	}
+
 	/* the stream's NOT NULL and CHECK constraints, checked on every row */
 	if (RelationGetDescr(stream)->constr != NULL)
 	{
@@ -182,11 +207,23 @@ KappaBatchCreate(Relation stream, MemoryContext parent)
 void
 KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot)
 {
+	ListCell   *lc;
+
 	if (batch->checkRelInfo != NULL)
 	{
 		ExecConstraints(batch->checkRelInfo, slot, batch->checkEstate);
 		ResetPerTupleExprContext(batch->checkEstate);
 	}
+	batch->rowsAdded++;
+	foreach(lc, batch->accums)
+	{
+		BatchAccum *ba = lfirst(lc);
+
+		if (ba->pushed)
+			KappaAccumPushRow(ba->acc, slot);
+	}
+	if (!batch->needRows)
+		return;
 	if (batch->nrows >= batch->maxrows)
 	{
 		batch->maxrows *= 2;
@@ -347,7 +384,8 @@ get_locked_stream_info(Oid streamRelid)
 static void
 batch_rows_done(KappaBatch *batch)
 {
-	KappaStatsCountStream(batch->streamRelid, batch->nrows);
+	KappaStatsCountStream(batch->streamRelid, batch->rowsAdded - batch->rowsCounted);
+	batch->rowsCounted = batch->rowsAdded;
 	batch->rowsApplied += batch->nrows;
 	batch->nrows = 0;
 	batch->bytes = 0;
@@ -366,11 +404,12 @@ batch_accum(KappaBatch *batch, KappaViewInfo *view)
 	foreach(lc, batch->accums)
 	{
 		ba = lfirst(lc);
-		if (ba->view == view)
+		if (ba->viewRelid == view->viewRelid)
 			return ba;
 	}
 	oldcxt = MemoryContextSwitchTo(batch->parentcxt);
-	ba = palloc(sizeof(BatchAccum));
+	ba = palloc0(sizeof(BatchAccum));
+	ba->viewRelid = view->viewRelid;
 	ba->view = view;
 	ba->acc = KappaAccumCreate(view, batch->parentcxt);
 	batch->accums = lappend(batch->accums, ba);
@@ -398,7 +437,13 @@ apply_rows(KappaBatch *batch, bool accumulate)
 			KappaViewInfo *view = lfirst(lc);
 			BatchAccum *ba = accumulate ? batch_accum(batch, view) : NULL;
 
-			if (ba == NULL || ba->acc == NULL)
+			if (ba != NULL && ba->pushed)
+			{
+				/* its rows went straight into its accumulator */
+				if (KappaAccumMemory(ba->acc) > get_hash_memory_limit())
+					KappaViewFlushAccum(ba->view, ba->acc);
+			}
+			else if (ba == NULL || ba->acc == NULL)
 				KappaViewApplyBatch(view, batch);
 			else
 			{
@@ -451,14 +496,17 @@ KappaBatchApply(KappaBatch *batch)
 		apply_rows(batch, false);
 		return;
 	}
-	if (batch->nrows > 0)
-		apply_rows(batch, true);
+	/* also when no row was kept: retained storage, the other views, stats */
+	apply_rows(batch, true);
 	foreach(lc, batch->accums)
 	{
 		BatchAccum *ba = lfirst(lc);
 
 		if (ba->acc != NULL)
+		{
+			KappaViewLockRelations(ba->view);
 			KappaViewFlushAccum(ba->view, ba->acc);
+		}
 	}
 }
 
@@ -468,6 +516,8 @@ KappaBatchDestroy(KappaBatch *batch)
 {
 	if (batch->checkEstate != NULL)
 		FreeExecutorState(batch->checkEstate);
+	if (batch->info != NULL)
+		KappaReleaseStreamInfo(batch->info);
 	MemoryContextDelete(batch->cxt);
 	MemoryContextDelete(batch->blockcxt);
 	pfree(batch->rows);
@@ -476,13 +526,15 @@ KappaBatchDestroy(KappaBatch *batch)
 }
 
 /*
- * KappaResetAfterAbort forgets the active batch after an error aborted the
- * transaction; registered as a transaction callback.
+ * At the end of a transaction no batch is in use: forget the active batch
+ * (an error may have left it set) and the uses of stream descriptions that
+ * an error cut short, freeing retired ones.
  */
 static void
 kappa_xact_callback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
 	{
 		kappa_active_batch = NULL;
 		KappaResetAfterAbort();

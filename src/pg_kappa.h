@@ -65,6 +65,11 @@ typedef struct KappaBatch
 	/* checking rows against the stream's constraints, if it has any */
 	ResultRelInfo *checkRelInfo;
 	EState	   *checkEstate;
+	/* the stream's views, held while the batch lives */
+	struct KappaStreamInfo *info;
+	bool		needRows;		/* some view or retention needs the rows */
+	uint64		rowsAdded;		/* rows added since the batch was created */
+	uint64		rowsCounted;	/* of those, counted in the statistics */
 } KappaBatch;
 
 /* in batch.c */

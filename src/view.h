@@ -77,6 +77,35 @@ typedef struct KappaAggMerge
 	bool		resultTypByVal;
 } KappaAggMerge;
 
+/*
+ * How one aggregate advances its transition state row by row, for views
+ * whose rows can be pushed straight into their accumulator (view_accum.c):
+ * the aggregate's transition function, its initial value, and its inputs
+ * and FILTER evaluated over a stream row.
+ */
+typedef struct KappaPushAgg
+{
+	FmgrInfo	transfn;
+	int			numInputs;
+	ExprState **inputStates;
+	ExprState  *filterState;	/* NULL without FILTER */
+	Datum		initValue;
+	bool		initValueIsNull;
+} KappaPushAgg;
+
+/*
+ * A view over the stream alone (no joins, no subqueries) needs no delta
+ * query: each row is filtered, its group key computed and its aggregates
+ * advanced as it arrives.  Expressions are over the stream row (Var 1, n).
+ */
+typedef struct KappaPushInfo
+{
+	ExprState  *qual;			/* WHERE, or NULL */
+	ExprState **keyStates;
+	KappaPushAgg *aggs;			/* one per aggregate in shape->aggrefs */
+	ExprContext *econtext;		/* per-row memory */
+} KappaPushInfo;
+
 /* Per-backend state of one continuous view, cached per stream. */
 struct KappaViewInfo
 {
@@ -111,6 +140,7 @@ struct KappaViewInfo
 	Oid		   *keySortOps;
 	bool	   *keyNullsFirst;
 	bool	   *keyHashable;
+	KappaPushInfo *push;		/* NULL if rows must go through the delta */
 	/* evaluation of outputs from the finals tuple */
 	TupleDesc	finalsDesc;
 	ExprState **outStates;
@@ -132,9 +162,11 @@ extern DestReceiver *KappaAccumReceiver(KappaViewAccum *acc);
 extern Size KappaAccumMemory(KappaViewAccum *acc);
 extern int64 KappaAccumGroups(KappaViewAccum *acc);
 extern void KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge);
+extern void KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row);
 
 /* in agg_state.c */
 extern void KappaAggMergeInit(KappaAggMerge *merge, Aggref *aggref);
+extern void KappaPushAggInit(KappaPushAgg *push, KappaAggMerge *merge, Aggref *aggref);
 extern Oid	KappaAggStateType(Aggref *aggref);
 extern AggState *KappaMakeAggContext(ExprContext *econtext);
 extern void KappaAggCombineAndFinalize(KappaAggMerge *merge, AggState *aggcontext,

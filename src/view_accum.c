@@ -55,6 +55,8 @@ typedef struct AccumEntry
 {
 	Datum	   *states;
 	bool	   *nulls;
+	bool	   *noTrans;		/* pushed rows: no input yet for a strict
+								 * transition function without initial value */
 	Datum	   *keys;			/* filled when sorting for a flush */
 	bool	   *keynulls;
 } AccumEntry;
@@ -139,6 +141,21 @@ KappaAccumCreate(KappaViewInfo *view, MemoryContext parent)
 	return acc;
 }
 
+/* Copy a transition value of 'merge''s type into 'cxt'. */
+static Datum
+datumCopyInto(Datum value, KappaAggMerge *merge, MemoryContext cxt)
+{
+	MemoryContext oldcxt;
+	Datum		copy;
+
+	if (merge->transtypByVal)
+		return value;
+	oldcxt = MemoryContextSwitchTo(cxt);
+	copy = datumCopy(value, false, merge->transtypLen);
+	MemoryContextSwitchTo(oldcxt);
+	return copy;
+}
+
 /* KappaAccumMemory tells how much memory the accumulated groups take. */
 Size
 KappaAccumMemory(KappaViewAccum *acc)
@@ -182,7 +199,7 @@ accum_receive(TupleTableSlot *slot, DestReceiver *self)
 	entry = LookupTupleHashEntry(acc->table, acc->keySlot, &isnew, NULL);
 	if (isnew)
 	{
-		ae = MemoryContextAlloc(acc->statecxt, sizeof(AccumEntry));
+		ae = MemoryContextAllocZero(acc->statecxt, sizeof(AccumEntry));
 		ae->states = MemoryContextAlloc(acc->statecxt, sizeof(Datum) * view->naggs);
 		ae->nulls = MemoryContextAlloc(acc->statecxt, sizeof(bool) * view->naggs);
 		entry->additional = ae;
@@ -348,4 +365,118 @@ KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge)
 	MemoryContextReset(acc->tablecxt);
 	MemoryContextReset(acc->statecxt);
 	acc->ngroups = 0;
+}
+
+/*
+ * KappaAccumPushRow applies one stream row to a view that reads the stream
+ * alone, without a delta query: WHERE, group key, FILTER and the aggregates'
+ * transition functions, as nodeAgg.c's advance_transition_function does,
+ * into the group's in-memory state.  KappaAccumFlush writes the result.
+ */
+void
+KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
+{
+	KappaViewInfo *view = acc->view;
+	KappaPushInfo *push = view->push;
+	ExprContext *econtext = push->econtext;
+	TupleHashEntry entry;
+	AccumEntry *ae;
+	bool		isnew;
+	MemoryContext oldcxt;
+	int			i;
+
+	econtext->ecxt_scantuple = row;
+	if (push->qual != NULL && !ExecQual(push->qual, econtext))
+	{
+		ResetExprContext(econtext);
+		return;
+	}
+
+	ExecClearTuple(acc->keySlot);
+	if (view->nkeys == 0)
+	{
+		acc->keySlot->tts_values[0] = Int32GetDatum(0);
+		acc->keySlot->tts_isnull[0] = false;
+	}
+	for (i = 0; i < view->nkeys; i++)
+		acc->keySlot->tts_values[i] = ExecEvalExpr(push->keyStates[i], econtext,
+												   &acc->keySlot->tts_isnull[i]);
+	ExecStoreVirtualTuple(acc->keySlot);
+
+	entry = LookupTupleHashEntry(acc->table, acc->keySlot, &isnew, NULL);
+	if (isnew)
+	{
+		ae = MemoryContextAllocZero(acc->statecxt, sizeof(AccumEntry));
+		ae->states = MemoryContextAlloc(acc->statecxt, sizeof(Datum) * view->naggs);
+		ae->nulls = MemoryContextAlloc(acc->statecxt, sizeof(bool) * view->naggs);
+		ae->noTrans = MemoryContextAlloc(acc->statecxt, sizeof(bool) * view->naggs);
+		for (i = 0; i < view->naggs; i++)
+		{
+			KappaPushAgg *pa = &push->aggs[i];
+			KappaAggMerge *m = &view->aggs[i];
+
+			ae->noTrans[i] = ae->nulls[i] = pa->initValueIsNull;
+			ae->states[i] = pa->initValueIsNull ? (Datum) 0 :
+				datumCopyInto(pa->initValue, m, acc->statecxt);
+		}
+		entry->additional = ae;
+		acc->ngroups++;
+	}
+	else
+		ae = entry->additional;
+
+	oldcxt = MemoryContextSwitchTo(acc->tempcxt);
+	for (i = 0; i < view->naggs; i++)
+	{
+		KappaPushAgg *pa = &push->aggs[i];
+		KappaAggMerge *m = &view->aggs[i];
+
+		LOCAL_FCINFO(fcinfo, FUNC_MAX_ARGS);
+		bool		anynull = false;
+		Datum		newVal;
+		int			k;
+
+		if (pa->filterState != NULL)
+		{
+			bool		fnull;
+			Datum		pass = ExecEvalExpr(pa->filterState, econtext, &fnull);
+
+			if (fnull || !DatumGetBool(pass))
+				continue;
+		}
+		InitFunctionCallInfoData(*fcinfo, &pa->transfn, pa->numInputs + 1,
+								 m->inputCollid, (Node *) acc->aggContext, NULL);
+		for (k = 0; k < pa->numInputs; k++)
+		{
+			fcinfo->args[k + 1].value = ExecEvalExpr(pa->inputStates[k], econtext,
+													 &fcinfo->args[k + 1].isnull);
+			anynull |= fcinfo->args[k + 1].isnull;
+		}
+		if (pa->transfn.fn_strict)
+		{
+			if (anynull)
+				continue;
+			if (ae->noTrans[i])
+			{
+				/* the first input is the initial state */
+				ae->states[i] = datumCopyInto(fcinfo->args[1].value, m, acc->statecxt);
+				ae->nulls[i] = false;
+				ae->noTrans[i] = false;
+				continue;
+			}
+			if (ae->nulls[i])
+				continue;
+		}
+		fcinfo->args[0].value = ae->states[i];
+		fcinfo->args[0].isnull = ae->nulls[i];
+		newVal = FunctionCallInvoke(fcinfo);
+		if (!m->transtypByVal && !fcinfo->isnull && !m->internalState &&
+			DatumGetPointer(newVal) != DatumGetPointer(ae->states[i]))
+			newVal = datumCopyInto(newVal, m, acc->statecxt);
+		ae->states[i] = newVal;
+		ae->nulls[i] = fcinfo->isnull;
+	}
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextReset(acc->tempcxt);
+	ResetExprContext(econtext);
 }

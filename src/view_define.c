@@ -851,6 +851,8 @@ kappa_create_view(PG_FUNCTION_ARGS)
 	KappaReleaseStreamInfo(sinfo);
 	KappaViewApplyBatch(vinfo, emptyBatch);
 	KappaViewInfoFree(vinfo);
+	if (emptyBatch != NULL)
+		KappaBatchDestroy(emptyBatch);
 
 	KappaInvalidateStream(shape->streamRelid);
 	table_close(streamRel, NoLock);

@@ -31,6 +31,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_aggregate.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
@@ -227,6 +228,66 @@ mat_attno(Relation mat, const char *name)
 	return attno;
 }
 
+/* Plan and compile an expression over the stream row. */
+static ExprState *
+init_row_expr(Node *expr)
+{
+	return ExecInitExpr(expression_planner((Expr *) copyObject(expr)), NULL);
+}
+
+/*
+ * Prepare pushing rows straight into the view's accumulator, if the view
+ * reads the stream alone: no joins, no subqueries, plain aggregate calls.
+ * Returns NULL otherwise; such views run their delta query.  Allocates in
+ * the current memory context (the view's).
+ */
+static KappaPushInfo *
+build_push_info(KappaViewInfo *view, KappaViewShape *shape)
+{
+	Query	   *query = shape->query;
+	KappaPushInfo *push;
+	ListCell   *lc;
+	int			i;
+
+	if (list_length(query->rtable) != 1 || query->hasSubLinks)
+		return NULL;
+	foreach(lc, shape->aggrefs)
+	{
+		Aggref	   *agg = lfirst(lc);
+
+		if (agg->aggkind != AGGKIND_NORMAL || agg->aggvariadic ||
+			agg->aggdirectargs != NIL)
+			return NULL;
+	}
+
+	push = palloc0(sizeof(KappaPushInfo));
+	if (query->jointree->quals != NULL)
+		push->qual = ExecInitQual(make_ands_implicit(expression_planner((Expr *) copyObject(query->jointree->quals))),
+								  NULL);
+	push->keyStates = palloc(sizeof(ExprState *) * Max(view->nkeys, 1));
+	i = 0;
+	foreach(lc, shape->keyExprs)
+		push->keyStates[i++] = init_row_expr(lfirst(lc));
+	push->aggs = palloc0(sizeof(KappaPushAgg) * view->naggs);
+	i = 0;
+	foreach(lc, shape->aggrefs)
+	{
+		Aggref	   *agg = lfirst(lc);
+		KappaPushAgg *pa = &push->aggs[i];
+		ListCell   *lc2;
+		int			k = 0;
+
+		KappaPushAggInit(pa, &view->aggs[i], agg);
+		pa->inputStates = palloc(sizeof(ExprState *) * Max(pa->numInputs, 1));
+		foreach(lc2, agg->args)
+			pa->inputStates[k++] = init_row_expr((Node *) ((TargetEntry *) lfirst(lc2))->expr);
+		pa->filterState = agg->aggfilter ? init_row_expr((Node *) agg->aggfilter) : NULL;
+		i++;
+	}
+	push->econtext = CreateStandaloneExprContext();
+	return push;
+}
+
 /*
  * KappaViewInfoLoad builds the per-backend state of a continuous view from
  * its catalog entry: its query is read back from the definition view, so it
@@ -397,6 +458,7 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 
 	view->econtext = CreateStandaloneExprContext();
 	view->aggContext = KappaMakeAggContext(view->econtext);
+	view->push = build_push_info(view, shape);
 
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextDelete(tmpcxt);
@@ -407,6 +469,8 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 void
 KappaViewInfoFree(KappaViewInfo *view)
 {
+	if (view->push != NULL)
+		FreeExprContext(view->push->econtext, true);
 	FreeExprContext(view->econtext, true);
 	MemoryContextDelete(view->cxt);
 }
