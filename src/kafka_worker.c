@@ -1036,6 +1036,15 @@ kw_apply_batch(void)
 	kw_prepare_target(rel);
 	kw_max_message_bytes = KappaSourceMaxMessageBytes(kw_source);
 
+	/*
+	 * Deferred constraints of the target would be checked at commit, where
+	 * a bad message could no longer be isolated (and would fail the batch
+	 * forever): check them at the end of each insert instead.
+	 */
+	if (!kw_is_stream &&
+		SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not make constraints immediate");
+
 	old = MemoryContextSwitchTo(kw_batch_cxt);
 	kw_process_range(rel, 0, kw_nmsgs);
 

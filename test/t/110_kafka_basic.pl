@@ -27,6 +27,14 @@ CREATE TABLE events (
 );
 });
 
+# a deferred constraint is checked per message too
+$node->safe_psql('postgres', q{
+CREATE FUNCTION no_zero() RETURNS trigger LANGUAGE plpgsql AS
+  $$BEGIN IF NEW.amount = 0 THEN RAISE EXCEPTION 'amount 0 refused by a deferred trigger'; END IF; RETURN NULL; END$$;
+CREATE CONSTRAINT TRIGGER no_zero AFTER INSERT ON events
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION no_zero();
+});
+
 # 2000 messages, 1% bad, keyed "k<i>|<json>"
 my (@msgs, %bad);
 my $n = 2000;
@@ -35,7 +43,7 @@ for my $i (1 .. $n)
 	my $v = qq({"id": $i, "name": "n$i", "amount": $i.25, "extra": {"a": [1,2]}});
 	if ($i % 100 == 7)
 	{
-		my $kind = ($i / 100) % 8;
+		my $kind = int($i / 100) % 9;
 		if    ($kind == 0) { $v = qq({"id": $i, "name": "n$i", "amount": ); }    # malformed
 		elsif ($kind == 1) { $v = qq({"id": "abc$i", "name": "n$i"}); }         # wrong type
 		elsif ($kind == 2) { $v = qq({"id": $i, "amount": 1}); }                # NOT NULL
@@ -43,7 +51,8 @@ for my $i (1 .. $n)
 		elsif ($kind == 4) { $v = qq({"id": $i, "name": ") . ('x' x 3000) . qq("}); } # oversize
 		elsif ($kind == 5) { $v = qq({"id": $i, "name": "\xff\xfe$i"}); }      # invalid UTF-8
 		elsif ($kind == 6) { $v = ''; }                                       # empty
-		else               { $v = qq({"id": 1, "name": "duplicate"}); }        # unique
+		elsif ($kind == 7) { $v = qq({"id": 1, "name": "duplicate"}); }        # unique
+		else               { $v = qq({"id": $i, "name": "n$i", "amount": 0}); } # deferred trigger
 		$bad{$i} = $kind;
 	}
 	push @msgs, "k$i|$v";
@@ -73,7 +82,7 @@ SELECT count(*) FROM kappa.errors e
  WHERE source = 'events_src' AND topic = 'events' AND partition BETWEEN 0 AND 3
    AND "offset" >= 0 AND key IS NOT NULL AND payload IS NOT NULL
    AND error <> '' AND "when" IS NOT NULL}), $nbad, 'dead letters complete');
-for my $kind (0 .. 7)
+for my $kind (0 .. 8)
 {
 	my @ids = grep { $bad{$_} == $kind } keys %bad;
 	my $keys = join(',', map { "'k$_'" } @ids);
@@ -84,6 +93,9 @@ for my $kind (0 .. 7)
 is($node->safe_psql('postgres',
 	q{SELECT count(*) FROM kappa.errors WHERE length(payload) = 0}),
 	scalar(grep { $_ == 6 } values %bad), 'empty messages kept as empty payloads');
+like($node->safe_psql('postgres',
+	q{SELECT string_agg(DISTINCT error, ' | ') FROM kappa.errors WHERE error ~ 'deferred'}),
+	qr/refused by a deferred trigger/, 'deferred trigger error isolated');
 is($node->safe_psql('postgres',
 	q{SELECT count(*) FROM kappa.errors WHERE position('\xfffe'::bytea in payload) > 0}),
 	scalar(grep { $_ == 5 } values %bad), 'invalid UTF-8 kept byte for byte');
