@@ -76,13 +76,14 @@ END
 
 # kafka_produce($broker, $topic, \@messages, %opts): produce with kcat.
 # Messages are lines (no newline inside); opts: key_delim => '|' (each
-# message is "key|value"), partition => N.
+# message is "key|value"), partition => N, headers => ['name=value', ...].
 sub kafka_produce
 {
 	my ($broker, $topic, $msgs, %opts) = @_;
 	my @cmd = ('kcat', '-P', '-b', $broker->{bootstrap}, '-t', $topic);
 	push @cmd, '-K', $opts{key_delim} if defined $opts{key_delim};
 	push @cmd, '-p', $opts{partition} if defined $opts{partition};
+	push @cmd, map { ('-H', $_) } @{ $opts{headers} // [] };
 	# spread keyless messages over the partitions one by one (librdkafka's
 	# sticky partitioner would fill one partition per batch, and the mock
 	# cluster keeps only ~5 MiB per partition)

@@ -93,6 +93,22 @@ kafka_wait($node, q{SELECT string_agg(encode(raw, 'hex'), ',' ORDER BY kafka_key
 kafka_wait($node, q{SELECT count(*) FROM kappa.errors WHERE source = 'csv_src'}, 1,
 	'bad csv row is a dead letter');
 
+# metadata columns: timestamp and headers
+$node->safe_psql('postgres', qq{
+CREATE TABLE meta (id int, kafka_key text, kafka_partition int, kafka_offset bigint,
+                   kafka_timestamp timestamptz, kafka_headers jsonb);
+SELECT kappa.create_kafka_source('meta_src', target => 'meta', topic => 'txt',
+    brokers => '$bs', format => 'json', options => '{"strict": false}');
+});
+kafka_produce($broker, 'txt', [ 'm1|{"id": 1}' ], key_delim => '|',
+	headers => [ 'trace=abc', 'tenant=t1' ]);
+kafka_wait($node, q{SELECT count(*) FROM meta}, 1, 'message with headers');
+is($node->safe_psql('postgres', q{
+SELECT kafka_key, kafka_partition, kafka_offset >= 0,
+       abs(extract(epoch FROM now() - kafka_timestamp)) < 60,
+       kafka_headers->>'trace', kafka_headers->>'tenant'
+  FROM meta}), 'm1|0|t|t|abc|t1', 'kafka_key, partition, offset, timestamp and headers');
+
 $node->stop;
 kafka_stop_broker($broker);
 done_testing();
