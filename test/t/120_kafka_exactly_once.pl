@@ -49,7 +49,8 @@ for my $chunk (1 .. $chunks)
 		push @msgs, qq({"id": $id, "v": $v});
 	}
 	kafka_produce($broker, 'eo', \@msgs);
-	usleep(int(rand(400_000)));
+	# a random moment, mostly while the workers are applying this chunk
+	usleep(int(rand(60_000)));
 
 	if ($chunk % 3 == 1)
 	{
