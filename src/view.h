@@ -86,6 +86,9 @@ typedef struct KappaAggMerge
 typedef struct KappaPushAgg
 {
 	FmgrInfo	transfn;
+	FunctionCallInfo fcinfo;	/* for calling transfn, set up once */
+	int			shareWith;		/* index of an earlier aggregate with the same
+								 * transition (state shared), or -1 */
 	int			numInputs;
 	ExprState **inputStates;
 	ExprState  *filterState;	/* NULL without FILTER */

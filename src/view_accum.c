@@ -416,7 +416,7 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 			KappaAggMerge *m = &view->aggs[i];
 
 			ae->noTrans[i] = ae->nulls[i] = pa->initValueIsNull;
-			ae->states[i] = pa->initValueIsNull ? (Datum) 0 :
+			ae->states[i] = pa->initValueIsNull || pa->shareWith >= 0 ? (Datum) 0 :
 				datumCopyInto(pa->initValue, m, acc->statecxt);
 		}
 		entry->additional = ae;
@@ -430,12 +430,13 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 	{
 		KappaPushAgg *pa = &push->aggs[i];
 		KappaAggMerge *m = &view->aggs[i];
-
-		LOCAL_FCINFO(fcinfo, FUNC_MAX_ARGS);
+		FunctionCallInfo fcinfo = pa->fcinfo;
 		bool		anynull = false;
 		Datum		newVal;
 		int			k;
 
+		if (pa->shareWith >= 0)
+			continue;			/* advanced with the one it shares */
 		if (pa->filterState != NULL)
 		{
 			bool		fnull;
@@ -444,8 +445,8 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 			if (fnull || !DatumGetBool(pass))
 				continue;
 		}
-		InitFunctionCallInfoData(*fcinfo, &pa->transfn, pa->numInputs + 1,
-								 m->inputCollid, (Node *) acc->aggContext, NULL);
+		fcinfo->context = (Node *) acc->aggContext;
+		fcinfo->isnull = false;
 		for (k = 0; k < pa->numInputs; k++)
 		{
 			fcinfo->args[k + 1].value = ExecEvalExpr(pa->inputStates[k], econtext,
@@ -475,6 +476,18 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 			newVal = datumCopyInto(newVal, m, acc->statecxt);
 		ae->states[i] = newVal;
 		ae->nulls[i] = fcinfo->isnull;
+	}
+	/* shared states follow the state they share */
+	for (i = 0; i < view->naggs; i++)
+	{
+		int			j = push->aggs[i].shareWith;
+
+		if (j >= 0)
+		{
+			ae->states[i] = ae->states[j];
+			ae->nulls[i] = ae->nulls[j];
+			ae->noTrans[i] = ae->noTrans[j];
+		}
 	}
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(acc->tempcxt);

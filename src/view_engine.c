@@ -44,6 +44,7 @@
 #include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -278,6 +279,36 @@ build_push_info(KappaViewInfo *view, KappaViewShape *shape)
 		int			k = 0;
 
 		KappaPushAggInit(pa, &view->aggs[i], agg);
+		pa->fcinfo = palloc0(SizeForFunctionCallInfo(pa->numInputs + 1));
+		InitFunctionCallInfoData(*pa->fcinfo, &pa->transfn, pa->numInputs + 1,
+								 view->aggs[i].inputCollid, NULL, NULL);
+
+		/*
+		 * Like nodeAgg.c, let aggregates with the same transition (sum and
+		 * avg of the same numeric) share one state.
+		 */
+		pa->shareWith = -1;
+		for (k = 0; k < i; k++)
+		{
+			Aggref	   *other = list_nth(shape->aggrefs, k);
+			KappaPushAgg *po = &push->aggs[k];
+
+			if (po->shareWith < 0 &&
+				po->transfn.fn_oid == pa->transfn.fn_oid &&
+				view->aggs[k].transtype == view->aggs[i].transtype &&
+				other->inputcollid == agg->inputcollid &&
+				equal(other->args, agg->args) &&
+				equal(other->aggfilter, agg->aggfilter) &&
+				po->initValueIsNull == pa->initValueIsNull &&
+				(pa->initValueIsNull ||
+				 datumIsEqual(po->initValue, pa->initValue,
+							  view->aggs[i].transtypByVal, view->aggs[i].transtypLen)))
+			{
+				pa->shareWith = k;
+				break;
+			}
+		}
+		k = 0;
 		pa->inputStates = palloc(sizeof(ExprState *) * Max(pa->numInputs, 1));
 		foreach(lc2, agg->args)
 			pa->inputStates[k++] = init_row_expr((Node *) ((TargetEntry *) lfirst(lc2))->expr);
