@@ -1037,8 +1037,8 @@ kw_apply_batch(void)
 	kw_max_message_bytes = KappaSourceMaxMessageBytes(kw_source);
 
 	/*
-	 * Deferred constraints of the target would be checked at commit, where
-	 * a bad message could no longer be isolated (and would fail the batch
+	 * Deferred constraints of the target would be checked at commit, where a
+	 * bad message could no longer be isolated (and would fail the batch
 	 * forever): check them at the end of each insert instead.
 	 */
 	if (!kw_is_stream &&
@@ -1442,7 +1442,8 @@ KappaKafkaWorkerMain(Datum main_arg)
 			kw_next_catalog_check = TimestampTzPlusMilliseconds(now, 1000);
 		}
 		if (kw_nmsgs == 0 &&
-			(kw_error_pending || kw_reported_state != kw_state ||
+			(kw_error_pending || kw_reported_state == NULL ||
+			 strcmp(kw_reported_state, kw_state) != 0 ||
 			 TimestampDifferenceExceeds(kw_last_status_flush, now, 2000)))
 		{
 			kw_refresh_watermarks();
