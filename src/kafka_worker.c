@@ -567,7 +567,7 @@ kw_refresh_assignment(void)
 	int			nnew = 0;
 
 	rkt = rd_kafka_topic_new(kw_rk, kw_source->topic, NULL);
-	err = rd_kafka_metadata(kw_rk, 0, rkt, &md, 800);
+	err = rd_kafka_metadata(kw_rk, 0, rkt, &md, 500);
 	rd_kafka_topic_destroy(rkt);
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1 && md->topics[0].err)
 		err = md->topics[0].err;
