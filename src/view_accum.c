@@ -156,6 +156,29 @@ datumCopyInto(Datum value, KappaAggMerge *merge, MemoryContext cxt)
 	return copy;
 }
 
+/*
+ * A new group's entry, with its state arrays in the same allocation so that
+ * advancing a group touches as few cache lines as possible.
+ */
+static AccumEntry *
+new_entry(KappaViewAccum *acc, bool withNoTrans)
+{
+	int			naggs = acc->view->naggs;
+	char	   *mem;
+	AccumEntry *ae;
+
+	mem = MemoryContextAllocZero(acc->statecxt,
+								 MAXALIGN(sizeof(AccumEntry)) +
+								 sizeof(Datum) * naggs + 2 * sizeof(bool) * naggs);
+	ae = (AccumEntry *) mem;
+
+	ae->states = (Datum *) (mem +MAXALIGN(sizeof(AccumEntry)));
+	ae->nulls = (bool *) (ae->states + naggs);
+	if (withNoTrans)
+		ae->noTrans = ae->nulls + naggs;
+	return ae;
+}
+
 /* KappaAccumMemory tells how much memory the accumulated groups take. */
 Size
 KappaAccumMemory(KappaViewAccum *acc)
@@ -199,9 +222,7 @@ accum_receive(TupleTableSlot *slot, DestReceiver *self)
 	entry = LookupTupleHashEntry(acc->table, acc->keySlot, &isnew, NULL);
 	if (isnew)
 	{
-		ae = MemoryContextAllocZero(acc->statecxt, sizeof(AccumEntry));
-		ae->states = MemoryContextAlloc(acc->statecxt, sizeof(Datum) * view->naggs);
-		ae->nulls = MemoryContextAlloc(acc->statecxt, sizeof(bool) * view->naggs);
+		ae = new_entry(acc, false);
 		entry->additional = ae;
 		acc->ngroups++;
 	}
@@ -406,10 +427,7 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 	entry = LookupTupleHashEntry(acc->table, acc->keySlot, &isnew, NULL);
 	if (isnew)
 	{
-		ae = MemoryContextAllocZero(acc->statecxt, sizeof(AccumEntry));
-		ae->states = MemoryContextAlloc(acc->statecxt, sizeof(Datum) * view->naggs);
-		ae->nulls = MemoryContextAlloc(acc->statecxt, sizeof(bool) * view->naggs);
-		ae->noTrans = MemoryContextAlloc(acc->statecxt, sizeof(bool) * view->naggs);
+		ae = new_entry(acc, true);
 		for (i = 0; i < view->naggs; i++)
 		{
 			KappaPushAgg *pa = &push->aggs[i];
