@@ -8,7 +8,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(usleep);
+use Time::HiRes qw(usleep time);
 
 require "./test/t/100_kafka_common.pl";
 
@@ -50,9 +50,19 @@ like(kafka_broker_cmd($broker, 'down'), qr/^OK/, 'broker down');
 my $during = $node->safe_psql('postgres', 'SELECT count(*) FROM o');
 kafka_wait($node, q{SELECT state, last_error IS NOT NULL FROM kappa.sources},
 	'retrying|t', 'broker down: retrying, with the error', 9);
-sleep 10 - 1;
 is($node->safe_psql('postgres', q{SELECT workers FROM kappa.sources}), 1,
 	'worker stays up while the broker is down');
+
+# SIGTERM is prompt even while librdkafka waits for the broker
+my $pid = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'});
+my $t0 = time;
+kill 'TERM', $pid;
+usleep(10_000) while kill(0, $pid) && time - $t0 < 5;
+cmp_ok(time - $t0, '<', 1, 'SIGTERM stops the worker within a second with the broker down');
+kafka_wait($node, q{SELECT workers FROM kappa.sources}, 1,
+	'the launcher restarts it', 20);
+sleep 5;
 like(kafka_broker_cmd($broker, 'up'), qr/^OK/, 'broker up');
 $produce->(2000);
 kafka_wait($node, 'SELECT count(*) FROM o', $next - 1, 'every message after the outage');
