@@ -38,9 +38,14 @@
 #include <librdkafka/rdkafka.h>
 
 #include "access/table.h"
+#include "access/tableam.h"
+#include "commands/trigger.h"
+#include "nodes/makefuncs.h"
+#include "utils/acl.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "lib/stringinfo.h"
@@ -117,6 +122,8 @@ static bool *kw_nulls;
 static Datum *kw_params;
 static char *kw_paramnulls;
 static TupleTableSlot *kw_slot;
+static bool kw_fast_insert;		/* executor inserts, not SPI (see below) */
+static bool kw_target_rls;		/* row-level security on the target */
 static int	kw_max_message_bytes;
 static int	kw_failed_index;	/* message being processed, -1 in apply */
 
@@ -708,6 +715,36 @@ kw_refresh_assignment(void)
 }
 
 /*
+ * kw_can_insert_directly tells whether rows can go into the table through
+ * ExecSimpleRelationInsert (constraints, indexes, row triggers, generated
+ * columns -- what logical replication's apply uses) instead of a prepared
+ * INSERT through SPI, about twice as fast.  Only for a plain table without
+ * what that path leaves out: row-level security, rules, statement-level or
+ * transition-table triggers, identity columns (the executor fills those),
+ * partitions (routing); and only while the owner may INSERT into the whole
+ * table (checked at every batch).  Everything else takes the SPI path.
+ */
+static bool
+kw_can_insert_directly(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TriggerDesc *trig = rel->trigdesc;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION ||
+		rel->rd_rel->relrowsecurity || rel->rd_rel->relhasrules)
+		return false;
+	if (trig && (trig->trig_insert_before_statement ||
+				 trig->trig_insert_after_statement ||
+				 trig->trig_insert_new_table ||
+				 trig->trig_insert_instead_row))
+		return false;
+	for (int i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped && TupleDescAttr(desc, i)->attidentity)
+			return false;
+	return true;
+}
+
+/*
  * kw_prepare_target (re)builds the decoder, the insert plan or stream slot
  * for the target's current row type.  Called in each batch transaction with
  * the target open; cheap when nothing changed.
@@ -748,6 +785,8 @@ kw_prepare_target(Relation rel)
 	kw_ncols = 0;
 	argtypes = palloc0(sizeof(Oid) * desc->natts);
 
+	kw_fast_insert = !kw_is_stream && kw_can_insert_directly(rel);
+	kw_target_rls = rel->rd_rel->relrowsecurity;
 	if (kw_is_stream)
 	{
 		MemoryContextSwitchTo(kw_long_cxt);
@@ -795,9 +834,32 @@ kw_insert_range(Relation rel, int lo, int hi)
 	KappaBatch *batch = NULL;
 	MemoryContext old;
 
+	EState	   *estate = NULL;
+	ResultRelInfo *rri = NULL;
+	TupleTableSlot *tslot = NULL;
+
 	kw_failed_index = -1;
 	if (kw_is_stream)
 		batch = KappaBatchCreate(rel, kw_batch_cxt);
+	else if (kw_fast_insert)
+	{
+		RangeTblEntry *rte = makeNode(RangeTblEntry);
+
+		estate = CreateExecutorState();
+		rte->rtekind = RTE_RELATION;
+		rte->relid = RelationGetRelid(rel);
+		rte->relkind = rel->rd_rel->relkind;
+		rte->rellockmode = RowExclusiveLock;
+		ExecInitRangeTable(estate, list_make1(rte));
+		rri = makeNode(ResultRelInfo);
+		InitResultRelInfo(rri, rel, 1, NULL, 0);
+		estate->es_opened_result_relations =
+			lappend(estate->es_opened_result_relations, rri);
+		estate->es_output_cid = GetCurrentCommandId(true);
+		ExecOpenIndices(rri, false);
+		tslot = table_slot_create(rel, &estate->es_tupleTable);
+		AfterTriggerBeginQuery();
+	}
 
 	for (int i = lo; i < hi; i++)
 	{
@@ -837,6 +899,15 @@ kw_insert_range(Relation rel, int lo, int hi)
 			ExecStoreVirtualTuple(kw_slot);
 			KappaBatchAdd(batch, kw_slot);
 		}
+		else if (kw_fast_insert)
+		{
+			ExecClearTuple(tslot);
+			memcpy(tslot->tts_values, kw_values, sizeof(Datum) * kw_tupdesc->natts);
+			memcpy(tslot->tts_isnull, kw_nulls, sizeof(bool) * kw_tupdesc->natts);
+			ExecStoreVirtualTuple(tslot);
+			ExecSimpleRelationInsert(rri, estate, tslot);
+			ResetPerTupleExprContext(estate);
+		}
 		else
 		{
 			int			rc;
@@ -860,6 +931,14 @@ kw_insert_range(Relation rel, int lo, int hi)
 		KappaBatchApply(batch);
 		KappaBatchDestroy(batch);
 	}
+	if (estate)
+	{
+		/* immediate AFTER triggers (deferred constraints) fire here */
+		AfterTriggerEndQuery(estate);
+		ExecCloseIndices(rri);
+		ExecResetTupleTable(estate->es_tupleTable, false);
+		FreeExecutorState(estate);
+	}
 }
 
 /*
@@ -881,7 +960,7 @@ kw_error_is_message_error(ErrorData *edata)
 		class == ERRCODE_SYSTEM_ERROR ||	/* 58 */
 		class == ERRCODE_INTERNAL_ERROR ||	/* XX */
 		edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
-		edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE ||
+		(edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE && !kw_target_rls) ||
 		edata->sqlerrcode == ERRCODE_UNDEFINED_TABLE ||
 		edata->sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE)
 		return false;
@@ -1044,6 +1123,22 @@ kw_apply_batch(void)
 	if (!kw_is_stream &&
 		SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not make constraints immediate");
+
+	/*
+	 * The owner's INSERT privilege, per batch (the executor path checks none;
+	 * and a lost privilege must stop the source, not make every message a
+	 * dead letter -- on a target with row-level security, a policy violation
+	 * raises the same error code for one message).
+	 */
+	{
+		Oid			relid = RelationGetRelid(rel);
+		AclResult	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_INSERT);
+
+		if (aclresult != ACLCHECK_OK &&
+			pg_attribute_aclcheck_all(relid, GetUserId(), ACL_INSERT,
+									  ACLMASK_ALL) != ACLCHECK_OK)
+			aclcheck_error(aclresult, OBJECT_TABLE, RelationGetRelationName(rel));
+	}
 
 	old = MemoryContextSwitchTo(kw_batch_cxt);
 	kw_process_range(rel, 0, kw_nmsgs);

@@ -12,7 +12,7 @@ use Test::More;
 
 require "./test/t/100_kafka_common.pl";
 
-my $broker = kafka_start_broker(events => 4, other => 1);
+my $broker = kafka_start_broker(events => 4, other => 1, third => 1);
 my $bs = $broker->{bootstrap};
 my $node = kafka_node('kafka_basic');
 
@@ -126,6 +126,31 @@ kafka_produce($broker, 'events',
 	[ map { qq(k$_|{"id": $_, "name": "n$_", "amount": 1}) } ($n + 1 .. $n + 100) ],
 	key_delim => '|');
 kafka_wait($node, 'SELECT count(*) FROM events', $n - $nbad + 100, 'later messages');
+
+# targets that take the SPI path (partitioned, identity column, row-level
+# security): rows routed, identity filled, policies enforced
+$node->safe_psql('postgres', qq{
+CREATE TABLE pt (id int, name text, seq int GENERATED ALWAYS AS IDENTITY) PARTITION BY RANGE (id);
+CREATE TABLE pt_low PARTITION OF pt FOR VALUES FROM (0) TO (50);
+CREATE TABLE pt_high PARTITION OF pt FOR VALUES FROM (50) TO (1000);
+CREATE TABLE sec (id int, name text);
+ALTER TABLE sec ENABLE ROW LEVEL SECURITY;
+ALTER TABLE sec FORCE ROW LEVEL SECURITY;
+CREATE POLICY small ON sec FOR ALL USING (true) WITH CHECK (id < 90);
+CREATE ROLE regress_rls LOGIN;
+GRANT SELECT, INSERT ON sec TO regress_rls;
+SELECT kappa.create_kafka_source('pt_src', target => 'pt', topic => 'third', brokers => '$bs');
+SET ROLE regress_rls;
+SELECT kappa.create_kafka_source('sec_src', target => 'sec', topic => 'third', brokers => '$bs');
+RESET ROLE;
+});
+kafka_produce($broker, 'third', [ map { qq({"id": $_, "name": "p$_"}) } (1 .. 100) ]);
+kafka_wait($node, q{SELECT (SELECT count(*) FROM pt_low), (SELECT count(*) FROM pt_high),
+                           (SELECT count(DISTINCT seq) FROM pt)}, '49|51|100',
+	'partitioned target: rows routed, identity filled');
+kafka_wait($node, q{SELECT (SELECT count(*) FROM sec),
+   (SELECT count(*) FROM kappa.errors WHERE source = 'sec_src' AND error ~ 'row-level security')},
+	'89|11', 'row-level security enforced (violations are dead letters)');
 
 # create-time checks
 my ($ret, $out, $err);
