@@ -90,7 +90,8 @@ typedef struct KappaPushAgg
 	int			shareWith;		/* index of an earlier aggregate with the same
 								 * transition (state shared), or -1 */
 	int			numInputs;
-	ExprState **inputStates;
+	ExprState **inputStates;	/* NULL where the input is a plain column */
+	AttrNumber *inputAttnos;	/* that column, or 0 */
 	ExprState  *filterState;	/* NULL without FILTER */
 	Datum		initValue;
 	bool		initValueIsNull;
@@ -104,7 +105,9 @@ typedef struct KappaPushAgg
 typedef struct KappaPushInfo
 {
 	ExprState  *qual;			/* WHERE, or NULL */
-	ExprState **keyStates;
+	ExprState **keyStates;		/* NULL where the key is a plain column */
+	AttrNumber *keyAttnos;		/* that column, or 0 */
+	AttrNumber	maxAttno;		/* columns to deform for plain columns */
 	KappaPushAgg *aggs;			/* one per aggregate in shape->aggrefs */
 	ExprContext *econtext;		/* per-row memory */
 } KappaPushInfo;

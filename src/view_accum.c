@@ -419,9 +419,19 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 		acc->keySlot->tts_values[0] = Int32GetDatum(0);
 		acc->keySlot->tts_isnull[0] = false;
 	}
+	if (push->maxAttno > 0)
+		slot_getsomeattrs(row, push->maxAttno);
 	for (i = 0; i < view->nkeys; i++)
-		acc->keySlot->tts_values[i] = ExecEvalExpr(push->keyStates[i], econtext,
-												   &acc->keySlot->tts_isnull[i]);
+	{
+		if (push->keyStates[i] == NULL)
+		{
+			acc->keySlot->tts_values[i] = row->tts_values[push->keyAttnos[i] - 1];
+			acc->keySlot->tts_isnull[i] = row->tts_isnull[push->keyAttnos[i] - 1];
+		}
+		else
+			acc->keySlot->tts_values[i] = ExecEvalExpr(push->keyStates[i], econtext,
+													   &acc->keySlot->tts_isnull[i]);
+	}
 	ExecStoreVirtualTuple(acc->keySlot);
 
 	entry = LookupTupleHashEntry(acc->table, acc->keySlot, &isnew, NULL);
@@ -467,8 +477,14 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 		fcinfo->isnull = false;
 		for (k = 0; k < pa->numInputs; k++)
 		{
-			fcinfo->args[k + 1].value = ExecEvalExpr(pa->inputStates[k], econtext,
-													 &fcinfo->args[k + 1].isnull);
+			if (pa->inputStates[k] == NULL)
+			{
+				fcinfo->args[k + 1].value = row->tts_values[pa->inputAttnos[k] - 1];
+				fcinfo->args[k + 1].isnull = row->tts_isnull[pa->inputAttnos[k] - 1];
+			}
+			else
+				fcinfo->args[k + 1].value = ExecEvalExpr(pa->inputStates[k], econtext,
+														 &fcinfo->args[k + 1].isnull);
 			anynull |= fcinfo->args[k + 1].isnull;
 		}
 		if (pa->transfn.fn_strict)

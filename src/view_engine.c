@@ -237,6 +237,25 @@ init_row_expr(Node *expr)
 }
 
 /*
+ * Prepare an input over the stream row: a plain column is read straight
+ * from the row (*attno set, NULL returned), anything else compiled.
+ */
+static ExprState *
+init_row_input(Node *expr, AttrNumber *attno, AttrNumber *maxAttno)
+{
+	Expr	   *planned = expression_planner((Expr *) copyObject(expr));
+
+	if (IsA(planned, Var) && ((Var *) planned)->varattno > 0)
+	{
+		*attno = ((Var *) planned)->varattno;
+		*maxAttno = Max(*maxAttno, *attno);
+		return NULL;
+	}
+	*attno = 0;
+	return ExecInitExpr(planned, NULL);
+}
+
+/*
  * Prepare pushing rows straight into the view's accumulator, if the view
  * reads the stream alone: no joins, no subqueries, plain aggregate calls.
  * Returns NULL otherwise; such views run their delta query.  Allocates in
@@ -266,9 +285,14 @@ build_push_info(KappaViewInfo *view, KappaViewShape *shape)
 		push->qual = ExecInitQual(make_ands_implicit(expression_planner((Expr *) copyObject(query->jointree->quals))),
 								  NULL);
 	push->keyStates = palloc(sizeof(ExprState *) * Max(view->nkeys, 1));
+	push->keyAttnos = palloc(sizeof(AttrNumber) * Max(view->nkeys, 1));
 	i = 0;
 	foreach(lc, shape->keyExprs)
-		push->keyStates[i++] = init_row_expr(lfirst(lc));
+	{
+		push->keyStates[i] = init_row_input(lfirst(lc), &push->keyAttnos[i],
+											&push->maxAttno);
+		i++;
+	}
 	push->aggs = palloc0(sizeof(KappaPushAgg) * view->naggs);
 	i = 0;
 	foreach(lc, shape->aggrefs)
@@ -310,8 +334,13 @@ build_push_info(KappaViewInfo *view, KappaViewShape *shape)
 		}
 		k = 0;
 		pa->inputStates = palloc(sizeof(ExprState *) * Max(pa->numInputs, 1));
+		pa->inputAttnos = palloc(sizeof(AttrNumber) * Max(pa->numInputs, 1));
 		foreach(lc2, agg->args)
-			pa->inputStates[k++] = init_row_expr((Node *) ((TargetEntry *) lfirst(lc2))->expr);
+		{
+			pa->inputStates[k] = init_row_input((Node *) ((TargetEntry *) lfirst(lc2))->expr,
+												&pa->inputAttnos[k], &push->maxAttno);
+			k++;
+		}
 		pa->filterState = agg->aggfilter ? init_row_expr((Node *) agg->aggfilter) : NULL;
 		i++;
 	}
