@@ -14,6 +14,7 @@ require "./test/t/100_kafka_common.pl";
 
 my $broker = kafka_start_broker(events => 4, other => 1, third => 1);
 my $bs = $broker->{bootstrap};
+my ($ret, $out, $err);
 my $node = kafka_node('kafka_basic');
 
 $node->safe_psql('postgres', q{
@@ -152,8 +153,13 @@ kafka_wait($node, q{SELECT (SELECT count(*) FROM sec),
    (SELECT count(*) FROM kappa.errors WHERE source = 'sec_src' AND error ~ 'row-level security')},
 	'89|11', 'row-level security enforced (violations are dead letters)');
 
+# dropping a target drops its source
+($ret, $out, $err) = $node->psql('postgres', 'DROP TABLE pt');
+like($err, qr/drop cascades to kafka source pt_src/, 'dropping the target drops its source');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM kappa.sources WHERE source = 'pt_src'}),
+	0, 'source gone with its target');
+
 # create-time checks
-my ($ret, $out, $err);
 my $create = sub {
 	my ($args) = @_;
 	($ret, $out, $err) = $node->psql('postgres',
