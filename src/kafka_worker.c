@@ -757,6 +757,10 @@ kw_prepare_target(Relation rel)
 	StringInfoData sql;
 	Oid		   *argtypes;
 
+	/* cheap, and triggers, policies or rules may come and go: every batch */
+	kw_fast_insert = !kw_is_stream && kw_can_insert_directly(rel);
+	kw_target_rls = rel->rd_rel->relrowsecurity;
+
 	if (kw_tupdesc && equalTupleDescs(kw_tupdesc, desc))
 		return;
 
@@ -775,6 +779,7 @@ kw_prepare_target(Relation rel)
 
 	kw_tupdesc = CreateTupleDescCopyConstr(desc);
 	kw_is_stream = KappaIsStream(RelationGetRelid(rel));
+	kw_fast_insert = !kw_is_stream && kw_can_insert_directly(rel);
 	kw_decoder = KappaDecoderCreate(KappaParseFormat(kw_source->format), kw_tupdesc,
 									KappaFormatOptions(kw_source));
 	kw_values = palloc0(sizeof(Datum) * desc->natts);
@@ -785,8 +790,6 @@ kw_prepare_target(Relation rel)
 	kw_ncols = 0;
 	argtypes = palloc0(sizeof(Oid) * desc->natts);
 
-	kw_fast_insert = !kw_is_stream && kw_can_insert_directly(rel);
-	kw_target_rls = rel->rd_rel->relrowsecurity;
 	if (kw_is_stream)
 	{
 		MemoryContextSwitchTo(kw_long_cxt);
