@@ -104,6 +104,17 @@ $node->safe_psql('postgres', 'GRANT INSERT ON public.shared TO regress_alice');
 kafka_wait($node, 'SELECT count(*) FROM public.shared', 110, 'resumes once granted again', 90);
 is($node->safe_psql('postgres', 'SELECT count(*) FROM kappa.errors'), 2, 'no message lost to errors');
 
+
+# row-level security enabled while the source runs applies at once
+$node->safe_psql('postgres', q{
+ALTER TABLE public.shared ENABLE ROW LEVEL SECURITY;
+CREATE POLICY below_200 ON public.shared FOR ALL USING (true) WITH CHECK (id < 200);
+});
+kafka_produce($broker, 'sec', [ map { qq({"id": $_}) } 195 .. 204 ]);
+kafka_wait($node, q{SELECT (SELECT count(*) FROM public.shared WHERE id >= 195),
+                           (SELECT count(*) FROM kappa.errors WHERE error ~ 'row-level security')},
+	'5|5', 'policies added later are enforced on the worker (violations are dead letters)');
+
 # alice can manage her own source
 ($ret, $out, $err) = as('regress_alice', "SELECT kappa.pause_source('alice_src')");
 is($ret, 0, 'the owner pauses');
