@@ -48,6 +48,7 @@ struct KappaViewAccum
 	ExprContext *aggExprContext;	/* its per-tuple memory is statecxt */
 	AggState   *aggContext;
 	int64		ngroups;
+	TupleHashEntry globalEntry; /* the one group of a view without GROUP BY */
 };
 
 /* Combined states of one group, in memory (deserialized) form. */
@@ -382,6 +383,7 @@ KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge)
 	MemoryContextDelete(tmpcxt);
 
 	/* start over empty */
+	acc->globalEntry = NULL;
 	ResetTupleHashTable(acc->table);
 	MemoryContextReset(acc->tablecxt);
 	MemoryContextReset(acc->statecxt);
@@ -434,7 +436,18 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 	}
 	ExecStoreVirtualTuple(acc->keySlot);
 
-	entry = LookupTupleHashEntry(acc->table, acc->keySlot, &isnew, NULL);
+	/* a view without GROUP BY has one group: find it once */
+	if (view->nkeys == 0 && acc->globalEntry != NULL)
+	{
+		entry = acc->globalEntry;
+		isnew = false;
+	}
+	else
+	{
+		entry = LookupTupleHashEntry(acc->table, acc->keySlot, &isnew, NULL);
+		if (view->nkeys == 0)
+			acc->globalEntry = entry;
+	}
 	if (isnew)
 	{
 		ae = new_entry(acc, true);
@@ -524,6 +537,9 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 		}
 	}
 	MemoryContextSwitchTo(oldcxt);
-	MemoryContextReset(acc->tempcxt);
-	ResetExprContext(econtext);
+	/* most rows allocate nothing: skip the calls then */
+	if (!acc->tempcxt->isReset)
+		MemoryContextReset(acc->tempcxt);
+	if (!econtext->ecxt_per_tuple_memory->isReset)
+		ResetExprContext(econtext);
 }
