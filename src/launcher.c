@@ -325,7 +325,7 @@ KappaScannerMain(Datum main_arg)
 
 /*
  * kl_database_list returns the oids of the databases that accept
- * connections.
+ * connections and are not templates.
  */
 static List *
 kl_database_list(void)
@@ -346,7 +346,9 @@ kl_database_list(void)
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
 		MemoryContext old;
 
-		if (!db->datallowconn || db->datconnlimit == DATCONNLIMIT_INVALID_DB)
+		/* templates are skipped: a scanner there would delay CREATE DATABASE */
+		if (!db->datallowconn || db->datistemplate ||
+			db->datconnlimit == DATCONNLIMIT_INVALID_DB)
 			continue;
 		old = MemoryContextSwitchTo(caller);
 		result = lappend_oid(result, db->oid);
