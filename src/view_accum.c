@@ -25,6 +25,7 @@
 #include "executor/executor.h"
 #include "executor/tuptable.h"
 #include "nodes/makefuncs.h"
+#include "common/hashfn.h"
 #include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -49,6 +50,11 @@ struct KappaViewAccum
 	AggState   *aggContext;
 	int64		ngroups;
 	TupleHashEntry globalEntry; /* the one group of a view without GROUP BY */
+	/* pushed rows with keys compared by their bytes (see image_keys) */
+	struct keygroups_hash *groups;	/* NULL: the TupleHashTable is used */
+	struct AccumEntry *probe;	/* keys of the row being looked up */
+	int16	   *keyLens;
+	bool	   *keyByVals;
 };
 
 /* Combined states of one group, in memory (deserialized) form. */
@@ -62,11 +68,113 @@ typedef struct AccumEntry
 	bool	   *keynulls;
 } AccumEntry;
 
+/*
+ * Groups of pushed rows, when every key is of a type whose equality is
+ * equality of bytes (integers, timestamps, text in a deterministic
+ * collation...): hashed and compared by their images, which skips the
+ * function calls of a TupleHashTable on every row.
+ */
+typedef struct KeyGroup
+{
+	AccumEntry *entry;			/* its keys and keynulls are the key */
+	uint32		hash;
+	char		status;
+} KeyGroup;
+
+static uint32 image_hash(KappaViewAccum *acc, AccumEntry *key);
+static bool image_equal(KappaViewAccum *acc, AccumEntry *a, AccumEntry *b);
+
+#define SH_PREFIX keygroups
+#define SH_ELEMENT_TYPE KeyGroup
+#define SH_KEY_TYPE AccumEntry *
+#define SH_KEY entry
+#define SH_HASH_KEY(tb, key) image_hash((KappaViewAccum *) (tb)->private_data, key)
+#define SH_EQUAL(tb, a, b) image_equal((KappaViewAccum *) (tb)->private_data, a, b)
+#define SH_STORE_HASH
+#define SH_GET_HASH(tb, a) (a)->hash
+#define SH_SCOPE static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
+
 typedef struct AccumReceiver
 {
 	DestReceiver pub;
 	KappaViewAccum *acc;
 } AccumReceiver;
+
+/*
+ * Can the view's group keys be compared by their bytes?  True for types
+ * whose equality operator is equality of images: integers, dates and times
+ * and text in a deterministic collation.  (Not numeric, float or bpchar,
+ * where different images can be equal.)
+ */
+static bool
+image_keys(TupleDesc keyDesc, KappaViewInfo *view)
+{
+	int			i;
+
+	if (view->nkeys == 0)
+		return false;
+	for (i = 0; i < view->nkeys; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(keyDesc, i);
+
+		switch (attr->atttypid)
+		{
+			case INT2OID:
+			case INT4OID:
+			case INT8OID:
+			case BOOLOID:
+			case DATEOID:
+			case TIMEOID:
+			case TIMESTAMPOID:
+			case TIMESTAMPTZOID:
+			case OIDOID:
+			case CHAROID:
+				break;
+			case TEXTOID:
+			case VARCHAROID:
+			case BYTEAOID:
+				if (OidIsValid(view->keyCollations[i]) &&
+					!get_collation_isdeterministic(view->keyCollations[i]))
+					return false;
+				break;
+			default:
+				return false;
+		}
+	}
+	return true;
+}
+
+static uint32
+image_hash(KappaViewAccum *acc, AccumEntry *key)
+{
+	uint32		h = 0;
+	int			i;
+
+	for (i = 0; i < acc->view->nkeys; i++)
+		h = hash_combine(h, key->keynulls[i] ? 0x9e3779b9 :
+						 datum_image_hash(key->keys[i], acc->keyByVals[i],
+										  acc->keyLens[i]));
+	return h;
+}
+
+static bool
+image_equal(KappaViewAccum *acc, AccumEntry *a, AccumEntry *b)
+{
+	int			i;
+
+	for (i = 0; i < acc->view->nkeys; i++)
+	{
+		if (a->keynulls[i] != b->keynulls[i])
+			return false;
+		if (!a->keynulls[i] &&
+			!datum_image_eq(a->keys[i], b->keys[i], acc->keyByVals[i], acc->keyLens[i]))
+			return false;
+	}
+	return true;
+}
 
 /*
  * KappaAccumCreate returns an empty accumulator for 'view' under 'parent',
@@ -133,6 +241,21 @@ KappaAccumCreate(KappaViewInfo *view, MemoryContext parent)
 											view->keyCollations, 1024, 0,
 											acc->cxt, acc->tablecxt,
 											acc->tempcxt, false);
+	}
+
+	if (view->push != NULL && image_keys(acc->keyDesc, view))
+	{
+		acc->keyLens = palloc(sizeof(int16) * nkeys);
+		acc->keyByVals = palloc(sizeof(bool) * nkeys);
+		for (i = 0; i < nkeys; i++)
+		{
+			acc->keyLens[i] = TupleDescAttr(acc->keyDesc, i)->attlen;
+			acc->keyByVals[i] = TupleDescAttr(acc->keyDesc, i)->attbyval;
+		}
+		acc->groups = keygroups_create(acc->cxt, 1024, acc);
+		acc->probe = palloc0(sizeof(AccumEntry));
+		acc->probe->keys = palloc(sizeof(Datum) * nkeys);
+		acc->probe->keynulls = palloc(sizeof(bool) * nkeys);
 	}
 
 	acc->aggExprContext = makeNode(ExprContext);
@@ -280,8 +403,8 @@ static int	accum_sort_nkeys;
 static int
 compare_entries(const void *a, const void *b)
 {
-	AccumEntry *ea = (*(TupleHashEntry const *) a)->additional;
-	AccumEntry *eb = (*(TupleHashEntry const *) b)->additional;
+	AccumEntry *ea = *(AccumEntry *const *) a;
+	AccumEntry *eb = *(AccumEntry *const *) b;
 	int			i;
 
 	for (i = 0; i < accum_sort_nkeys; i++)
@@ -307,7 +430,7 @@ KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge)
 	KappaViewInfo *view = acc->view;
 	TupleHashIterator iter;
 	TupleHashEntry entry;
-	TupleHashEntry *entries;
+	AccumEntry **entries;
 	int64		n = 0;
 	int64		i;
 	TupleTableSlot *slot;
@@ -318,21 +441,33 @@ KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge)
 		return;
 
 	/* the groups, with their keys extracted */
-	entries = MemoryContextAlloc(acc->statecxt, sizeof(TupleHashEntry) * acc->ngroups);
-	InitTupleHashIterator(acc->table, &iter);
-	while ((entry = ScanTupleHashTable(acc->table, &iter)) != NULL)
+	entries = MemoryContextAlloc(acc->statecxt, sizeof(AccumEntry *) * acc->ngroups);
+	if (acc->groups != NULL)
 	{
-		AccumEntry *ae = entry->additional;
+		keygroups_iterator it;
+		KeyGroup   *group;
 
-		ExecStoreMinimalTuple(entry->firstTuple, acc->readSlot, false);
-		slot_getallattrs(acc->readSlot);
-		ae->keys = MemoryContextAlloc(acc->statecxt, sizeof(Datum) * acc->keyDesc->natts);
-		ae->keynulls = MemoryContextAlloc(acc->statecxt, sizeof(bool) * acc->keyDesc->natts);
-		memcpy(ae->keys, acc->readSlot->tts_values, sizeof(Datum) * acc->keyDesc->natts);
-		memcpy(ae->keynulls, acc->readSlot->tts_isnull, sizeof(bool) * acc->keyDesc->natts);
-		entries[n++] = entry;
+		keygroups_start_iterate(acc->groups, &it);
+		while ((group = keygroups_iterate(acc->groups, &it)) != NULL)
+			entries[n++] = group->entry;
 	}
-	TermTupleHashIterator(&iter);
+	else
+	{
+		InitTupleHashIterator(acc->table, &iter);
+		while ((entry = ScanTupleHashTable(acc->table, &iter)) != NULL)
+		{
+			AccumEntry *ae = entry->additional;
+
+			ExecStoreMinimalTuple(entry->firstTuple, acc->readSlot, false);
+			slot_getallattrs(acc->readSlot);
+			ae->keys = MemoryContextAlloc(acc->statecxt, sizeof(Datum) * acc->keyDesc->natts);
+			ae->keynulls = MemoryContextAlloc(acc->statecxt, sizeof(bool) * acc->keyDesc->natts);
+			memcpy(ae->keys, acc->readSlot->tts_values, sizeof(Datum) * acc->keyDesc->natts);
+			memcpy(ae->keynulls, acc->readSlot->tts_isnull, sizeof(bool) * acc->keyDesc->natts);
+			entries[n++] = ae;
+		}
+		TermTupleHashIterator(&iter);
+	}
 
 	/* in key order, like a delta, so that writers do not deadlock */
 	if (view->nkeys > 0 && n > 1)
@@ -350,7 +485,7 @@ KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge)
 		}
 		accum_sort_keys = sortKeys;
 		accum_sort_nkeys = view->nkeys;
-		qsort(entries, n, sizeof(TupleHashEntry), compare_entries);
+		qsort(entries, n, sizeof(AccumEntry *), compare_entries);
 		accum_sort_keys = NULL;
 	}
 
@@ -359,7 +494,7 @@ KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge)
 								   ALLOCSET_DEFAULT_SIZES);
 	for (i = 0; i < n; i++)
 	{
-		AccumEntry *ae = entries[i]->additional;
+		AccumEntry *ae = entries[i];
 		int			k;
 
 		oldcxt = MemoryContextSwitchTo(tmpcxt);
@@ -384,10 +519,47 @@ KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge)
 
 	/* start over empty */
 	acc->globalEntry = NULL;
+	if (acc->groups != NULL)
+		keygroups_reset(acc->groups);
 	ResetTupleHashTable(acc->table);
 	MemoryContextReset(acc->tablecxt);
 	MemoryContextReset(acc->statecxt);
 	acc->ngroups = 0;
+}
+
+/* Copy a key datum into 'cxt'. */
+static Datum
+datumCopyKey(Datum value, bool byval, int16 len, MemoryContext cxt)
+{
+	MemoryContext oldcxt;
+	Datum		copy;
+
+	if (byval)
+		return value;
+	oldcxt = MemoryContextSwitchTo(cxt);
+	copy = datumCopy(value, false, len);
+	MemoryContextSwitchTo(oldcxt);
+	return copy;
+}
+
+/* A new group for pushed rows, its states at the initial values. */
+static AccumEntry *
+new_pushed_entry(KappaViewAccum *acc)
+{
+	KappaViewInfo *view = acc->view;
+	AccumEntry *ae = new_entry(acc, true);
+	int			i;
+
+	for (i = 0; i < view->naggs; i++)
+	{
+		KappaPushAgg *pa = &view->push->aggs[i];
+
+		ae->noTrans[i] = ae->nulls[i] = pa->initValueIsNull;
+		ae->states[i] = pa->initValueIsNull || pa->shareWith >= 0 ? (Datum) 0 :
+			datumCopyInto(pa->initValue, &view->aggs[i], acc->statecxt);
+	}
+	acc->ngroups++;
+	return ae;
 }
 
 /*
@@ -415,56 +587,86 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 		return;
 	}
 
-	ExecClearTuple(acc->keySlot);
-	if (view->nkeys == 0)
-	{
-		acc->keySlot->tts_values[0] = Int32GetDatum(0);
-		acc->keySlot->tts_isnull[0] = false;
-	}
 	if (push->maxAttno > 0)
 		slot_getsomeattrs(row, push->maxAttno);
-	for (i = 0; i < view->nkeys; i++)
+
+	if (acc->groups != NULL)
 	{
-		if (push->keyStates[i] == NULL)
+		/* keys compared by their bytes */
+		AccumEntry *probe = acc->probe;
+		KeyGroup   *group;
+		bool		found;
+
+		for (i = 0; i < view->nkeys; i++)
 		{
-			acc->keySlot->tts_values[i] = row->tts_values[push->keyAttnos[i] - 1];
-			acc->keySlot->tts_isnull[i] = row->tts_isnull[push->keyAttnos[i] - 1];
+			if (push->keyStates[i] == NULL)
+			{
+				probe->keys[i] = row->tts_values[push->keyAttnos[i] - 1];
+				probe->keynulls[i] = row->tts_isnull[push->keyAttnos[i] - 1];
+			}
+			else
+				probe->keys[i] = ExecEvalExpr(push->keyStates[i], econtext,
+											  &probe->keynulls[i]);
+		}
+		group = keygroups_insert(acc->groups, probe, &found);
+		if (found)
+			ae = group->entry;
+		else
+		{
+			ae = new_pushed_entry(acc);
+			ae->keys = MemoryContextAlloc(acc->statecxt, sizeof(Datum) * view->nkeys);
+			ae->keynulls = MemoryContextAlloc(acc->statecxt, sizeof(bool) * view->nkeys);
+			for (i = 0; i < view->nkeys; i++)
+			{
+				ae->keynulls[i] = probe->keynulls[i];
+				ae->keys[i] = probe->keynulls[i] ? (Datum) 0 :
+					datumCopyKey(probe->keys[i], acc->keyByVals[i],
+								 acc->keyLens[i], acc->statecxt);
+			}
+			group->entry = ae;
+		}
+	}
+	else
+	{
+		ExecClearTuple(acc->keySlot);
+		if (view->nkeys == 0)
+		{
+			acc->keySlot->tts_values[0] = Int32GetDatum(0);
+			acc->keySlot->tts_isnull[0] = false;
+		}
+		for (i = 0; i < view->nkeys; i++)
+		{
+			if (push->keyStates[i] == NULL)
+			{
+				acc->keySlot->tts_values[i] = row->tts_values[push->keyAttnos[i] - 1];
+				acc->keySlot->tts_isnull[i] = row->tts_isnull[push->keyAttnos[i] - 1];
+			}
+			else
+				acc->keySlot->tts_values[i] = ExecEvalExpr(push->keyStates[i], econtext,
+														   &acc->keySlot->tts_isnull[i]);
+		}
+		ExecStoreVirtualTuple(acc->keySlot);
+
+		/* a view without GROUP BY has one group: find it once */
+		if (view->nkeys == 0 && acc->globalEntry != NULL)
+		{
+			entry = acc->globalEntry;
+			isnew = false;
 		}
 		else
-			acc->keySlot->tts_values[i] = ExecEvalExpr(push->keyStates[i], econtext,
-													   &acc->keySlot->tts_isnull[i]);
-	}
-	ExecStoreVirtualTuple(acc->keySlot);
-
-	/* a view without GROUP BY has one group: find it once */
-	if (view->nkeys == 0 && acc->globalEntry != NULL)
-	{
-		entry = acc->globalEntry;
-		isnew = false;
-	}
-	else
-	{
-		entry = LookupTupleHashEntry(acc->table, acc->keySlot, &isnew, NULL);
-		if (view->nkeys == 0)
-			acc->globalEntry = entry;
-	}
-	if (isnew)
-	{
-		ae = new_entry(acc, true);
-		for (i = 0; i < view->naggs; i++)
 		{
-			KappaPushAgg *pa = &push->aggs[i];
-			KappaAggMerge *m = &view->aggs[i];
-
-			ae->noTrans[i] = ae->nulls[i] = pa->initValueIsNull;
-			ae->states[i] = pa->initValueIsNull || pa->shareWith >= 0 ? (Datum) 0 :
-				datumCopyInto(pa->initValue, m, acc->statecxt);
+			entry = LookupTupleHashEntry(acc->table, acc->keySlot, &isnew, NULL);
+			if (view->nkeys == 0)
+				acc->globalEntry = entry;
 		}
-		entry->additional = ae;
-		acc->ngroups++;
+		if (isnew)
+		{
+			ae = new_pushed_entry(acc);
+			entry->additional = ae;
+		}
+		else
+			ae = entry->additional;
 	}
-	else
-		ae = entry->additional;
 
 	oldcxt = MemoryContextSwitchTo(acc->tempcxt);
 	for (i = 0; i < view->naggs; i++)
