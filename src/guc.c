@@ -17,7 +17,7 @@
 
 #include "pg_kappa.h"
 
-int			kappa_batch_size = 10000;
+int			kappa_batch_size = 100000;
 int			kappa_max_latency_ms = 100;
 int			kappa_stream_batch_memory_kb = 65536;
 
@@ -33,7 +33,7 @@ KappaDefineGucs(void)
 							"A batch ends when it holds this many messages or when "
 							"kappa.max_latency has passed, whichever comes first.",
 							&kappa_batch_size,
-							10000, 1, 1000000,
+							100000, 1, 1000000,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 
