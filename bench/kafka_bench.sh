@@ -68,19 +68,8 @@ BS=$(sed -n 's/^BOOTSTRAP //p' "$TMP/broker.out")
 [ -n "$BS" ] || kappa_die "dev broker did not start: $(cat "$TMP/broker.err")"
 
 # --- server
-PORT=$((20000 + RANDOM % 20000))
-kappa_as_pg_user initdb -D "$TMP/data" -U postgres -A trust -E UTF8 --no-instructions >/dev/null \
-    || kappa_die "initdb failed"
-cat >> "$TMP/data/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PORT
-unix_socket_directories = '$TMP'
-shared_preload_libraries = 'pg_kappa'
-max_worker_processes = 16
-max_wal_size = '4GB'
-EOF
-kappa_as_pg_user pg_ctl -D "$TMP/data" -l "$TMP/server.log" -w start >/dev/null \
-    || { tail "$TMP/server.log"; kappa_die "server did not start"; }
+kappa_start_server "$TMP" "max_worker_processes = 16"
+PORT=$KAPPA_PORT
 
 psql_q() { kappa_as_pg_user psql -h "$TMP" -p "$PORT" -U postgres -d postgres -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 

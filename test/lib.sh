@@ -10,6 +10,9 @@
 #                        unprivileged $KAPPA_PG_USER (created) when root
 #   kappa_as_pg_user     run a command as that user
 #   kappa_stop_postmasters DIR   stop any postmaster whose data dir is under DIR
+#   kappa_start_server DIR [CONF]  initdb DIR/data and start a loopback server
+#                        with pg_kappa preloaded (socket in DIR, port in
+#                        $KAPPA_PORT, extra postgresql.conf lines in CONF)
 
 KAPPA_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KAPPA_PG_BIN=/usr/lib/postgresql/15/bin
@@ -110,4 +113,24 @@ kappa_stop_postmasters() {
             kill -QUIT "$pid" 2>/dev/null || true
         fi
     done < <(find "$dir" -name postmaster.pid -type f 2>/dev/null)
+}
+
+# Start a throwaway server for benchmarks: data in $1/data, socket in $1,
+# 127.0.0.1 on a random port (set in KAPPA_PORT), pg_kappa preloaded,
+# default settings otherwise plus the lines in $2.
+kappa_start_server() {
+    local dir=$1 extra=${2:-}
+    KAPPA_PORT=$((20000 + RANDOM % 20000))
+    kappa_as_pg_user initdb -D "$dir/data" -U postgres -A trust -E UTF8 --no-instructions >/dev/null \
+        || kappa_die "initdb failed"
+    cat >> "$dir/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $KAPPA_PORT
+unix_socket_directories = '$dir'
+shared_preload_libraries = 'pg_kappa'
+max_wal_size = '4GB'
+$extra
+EOF
+    kappa_as_pg_user pg_ctl -D "$dir/data" -l "$dir/server.log" -w start >/dev/null \
+        || { tail "$dir/server.log"; kappa_die "server did not start"; }
 }
