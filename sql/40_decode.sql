@@ -54,6 +54,31 @@ SELECT kappa.decode_preview('clicks', 'json', convert_to(
 SELECT kappa.decode_preview('clicks', 'json', convert_to(
   '{"tags": {"user_id": 99}, "user_id": 4, "user_id": 5}', 'UTF8'));
 
+-- Messages are read by a fast path over the JSON lexer's tokens and, where
+-- it stops, by PostgreSQL's JSON parser from the start: both give the same
+-- rows and the same errors.  Escaped keys; escapes in values, also in
+-- fields with no column; whitespace everywhere; an empty object.
+SELECT kappa.decode_preview('clicks', 'json', convert_to(
+  '{"user\u005fid": 6, "u\u0072l": "\/a\tb", "other": "\ud83d\ude00 \""}', 'UTF8'));
+SELECT kappa.decode_preview('clicks', 'json', convert_to(
+  E' \n{ "user_id" :6 , "ok":false , "url" : null,"raw":"\\"q\\"" }\t', 'UTF8'));
+SELECT kappa.decode_preview('clicks', 'json', convert_to('{}', 'UTF8'));
+-- A lone surrogate or \u0000 is refused, even in a field with no column or
+-- inside a nested value; so is invalid JSON inside a nested value.
+SELECT kappa.decode_preview('clicks', 'json', convert_to('{"user_id": 6, "other": "\ud800"}', 'UTF8'));
+SELECT kappa.decode_preview('clicks', 'json', convert_to('{"user_id": 6, "other": {"x": ["\u0000"]}}', 'UTF8'));
+SELECT kappa.decode_preview('clicks', 'json', convert_to('{"user_id": 6, "raw": "\u0000"}', 'UTF8'));
+SELECT kappa.decode_preview('clicks', 'json', convert_to('{"user_id": 6, "other": {"x" 1}}', 'UTF8'));
+SELECT kappa.decode_preview('clicks', 'json', convert_to('{"user_id": 6, "other": [1}, "url": "x"}', 'UTF8'));
+-- A trailing comma, a missing colon, a missing value.
+SELECT kappa.decode_preview('clicks', 'json', convert_to('{"user_id": 6,}', 'UTF8'));
+SELECT kappa.decode_preview('clicks', 'json', convert_to('{"user_id" 6}', 'UTF8'));
+SELECT kappa.decode_preview('clicks', 'json', convert_to('{"user_id": }', 'UTF8'));
+-- Fields are converted in order, so a bad value before a syntax error is
+-- the error reported.
+SELECT kappa.decode_preview('clicks', 'json', convert_to('{"user_id": "x", "url": ', 'UTF8'));
+SELECT kappa.decode_preview('clicks', 'json', convert_to('{"url": , "user_id": "x"}', 'UTF8'));
+
 -- A value of the wrong type: the type's own error, with the field.
 SELECT kappa.decode_preview('clicks', 'json', convert_to('{"user_id": "seven"}', 'UTF8'));
 SELECT kappa.decode_preview('clicks', 'json', convert_to('{"user_id": 1, "amount": 123456789012}', 'UTF8'));

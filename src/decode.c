@@ -20,10 +20,19 @@
  * left NULL, for the executor to fill when the row is inserted.  Every other
  * column is a payload column.
  *
- * JSON is parsed with PostgreSQL's own parser (common/jsonapi.h) driven by
- * semantic callbacks: a top-level field's scalar goes through the column
- * type's input function, a nested object or array is cut out of the input as
- * text for a json or jsonb column.  No jsonb document is built per message.
+ * JSON is read with PostgreSQL's own lexer and parser (common/jsonapi.h).
+ * A top-level field's scalar goes through the column type's input function,
+ * a nested object or array is cut out of the input as text for a json or
+ * jsonb column.  No jsonb document is built per message.  Two paths share
+ * that contract: the fast one (kappa_decode_json_flat) drives json_lex
+ * itself over the object's fields, without de-escaping strings that need
+ * none, and finds columns by the fields' positions in the previous message;
+ * anything it does not handle -- invalid JSON, a value that is not an
+ * object, escaped field names, errors of option strict and nested values
+ * for scalar columns -- goes to the general one (pg_parse_json with
+ * semantic callbacks), which decodes the message again from its start and
+ * raises the error.  Both convert the fields in the order they come, so a
+ * message fails with the same error whichever path sees it first.
  *
  * Errors: a message that cannot be decoded raises ERROR with an errcode, an
  * errmsg and an errdetail naming the field and showing a truncated sample of
@@ -131,6 +140,25 @@ typedef struct KappaColumnEntry
 	int			index;
 } KappaColumnEntry;
 
+/*
+ * The fast JSON path remembers, for each of the first KAPPA_JSON_FIELDS
+ * field positions, the name seen there last and the column it names: the
+ * messages of one topic nearly always have the same keys in the same order,
+ * so a field is found with one memcmp instead of a hash lookup.
+ */
+#define KAPPA_JSON_FIELDS	64
+
+/* What a JSON field name resolves to, besides a column index. */
+#define KAPPA_FIELD_IGNORED	(-1)	/* no payload column: skip the value */
+#define KAPPA_FIELD_REFUSED	(-2)	/* names no column, and strict is on */
+
+typedef struct KappaJsonField
+{
+	char	   *name;			/* NUL-terminated, in the decoder's context */
+	int			len;
+	int			col;			/* column index or KAPPA_FIELD_* */
+} KappaJsonField;
+
 /* A field of a CSV record. */
 typedef struct KappaCsvField
 {
@@ -165,6 +193,10 @@ struct KappaDecoder
 	/* per message */
 	bool	   *filled;
 	const KappaMessageMeta *meta;
+
+	/* JSON: the columns of the field names seen last, by position */
+	KappaJsonField json_fields[KAPPA_JSON_FIELDS];
+	StringInfoData json_token;	/* a scalar token, NUL-terminated */
 };
 
 /*
@@ -764,11 +796,13 @@ kappa_json_scalar(void *state, char *token, JsonTokenType tokentype)
 }
 
 /*
- * kappa_decode_json fills the payload columns from a JSON object.
+ * kappa_decode_json_general fills the payload columns from a JSON object
+ * with pg_parse_json and the callbacks above.  It takes every valid message
+ * and raises the error of every invalid one.
  */
 static void
-kappa_decode_json(KappaDecoder *d, char *data, int len,
-				  Datum *values, bool *nulls)
+kappa_decode_json_general(KappaDecoder *d, char *data, int len,
+						  Datum *values, bool *nulls)
 {
 	JsonLexContext *lex;
 	JsonSemAction sem;
@@ -802,6 +836,271 @@ kappa_decode_json(KappaDecoder *d, char *data, int len,
 				 errdetail("%s The message begins with %s.",
 						   json_errdetail(result, lex),
 						   kappa_sample(data, len))));
+}
+
+/*
+ * kappa_json_field_column tells what the field name 'name' ('len' bytes,
+ * not NUL-terminated, no escapes) at position 'pos' of the object fills: a
+ * payload column's index, KAPPA_FIELD_IGNORED or KAPPA_FIELD_REFUSED -- the
+ * same answer kappa_json_field_start gives.  *fname is set to the name,
+ * NUL-terminated, for error details.
+ */
+static int
+kappa_json_field_column(KappaDecoder *d, int pos, const char *name, int len,
+						char **fname)
+{
+	KappaJsonField *field = NULL;
+	char	   *copy;
+	int			i;
+	int			result;
+
+	if (pos < KAPPA_JSON_FIELDS)
+	{
+		field = &d->json_fields[pos];
+		if (field->name != NULL && field->len == len &&
+			memcmp(field->name, name, len) == 0)
+		{
+			*fname = field->name;
+			return field->col;
+		}
+	}
+
+	copy = pnstrdup(name, len);
+	i = kappa_find_column(d, copy);
+	if (i < 0)
+		result = d->strict ? KAPPA_FIELD_REFUSED : KAPPA_FIELD_IGNORED;
+	else if (d->cols[i].kind != KAPPA_COL_PAYLOAD)
+		result = KAPPA_FIELD_IGNORED;
+	else
+		result = i;
+
+	if (field != NULL)
+	{
+		if (field->name != NULL)
+			pfree(field->name);
+		field->name = MemoryContextStrdup(GetMemoryChunkContext(d), copy);
+		field->len = len;
+		field->col = result;
+		*fname = field->name;
+	}
+	else
+		*fname = copy;
+	return result;
+}
+
+/*
+ * kappa_json_skip_nested moves 'lex', positioned on the start of a nested
+ * object or array, to its end.  Returns true if the value is valid JSON, as
+ * pg_parse_json with de-escaping checks it.
+ */
+static bool
+kappa_json_skip_nested(JsonLexContext *lex)
+{
+	char	   *start = lex->token_start;
+	int			depth = 1;
+	JsonLexContext *check;
+
+	while (depth > 0)
+	{
+		if (json_lex(lex) != JSON_SUCCESS)
+			return false;
+		switch (lex->token_type)
+		{
+			case JSON_TOKEN_OBJECT_START:
+			case JSON_TOKEN_ARRAY_START:
+				depth++;
+				break;
+			case JSON_TOKEN_OBJECT_END:
+			case JSON_TOKEN_ARRAY_END:
+				depth--;
+				break;
+			case JSON_TOKEN_END:
+				return false;
+			default:
+				break;
+		}
+	}
+
+	check = makeJsonLexContextCstringLen(start, lex->token_terminator - start,
+										 lex->input_encoding, true);
+	return pg_parse_json(check, &nullSemAction) == JSON_SUCCESS;
+}
+
+/*
+ * kappa_json_string sets *str and *len to the value of the string token
+ * 'lex' is on: inside the message when it has no escapes, else de-escaped by
+ * the lexer.  *str is NUL-terminated only if *copied is set.  Returns false
+ * for an escape the general path refuses.
+ */
+static bool
+kappa_json_string(JsonLexContext *lex, char **str, int *len, bool *copied)
+{
+	char	   *start = lex->token_start + 1;
+	int			rawlen = lex->token_terminator - lex->token_start - 2;
+	JsonLexContext *unescape;
+
+	if (memchr(start, '\\', rawlen) == NULL)
+	{
+		*str = start;
+		*len = rawlen;
+		*copied = false;
+		return true;
+	}
+
+	unescape = makeJsonLexContextCstringLen(lex->token_start,
+											lex->token_terminator - lex->token_start,
+											lex->input_encoding, true);
+	if (json_lex(unescape) != JSON_SUCCESS ||
+		unescape->token_type != JSON_TOKEN_STRING)
+		return false;
+	*str = unescape->strval->data;
+	*len = unescape->strval->len;
+	*copied = true;
+	return true;
+}
+
+/*
+ * kappa_json_flat_value converts the value of one field, which 'lex' is on
+ * (its first token), for column 'col' (or skips it for KAPPA_FIELD_IGNORED),
+ * leaving 'lex' on the value's last token.  Returns false if the general path
+ * must take the message.
+ */
+static bool
+kappa_json_flat_value(KappaDecoder *d, JsonLexContext *lex, int col,
+					  char *fname, Datum *values, bool *nulls)
+{
+	KappaWhere	where = {fname, 0, NULL, NULL};
+	char	   *value_start = lex->token_start;
+	char	   *str;
+	int			len;
+	bool		copied;
+
+	switch (lex->token_type)
+	{
+		case JSON_TOKEN_OBJECT_START:
+		case JSON_TOKEN_ARRAY_START:
+			if (!kappa_json_skip_nested(lex))
+				return false;
+			if (col == KAPPA_FIELD_IGNORED)
+				return true;
+			if (col < 0 || !d->cols[col].is_json)
+				return false;	/* the general path raises the error */
+			break;
+		case JSON_TOKEN_NULL:
+			if (col == KAPPA_FIELD_REFUSED)
+				return false;
+			if (col >= 0)
+				kappa_set_null(d, col, &where, values, nulls);
+			return true;
+		case JSON_TOKEN_STRING:
+		case JSON_TOKEN_NUMBER:
+		case JSON_TOKEN_TRUE:
+		case JSON_TOKEN_FALSE:
+			if (col == KAPPA_FIELD_REFUSED)
+				return false;
+			if (lex->token_type == JSON_TOKEN_STRING)
+			{
+				/* the general path checks the escapes of every string */
+				if (!kappa_json_string(lex, &str, &len, &copied))
+					return false;
+			}
+			else
+			{
+				str = lex->token_start;
+				len = lex->token_terminator - lex->token_start;
+				copied = false;
+			}
+			if (col == KAPPA_FIELD_IGNORED)
+				return true;
+			if (d->cols[col].is_json)
+				break;
+			if (!copied && !d->cols[col].is_text)
+			{
+				/* input functions take NUL-terminated strings */
+				resetStringInfo(&d->json_token);
+				appendBinaryStringInfo(&d->json_token, str, len);
+				str = d->json_token.data;
+			}
+			kappa_set_value(d, col, str, len, &where, values, nulls);
+			return true;
+		default:
+			return false;
+	}
+
+	/* a json or jsonb column takes the value's text */
+	len = lex->token_terminator - value_start;
+	kappa_set_value(d, col, pnstrdup(value_start, len), len, &where,
+					values, nulls);
+	return true;
+}
+
+/*
+ * kappa_decode_json_flat fills the payload columns from a JSON object the
+ * fast way (see the header comment).  Returns false if the general path must
+ * take the message; the columns it filled until then are then filled again.
+ */
+static bool
+kappa_decode_json_flat(KappaDecoder *d, char *data, int len,
+					   Datum *values, bool *nulls)
+{
+	JsonLexContext *lex;
+	int			pos = 0;
+
+	lex = makeJsonLexContextCstringLen(data, len, GetDatabaseEncoding(), false);
+	if (json_lex(lex) != JSON_SUCCESS ||
+		lex->token_type != JSON_TOKEN_OBJECT_START ||
+		json_lex(lex) != JSON_SUCCESS)
+		return false;
+
+	if (lex->token_type != JSON_TOKEN_OBJECT_END)
+	{
+		for (;;)
+		{
+			char	   *name = lex->token_start + 1;
+			int			namelen = lex->token_terminator - lex->token_start - 2;
+			char	   *fname;
+			int			col;
+
+			if (lex->token_type != JSON_TOKEN_STRING ||
+				memchr(name, '\\', namelen) != NULL)
+				return false;
+			col = kappa_json_field_column(d, pos++, name, namelen, &fname);
+
+			if (json_lex(lex) != JSON_SUCCESS ||
+				lex->token_type != JSON_TOKEN_COLON ||
+				json_lex(lex) != JSON_SUCCESS ||
+				!kappa_json_flat_value(d, lex, col, fname, values, nulls) ||
+				json_lex(lex) != JSON_SUCCESS)
+				return false;
+
+			if (lex->token_type == JSON_TOKEN_OBJECT_END)
+				break;
+			if (lex->token_type != JSON_TOKEN_COMMA ||
+				json_lex(lex) != JSON_SUCCESS)
+				return false;
+		}
+	}
+
+	return json_lex(lex) == JSON_SUCCESS && lex->token_type == JSON_TOKEN_END;
+}
+
+/*
+ * kappa_decode_json fills the payload columns from a JSON object.
+ */
+static void
+kappa_decode_json(KappaDecoder *d, char *data, int len,
+				  Datum *values, bool *nulls)
+{
+	if (kappa_decode_json_flat(d, data, len, values, nulls))
+		return;
+
+	for (int i = 0; i < d->natts; i++)
+	{
+		values[i] = (Datum) 0;
+		nulls[i] = true;
+		d->filled[i] = false;
+	}
+	kappa_decode_json_general(d, data, len, values, nulls);
 }
 
 /*
@@ -1511,6 +1810,7 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 	d->cols = palloc0(sizeof(KappaColumn) * Max(d->natts, 1));
 	d->filled = palloc0(sizeof(bool) * Max(d->natts, 1));
 	d->payload_col = -1;
+	initStringInfo(&d->json_token);
 
 	/* option defaults */
 	d->encoding = PG_UTF8;

@@ -12,7 +12,7 @@ use Test::More;
 
 require "./test/t/100_kafka_common.pl";
 
-my $broker = kafka_start_broker(events => 4, other => 1, third => 1);
+my $broker = kafka_start_broker(events => 4, other => 1, third => 1, shapes => 2);
 my $bs = $broker->{bootstrap};
 my ($ret, $out, $err);
 my $node = kafka_node('kafka_basic');
@@ -127,6 +127,89 @@ kafka_produce($broker, 'events',
 	[ map { qq(k$_|{"id": $_, "name": "n$_", "amount": 1}) } ($n + 1 .. $n + 100) ],
 	key_delim => '|');
 kafka_wait($node, 'SELECT count(*) FROM events', $n - $nbad + 100, 'later messages');
+
+# JSON of every shape through one decoder: keys in any order, present or
+# not, escaped or not, duplicated, nested values, escapes in values, and
+# some bad messages; each message is decoded by the fast path or, where it
+# stops, by the general parser.  The table must equal what Perl expects.
+$node->safe_psql('postgres',
+	q{CREATE TABLE shapes (id int PRIMARY KEY, a int, b text, c numeric, j jsonb)});
+{
+	srand(20261125);
+	my (@shape_msgs, %want);
+	my $shape_bad = 0;
+	my @jsons = ([ '[1,2]', '[1, 2]' ], [ '{ "k" :"v" }', '{"k": "v"}' ],
+		[ '"s"', '"s"' ], [ '3.50', '3.50' ]);
+	for my $id (1 .. 600)
+	{
+		if ($id % 100 == 50)
+		{
+			# bad: a lone surrogate in an ignored field; a trailing comma
+			push @shape_msgs, $id % 200 == 50
+			  ? qq({"id": $id, "zz": "\\ud800"}) : qq({"id": $id, "a": 1,});
+			$shape_bad++;
+			next;
+		}
+		my %row = (id => $id);
+		my @fields = ([ 'id', $id ]);
+		if (rand() < 0.8) { $row{a} = int(rand(1000)) - 500; push @fields, [ 'a', $row{a} ]; }
+		if (rand() < 0.8)
+		{
+			my $ch = chr(ord('A') + $id % 26);
+			$row{b} = "b$id$ch";
+			my $lit = rand() < 0.3 ? sprintf('"b%d\\u%04x"', $id, ord($ch)) : qq("b$id$ch");
+			push @fields, [ 'b', $lit ];
+		}
+		if (rand() < 0.7) { $row{c} = sprintf('%.2f', rand(100)); push @fields, [ 'c', $row{c} ]; }
+		if (rand() < 0.5)
+		{
+			my $j = $jsons[ int(rand(@jsons)) ];
+			$row{j} = $j->[1];
+			push @fields, [ 'j', $j->[0] ];
+		}
+		push @fields, [ 'extra', '{"a": [1, {"b": "\\u00e9"}]}' ] if rand() < 0.3;
+		push @fields, [ 'zz', '"ignored"' ] if rand() < 0.3;
+		# shuffle, then add duplicates: the last of a key wins
+		for my $i (reverse 1 .. $#fields)
+		{
+			my $k = int(rand($i + 1));
+			@fields[ $i, $k ] = @fields[ $k, $i ];
+		}
+		if (defined $row{a} && rand() < 0.1)
+		{
+			$row{a} += 1;
+			push @fields, [ 'a', $row{a} ];
+		}
+		if (rand() < 0.2) { $row{b} = 'q"/'; push @fields, [ 'b', q("q\"\/") ]; }
+		if (rand() < 0.1) { delete $row{c}; push @fields, [ 'c', 'null' ]; }
+		my $json = '{' . join(', ', map {
+			my $name = $_->[0];
+			$name = 'i\\u0064' if $name eq 'id' && rand() < 0.1;
+			qq("$name": $_->[1])
+		} @fields) . '}';
+		$json = " $json " if rand() < 0.1;
+		push @shape_msgs, $json;
+		$want{$id} = join('|', $id, map { $row{$_} // 'N' } qw(a b c j));
+	}
+	kafka_produce($broker, 'shapes', \@shape_msgs);
+	$node->safe_psql('postgres', qq{
+SELECT kappa.create_kafka_source('shapes_src', target => 'shapes', topic => 'shapes',
+    brokers => '$bs', start => 'earliest')});
+	kafka_wait($node,
+		q{SELECT (SELECT count(*) FROM shapes)
+		       + (SELECT count(*) FROM kappa.errors WHERE source = 'shapes_src')},
+		scalar(@shape_msgs), 'JSON shapes: produced = rows + dead letters');
+	is($node->safe_psql('postgres',
+		q{SELECT count(*) FROM kappa.errors WHERE source = 'shapes_src'}),
+		$shape_bad, 'JSON shapes: the bad messages are dead letters');
+	is($node->safe_psql('postgres',
+		q{SELECT string_agg(concat_ws('|', id, coalesce(a::text, 'N'), coalesce(b, 'N'),
+		                              coalesce(c::text, 'N'), coalesce(j::text, 'N')),
+		                    E'\n' ORDER BY id) FROM shapes}),
+		join("\n", map { $want{$_} } sort { $a <=> $b } keys %want),
+		'JSON shapes: every row as expected');
+	$node->safe_psql('postgres', q{SELECT kappa.drop_source('shapes_src')});
+}
 
 # targets that take the SPI path (partitioned, identity column, row-level
 # security): rows routed, identity filled, policies enforced
