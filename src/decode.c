@@ -1590,6 +1590,21 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 }
 
 /*
+ * KappaDecoderUsesTimeAndHeaders: see kafka.h.
+ */
+bool
+KappaDecoderUsesTimeAndHeaders(KappaDecoder *d)
+{
+	for (int i = 0; i < d->natts; i++)
+	{
+		if (d->cols[i].kind == KAPPA_COL_TIMESTAMP ||
+			d->cols[i].kind == KAPPA_COL_HEADERS)
+			return true;
+	}
+	return false;
+}
+
+/*
  * kappa_meta_kind tells whether a column name is a metadata column's.
  */
 static KappaColumnKind

@@ -121,4 +121,12 @@ extern void KappaDecode(KappaDecoder *decoder, const char *payload, size_t len,
 						const KappaMessageMeta *meta,
 						Datum *values, bool *nulls);
 
+/*
+ * KappaDecoderUsesTimeAndHeaders tells whether the target has a
+ * kafka_timestamp or kafka_headers column, i.e. whether KappaDecode reads
+ * meta->timestamp_ms and meta->headers (the caller may leave them unset
+ * otherwise).
+ */
+extern bool KappaDecoderUsesTimeAndHeaders(KappaDecoder *decoder);
+
 #endif							/* KAPPA_KAFKA_H */
