@@ -103,6 +103,11 @@ static int	kw_pipe[2] = {-1, -1};
 static KwPartition *kw_parts;
 static int	kw_nparts;			/* allocated entries of kw_parts */
 
+/* Bytes taken from the consumer queue since kw_wake_fetcher last ran, and
+ * how many make it run again (half of queued.max.messages.kbytes). */
+static int64 kw_polled_bytes;
+static int64 kw_wake_bytes;
+
 /* The current batch. */
 static rd_kafka_message_t **kw_msgs;
 static int	kw_nmsgs;
@@ -420,21 +425,23 @@ kw_refresh_watermarks(void)
 }
 
 /*
- * kw_wake_fetcher makes librdkafka resume fetching after a batch has
- * drained the consumer queue.
+ * kw_wake_fetcher makes librdkafka resume fetching if the consumer queue
+ * had filled up.
  *
  * librdkafka (2.0.2) stops fetching every partition once the consumer queue
  * holds queued.max.messages.kbytes, and decides to fetch again only when a
  * broker thread next wakes up, which nothing does when the application
  * drains the queue: up to a second later.  A worker catching up on a backlog
  * drains the queue in less than that and would then wait for the rest
- * (measured: a 20-30% loss of throughput on bench/kafka_bench.sh).  Any
- * request to a broker wakes its thread, which then sees the room in the
- * queue and fetches.  So after every full batch (a backlog) the worker sends
- * each leader of its partitions a ListOffsets request for their ends, with
- * rd_kafka_offsets_for_times and no wait: the call returns at once with
- * RD_KAFKA_RESP_ERR__TIMED_OUT, and librdkafka drops the answers when they
- * come.
+ * (measured: a 20-30% loss of throughput on bench/kafka_bench.sh, far more
+ * when a batch holds more bytes than the queue).  Any request to a broker
+ * wakes its thread, which then sees the room in the queue and fetches.  So
+ * whenever the worker has taken half of queued.max.messages.kbytes out of
+ * the queue -- only then can the queue have filled up since the last time --
+ * it sends each leader of its partitions a ListOffsets request for their
+ * ends, with rd_kafka_offsets_for_times and no wait: the call returns at
+ * once with RD_KAFKA_RESP_ERR__TIMED_OUT, and librdkafka drops the answers
+ * when they come.
  */
 static void
 kw_wake_fetcher(void)
@@ -451,6 +458,7 @@ kw_wake_fetcher(void)
 	if (list->cnt > 0)
 		(void) rd_kafka_offsets_for_times(kw_rk, list, 0);
 	rd_kafka_topic_partition_list_destroy(list);
+	kw_polled_bytes = 0;
 }
 
 /*
@@ -1443,6 +1451,18 @@ kw_create_consumer(void)
 				 errmsg("could not create a Kafka consumer for source \"%s\"", kw_source_name),
 				 errdetail_internal("%s", errstr)));
 	rd_kafka_set_log_queue(kw_rk, NULL);
+
+	/* see kw_wake_fetcher */
+	{
+		char		value[64];
+		size_t		size = sizeof(value);
+
+		kw_wake_bytes = (int64) 65536 * 1024 / 2;
+		if (rd_kafka_conf_get(rd_kafka_conf(kw_rk), "queued.max.messages.kbytes",
+							  value, &size) == RD_KAFKA_CONF_OK)
+			kw_wake_bytes = Max(strtol(value, NULL, 10), 1) * (int64) 1024 / 2;
+		kw_polled_bytes = 0;
+	}
 	rd_kafka_poll_set_consumer(kw_rk);
 	kw_queue = rd_kafka_queue_get_consumer(kw_rk);
 	if (kw_queue == NULL)
@@ -1498,6 +1518,7 @@ kw_poll(void)
 			kw_batch_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 															kw_max_latency());
 		kw_msgs[kw_nmsgs++] = m;
+		kw_polled_bytes += m->len + m->key_len;
 	}
 	return kw_nmsgs >= limit;
 }
@@ -1562,15 +1583,14 @@ KappaKafkaWorkerMain(Datum main_arg)
 		}
 
 		full = kw_poll();
+		if (kw_polled_bytes >= kw_wake_bytes)
+			kw_wake_fetcher();
 		kw_report_callbacks();
 		now = GetCurrentTimestamp();
 
 		if (full || (kw_nmsgs > 0 && now >= kw_batch_deadline))
 		{
 			kw_apply_batch_or_exit();
-			/* a backlog: librdkafka may have stopped fetching meanwhile */
-			if (full)
-				kw_wake_fetcher();
 			CHECK_FOR_INTERRUPTS();
 		}
 
