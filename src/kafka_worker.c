@@ -544,56 +544,84 @@ kw_ensure_parts(int n)
 }
 
 /*
- * kw_resolve_start finds the first offset of a partition that has no stored
- * offset yet, from the source's start: earliest, latest or a timestamp (the
- * first message at or after it; where the broker has none -- or answers -1
- * as some do -- the partition's end).  Returns false if the broker could not
- * tell (the caller retries later).
+ * kw_list_offsets asks the leaders of the partitions p with want[p] for an
+ * offset of each, by timestamp 'ts' (milliseconds since 1970, or
+ * RD_KAFKA_OFFSET_BEGINNING / RD_KAFKA_OFFSET_END for the first and next
+ * offsets), all in one round of requests.  Stores the answers in offsets[p]
+ * and returns NULL, or returns librdkafka's error text.
+ */
+static const char *
+kw_list_offsets(int npart, const bool *want, int64 ts, int64 *offsets)
+{
+	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(npart);
+	rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+	for (int p = 0; p < npart; p++)
+	{
+		if (want[p])
+			rd_kafka_topic_partition_list_add(list, kw_source->topic, p)->offset = ts;
+	}
+	if (list->cnt > 0)
+		err = rd_kafka_offsets_for_times(kw_rk, list, 500);
+	for (int i = 0; i < list->cnt && err == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+	{
+		err = list->elems[i].err;
+		offsets[list->elems[i].partition] = list->elems[i].offset;
+	}
+	rd_kafka_topic_partition_list_destroy(list);
+	return err ? rd_kafka_err2str(err) : NULL;
+}
+
+/*
+ * kw_resolve_starts finds the first offset of the partitions p with want[p]
+ * (partitions without a stored offset yet) into starts[p], from the source's
+ * start: earliest, latest or a timestamp (the first message at or after it;
+ * where the broker has none -- or answers -1 as some do -- the partition's
+ * end).  Returns false if the broker could not tell (the caller retries
+ * later).
  */
 static bool
-kw_resolve_start(int32 partition, int64 *offset)
+kw_resolve_starts(int npart, const bool *want, int64 *starts)
 {
-	int64		lo,
-				hi;
-	rd_kafka_resp_err_t err;
+	int64	   *ends = palloc(sizeof(int64) * npart);
+	const char *error;
+	const char *what = "offsets";
 
-	err = rd_kafka_query_watermark_offsets(kw_rk, kw_source->topic, partition,
-										   &lo, &hi, 500);
-	if (err)
+	error = kw_list_offsets(npart, want, RD_KAFKA_OFFSET_END, ends);
+	if (error == NULL)
 	{
-		kw_set_error("retrying", "could not read offsets of partition %d of topic \"%s\": %s",
-					 partition, kw_source->topic, rd_kafka_err2str(err));
-		return false;
-	}
-	kw_parts[partition].hwm = hi;
-
-	if (strcmp(kw_source->start, "earliest") == 0)
-		*offset = lo;
-	else if (strcmp(kw_source->start, "latest") == 0)
-		*offset = hi;
-	else
-	{
-		TimestampTz ts = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in,
-																 CStringGetDatum(kw_source->start),
-																 ObjectIdGetDatum(InvalidOid),
-																 Int32GetDatum(-1)));
-		int64		ms = ts / 1000 + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * 86400 * 1000;
-		rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-
-		rd_kafka_topic_partition_list_add(l, kw_source->topic, partition)->offset = ms;
-		err = rd_kafka_offsets_for_times(kw_rk, l, 500);
-		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
-			err = l->elems[0].err;
-		*offset = l->elems[0].offset;
-		rd_kafka_topic_partition_list_destroy(l);
-		if (err)
+		for (int p = 0; p < npart; p++)
 		{
-			kw_set_error("retrying", "could not look up offsets for times in partition %d of topic \"%s\": %s",
-						 partition, kw_source->topic, rd_kafka_err2str(err));
-			return false;
+			if (want[p])
+				kw_parts[p].hwm = ends[p];
 		}
-		if (*offset < 0)
-			*offset = hi;
+		if (strcmp(kw_source->start, "earliest") == 0)
+			error = kw_list_offsets(npart, want, RD_KAFKA_OFFSET_BEGINNING, starts);
+		else if (strcmp(kw_source->start, "latest") == 0)
+			memcpy(starts, ends, sizeof(int64) * npart);
+		else
+		{
+			TimestampTz ts = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in,
+																	 CStringGetDatum(kw_source->start),
+																	 ObjectIdGetDatum(InvalidOid),
+																	 Int32GetDatum(-1)));
+			int64		ms = ts / 1000 + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * 86400 * 1000;
+
+			what = "offsets for times";
+			error = kw_list_offsets(npart, want, ms, starts);
+			for (int p = 0; p < npart && error == NULL; p++)
+			{
+				if (want[p] && starts[p] < 0)
+					starts[p] = ends[p];
+			}
+		}
+	}
+	pfree(ends);
+	if (error != NULL)
+	{
+		kw_set_error("retrying", "could not look up %s in topic \"%s\": %s",
+					 what, kw_source->topic, error);
+		return false;
 	}
 	return true;
 }
@@ -655,6 +683,7 @@ kw_refresh_assignment(void)
 	{
 		int64	   *starts = palloc(sizeof(int64) * npart);
 		bool	   *known = palloc0(sizeof(bool) * npart);
+		bool	   *want = palloc0(sizeof(bool) * npart);
 
 		/* read the stored offsets */
 		SetCurrentStatementStartTimestamp();
@@ -685,26 +714,28 @@ kw_refresh_assignment(void)
 
 		/* resolve and store the start of partitions never seen */
 		for (int p = 0; p < npart; p++)
+			want[p] = kw_parts[p].mine && !kw_parts[p].assigned && !known[p];
+		if (!kw_resolve_starts(npart, want, starts))
+			missing = true;
+		else
 		{
-			Oid			t[3] = {INT4OID, INT4OID, INT8OID};
-			Datum		v[3];
-
-			if (!kw_parts[p].mine || kw_parts[p].assigned || known[p])
-				continue;
-			if (!kw_resolve_start(p, &starts[p]))
+			for (int p = 0; p < npart; p++)
 			{
-				missing = true;
-				continue;
+				Oid			t[3] = {INT4OID, INT4OID, INT8OID};
+				Datum		v[3];
+
+				if (!want[p])
+					continue;
+				v[0] = Int32GetDatum(kw_source->id);
+				v[1] = Int32GetDatum(p);
+				v[2] = Int64GetDatum(starts[p]);
+				kw_catalog_sql("INSERT INTO kappa.source_offsets (source_id, partition, next_offset) "
+							   "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", 3, t, v, NULL);
+				if (SPI_processed != 1)
+					elog(ERROR, "offsets of partition %d of kafka source \"%s\" appeared concurrently",
+						 p, kw_source_name);
+				known[p] = true;
 			}
-			v[0] = Int32GetDatum(kw_source->id);
-			v[1] = Int32GetDatum(p);
-			v[2] = Int64GetDatum(starts[p]);
-			kw_catalog_sql("INSERT INTO kappa.source_offsets (source_id, partition, next_offset) "
-						   "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", 3, t, v, NULL);
-			if (SPI_processed != 1)
-				elog(ERROR, "offsets of partition %d of kafka source \"%s\" appeared concurrently",
-					 p, kw_source_name);
-			known[p] = true;
 		}
 		SPI_finish();
 		PopActiveSnapshot();
@@ -741,6 +772,7 @@ kw_refresh_assignment(void)
 		rd_kafka_topic_partition_list_destroy(add);
 		pfree(starts);
 		pfree(known);
+		pfree(want);
 	}
 
 	if (missing)
