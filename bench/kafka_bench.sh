@@ -13,17 +13,23 @@
 #   view1      a source into a non-retained stream with 1 continuous view
 #   view3      the same with 3 views
 #   view1_p2   view1 with parallelism => 2
-# Each source reads the whole topic from 'earliest'; its time runs from the
-# source's creation to the commit of its last batch (server clock).
+# Each source reads the whole topic from 'earliest', REPEAT times (default 3,
+# each into a fresh target; the medians are reported); its time runs from the
+# source's creation to the commit of its last batch (server clock).  Each
+# source also gets a steady rate: the sum over its workers of each one's
+# messages per second from its first batch to the one before its last, without
+# the start (worker, metadata, first fetch) and the last batch's wait for
+# kappa.max_latency, the fixed costs that weigh on a run of ~1 s.
 #
 # Latency, at a steady LAT_RATE messages/s (default 20000) for LAT_SECONDS
 # (default 15): time from handing a message to the producer to seeing it in
 # a view (polled every 5 ms), p50 and p99, with default settings and with
 # kappa.max_latency = 10ms.
 #
-# Memory: the worker's private memory (RssAnon) while MEM_MESSAGES (default 10000000) messages
-# flow through view1, produced in rounds while consuming (the dev broker
-# keeps only ~5 MiB per partition).  MEM_MESSAGES=0 skips it.
+# Memory: the peak private memory (RssAnon, sampled every 0.1 s) of the
+# worker in each million of MEM_MESSAGES (default 10000000) messages through
+# view1, produced in rounds of MESSAGES while consuming (the dev broker keeps
+# only ~5 MiB per partition).  MEM_MESSAGES=0 skips it.
 #
 # Not a test: it asserts nothing.  Starts its own throwaway server and dev
 # broker and removes them at the end.  Runs as root (Postgres then runs as
@@ -39,6 +45,7 @@ PARTITIONS=${PARTITIONS:-32}
 LAT_RATE=${LAT_RATE:-20000}
 LAT_SECONDS=${LAT_SECONDS:-15}
 MEM_MESSAGES=${MEM_MESSAGES:-10000000}
+REPEAT=${REPEAT:-3}
 
 if [ -z "${KAPPA_BENCH_NO_INSTALL:-}" ]; then
     kappa_install_deps
@@ -88,6 +95,7 @@ COPY (SELECT format('{"user_id": %s, "url": "%s", "amount": %s, "ts": "%s"}',
                     user_id, url, amount, ts)
         FROM ($ROWSQL) r) TO '$TMP/messages.json';
 CREATE UNLOGGED TABLE unlogged ($COLS);
+CREATE UNLOGGED TABLE progress (source text, t timestamptz, slot int, n bigint);
 SQL
 [ -s "$TMP/messages.json" ] || kappa_die "could not generate the messages"
 BYTES=$(wc -c <"$TMP/messages.json")
@@ -111,21 +119,54 @@ T_COPY=$(psql_q -c '\timing on' -c "COPY unlogged FROM '$TMP/rows.csv' (FORMAT c
          | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | awk '{print $1 / 1000}')
 
 # --- sources
-# run_source NAME TARGET PARALLELISM: seconds from creation to the last batch
+# run_source NAME TARGET PARALLELISM CHECK: prints "END_TO_END STEADY": the
+# seconds from the source's creation to the commit of its last batch (server
+# clock), and the steady rate: the sum over the source's workers of each
+# one's messages per second from its first batch to the one before its last
+# (leaving out the start -- worker, metadata, first fetch -- and the last
+# batch's wait for kappa.max_latency).  Every worker's committed count is
+# sampled every 5 ms by one server-side loop (not by starting a client each
+# time, which would take CPU from the workers); CHECK must then count
+# MESSAGES.
 run_source() {
-    local name=$1 target=$2 par=$3 check=$4 got=0 i
-    psql_q -c CHECKPOINT >/dev/null
+    local name=$1 target=$2 par=$3 check=$4 got
+    # the previous runs' vacuum work now, not by autovacuum during this one
+    psql_q -c VACUUM -c CHECKPOINT >/dev/null
     psql_q -c "SELECT kappa.create_kafka_source('$name', target => '$target', topic => 'bench',
                  brokers => '$BS', parallelism => $par)" >/dev/null || kappa_die "create $name failed"
-    for i in $(seq 6000); do
-        got=$(psql_q -c "$check")
-        [ "$got" = "$MESSAGES" ] && break
-        sleep 0.1
-    done
-    [ "$got" = "$MESSAGES" ] || kappa_log "$name: only $got of $MESSAGES after 10 minutes"
-    psql_q -c "SELECT extract(epoch FROM (SELECT max(last_batch_at) FROM kappa.source_status s
-                                          WHERE s.source_id = c.id) - c.created_at)
-                 FROM kappa.source_catalog c WHERE name = '$name'"
+    psql_q >/dev/null <<SQL
+DO \$\$
+DECLARE total bigint;
+BEGIN
+    FOR i IN 1 .. 120000 LOOP   -- at most 10 minutes
+        INSERT INTO progress
+        SELECT '$name', clock_timestamp(), s.slot, s.messages
+          FROM kappa.source_status s JOIN kappa.source_catalog c ON c.id = s.source_id
+         WHERE c.name = '$name';
+        SELECT coalesce(messages, 0) INTO total FROM kappa.sources WHERE source = '$name';
+        EXIT WHEN total >= $MESSAGES;
+        PERFORM pg_sleep(0.005);
+    END LOOP;
+END
+\$\$;
+SQL
+    got=$(psql_q -c "$check")
+    [ "$got" = "$MESSAGES" ] || kappa_log "$name: $got of $MESSAGES messages after 10 minutes"
+    psql_q <<SQL
+WITH commits AS (
+    SELECT slot, n, min(t) AS t FROM progress WHERE source = '$name' AND n > 0 GROUP BY slot, n),
+ranked AS (
+    SELECT slot, n, t, row_number() OVER w AS k, count(*) OVER (PARTITION BY slot) AS commits
+      FROM commits WINDOW w AS (PARTITION BY slot ORDER BY t)),
+per_worker AS (
+    SELECT (max(n) FILTER (WHERE k = commits - 1) - max(n) FILTER (WHERE k = 1))
+           / extract(epoch FROM max(t) FILTER (WHERE k = commits - 1) - max(t) FILTER (WHERE k = 1)) AS rate
+      FROM ranked WHERE commits >= 3 GROUP BY slot)
+SELECT extract(epoch FROM (SELECT max(last_batch_at) FROM kappa.source_status s
+                            WHERE s.source_id = c.id) - c.created_at)
+       || ' ' || coalesce((SELECT round(sum(rate))::text FROM per_worker), 'n/a')
+  FROM kappa.source_catalog c WHERE name = '$name';
+SQL
     psql_q -c "SELECT kappa.drop_source('$name')" >/dev/null
 }
 
@@ -147,21 +188,34 @@ SQL
     fi
 }
 
-kappa_log "source into a table"
-psql_q -c "CREATE TABLE t ($COLS)" >/dev/null
-T_TABLE=$(run_source src_table t 1 "SELECT count(*) FROM t")
+# measure LABEL VIEWS PARALLELISM: REPEAT runs of a source over the whole
+# topic into a fresh target each time (VIEWS 0: an ordinary table, else a
+# stream with VIEWS views); prints the medians "END_TO_END STEADY"
+measure() {
+    local label=$1 views=$2 par=$3 i target check
+    for i in $(seq "$REPEAT"); do
+        target=${label}_$i
+        if [ "$views" -eq 0 ]; then
+            psql_q -c "CREATE TABLE $target ($COLS)" >/dev/null
+            check="SELECT count(*) FROM $target"
+        else
+            new_stream "$target" "$views"
+            check="SELECT coalesce(sum(n), 0) FROM ${target}_v1"
+        fi
+        run_source "src_$target" "$target" "$par" "$check"
+    done >"$TMP/runs_$label.txt"
+    echo "$(cut -d' ' -f1 "$TMP/runs_$label.txt" | sort -g | sed -n "$(( (REPEAT + 1) / 2 ))p")" \
+         "$(cut -d' ' -f2 "$TMP/runs_$label.txt" | sort -g | sed -n "$(( (REPEAT + 1) / 2 ))p")"
+}
 
-kappa_log "source into a stream with 1 view"
-new_stream s1 1
-T_VIEW1=$(run_source src_view1 s1 1 "SELECT coalesce(sum(n), 0) FROM s1_v1")
-
-kappa_log "source into a stream with 3 views"
-new_stream s3 3
-T_VIEW3=$(run_source src_view3 s3 1 "SELECT coalesce(sum(n), 0) FROM s3_v3")
-
-kappa_log "source into a stream with 1 view, parallelism 2"
-new_stream s2 1
-T_VIEW1P2=$(run_source src_view1_p2 s2 2 "SELECT coalesce(sum(n), 0) FROM s2_v1")
+kappa_log "source into a table ($REPEAT runs)"
+read -r T_TABLE S_TABLE < <(measure table 0 1)
+kappa_log "source into a stream with 1 view ($REPEAT runs)"
+read -r T_VIEW1 S_VIEW1 < <(measure view1 1 1)
+kappa_log "source into a stream with 3 views ($REPEAT runs)"
+read -r T_VIEW3 S_VIEW3 < <(measure view3 3 1)
+kappa_log "source into a stream with 1 view, parallelism 2 ($REPEAT runs)"
+read -r T_VIEW1P2 S_VIEW1P2 < <(measure view1_p2 1 2)
 
 # --- latency
 # latency TOPIC LABEL: produce LAT_RATE/s for LAT_SECONDS, poll the view
@@ -233,19 +287,33 @@ if [ "$MEM_MESSAGES" -gt 0 ]; then
     rounds=$(( (MEM_MESSAGES + MESSAGES - 1) / MESSAGES ))
     : >"$TMP/rss.txt"
     for r in $(seq "$rounds"); do
-        kcat -P -b "$BS" -t mem "${KCAT_P[@]}" <"$TMP/messages.json"
+        # produce a round while the worker consumes; sample its private
+        # memory (RssAnon: RSS also counts the shared buffers it touched)
+        # every 0.1 s and keep the round's peak
+        kcat -P -b "$BS" -t mem "${KCAT_P[@]}" <"$TMP/messages.json" &
+        producer=$!
+        peak=0
         for _ in $(seq 6000); do
-            [ "$(psql_q -c 'SELECT coalesce(sum(n), 0) FROM m1_v1')" -ge $((r * MESSAGES)) ] && break
+            rss=$(awk '/^RssAnon:/ {print $2}' "/proc/$WPID/status")
+            [ "${rss:-0}" -gt "$peak" ] && peak=$rss
+            if ! kill -0 "$producer" 2>/dev/null &&
+               [ "$(psql_q -c 'SELECT coalesce(sum(n), 0) FROM m1_v1')" -ge $((r * MESSAGES)) ]; then
+                break
+            fi
             sleep 0.1
         done
-        # private memory (RssAnon): RSS also counts the shared buffers touched
-        echo "$((r * MESSAGES)) $(awk '/^RssAnon:/ {print $2}' "/proc/$WPID/status")" >>"$TMP/rss.txt"
+        wait "$producer"
+        echo "$((r * MESSAGES)) $peak" >>"$TMP/rss.txt"
     done
     MEM_REPORT=$(awk '{printf "%s%.0fM: %d MB", (NR > 1 ? ", " : ""), $1 / 1000000, $2 / 1024}' "$TMP/rss.txt")
 fi
 
 rate() { awk "BEGIN{printf \"%.0f\", $MESSAGES / $1}"; }
 ratio() { awk "BEGIN{printf \"%.2f\", $1 / $2}"; }
+row() {
+    printf '%8.2f %12s %9s %9s %10s %8s' "$1" "$2" "$(ratio "$2" "$R_COPY")" "$(ratio "$2" "$R_KCAT")" \
+        "$3" "$(ratio "$3" "$R_COPY")"
+}
 R_KCAT=$(rate "$T_KCAT"); R_COPY=$(rate "$T_COPY"); R_TABLE=$(rate "$T_TABLE")
 R_V1=$(rate "$T_VIEW1"); R_V3=$(rate "$T_VIEW3"); R_V1P2=$(rate "$T_VIEW1P2")
 
@@ -253,18 +321,28 @@ cat <<EOF
 
 pg_kappa Kafka benchmark: $MESSAGES JSON messages (~$((BYTES / MESSAGES)) bytes) over $PARTITIONS partitions, $(nproc) cores
 
-                                   seconds   messages/s   vs COPY   vs kcat
+                                   seconds   messages/s   vs COPY   vs kcat   steady/s  vs COPY
 limit: kcat to /dev/null          $(printf '%8.2f %12s' "$T_KCAT" "$R_KCAT")
 limit: COPY into unlogged table   $(printf '%8.2f %12s' "$T_COPY" "$R_COPY")
-source -> table                   $(printf '%8.2f %12s %9s %9s' "$T_TABLE" "$R_TABLE" "$(ratio "$R_TABLE" "$R_COPY")" "$(ratio "$R_TABLE" "$R_KCAT")")
-source -> stream, 1 view          $(printf '%8.2f %12s %9s %9s' "$T_VIEW1" "$R_V1" "$(ratio "$R_V1" "$R_COPY")" "$(ratio "$R_V1" "$R_KCAT")")
-source -> stream, 3 views         $(printf '%8.2f %12s %9s %9s' "$T_VIEW3" "$R_V3" "$(ratio "$R_V3" "$R_COPY")" "$(ratio "$R_V3" "$R_KCAT")")
-source -> stream, 1 view, p=2     $(printf '%8.2f %12s %9s %9s' "$T_VIEW1P2" "$R_V1P2" "$(ratio "$R_V1P2" "$R_COPY")" "$(ratio "$R_V1P2" "$R_KCAT")")
-parallelism 2 / 1 (1 view):       $(ratio "$R_V1P2" "$R_V1")
+source -> table                   $(row "$T_TABLE" "$R_TABLE" "$S_TABLE")
+source -> stream, 1 view          $(row "$T_VIEW1" "$R_V1" "$S_VIEW1")
+source -> stream, 3 views         $(row "$T_VIEW3" "$R_V3" "$S_VIEW3")
+source -> stream, 1 view, p=2     $(row "$T_VIEW1P2" "$R_V1P2" "$S_VIEW1P2")
+parallelism 2 / 1 (1 view):       $(ratio "$R_V1P2" "$R_V1") end to end, $(ratio "$S_VIEW1P2" "$S_VIEW1") steady
+
+runs (seconds, steady messages/s), of which the medians are shown above:
+  table: $(paste -sd, "$TMP/runs_table.txt");  1 view: $(paste -sd, "$TMP/runs_view1.txt")
+  3 views: $(paste -sd, "$TMP/runs_view3.txt");  1 view, p=2: $(paste -sd, "$TMP/runs_view1_p2.txt")
+
+(seconds: from creating the source to the commit of its last batch, which
+includes starting the worker, reading metadata and the wait of the last
+batch for kappa.max_latency; steady: the sum over the workers of each
+one's messages/s from its first batch to the one before its last)
 
 latency produce -> visible in a view at $LAT_RATE messages/s for $LAT_SECONDS s (p50 p99 ms, messages):
   default settings (kappa.max_latency = 100ms):  $LAT_DEFAULT
   kappa.max_latency = 10ms:                       $LAT_10
 
-private memory (RssAnon) of one worker (stream, 1 view) after N messages: $MEM_REPORT
+peak private memory (RssAnon) of one worker (stream, 1 view) in the million up to N messages:
+  $MEM_REPORT
 EOF
