@@ -558,7 +558,7 @@ kappa_field_where(const char *fname)
 static char *
 kappa_where_text(const KappaWhere *where)
 {
-	if (where->text != NULL)
+	if (where->text !=NULL)
 		return pstrdup(where->text);
 	if (where->fieldno > 0)
 		return psprintf("CSV field %d (column \"%s\")", where->fieldno,
@@ -1738,7 +1738,7 @@ kappa_payload_column(KappaDecoder *d, List *columns)
 {
 	const char *fmt = kappa_format_names[d->format];
 	const char *want = (d->format == KAPPA_FORMAT_BYTEA) ?
-		"bytea" : "text, varchar, char, json or jsonb";
+	"bytea" : "text, varchar, char, json or jsonb";
 	int			found = -1;
 	int			count = 0;
 
@@ -1867,7 +1867,7 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 
 		col->kind = kappa_meta_kind(col->name);
 		if (att->attgenerated || att->attidentity)
-			col->kind = KAPPA_COL_SKIP;	/* filled by the executor */
+			col->kind = KAPPA_COL_SKIP; /* filled by the executor */
 		kappa_check_meta_type(col);
 		if (col->kind == KAPPA_COL_SKIP)
 			continue;
@@ -2089,7 +2089,7 @@ kappa_parse_options(KappaDecoder *d, Jsonb *options, List **columns)
 	const char *fmt = kappa_format_names[d->format];
 	bool		csv = (d->format == KAPPA_FORMAT_CSV);
 	bool		json = (d->format == KAPPA_FORMAT_JSON);
-	bool		text = (d->format == KAPPA_FORMAT_TEXT);
+	bool text = (d->format == KAPPA_FORMAT_TEXT);
 
 	if (options == NULL)
 		return;
@@ -2157,6 +2157,7 @@ kappa_parse_options(KappaDecoder *d, Jsonb *options, List **columns)
 			int			dbenc = GetDatabaseEncoding();
 
 			valid = json || csv || text;
+
 			d->encoding = pg_char_to_encoding(name);
 			if (d->encoding < 0 || !PG_VALID_BE_ENCODING(d->encoding))
 				ereport(ERROR,
