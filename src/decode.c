@@ -209,7 +209,7 @@ typedef struct KappaWhere
 	const char *field;			/* JSON key or CSV header name, or NULL */
 	int			fieldno;		/* CSV field number (1-based), or 0 */
 	const char *column;			/* the column, with fieldno */
-	const char *text;			/* else a fixed text ("The key") */
+	const char *subject;		/* else a fixed subject ("The key") */
 } KappaWhere;
 
 /* State of the JSON callbacks for one message. */
@@ -558,8 +558,8 @@ kappa_field_where(const char *fname)
 static char *
 kappa_where_text(const KappaWhere *where)
 {
-	if (where->text !=NULL)
-		return pstrdup(where->text);
+	if (where->subject != NULL)
+		return pstrdup(where->subject);
 	if (where->fieldno > 0)
 		return psprintf("CSV field %d (column \"%s\")", where->fieldno,
 						where->column);
@@ -2089,7 +2089,7 @@ kappa_parse_options(KappaDecoder *d, Jsonb *options, List **columns)
 	const char *fmt = kappa_format_names[d->format];
 	bool		csv = (d->format == KAPPA_FORMAT_CSV);
 	bool		json = (d->format == KAPPA_FORMAT_JSON);
-	bool text = (d->format == KAPPA_FORMAT_TEXT);
+	bool		is_text = (d->format == KAPPA_FORMAT_TEXT);
 
 	if (options == NULL)
 		return;
@@ -2156,8 +2156,7 @@ kappa_parse_options(KappaDecoder *d, Jsonb *options, List **columns)
 			char	   *name = kappa_option_string(key, &v);
 			int			dbenc = GetDatabaseEncoding();
 
-			valid = json || csv || text;
-
+			valid = json || csv || is_text;
 			d->encoding = pg_char_to_encoding(name);
 			if (d->encoding < 0 || !PG_VALID_BE_ENCODING(d->encoding))
 				ereport(ERROR,
