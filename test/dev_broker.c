@@ -251,15 +251,15 @@ static bool
 parse_int(const char *str, long min, long max, long *result)
 {
 	char	   *end;
-	long		val;
+	long		number;
 
 	if (str == NULL || *str == '\0')
 		return false;
 	errno = 0;
-	val = strtol(str, &end, 10);
-	if (errno != 0 || *end != '\0' || val < min || val > max)
+	number = strtol(str, &end, 10);
+	if (errno != 0 || *end != '\0' || number < min || number > max)
 		return false;
-	*result = val;
+	*result = number;
 	return true;
 }
 
