@@ -9,6 +9,7 @@
 #   kcat       kcat consuming the topic to /dev/null (limit: the client)
 #   copy       COPY of the same rows, already decoded, into an unlogged
 #              table (limit: writing the rows at all)
+# (each limit: the median of REPEAT runs)
 #   table      a source into an ordinary table
 #   view1      a source into a non-retained stream with 1 continuous view
 #   view3      the same with 3 views
@@ -106,20 +107,37 @@ kcat -P -b "$BS" -t bench "${KCAT_P[@]}" <"$TMP/messages.json" \
     || kappa_die "kcat produce failed"
 
 # --- limits
-kappa_log "limit: kcat consuming the topic"
-T0=$(date +%s.%N)
-N_KCAT=$(kcat -C -b "$BS" -t bench -o beginning -e -q -f 'x\n' | wc -l)
-T1=$(date +%s.%N)
-T_KCAT=$(awk "BEGIN{print $T1 - $T0}")
-[ "$N_KCAT" -eq "$MESSAGES" ] || kappa_die "kcat read $N_KCAT of $MESSAGES messages (the dev broker dropped some: more partitions?)"
+# median of REPEAT runs of a command printing seconds
+median_of() { for _ in $(seq "$REPEAT"); do "$@"; done | sort -g | sed -n "$(( (REPEAT + 1) / 2 ))p"; }
 
-kappa_log "limit: COPY into an unlogged table"
-psql_q -c CHECKPOINT >/dev/null
-T_COPY=$(psql_q -c '\timing on' -c "COPY unlogged FROM '$TMP/rows.csv' (FORMAT csv)" \
-         | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | awk '{print $1 / 1000}')
+kcat_seconds() {
+    local t0 t1 n
+    t0=$(date +%s.%N)
+    n=$(kcat -C -b "$BS" -t bench -o beginning -e -q -f 'x\n' | wc -l)
+    t1=$(date +%s.%N)
+    [ "$n" -eq "$MESSAGES" ] || kappa_die "kcat read $n of $MESSAGES messages (the dev broker dropped some: more partitions?)"
+    awk "BEGIN{print $t1 - $t0}"
+}
+kappa_log "limit: kcat consuming the topic ($REPEAT runs)"
+T_KCAT=$(median_of kcat_seconds)
+[ -n "$T_KCAT" ] || kappa_die "kcat could not read the topic"
+
+copy_seconds() {
+    psql_q -c "TRUNCATE unlogged" -c CHECKPOINT >/dev/null
+    psql_q -c '\timing on' -c "COPY unlogged FROM '$TMP/rows.csv' (FORMAT csv)" \
+        | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | awk '{print $1 / 1000}'
+}
+kappa_log "limit: COPY into an unlogged table ($REPEAT runs)"
+T_COPY=$(median_of copy_seconds)
+[ -n "$T_COPY" ] || kappa_die "COPY failed"
 
 # --- sources
-# run_source NAME TARGET PARALLELISM CHECK: prints "END_TO_END STEADY": the
+# busy_ticks: the CPU time all processes of the machine have used, in clock
+# ticks (/proc/stat: user, nice, system, irq, softirq, steal)
+CLK_TCK=$(getconf CLK_TCK)
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+
+# run_source NAME TARGET PARALLELISM CHECK: prints "END_TO_END STEADY CPU": the
 # seconds from the source's creation to the commit of its last batch (server
 # clock), and the steady rate: the sum over the source's workers of each
 # one's messages per second from its first batch to the one before its last
@@ -127,11 +145,14 @@ T_COPY=$(psql_q -c '\timing on' -c "COPY unlogged FROM '$TMP/rows.csv' (FORMAT c
 # batch's wait for kappa.max_latency).  Every worker's committed count is
 # sampled every 5 ms by one server-side loop (not by starting a client each
 # time, which would take CPU from the workers); CHECK must then count
-# MESSAGES.
+# MESSAGES.  CPU is the CPU time (seconds) the whole machine used from
+# creating the source to its last message: worker, librdkafka's threads,
+# the dev broker, the sampling loop.
 run_source() {
     local name=$1 target=$2 par=$3 check=$4 got
     # the previous runs' vacuum work now, not by autovacuum during this one
     psql_q -c VACUUM -c CHECKPOINT >/dev/null
+    cpu0=$(busy_ticks)
     psql_q -c "SELECT kappa.create_kafka_source('$name', target => '$target', topic => 'bench',
                  brokers => '$BS', parallelism => $par)" >/dev/null || kappa_die "create $name failed"
     psql_q >/dev/null <<SQL
@@ -150,6 +171,7 @@ BEGIN
 END
 \$\$;
 SQL
+    cpu1=$(busy_ticks)
     got=$(psql_q -c "$check")
     [ "$got" = "$MESSAGES" ] || kappa_log "$name: $got of $MESSAGES messages after 10 minutes"
     psql_q <<SQL
@@ -165,6 +187,7 @@ per_worker AS (
 SELECT extract(epoch FROM (SELECT max(last_batch_at) FROM kappa.source_status s
                             WHERE s.source_id = c.id) - c.created_at)
        || ' ' || coalesce((SELECT round(sum(rate))::text FROM per_worker), 'n/a')
+       || ' ' || round(($cpu1 - $cpu0) / $CLK_TCK.0, 2)
   FROM kappa.source_catalog c WHERE name = '$name';
 SQL
     psql_q -c "SELECT kappa.drop_source('$name')" >/dev/null
@@ -190,7 +213,7 @@ SQL
 
 # measure LABEL VIEWS PARALLELISM: REPEAT runs of a source over the whole
 # topic into a fresh target each time (VIEWS 0: an ordinary table, else a
-# stream with VIEWS views); prints the medians "END_TO_END STEADY"
+# stream with VIEWS views); prints the medians "END_TO_END STEADY CPU"
 measure() {
     local label=$1 views=$2 par=$3 i target check
     for i in $(seq "$REPEAT"); do
@@ -204,18 +227,19 @@ measure() {
         fi
         run_source "src_$target" "$target" "$par" "$check"
     done >"$TMP/runs_$label.txt"
-    echo "$(cut -d' ' -f1 "$TMP/runs_$label.txt" | sort -g | sed -n "$(( (REPEAT + 1) / 2 ))p")" \
-         "$(cut -d' ' -f2 "$TMP/runs_$label.txt" | sort -g | sed -n "$(( (REPEAT + 1) / 2 ))p")"
+    for f in 1 2 3; do
+        cut -d' ' -f$f "$TMP/runs_$label.txt" | sort -g | sed -n "$(( (REPEAT + 1) / 2 ))p"
+    done | paste -sd' '
 }
 
 kappa_log "source into a table ($REPEAT runs)"
-read -r T_TABLE S_TABLE < <(measure table 0 1)
+read -r T_TABLE S_TABLE C_TABLE < <(measure table 0 1)
 kappa_log "source into a stream with 1 view ($REPEAT runs)"
-read -r T_VIEW1 S_VIEW1 < <(measure view1 1 1)
+read -r T_VIEW1 S_VIEW1 C_VIEW1 < <(measure view1 1 1)
 kappa_log "source into a stream with 3 views ($REPEAT runs)"
-read -r T_VIEW3 S_VIEW3 < <(measure view3 3 1)
+read -r T_VIEW3 S_VIEW3 C_VIEW3 < <(measure view3 3 1)
 kappa_log "source into a stream with 1 view, parallelism 2 ($REPEAT runs)"
-read -r T_VIEW1P2 S_VIEW1P2 < <(measure view1_p2 1 2)
+read -r T_VIEW1P2 S_VIEW1P2 C_VIEW1P2 < <(measure view1_p2 1 2)
 
 # --- latency
 # latency TOPIC LABEL: produce LAT_RATE/s for LAT_SECONDS, poll the view
@@ -311,9 +335,10 @@ fi
 rate() { awk "BEGIN{printf \"%.0f\", $MESSAGES / $1}"; }
 ratio() { awk "BEGIN{printf \"%.2f\", $1 / $2}"; }
 row() {
-    printf '%8.2f %12s %9s %9s %10s %8s' "$1" "$2" "$(ratio "$2" "$R_COPY")" "$(ratio "$2" "$R_KCAT")" \
-        "$3" "$(ratio "$3" "$R_COPY")"
+    printf '%8.2f %12s %9s %9s %10s %8s %7.2f' "$1" "$2" "$(ratio "$2" "$R_COPY")" "$(ratio "$2" "$R_KCAT")" \
+        "$3" "$(ratio "$3" "$R_COPY")" "$4"
 }
+CORES=$(nproc)
 R_KCAT=$(rate "$T_KCAT"); R_COPY=$(rate "$T_COPY"); R_TABLE=$(rate "$T_TABLE")
 R_V1=$(rate "$T_VIEW1"); R_V3=$(rate "$T_VIEW3"); R_V1P2=$(rate "$T_VIEW1P2")
 
@@ -321,23 +346,27 @@ cat <<EOF
 
 pg_kappa Kafka benchmark: $MESSAGES JSON messages (~$((BYTES / MESSAGES)) bytes) over $PARTITIONS partitions, $(nproc) cores
 
-                                   seconds   messages/s   vs COPY   vs kcat   steady/s  vs COPY
+                                   seconds   messages/s   vs COPY   vs kcat   steady/s  vs COPY   CPU s
 limit: kcat to /dev/null          $(printf '%8.2f %12s' "$T_KCAT" "$R_KCAT")
 limit: COPY into unlogged table   $(printf '%8.2f %12s' "$T_COPY" "$R_COPY")
-source -> table                   $(row "$T_TABLE" "$R_TABLE" "$S_TABLE")
-source -> stream, 1 view          $(row "$T_VIEW1" "$R_V1" "$S_VIEW1")
-source -> stream, 3 views         $(row "$T_VIEW3" "$R_V3" "$S_VIEW3")
-source -> stream, 1 view, p=2     $(row "$T_VIEW1P2" "$R_V1P2" "$S_VIEW1P2")
+source -> table                   $(row "$T_TABLE" "$R_TABLE" "$S_TABLE" "$C_TABLE")
+source -> stream, 1 view          $(row "$T_VIEW1" "$R_V1" "$S_VIEW1" "$C_VIEW1")
+source -> stream, 3 views         $(row "$T_VIEW3" "$R_V3" "$S_VIEW3" "$C_VIEW3")
+source -> stream, 1 view, p=2     $(row "$T_VIEW1P2" "$R_V1P2" "$S_VIEW1P2" "$C_VIEW1P2")
 parallelism 2 / 1 (1 view):       $(ratio "$R_V1P2" "$R_V1") end to end, $(ratio "$S_VIEW1P2" "$S_VIEW1") steady
+CPU bound of this machine:        $(ratio "$T_VIEW1" "$(awk "BEGIN{print $C_VIEW1 / $CORES}")") (the 1-view run used $C_VIEW1 CPU s in $(printf '%.2f' "$T_VIEW1") s;
+                                  on $CORES cores no number of workers does that work in less than $(awk "BEGIN{printf \"%.2f\", $C_VIEW1 / $CORES}") s)
 
-runs (seconds, steady messages/s), of which the medians are shown above:
+runs (seconds, steady messages/s, CPU s), of which the medians are shown above:
   table: $(paste -sd, "$TMP/runs_table.txt");  1 view: $(paste -sd, "$TMP/runs_view1.txt")
   3 views: $(paste -sd, "$TMP/runs_view3.txt");  1 view, p=2: $(paste -sd, "$TMP/runs_view1_p2.txt")
 
 (seconds: from creating the source to the commit of its last batch, which
 includes starting the worker, reading metadata and the wait of the last
 batch for kappa.max_latency; steady: the sum over the workers of each
-one's messages/s from its first batch to the one before its last)
+one's messages/s from its first batch to the one before its last; CPU s:
+the CPU time the whole machine used meanwhile -- workers, librdkafka's
+threads, the dev broker)
 
 latency produce -> visible in a view at $LAT_RATE messages/s for $LAT_SECONDS s (p50 p99 ms, messages):
   default settings (kappa.max_latency = 100ms):  $LAT_DEFAULT
