@@ -80,6 +80,7 @@ typedef struct KwPartition
 	int64		committed;		/* next offset, as stored */
 	int64		hwm;			/* high watermark, -1 if unknown */
 	int64		batch_next;		/* next offset after this batch, or -1 */
+	int64		polled_next;	/* next offset after the last one polled */
 } KwPartition;
 
 typedef struct KwDead
@@ -113,6 +114,7 @@ static rd_kafka_message_t **kw_msgs;
 static int	kw_nmsgs;
 static KwDead *kw_dead;
 static TimestampTz kw_batch_deadline;
+static bool kw_after_full_batch;	/* the last batch applied was full */
 
 /* The target, as of the last batch. */
 static bool kw_is_stream;
@@ -749,6 +751,7 @@ kw_refresh_assignment(void)
 				continue;
 			rd_kafka_topic_partition_list_add(add, kw_source->topic, p)->offset = starts[p];
 			kw_parts[p].committed = starts[p];
+			kw_parts[p].polled_next = starts[p];
 		}
 		if (add->cnt > 0)
 		{
@@ -1518,6 +1521,25 @@ kw_drain_pipe(void)
 }
 
 /*
+ * kw_caught_up tells whether the worker has polled every message its
+ * partitions held as of librdkafka's last fetch responses (their cached
+ * high watermarks): the end of a backlog.
+ */
+static bool
+kw_caught_up(void)
+{
+	kw_refresh_watermarks();
+	for (int p = 0; p < kw_nparts; p++)
+	{
+		if (!kw_parts[p].assigned)
+			continue;
+		if (kw_parts[p].hwm < 0 || kw_parts[p].polled_next < kw_parts[p].hwm)
+			return false;
+	}
+	return true;
+}
+
+/*
  * kw_poll moves available messages into the batch, up to the batch size.
  * Returns true if it stopped because the batch is full (messages may be
  * left in the queue, so the caller must not wait for the event fd).
@@ -1551,6 +1573,8 @@ kw_poll(void)
 															kw_max_latency());
 		kw_msgs[kw_nmsgs++] = m;
 		kw_polled_bytes += m->len + m->key_len;
+		if (kw_parts[m->partition].polled_next < m->offset + 1)
+			kw_parts[m->partition].polled_next = m->offset + 1;
 	}
 	return kw_nmsgs >= limit;
 }
@@ -1620,9 +1644,18 @@ KappaKafkaWorkerMain(Datum main_arg)
 		kw_report_callbacks();
 		now = GetCurrentTimestamp();
 
-		if (full || (kw_nmsgs > 0 && now >= kw_batch_deadline))
+		/*
+		 * A batch ends when it is full or max_latency after its first
+		 * message; and when a backlog has just been read to its end (the
+		 * batch before was full): its last messages have waited long enough,
+		 * and ending then adds at most one transaction per backlog.
+		 */
+		if (full || (kw_nmsgs > 0 &&
+					 (now >= kw_batch_deadline ||
+					  (kw_after_full_batch && kw_caught_up()))))
 		{
 			kw_apply_batch_or_exit();
+			kw_after_full_batch = full;
 			CHECK_FOR_INTERRUPTS();
 		}
 

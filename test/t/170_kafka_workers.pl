@@ -14,7 +14,7 @@ use Time::HiRes qw(usleep time);
 
 require "./test/t/100_kafka_common.pl";
 
-my $broker = kafka_start_broker(w => 4);
+my $broker = kafka_start_broker(w => 4, backlog => 1);
 my $bs = $broker->{bootstrap};
 
 # --- without preloading
@@ -95,6 +95,28 @@ is(join(',', sort split /\n/, $node->safe_psql('postgres',
 cmp_ok($node->safe_psql('postgres',
 	q{SELECT sum(batches) FROM kappa.source_status s JOIN kappa.source_catalog c ON c.id = s.source_id
 	   WHERE c.name = 'w_par'}), '>=', 8, 'the reloaded batch size applies');
+
+# Batches end when full or max_latency after their first message -- and
+# when a backlog has been read to its end: with max_latency 20 s and
+# batch_size 100, a backlog of 250 messages is applied as 100 + 100 + 50 at
+# once, not with the last 50 waiting 20 s.  Messages that trickle in after
+# that (no full batch before them) wait for max_latency as before.
+$node->safe_psql('postgres', 'CREATE TABLE bl (id int)');
+kafka_produce($broker, 'backlog', [ map { qq({"id": $_}) } 1 .. 250 ]);
+$node->safe_psql('postgres', qq{
+SELECT kappa.create_kafka_source('bl_src', target => 'bl', topic => 'backlog', brokers => '$bs',
+    options => '{"batch_size": 100, "max_latency": "20s"}')});
+kafka_wait($node, 'SELECT count(*) FROM bl', 250,
+	'a backlog is applied at once to its end, without waiting for max_latency', 10);
+is($node->safe_psql('postgres', q{
+SELECT s.batches FROM kappa.source_status s JOIN kappa.source_catalog c ON c.id = s.source_id
+ WHERE c.name = 'bl_src'}), 3, 'in batches of 100, 100 and 50');
+kafka_produce($broker, 'backlog', [ map { qq({"id": $_}) } 251 .. 260 ]);
+sleep 3;
+is($node->safe_psql('postgres', 'SELECT count(*) FROM bl'), 250,
+	'messages after the backlog wait for max_latency');
+kafka_wait($node, 'SELECT count(*) FROM bl', 260, 'and are applied then', 40);
+$node->safe_psql('postgres', q{SELECT kappa.drop_source('bl_src')});
 
 # pg_ctl restart: back by themselves
 $node->restart;
