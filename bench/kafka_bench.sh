@@ -20,7 +20,10 @@
 # source also gets a steady rate: the sum over its workers of each one's
 # messages per second from its first batch to the one before its last, without
 # the start (worker, metadata, first fetch) and the last batch's wait for
-# kappa.max_latency, the fixed costs that weigh on a run of ~1 s.
+# kappa.max_latency, the fixed costs that weigh on a run of ~1 s.  And the
+# CPU time the whole machine used during each run: the 1-view run's CPU
+# time spread over all cores is the least time any number of workers can
+# take on this machine, which bounds the gain parallelism can show here.
 #
 # Latency, at a steady LAT_RATE messages/s (default 20000) for LAT_SECONDS
 # (default 15): time from handing a message to the producer to seeing it in
@@ -113,7 +116,14 @@ median_of() { for _ in $(seq "$REPEAT"); do "$@"; done | sort -g | sed -n "$(( (
 kcat_seconds() {
     local t0 t1 n
     t0=$(date +%s.%N)
-    n=$(kcat -C -b "$BS" -t bench -o beginning -e -q -f 'x\n' | wc -l)
+    # kcat at its fastest: a fetch that finds no more data waits
+    # fetch.wait.max.ms (500 ms by default) on the dev broker before kcat
+    # sees the partition's end, and a consumer that fills librdkafka's
+    # prefetch limits stops fetching for up to a second (see
+    # kw_wake_fetcher in kafka_worker.c); either would make this limit a
+    # matter of luck (0.8 to 1.6 s for the same messages)
+    n=$(kcat -C -b "$BS" -t bench -o beginning -e -q -f 'x\n' -X fetch.wait.max.ms=10 \
+            -X queued.min.messages=10000000 -X queued.max.messages.kbytes=2097151 | wc -l)
     t1=$(date +%s.%N)
     [ "$n" -eq "$MESSAGES" ] || kappa_die "kcat read $n of $MESSAGES messages (the dev broker dropped some: more partitions?)"
     awk "BEGIN{print $t1 - $t0}"
@@ -157,14 +167,14 @@ run_source() {
                  brokers => '$BS', parallelism => $par)" >/dev/null || kappa_die "create $name failed"
     psql_q >/dev/null <<SQL
 DO \$\$
-DECLARE total bigint;
+DECLARE
+    sid integer := (SELECT id FROM kappa.source_catalog WHERE name = '$name');
+    total bigint;
 BEGIN
     FOR i IN 1 .. 120000 LOOP   -- at most 10 minutes
-        INSERT INTO progress
-        SELECT '$name', clock_timestamp(), s.slot, s.messages
-          FROM kappa.source_status s JOIN kappa.source_catalog c ON c.id = s.source_id
-         WHERE c.name = '$name';
-        SELECT coalesce(messages, 0) INTO total FROM kappa.sources WHERE source = '$name';
+        WITH status AS (SELECT slot, messages FROM kappa.source_status WHERE source_id = sid),
+             sample AS (INSERT INTO progress SELECT '$name', clock_timestamp(), slot, messages FROM status)
+        SELECT coalesce(sum(messages), 0) INTO total FROM status;
         EXIT WHEN total >= $MESSAGES;
         PERFORM pg_sleep(0.005);
     END LOOP;
@@ -339,6 +349,7 @@ row() {
         "$3" "$(ratio "$3" "$R_COPY")" "$4"
 }
 CORES=$(nproc)
+BOUND=$(ratio "$T_VIEW1" "$(awk "BEGIN{print $C_VIEW1 / $CORES}")")
 R_KCAT=$(rate "$T_KCAT"); R_COPY=$(rate "$T_COPY"); R_TABLE=$(rate "$T_TABLE")
 R_V1=$(rate "$T_VIEW1"); R_V3=$(rate "$T_VIEW3"); R_V1P2=$(rate "$T_VIEW1P2")
 
@@ -354,8 +365,9 @@ source -> stream, 1 view          $(row "$T_VIEW1" "$R_V1" "$S_VIEW1" "$C_VIEW1"
 source -> stream, 3 views         $(row "$T_VIEW3" "$R_V3" "$S_VIEW3" "$C_VIEW3")
 source -> stream, 1 view, p=2     $(row "$T_VIEW1P2" "$R_V1P2" "$S_VIEW1P2" "$C_VIEW1P2")
 parallelism 2 / 1 (1 view):       $(ratio "$R_V1P2" "$R_V1") end to end, $(ratio "$S_VIEW1P2" "$S_VIEW1") steady
-CPU bound of this machine:        $(ratio "$T_VIEW1" "$(awk "BEGIN{print $C_VIEW1 / $CORES}")") (the 1-view run used $C_VIEW1 CPU s in $(printf '%.2f' "$T_VIEW1") s;
+CPU bound of this machine:        $BOUND (the 1-view run used $C_VIEW1 CPU s in $(printf '%.2f' "$T_VIEW1") s;
                                   on $CORES cores no number of workers does that work in less than $(awk "BEGIN{printf \"%.2f\", $C_VIEW1 / $CORES}") s)
+parallelism 2 / 1 vs that bound:  $(ratio "$(ratio "$R_V1P2" "$R_V1")" "$BOUND") end to end
 
 runs (seconds, steady messages/s, CPU s), of which the medians are shown above:
   table: $(paste -sd, "$TMP/runs_table.txt");  1 view: $(paste -sd, "$TMP/runs_view1.txt")
