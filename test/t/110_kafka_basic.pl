@@ -28,6 +28,11 @@ CREATE TABLE events (
 );
 });
 
+# a row the topic's duplicates collide with (messages of different
+# partitions have no order, so they cannot collide with each other
+# deterministically)
+$node->safe_psql('postgres', q{INSERT INTO events (id, name) VALUES (0, 'before the source')});
+
 # a deferred constraint is checked per message too
 $node->safe_psql('postgres', q{
 CREATE FUNCTION no_zero() RETURNS trigger LANGUAGE plpgsql AS
@@ -52,7 +57,7 @@ for my $i (1 .. $n)
 		elsif ($kind == 4) { $v = qq({"id": $i, "name": ") . ('x' x 3000) . qq("}); } # oversize
 		elsif ($kind == 5) { $v = qq({"id": $i, "name": "\xff\xfe$i"}); }      # invalid UTF-8
 		elsif ($kind == 6) { $v = ''; }                                       # empty
-		elsif ($kind == 7) { $v = qq({"id": 1, "name": "duplicate"}); }        # unique
+		elsif ($kind == 7) { $v = qq({"id": 0, "name": "duplicate"}); }        # unique
 		else               { $v = qq({"id": $i, "name": "n$i", "amount": 0}); } # deferred trigger
 		$bad{$i} = $kind;
 	}
@@ -68,9 +73,9 @@ SELECT kappa.create_kafka_source('events_src', target => 'events', topic => 'eve
 });
 
 kafka_wait($node,
-	q{SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM kappa.errors)},
+	q{SELECT (SELECT count(*) FROM events WHERE id > 0) + (SELECT count(*) FROM kappa.errors)},
 	$n, 'produced = rows + dead letters');
-is($node->safe_psql('postgres', 'SELECT count(*) FROM events'), $n - $nbad, 'good rows');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM events WHERE id > 0'), $n - $nbad, 'good rows');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM kappa.errors'), $nbad, 'dead letters');
 is($node->safe_psql('postgres',
 	q{SELECT count(*) FROM events WHERE kafka_key = 'k' || id AND kafka_offset IS NOT NULL
@@ -126,7 +131,7 @@ is($node->safe_psql('postgres',
 kafka_produce($broker, 'events',
 	[ map { qq(k$_|{"id": $_, "name": "n$_", "amount": 1}) } ($n + 1 .. $n + 100) ],
 	key_delim => '|');
-kafka_wait($node, 'SELECT count(*) FROM events', $n - $nbad + 100, 'later messages');
+kafka_wait($node, 'SELECT count(*) FROM events WHERE id > 0', $n - $nbad + 100, 'later messages');
 
 # JSON of every shape through one decoder: keys in any order, present or
 # not, escaped or not, duplicated, nested values, escapes in values, and
@@ -285,10 +290,10 @@ kafka_wait($node, q{SELECT state, workers FROM kappa.sources WHERE source = 'eve
 kafka_produce($broker, 'events',
 	[ map { qq(k$_|{"id": $_, "name": "n$_"}) } ($n + 101 .. $n + 150) ], key_delim => '|');
 sleep 1;
-is($node->safe_psql('postgres', 'SELECT count(*) FROM events'), $n - $nbad + 100,
+is($node->safe_psql('postgres', 'SELECT count(*) FROM events WHERE id > 0'), $n - $nbad + 100,
 	'nothing consumed while paused');
 $node->safe_psql('postgres', q{SELECT kappa.resume_source('events_src')});
-kafka_wait($node, 'SELECT count(*) FROM events', $n - $nbad + 150, 'resumed where it stopped');
+kafka_wait($node, 'SELECT count(*) FROM events WHERE id > 0', $n - $nbad + 150, 'resumed where it stopped');
 
 $node->safe_psql('postgres', q{SELECT kappa.drop_source(name) FROM kappa.source_catalog});
 kafka_wait($node, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'},
