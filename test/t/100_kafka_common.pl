@@ -76,7 +76,8 @@ END
 
 # kafka_produce($broker, $topic, \@messages, %opts): produce with kcat.
 # Messages are lines (no newline inside); opts: key_delim => '|' (each
-# message is "key|value"), partition => N, headers => ['name=value', ...].
+# message is "key|value"), partition => N, headers => ['name=value', ...],
+# batch => N (at most N messages per record batch).
 sub kafka_produce
 {
 	my ($broker, $topic, $msgs, %opts) = @_;
@@ -84,6 +85,7 @@ sub kafka_produce
 	push @cmd, '-K', $opts{key_delim} if defined $opts{key_delim};
 	push @cmd, '-p', $opts{partition} if defined $opts{partition};
 	push @cmd, map { ('-H', $_) } @{ $opts{headers} // [] };
+	push @cmd, '-X', "batch.num.messages=$opts{batch}" if defined $opts{batch};
 	# spread keyless messages over the partitions one by one (librdkafka's
 	# sticky partitioner would fill one partition per batch, and the mock
 	# cluster keeps only ~5 MiB per partition)

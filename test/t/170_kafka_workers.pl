@@ -14,7 +14,7 @@ use Time::HiRes qw(usleep time);
 
 require "./test/t/100_kafka_common.pl";
 
-my $broker = kafka_start_broker(w => 4, backlog => 1);
+my $broker = kafka_start_broker(w => 4, backlog => 1, prefetch => 1);
 my $bs = $broker->{bootstrap};
 
 # --- without preloading
@@ -117,6 +117,24 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM bl'), 250,
 	'messages after the backlog wait for max_latency');
 kafka_wait($node, 'SELECT count(*) FROM bl', 260, 'and are applied then', 40);
 $node->safe_psql('postgres', q{SELECT kappa.drop_source('bl_src')});
+
+# Prefetching: librdkafka (2.0.2) stops fetching when its consumer queue is
+# full and, left alone, resumes only when a broker thread next wakes up, up
+# to a second later for every queueful.  The worker wakes it as it drains
+# the queue (kw_wake_fetcher).  With a 16 kB queue, 4 kB fetches and record
+# batches of 200 messages, 60,000 messages of ~70 bytes are ~300 queuefuls:
+# more than 4 s here if nothing wakes the fetcher (20 ms to 1 s each), well
+# under a second if the worker does.
+$node->safe_psql('postgres', 'CREATE TABLE pf (id int)');
+kafka_produce($broker, 'prefetch',
+	[ map { qq({"id": $_, "pad": ") . ('x' x 40) . '"}' } 1 .. 60000 ], batch => 200);
+$node->safe_psql('postgres', qq{
+SELECT kappa.create_kafka_source('pf_src', target => 'pf', topic => 'prefetch', brokers => '$bs',
+    options => '{"batch_size": 60000, "max_latency": "60s",
+                 "queued.max.messages.kbytes": "16", "max.partition.fetch.bytes": "4096"}')});
+kafka_wait($node, 'SELECT count(*), count(DISTINCT id) FROM pf', '60000|60000',
+	'a small prefetch queue keeps being refilled', 4);
+$node->safe_psql('postgres', q{SELECT kappa.drop_source('pf_src')});
 
 # pg_ctl restart: back by themselves
 $node->restart;
