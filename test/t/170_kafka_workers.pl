@@ -116,6 +116,8 @@ sleep 3;
 is($node->safe_psql('postgres', 'SELECT count(*) FROM bl'), 250,
 	'messages after the backlog wait for max_latency');
 kafka_wait($node, 'SELECT count(*) FROM bl', 260, 'and are applied then', 40);
+is($node->safe_psql('postgres', q{SELECT count(*) FROM kappa.errors WHERE source = 'bl_src'}),
+	0, 'produced = rows (no dead letters)');
 $node->safe_psql('postgres', q{SELECT kappa.drop_source('bl_src')});
 
 # Prefetching: librdkafka (2.0.2) stops fetching when its consumer queue is
@@ -134,6 +136,8 @@ SELECT kappa.create_kafka_source('pf_src', target => 'pf', topic => 'prefetch', 
                  "queued.max.messages.kbytes": "16", "max.partition.fetch.bytes": "4096"}')});
 kafka_wait($node, 'SELECT count(*), count(DISTINCT id) FROM pf', '60000|60000',
 	'a small prefetch queue keeps being refilled', 4);
+is($node->safe_psql('postgres', q{SELECT count(*) FROM kappa.errors WHERE source = 'pf_src'}),
+	0, 'produced = rows (no dead letters)');
 $node->safe_psql('postgres', q{SELECT kappa.drop_source('pf_src')});
 
 # pg_ctl restart: back by themselves
