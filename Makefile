@@ -10,9 +10,12 @@
 
 MODULE_big = pg_kappa
 EXTENSION = pg_kappa
-# The install script is assembled from src/sql/*.sql (one part per concern).
-DATA_built = pg_kappa--0.1.sql
-DATA = $(filter-out pg_kappa--0.1.sql,$(wildcard pg_kappa--*.sql))
+# The install script of the current version is assembled from src/sql/*.sql
+# (one part per concern); upgrade scripts from released versions are in
+# src/sql/upgrade/.
+EXTVERSION = 0.2
+DATA_built = pg_kappa--$(EXTVERSION).sql
+DATA = $(wildcard src/sql/upgrade/pg_kappa--*--*.sql)
 PGFILEDESC = "pg_kappa - Kafka ingestion and continuous views for PostgreSQL"
 
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
@@ -43,7 +46,7 @@ all: test/dev_broker
 # struct layout.
 $(OBJS): $(wildcard src/*.h)
 
-pg_kappa--0.1.sql: $(sort $(wildcard src/sql/*.sql))
+pg_kappa--$(EXTVERSION).sql: $(sort $(wildcard src/sql/*.sql))
 	cat $^ > $@
 
 test/dev_broker: test/dev_broker.c

@@ -166,11 +166,12 @@ KappaBatchCreate(Relation stream, MemoryContext parent)
 	batch->parentcxt = parent;
 
 	/*
-	 * Views over the stream alone take each row as it is added; the rows
-	 * themselves are kept only for retained storage and the other views.
+	 * Views over the stream alone take the rows as they come (in chunks,
+	 * KappaBatchPush); the rows themselves are kept to the end only for
+	 * retained storage and the other views.
 	 */
 	batch->info = KappaGetStreamInfo(batch->streamRelid);
-	batch->needRows = batch->info->retained;
+	batch->keepRows = batch->info->retained;
 	{
 		ListCell   *lc;
 
@@ -180,11 +181,16 @@ KappaBatchCreate(Relation stream, MemoryContext parent)
 			BatchAccum *ba = view->push != NULL ? batch_accum(batch, view) : NULL;
 
 			if (ba != NULL && ba->acc != NULL)
+			{
 				ba->pushed = true;
+				batch->anyPushed = true;
+			}
 			else
-				batch->needRows = true;
+				batch->keepRows = true;
 		}
 	}
+	if (batch->anyPushed)
+		batch->pushSlot = MakeSingleTupleTableSlot(batch->tupdesc, &TTSOpsHeapTuple);
 
 	/* the stream's NOT NULL and CHECK constraints, checked on every row */
 	if (RelationGetDescr(stream)->constr != NULL)
@@ -202,27 +208,19 @@ KappaBatchCreate(Relation stream, MemoryContext parent)
 /*
  * KappaBatchAdd checks the row in 'slot' against the stream's constraints
  * (raising the executor's error for a violation) and copies it into the
- * batch.  batch->bytes tells callers how much memory the batch's rows take.
+ * batch.  batch->bytes tells callers how much memory the batch's rows take;
+ * KappaBatchPushDue when to call KappaBatchPush.
  */
 void
 KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot)
 {
-	ListCell   *lc;
-
 	if (batch->checkRelInfo != NULL)
 	{
 		ExecConstraints(batch->checkRelInfo, slot, batch->checkEstate);
 		ResetPerTupleExprContext(batch->checkEstate);
 	}
 	batch->rowsAdded++;
-	foreach(lc, batch->accums)
-	{
-		BatchAccum *ba = lfirst(lc);
-
-		if (ba->pushed)
-			KappaAccumPushRow(ba->acc, slot);
-	}
-	if (!batch->needRows)
+	if (!batch->keepRows && !batch->anyPushed)
 		return;
 	if (batch->nrows >= batch->maxrows)
 	{
@@ -231,6 +229,43 @@ KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot)
 									sizeof(HeapTuple) * batch->maxrows);
 	}
 	batch->rows[batch->nrows++] = batch_form_tuple(batch, slot);
+}
+
+/* Forget the batch's rows: nothing needs them any more. */
+static void
+batch_forget_rows(KappaBatch *batch)
+{
+	batch->nrows = 0;
+	batch->pushedRows = 0;
+	batch->bytes = 0;
+	batch->curBlock = -1;
+	MemoryContextReset(batch->cxt);
+}
+
+/*
+ * KappaBatchPush hands the rows added since the last push to every view
+ * that takes pushed rows, each view's code running as its owner
+ * (KappaViewPushRows).  Rows that nothing else needs are forgotten.
+ */
+void
+KappaBatchPush(KappaBatch *batch)
+{
+	ListCell   *lc;
+	int			first = batch->pushedRows;
+
+	if (!batch->anyPushed || batch->nrows == first)
+		return;
+	foreach(lc, batch->accums)
+	{
+		BatchAccum *ba = lfirst(lc);
+
+		if (ba->pushed)
+			KappaViewPushRows(ba->view, ba->acc, batch->pushSlot,
+							  batch->rows + first, batch->nrows - first);
+	}
+	batch->pushedRows = batch->nrows;
+	if (!batch->keepRows)
+		batch_forget_rows(batch);
 }
 
 /*
@@ -380,17 +415,13 @@ get_locked_stream_info(Oid streamRelid)
 	}
 }
 
-/* Forget the batch's rows once they are applied. */
+/* Count the batch's rows once they are applied, and forget them. */
 static void
 batch_rows_done(KappaBatch *batch)
 {
 	KappaStatsCountStream(batch->streamRelid, batch->rowsAdded - batch->rowsCounted);
 	batch->rowsCounted = batch->rowsAdded;
-	batch->rowsApplied += batch->nrows;
-	batch->nrows = 0;
-	batch->bytes = 0;
-	batch->curBlock = -1;
-	MemoryContextReset(batch->cxt);
+	batch_forget_rows(batch);
 }
 
 /* The accumulator of 'view' in the batch, created on first use. */
@@ -425,9 +456,12 @@ batch_accum(KappaBatch *batch, KappaViewInfo *view)
 static void
 apply_rows(KappaBatch *batch, bool accumulate)
 {
-	KappaStreamInfo *info = get_locked_stream_info(batch->streamRelid);
+	KappaStreamInfo *info;
 	ListCell   *lc;
 
+	/* rows not yet pushed into the views that take them */
+	KappaBatchPush(batch);
+	info = get_locked_stream_info(batch->streamRelid);
 	PG_TRY();
 	{
 		if (info->retained && batch->nrows > 0)
@@ -516,6 +550,8 @@ KappaBatchDestroy(KappaBatch *batch)
 {
 	if (batch->checkEstate != NULL)
 		FreeExecutorState(batch->checkEstate);
+	if (batch->pushSlot != NULL)
+		ExecDropSingleTupleTableSlot(batch->pushSlot);
 	if (batch->info != NULL)
 		KappaReleaseStreamInfo(batch->info);
 	MemoryContextDelete(batch->cxt);
@@ -527,18 +563,14 @@ KappaBatchDestroy(KappaBatch *batch)
 
 /*
  * At the end of a transaction no batch is in use: forget the active batch
- * (an error may have left it set) and the uses of stream descriptions that
- * an error cut short, freeing retired ones.
+ * (an error may have left it set).
  */
 static void
 kappa_xact_callback(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
 		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
-	{
 		kappa_active_batch = NULL;
-		KappaResetAfterAbort();
-	}
 }
 
 /* KappaBatchInit registers the transaction callback; once per backend. */

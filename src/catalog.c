@@ -12,21 +12,41 @@
  * when it changes.  An entry that is in use while it is invalidated is
  * retired and freed once no batch is being applied.
  *
+ * Exactness under concurrent DDL.  Callers hold a lock on the stream
+ * (RowExclusiveLock to write, AccessShareLock to read) before they ask for
+ * its entry, and kappa.create_view and kappa.drop_view take a SHARE lock on
+ * the stream; so the set of views cannot change while an entry is in use.
+ * The catalog rows are read with a snapshot taken after that lock -- not the
+ * transaction's snapshot, which may predate a view committed while the
+ * writer waited for the lock (or, in REPEATABLE READ, long before) -- and
+ * read directly from the tables, without SQL, so nothing on the search_path
+ * takes part.  A view whose relations are dropped by plain DDL while the
+ * entry is loaded (DROP VIEW, which locks no stream) is skipped once its
+ * locks show it gone.  Invalidations that arrive while an entry is being
+ * loaded mark it stale at once.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "parser/parse_relation.h"
+#include "access/skey.h"
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_foreign_table.h"
-#include "commands/extension.h"
-#include "executor/spi.h"
 #include "foreign/foreign.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
@@ -39,19 +59,34 @@ typedef struct StreamCacheEntry
 	KappaStreamInfo *info;		/* NULL until loaded */
 } StreamCacheEntry;
 
+/* One row of kappa.view_catalog, as read by load_stream_info. */
+typedef struct ViewCatalogRow
+{
+	Oid			view;
+	Oid			mat;
+	Oid			def;
+} ViewCatalogRow;
+
 static HTAB *kappa_stream_cache = NULL;
 static MemoryContext kappa_cache_cxt = NULL;
 static List *kappa_retired = NIL;	/* invalidated infos still in use */
 static int	kappa_apply_depth = 0;
 static Oid	kappa_server_oid = InvalidOid;
 
+/* invalidations seen while an entry is being loaded */
+static bool kappa_loading = false;
+static bool kappa_loading_reset_all = false;
+static List *kappa_loading_relids = NIL;
+
 static void kappa_relcache_callback(Datum arg, Oid relid);
 static void kappa_syscache_callback(Datum arg, int cacheid, uint32 hashvalue);
+static void kappa_cache_xact_callback(XactEvent event, void *arg);
 static void free_stream_info(KappaStreamInfo *info);
+static bool stream_info_depends_on(KappaStreamInfo *info, Oid relid);
 
 /*
- * KappaCatalogInit registers the invalidation callbacks; called once per
- * backend from _PG_init.
+ * KappaCatalogInit registers the cache's invalidation and end-of-transaction
+ * callbacks; called once per backend from _PG_init.
  */
 void
 KappaCatalogInit(void)
@@ -60,6 +95,7 @@ KappaCatalogInit(void)
 	CacheRegisterSyscacheCallback(PROCOID, kappa_syscache_callback, (Datum) 0);
 	CacheRegisterSyscacheCallback(FOREIGNSERVEROID, kappa_syscache_callback,
 								  (Datum) 0);
+	RegisterXactCallback(kappa_cache_xact_callback, NULL);
 }
 
 /*
@@ -109,18 +145,123 @@ KappaIsStream(Oid relid)
 	return serverid == ours;
 }
 
-/* Load a stream's catalog rows and its views. */
+/*
+ * KappaCatalogTable opens one of pg_kappa's catalog tables (kappa.<name>)
+ * with AccessShareLock; the caller closes it.
+ */
+Relation
+KappaCatalogTable(const char *name)
+{
+	Oid			nspid = get_namespace_oid(KAPPA_SCHEMA, false);
+	Oid			relid = get_relname_relid(name, nspid);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_kappa's catalog table kappa.%s is missing", name),
+				 errhint("Reinstall the extension: DROP EXTENSION pg_kappa CASCADE; CREATE EXTENSION pg_kappa.")));
+	return table_open(relid, AccessShareLock);
+}
+
+/*
+ * KappaCatalogAttnum returns the number of column 'name' of a catalog table,
+ * raising an error if it has none.
+ */
+AttrNumber
+KappaCatalogAttnum(Relation rel, const char *name)
+{
+	AttrNumber	attno = attnameAttNum(rel, name, false);
+
+	if (attno == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_kappa's catalog table %s has no column \"%s\"",
+						RelationGetRelationName(rel), name),
+				 errhint("Run ALTER EXTENSION pg_kappa UPDATE.")));
+	return attno;
+}
+
+/*
+ * Read the rows of a catalog table whose oid-like column 'keycol' equals
+ * 'key', with 'snapshot', calling 'fn' for each with its values.
+ */
+static void
+scan_catalog_rows(const char *table, const char *keycol, Oid key,
+				  Snapshot snapshot,
+				  void (*fn) (Relation rel, Datum *values, bool *nulls, void *arg),
+				  void *arg)
+{
+	Relation	rel = KappaCatalogTable(table);
+	TupleDesc	desc = RelationGetDescr(rel);
+	ScanKeyData skey;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+
+	ScanKeyInit(&skey, KappaCatalogAttnum(rel, keycol), BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(key));
+	scan = table_beginscan(rel, snapshot, 1, &skey);
+	slot = table_slot_create(rel, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		slot_getallattrs(slot);
+		memcpy(values, slot->tts_values, sizeof(Datum) * desc->natts);
+		memcpy(nulls, slot->tts_isnull, sizeof(bool) * desc->natts);
+		fn(rel, values, nulls, arg);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	pfree(values);
+	pfree(nulls);
+}
+
+static void
+read_stream_row(Relation rel, Datum *values, bool *nulls, void *arg)
+{
+	KappaStreamInfo *info = arg;
+	AttrNumber	backing = KappaCatalogAttnum(rel, "backing");
+
+	info->retained = !nulls[backing - 1];
+	info->backingRelid = info->retained ?
+		DatumGetObjectId(values[backing - 1]) : InvalidOid;
+}
+
+static void
+read_view_row(Relation rel, Datum *values, bool *nulls, void *arg)
+{
+	List	  **rows = arg;
+	ViewCatalogRow *row = palloc(sizeof(ViewCatalogRow));
+
+	row->view = DatumGetObjectId(values[KappaCatalogAttnum(rel, "view") - 1]);
+	row->mat = DatumGetObjectId(values[KappaCatalogAttnum(rel, "mat") - 1]);
+	row->def = DatumGetObjectId(values[KappaCatalogAttnum(rel, "def") - 1]);
+	*rows = lappend(*rows, row);
+}
+
+static int
+view_row_cmp(const ListCell *a, const ListCell *b)
+{
+	Oid			va = ((ViewCatalogRow *) lfirst(a))->view;
+	Oid			vb = ((ViewCatalogRow *) lfirst(b))->view;
+
+	return va < vb ? -1 : (va > vb ? 1 : 0);
+}
+
+/*
+ * Load a stream's catalog rows and its views (see the file header).  The
+ * caller holds a lock on the stream.
+ */
 static KappaStreamInfo *
 load_stream_info(Oid relid)
 {
 	MemoryContext cxt;
 	MemoryContext oldcxt;
 	KappaStreamInfo *info;
-	Datum		arg[1];
-	Oid			argtypes[1] = {OIDOID};
-	int			rc;
-	uint64		i;
-	bool		pushed = false;
+	Snapshot	snapshot;
+	List	   *rows = NIL;
+	ListCell   *lc;
 
 	cxt = AllocSetContextCreate(kappa_cache_cxt, "pg_kappa stream",
 								ALLOCSET_SMALL_SIZES);
@@ -128,62 +269,68 @@ load_stream_info(Oid relid)
 	info->relid = relid;
 	info->cxt = cxt;
 
-	/* callers outside a query (background workers) may have no snapshot */
-	if (!ActiveSnapshotSet())
+	kappa_loading = true;
+	kappa_loading_reset_all = false;
+	kappa_loading_relids = NIL;
+	PG_TRY();
 	{
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pushed = true;
+		/* the catalog as committed now, not as of the transaction's start */
+		snapshot = RegisterSnapshot(GetLatestSnapshot());
+		scan_catalog_rows("stream_catalog", "stream", relid, snapshot,
+						  read_stream_row, info);
+		scan_catalog_rows("view_catalog", "stream", relid, snapshot,
+						  read_view_row, &rows);
+		UnregisterSnapshot(snapshot);
+		list_sort(rows, view_row_cmp);
+
+		foreach(lc, rows)
+		{
+			ViewCatalogRow *row = lfirst(lc);
+			KappaViewInfo *vinfo;
+
+			/*
+			 * Plain DROP VIEW or DROP TABLE of a view's pieces locks no
+			 * stream: after waiting for their locks, skip a view that is
+			 * gone.
+			 */
+			LockRelationOid(row->mat, RowExclusiveLock);
+			LockRelationOid(row->def, AccessShareLock);
+			if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(row->view)) ||
+				!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(row->mat)) ||
+				!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(row->def)))
+				continue;
+
+			vinfo = KappaViewInfoLoad(row->view, row->mat, row->def, cxt);
+			oldcxt = MemoryContextSwitchTo(cxt);
+			info->views = lappend(info->views, vinfo);
+			MemoryContextSwitchTo(oldcxt);
+		}
 	}
-	arg[0] = ObjectIdGetDatum(relid);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	rc = SPI_execute_with_args("SELECT backing FROM kappa.stream_catalog WHERE stream = $1",
-							   1, argtypes, arg, NULL, true, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "could not read kappa.stream_catalog: %s",
-			 SPI_result_code_string(rc));
-	if (SPI_processed == 1)
+	PG_FINALLY();
 	{
-		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
-									  SPI_tuptable->tupdesc, 1, &isnull);
-
-		info->backingRelid = isnull ? InvalidOid : DatumGetObjectId(d);
-		info->retained = !isnull;
+		kappa_loading = false;
 	}
+	PG_END_TRY();
 
-	rc = SPI_execute_with_args("SELECT view, mat, def FROM kappa.view_catalog "
-							   "WHERE stream = $1 ORDER BY view::oid",
-							   1, argtypes, arg, NULL, true, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "could not read kappa.view_catalog: %s",
-			 SPI_result_code_string(rc));
-	for (i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		Oid			view = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-		Oid			mat = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-		Oid			def = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
-		KappaViewInfo *vinfo;
-
-		vinfo = KappaViewInfoLoad(view, mat, def, cxt);
-		oldcxt = MemoryContextSwitchTo(cxt);
-		info->views = lappend(info->views, vinfo);
-		MemoryContextSwitchTo(oldcxt);
-	}
-	SPI_finish();
-	if (pushed)
-		PopActiveSnapshot();
 	info->valid = true;
+	if (kappa_loading_reset_all)
+		info->valid = false;
+	foreach(lc, kappa_loading_relids)
+	{
+		if (stream_info_depends_on(info, lfirst_oid(lc)))
+			info->valid = false;
+	}
+	list_free(kappa_loading_relids);
+	kappa_loading_relids = NIL;
+	list_free_deep(rows);
 	return info;
 }
 
 /*
  * KappaGetStreamInfo returns the cached description of a stream, loading it
- * if needed.  The result stays valid until KappaReleaseStreamInfo, even if
- * an invalidation arrives meanwhile.
+ * if needed.  The caller holds a lock on the stream.  The result stays
+ * allocated until KappaReleaseStreamInfo, even if an invalidation arrives
+ * meanwhile (info->valid then turns false).
  */
 KappaStreamInfo *
 KappaGetStreamInfo(Oid relid)
@@ -266,14 +413,20 @@ free_stream_info(KappaStreamInfo *info)
 }
 
 /*
- * KappaResetAfterAbort forgets uses of stream entries that an error cut
- * short, and frees retired entries; called when a transaction aborts.
+ * At the end of a transaction no entry is in use: forget the uses that an
+ * error cut short, and free the entries retired meanwhile.
  */
-void
-KappaResetAfterAbort(void)
+static void
+kappa_cache_xact_callback(XactEvent event, void *arg)
 {
-	kappa_apply_depth = 1;
-	KappaReleaseStreamInfo(NULL);
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
+	{
+		kappa_apply_depth = 1;
+		KappaReleaseStreamInfo(NULL);
+		kappa_loading = false;
+		kappa_loading_relids = NIL; /* was in TopTransactionContext */
+	}
 }
 
 /* KappaInvalidateStream makes every backend reload a stream's entry. */
@@ -303,12 +456,29 @@ stream_info_depends_on(KappaStreamInfo *info, Oid relid)
 	return false;
 }
 
+/*
+ * Relcache invalidation: mark stale every entry that depends on the
+ * relation (all entries for InvalidOid), and remember it for an entry being
+ * loaded.
+ */
 static void
 kappa_relcache_callback(Datum arg, Oid relid)
 {
 	HASH_SEQ_STATUS status;
 	StreamCacheEntry *entry;
 
+	if (kappa_loading)
+	{
+		if (!OidIsValid(relid))
+			kappa_loading_reset_all = true;
+		else
+		{
+			MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+
+			kappa_loading_relids = lappend_oid(kappa_loading_relids, relid);
+			MemoryContextSwitchTo(oldcxt);
+		}
+	}
 	if (kappa_stream_cache == NULL)
 		return;
 	hash_seq_init(&status, kappa_stream_cache);
@@ -321,6 +491,10 @@ kappa_relcache_callback(Datum arg, Oid relid)
 	}
 }
 
+/*
+ * A function or a foreign server changed: every entry may hold a plan or a
+ * check that no longer holds.
+ */
 static void
 kappa_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
 {

@@ -59,13 +59,10 @@ extern PGDLLEXPORT void KappaLauncherMain(Datum arg);
 extern PGDLLEXPORT void KappaScannerMain(Datum arg);
 
 /* in kafka_source.c */
-extern Oid	KappaCatalogOwner(void);
 extern KappaSource *KappaSourceLoad(int32 source_id, bool missing_ok);
 extern bool KappaOptionIsSecret(const char *key);
 extern bool KappaOptionIsKappa(const char *key);
 extern void *KappaKafkaConfBuild(KappaSource *source);
-extern void KappaSwitchToCatalogOwner(Oid *save_userid, int *save_sec);
-extern void KappaRestoreFromCatalogOwner(Oid save_userid, int save_sec);
 extern int	KappaSourceMaxMessageBytes(KappaSource *source);
 extern Jsonb *KappaFormatOptions(KappaSource *source);
 

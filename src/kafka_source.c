@@ -51,6 +51,7 @@
 
 #include "pg_kappa.h"
 #include "kafka.h"
+#include "util.h"
 
 PG_FUNCTION_INFO_V1(kappa_create_kafka_source);
 PG_FUNCTION_INFO_V1(kappa_pause_source);
@@ -78,9 +79,6 @@ static List *kappa_pending_starts = NIL;
 static bool kappa_pending_wake = false;
 static bool kappa_xact_callback_registered = false;
 
-/* Saved user and GUC nesting level while acting as the catalog owner. */
-static int	kappa_catalog_guc_level = -1;
-
 /*
  * KappaOptionIsSecret tells whether an option's value must be hidden from
  * everyone but the owner: sasl.password, ssl.key.password, sasl.oauthbearer.*
@@ -107,59 +105,6 @@ KappaOptionIsKappa(const char *key)
 		if (strcmp(key, kappa_own_options[i]) == 0)
 			return true;
 	return false;
-}
-
-/*
- * KappaCatalogOwner returns the owner of kappa.source_catalog, the role that
- * writes the catalog on behalf of users and workers.
- */
-Oid
-KappaCatalogOwner(void)
-{
-	Oid			nsp = get_namespace_oid(KAPPA_SCHEMA, false);
-	Oid			relid = get_relname_relid("source_catalog", nsp);
-	HeapTuple	tup;
-	Oid			owner;
-
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("kappa.source_catalog does not exist"),
-				 errhint("Run CREATE EXTENSION pg_kappa in this database.")));
-	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-	return owner;
-}
-
-/*
- * KappaSwitchToCatalogOwner makes the catalog owner the current user, as a
- * restricted operation with search_path = pg_catalog, pg_temp, until
- * KappaRestoreFromCatalogOwner.  An error in between is cleaned up by transaction abort.
- */
-void
-KappaSwitchToCatalogOwner(Oid *save_userid, int *save_sec)
-{
-	Oid			owner = KappaCatalogOwner();
-
-	GetUserIdAndSecContext(save_userid, save_sec);
-	SetUserIdAndSecContext(owner, *save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	kappa_catalog_guc_level = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-							 true, 0, false);
-}
-
-/* KappaRestoreFromCatalogOwner undoes KappaSwitchToCatalogOwner. */
-void
-KappaRestoreFromCatalogOwner(Oid save_userid, int save_sec)
-{
-	AtEOXact_GUC(true, kappa_catalog_guc_level);
-	kappa_catalog_guc_level = -1;
-	SetUserIdAndSecContext(save_userid, save_sec);
 }
 
 /*
@@ -484,8 +429,7 @@ static KappaSource *
 kappa_source_lookup(int32 id, const char *name, bool missing_ok, bool for_update)
 {
 	MemoryContext callercxt = CurrentMemoryContext;
-	Oid			save_userid;
-	int			save_sec;
+	KappaSavedUser saved;
 	KappaSource *result = NULL;
 	Datum		arg;
 	Oid			argtype;
@@ -507,7 +451,7 @@ kappa_source_lookup(int32 id, const char *name, bool missing_ok, bool for_update
 		argtype = INT4OID;
 	}
 
-	KappaSwitchToCatalogOwner(&save_userid, &save_sec);
+	KappaBecomeExtensionOwner(&saved);
 	SPI_connect();
 	rc = SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 1);
 	if (rc != SPI_OK_SELECT && rc != SPI_OK_SELINTO && rc != SPI_OK_UPDATE_RETURNING
@@ -521,7 +465,7 @@ kappa_source_lookup(int32 id, const char *name, bool missing_ok, bool for_update
 		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
-	KappaRestoreFromCatalogOwner(save_userid, save_sec);
+	KappaRestoreUser(&saved);
 
 	if (result == NULL && !missing_ok)
 		ereport(ERROR,
@@ -684,8 +628,7 @@ kappa_create_kafka_source(PG_FUNCTION_ARGS)
 	Relation	rel;
 	AclResult	aclresult;
 	rd_kafka_conf_t *conf;
-	Oid			save_userid;
-	int			save_sec;
+	KappaSavedUser saved;
 	Oid			argtypes[9] = {TEXTOID, OIDOID, OIDOID, TEXTOID, TEXTOID, TEXTOID,
 	TEXTOID, INT4OID, JSONBOID};
 	Datum		values[9];
@@ -787,7 +730,7 @@ kappa_create_kafka_source(PG_FUNCTION_ARGS)
 	values[8] = source->options ? JsonbPGetDatum(source->options)
 		: DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
 
-	KappaSwitchToCatalogOwner(&save_userid, &save_sec);
+	KappaBecomeExtensionOwner(&saved);
 	SPI_connect();
 	rc = SPI_execute_with_args("SELECT 1 FROM kappa.source_catalog WHERE name = $1",
 							   1, argtypes, values, NULL, true, 1);
@@ -809,7 +752,7 @@ kappa_create_kafka_source(PG_FUNCTION_ARGS)
 												 SPI_tuptable->tupdesc, 1, &isnull));
 	}
 	SPI_finish();
-	KappaRestoreFromCatalogOwner(save_userid, save_sec);
+	KappaRestoreUser(&saved);
 
 	kappa_after_commit(source, true);
 	PG_RETURN_VOID();
@@ -822,21 +765,20 @@ static void
 kappa_set_paused(const char *name, bool paused)
 {
 	KappaSource *source = kappa_source_lookup(0, name, false, true);
-	Oid			save_userid;
-	int			save_sec;
+	KappaSavedUser saved;
 	Datum		values[2];
 	Oid			argtypes[2] = {INT4OID, BOOLOID};
 
 	kappa_check_owner(source);
 	values[0] = Int32GetDatum(source->id);
 	values[1] = BoolGetDatum(paused);
-	KappaSwitchToCatalogOwner(&save_userid, &save_sec);
+	KappaBecomeExtensionOwner(&saved);
 	SPI_connect();
 	if (SPI_execute_with_args("UPDATE kappa.source_catalog SET paused = $2 WHERE id = $1",
 							  2, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update kappa.source_catalog");
 	SPI_finish();
-	KappaRestoreFromCatalogOwner(save_userid, save_sec);
+	KappaRestoreUser(&saved);
 
 	source->paused = paused;
 	kappa_after_commit(source, !paused);
@@ -865,19 +807,18 @@ kappa_drop_source(PG_FUNCTION_ARGS)
 {
 	KappaSource *source = kappa_source_lookup(0, text_to_cstring(PG_GETARG_TEXT_PP(0)),
 											  false, true);
-	Oid			save_userid;
-	int			save_sec;
+	KappaSavedUser saved;
 	Datum		value = Int32GetDatum(source->id);
 	Oid			argtype = INT4OID;
 
 	kappa_check_owner(source);
-	KappaSwitchToCatalogOwner(&save_userid, &save_sec);
+	KappaBecomeExtensionOwner(&saved);
 	SPI_connect();
 	if (SPI_execute_with_args("DELETE FROM kappa.source_catalog WHERE id = $1",
 							  1, &argtype, &value, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not delete from kappa.source_catalog");
 	SPI_finish();
-	KappaRestoreFromCatalogOwner(save_userid, save_sec);
+	KappaRestoreUser(&saved);
 
 	kappa_after_commit(source, false);
 	PG_RETURN_VOID();

@@ -70,6 +70,7 @@
 
 #include "pg_kappa.h"
 #include "kafka.h"
+#include "util.h"
 
 /* Per-partition state of this worker. */
 typedef struct KwPartition
@@ -263,13 +264,12 @@ kw_max_latency(void)
 static uint64
 kw_catalog_exec(SPIPlanPtr plan, Datum *values, const char *nulls, int expected_rc)
 {
-	Oid			save_userid;
-	int			save_sec;
+	KappaSavedUser saved;
 	int			rc;
 
-	KappaSwitchToCatalogOwner(&save_userid, &save_sec);
+	KappaBecomeExtensionOwner(&saved);
 	rc = SPI_execute_plan(plan, values, nulls, false, 0);
-	KappaRestoreFromCatalogOwner(save_userid, save_sec);
+	KappaRestoreUser(&saved);
 	if (rc != expected_rc)
 		elog(ERROR, "pg_kappa catalog statement failed: %s", SPI_result_code_string(rc));
 	return SPI_processed;
@@ -282,13 +282,12 @@ static void
 kw_catalog_sql(const char *sql, int nargs, Oid *argtypes, Datum *values,
 			   const char *nulls)
 {
-	Oid			save_userid;
-	int			save_sec;
+	KappaSavedUser saved;
 	int			rc;
 
-	KappaSwitchToCatalogOwner(&save_userid, &save_sec);
+	KappaBecomeExtensionOwner(&saved);
 	rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
-	KappaRestoreFromCatalogOwner(save_userid, save_sec);
+	KappaRestoreUser(&saved);
 	if (rc < 0)
 		elog(ERROR, "pg_kappa catalog statement failed: %s", SPI_result_code_string(rc));
 }
@@ -296,13 +295,12 @@ kw_catalog_sql(const char *sql, int nargs, Oid *argtypes, Datum *values,
 static SPIPlanPtr
 kw_prepare(const char *sql, int nargs, Oid *argtypes)
 {
-	Oid			save_userid;
-	int			save_sec;
+	KappaSavedUser saved;
 	SPIPlanPtr	plan;
 
-	KappaSwitchToCatalogOwner(&save_userid, &save_sec);
+	KappaBecomeExtensionOwner(&saved);
 	plan = SPI_prepare(sql, nargs, argtypes);
-	KappaRestoreFromCatalogOwner(save_userid, save_sec);
+	KappaRestoreUser(&saved);
 	if (plan == NULL)
 		elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
@@ -983,6 +981,12 @@ kw_insert_range(Relation rel, int lo, int hi)
 			memcpy(kw_slot->tts_isnull, kw_nulls, sizeof(bool) * kw_tupdesc->natts);
 			ExecStoreVirtualTuple(kw_slot);
 			KappaBatchAdd(batch, kw_slot);
+			if (KappaBatchPushDue(batch))
+			{
+				/* an error from here on is the views', not this message's */
+				kw_failed_index = -1;
+				KappaBatchPush(batch);
+			}
 		}
 		else if (kw_fast_insert)
 		{

@@ -41,6 +41,11 @@ extern bool kappa_loaded_via_preload;
  * A batch of new rows for one stream.  The rows are heap tuples in the
  * stream's row type, allocated in 'cxt', which KappaBatchApply resets.  INSERT,
  * COPY and the Kafka worker all fill a KappaBatch and call KappaBatchApply.
+ *
+ * Views over the stream alone take the rows as they come ("pushed" views,
+ * view_accum.c): every KAPPA_PUSH_CHUNK_ROWS rows the caller calls
+ * KappaBatchPush, which runs each such view's code over the new rows as the
+ * view's owner; rows nothing else needs are then forgotten.
  */
 typedef struct KappaBatch
 {
@@ -50,8 +55,8 @@ typedef struct KappaBatch
 	HeapTuple  *rows;
 	int			nrows;
 	int			maxrows;
+	int			pushedRows;		/* rows[0 .. pushedRows) are pushed */
 	Size		bytes;			/* memory taken by the rows */
-	uint64		rowsApplied;	/* total rows applied through this batch */
 	/* blocks the rows are formed in, kept across applies */
 	MemoryContext blockcxt;
 	char	  **blocks;
@@ -61,24 +66,41 @@ typedef struct KappaBatch
 	Size		blockUsed;
 	/* deltas combined in memory until the end of a statement (view_accum.c) */
 	List	   *accums;
+	bool		anyPushed;		/* some view takes pushed rows */
+	TupleTableSlot *pushSlot;	/* a row being pushed */
 	MemoryContext parentcxt;
 	/* checking rows against the stream's constraints, if it has any */
 	ResultRelInfo *checkRelInfo;
 	EState	   *checkEstate;
 	/* the stream's views, held while the batch lives */
 	struct KappaStreamInfo *info;
-	bool		needRows;		/* some view or retention needs the rows */
+	bool		keepRows;		/* retention or a delta query needs the rows */
 	uint64		rowsAdded;		/* rows added since the batch was created */
 	uint64		rowsCounted;	/* of those, counted in the statistics */
 } KappaBatch;
 
+/* rows pushed into views at a time (one role switch per view per chunk) */
+#define KAPPA_PUSH_CHUNK_ROWS 1024
+
 /* in batch.c */
 extern KappaBatch *KappaBatchCreate(Relation stream, MemoryContext parent);
 extern void KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot);
+extern void KappaBatchPush(KappaBatch *batch);
 extern void KappaBatchApply(KappaBatch *batch);
 extern void KappaBatchAccumulate(KappaBatch *batch);
 extern void KappaBatchDestroy(KappaBatch *batch);
 extern void KappaBatchInit(void);
+
+/*
+ * KappaBatchPushDue tells whether rows are waiting to be pushed into views
+ * and enough of them have gathered for a KappaBatchPush.
+ */
+static inline bool
+KappaBatchPushDue(KappaBatch *batch)
+{
+	return batch->anyPushed &&
+		batch->nrows - batch->pushedRows >= KAPPA_PUSH_CHUNK_ROWS;
+}
 extern KappaBatch *KappaActiveBatch(Oid streamRelid);
 extern KappaBatch *KappaSetActiveBatch(KappaBatch *batch);
 extern AttrNumber *KappaRetainedColumnMap(TupleDesc stream, Relation backing);
@@ -100,9 +122,10 @@ extern bool KappaIsStream(Oid relid);
 extern KappaStreamInfo *KappaGetStreamInfo(Oid relid);
 extern void KappaReleaseStreamInfo(KappaStreamInfo *info);
 extern void KappaInvalidateStream(Oid relid);
-extern void KappaResetAfterAbort(void);
 extern Oid	KappaStreamServerOid(bool missing_ok);
 extern void KappaCatalogInit(void);
+extern Relation KappaCatalogTable(const char *name);
+extern AttrNumber KappaCatalogAttnum(Relation rel, const char *name);
 
 /* in view_engine.c */
 extern void KappaViewApplyBatch(KappaViewInfo *view, KappaBatch *batch);
@@ -114,6 +137,9 @@ typedef struct KappaViewAccum KappaViewAccum;
 extern void KappaViewAccumulateBatch(KappaViewInfo *view, KappaBatch *batch,
 									 KappaViewAccum *acc);
 extern void KappaViewFlushAccum(KappaViewInfo *view, KappaViewAccum *acc);
+extern void KappaViewPushRows(KappaViewInfo *view, KappaViewAccum *acc,
+							  TupleTableSlot *slot, HeapTuple *rows, int nrows);
+extern void KappaViewBackfill(KappaViewInfo *view, Oid streamRelid, bool retained);
 
 /* in retention.c */
 extern int64 KappaExpireRetainedRows(void);

@@ -14,7 +14,9 @@
  */
 #include "postgres.h"
 
+#include "access/skey.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/tablecmds.h"
@@ -23,6 +25,8 @@
 #include "nodes/makefuncs.h"
 #include "parser/parser.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/snapmgr.h"
 #include "utils/rel.h"
 #include "utils/lsyscache.h"
 #include "utils/datetime.h"
@@ -199,7 +203,7 @@ kappa_create_stream(PG_FUNCTION_ARGS)
 		char	   *backing = KappaDataRelName(rv->relname,
 											   psprintf("_rows_%u", relid));
 
-		saved = KappaBecomeDataOwner();
+		KappaBecomeExtensionOwner(&saved);
 		KappaExecSql(psprintf("CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS, "
 							  "kappa_arrived_at timestamptz NOT NULL DEFAULT now())",
 							  quote_qualified_identifier(KAPPA_DATA_SCHEMA, backing),
@@ -210,10 +214,10 @@ kappa_create_stream(PG_FUNCTION_ARGS)
 		backingRelid = get_relname_relid(backing,
 										 get_namespace_oid(KAPPA_DATA_SCHEMA, false));
 		ATExecChangeOwner(backingRelid, saved.userid, false, AccessExclusiveLock);
-		KappaRestoreUser(saved);
+		KappaRestoreUser(&saved);
 	}
 
-	saved = KappaBecomeDataOwner();
+	KappaBecomeExtensionOwner(&saved);
 	args[0] = ObjectIdGetDatum(relid);
 	args[1] = ObjectIdGetDatum(backingRelid);
 	if (!OidIsValid(backingRelid))
@@ -229,7 +233,7 @@ kappa_create_stream(PG_FUNCTION_ARGS)
 							  4, argtypes, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert into kappa.stream_catalog");
 	SPI_finish();
-	KappaRestoreUser(saved);
+	KappaRestoreUser(&saved);
 
 	KappaInvalidateStream(relid);
 	PG_RETURN_OID(relid);
@@ -249,6 +253,13 @@ KappaLookupStream(const char *name, LOCKMODE lockmode)
 	return relid;
 }
 
+/* list_sort comparator of C strings */
+static int
+name_cmp(const ListCell *a, const ListCell *b)
+{
+	return strcmp((const char *) lfirst(a), (const char *) lfirst(b));
+}
+
 PG_FUNCTION_INFO_V1(kappa_drop_stream);
 
 /*
@@ -261,27 +272,43 @@ kappa_drop_stream(PG_FUNCTION_ARGS)
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	bool		cascade = PG_GETARG_BOOL(1);
 	Oid			relid = KappaLookupStream(name, AccessExclusiveLock);
-	Oid			argtypes[1] = {OIDOID};
-	Datum		args[1] = {ObjectIdGetDatum(relid)};
-	char	   *views = NULL;
+	StringInfoData views;
+	Relation	catalog = KappaCatalogTable("view_catalog");
+	AttrNumber	viewAttno = KappaCatalogAttnum(catalog, "view");
+	ScanKeyData skey;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	List	   *names = NIL;
+	ListCell   *lc;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT string_agg(view::text, ', ' ORDER BY view::text) "
-							  "FROM kappa.view_catalog WHERE stream = $1",
-							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read kappa.view_catalog");
-	views = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	if (views != NULL)
-		views = pstrdup(views);
-	SPI_finish();
+	/* the views on the stream (we hold its lock) */
+	initStringInfo(&views);
+	ScanKeyInit(&skey, KappaCatalogAttnum(catalog, "stream"), BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(relid));
+	scan = table_beginscan(catalog, GetActiveSnapshot(), 1, &skey);
+	slot = table_slot_create(catalog, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		Oid			view = DatumGetObjectId(slot_getattr(slot, viewAttno, &isnull));
 
-	if (views != NULL && !cascade)
+		names = lappend(names,
+						DatumGetCString(DirectFunctionCall1(regclassout,
+															ObjectIdGetDatum(view))));
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	table_close(catalog, AccessShareLock);
+	list_sort(names, name_cmp);
+	foreach(lc, names)
+		appendStringInfo(&views, "%s%s", views.len > 0 ? ", " : "", (char *) lfirst(lc));
+
+	if (views.len > 0 && !cascade)
 		ereport(ERROR,
 				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
 				 errmsg("cannot drop stream \"%s\" because continuous views depend on it",
 						get_rel_name(relid)),
-				 errdetail("Continuous views on the stream: %s.", views),
+				 errdetail("Continuous views on the stream: %s.", views.data),
 				 errhint("Drop the views first with kappa.drop_view(), or use kappa.drop_stream(name, cascade => true).")));
 
 	KappaExecSql(psprintf("DROP FOREIGN TABLE %s%s",

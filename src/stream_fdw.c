@@ -243,6 +243,8 @@ stream_add_row(StreamModifyState *st, ResultRelInfo *rinfo, TupleTableSlot *slot
 		return;
 	}
 	KappaBatchAdd(st->batch, slot);
+	if (KappaBatchPushDue(st->batch))
+		KappaBatchPush(st->batch);
 	if (st->batch->bytes >= (Size) kappa_stream_batch_memory_kb * 1024)
 		KappaBatchAccumulate(st->batch);
 }

@@ -1,18 +1,26 @@
 /*-------------------------------------------------------------------------
  *
  * util.c
- *	  Small helpers shared by the SQL-callable functions: name resolution,
- *	  running generated DDL, and acting as the owner of pg_kappa's schemas.
+ *	  Small helpers shared by pg_kappa's modules: name resolution, running
+ *	  generated SQL, and acting as another role.
  *
  * Relation names given to pg_kappa's functions are SQL identifiers, parsed
  * like regclass input: 'clicks', 'app.clicks' and '"Click Stream"' all work,
  * and unquoted names are folded to lower case.
  *
- * Objects in kappa_data (materializations, definitions, retained rows) are
- * created while acting as the owner of that schema and then handed to the
- * calling role, so users need no privileges on kappa_data.  Errors inside
- * such a section need no cleanup: transaction and subtransaction abort
- * restore the user id.
+ * Acting as another role.  Everything pg_kappa runs on behalf of someone
+ * else goes through KappaBecomeUser: the code of a continuous view (its
+ * expressions, aggregate support functions, the operators of its keys) runs
+ * as the view's owner; triggers, defaults and constraints of a Kafka
+ * source's target run as the target's owner; expiry of retained rows runs
+ * as the owner of the rows' table; and pg_kappa's own catalog statements
+ * run as the extension's owner.  Each switch is a security-restricted
+ * operation (as REFRESH MATERIALIZED VIEW is) with its own GUC nesting
+ * level, so that nothing the code sets survives it, and search_path pinned
+ * to "pg_catalog, pg_temp", so that no object planted in a schema on the
+ * caller's search_path can be picked up by name.  Errors between a switch
+ * and its KappaRestoreUser need no cleanup: (sub)transaction abort restores
+ * the user and the GUC nesting level.  See docs/security.md.
  *
  *-------------------------------------------------------------------------
  */
@@ -27,6 +35,7 @@
 #include "nodes/makefuncs.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
@@ -49,21 +58,28 @@ KappaMakeRangeVar(const char *name)
 }
 
 /*
- * KappaExecSql runs one SQL command through SPI and raises an error if it
- * fails.  The caller has already made the text safe (quoted identifiers and
- * type names produced from the catalogs).
+ * KappaExecSql runs one generated SQL command through SPI, with search_path
+ * pinned to pg_catalog, pg_temp for its duration, and raises an error if it
+ * fails.  The caller has made the text safe: identifiers quoted, every name
+ * outside pg_catalog qualified.
  */
 void
 KappaExecSql(const char *sql)
 {
 	int			rc;
+	int			level;
 
+	level = NewGUCNestLevel();
+	(void) set_config_option("search_path", KAPPA_SAFE_SEARCH_PATH,
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	rc = SPI_execute(sql, false, 0);
 	if (rc < 0)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
 	SPI_finish();
+	AtEOXact_GUC(false, level);
 }
 
 /*
@@ -87,16 +103,22 @@ KappaExecUtility(Node *stmt, const char *sourceText)
 }
 
 /*
- * KappaDataSchemaOwner returns the role owning kappa_data, as which the
- * objects there are created.
+ * KappaExtensionOwner returns the role that owns pg_kappa's schemas and
+ * catalog tables (the role that ran CREATE EXTENSION).  pg_kappa writes its
+ * catalog and creates the objects in kappa_data as this role.
  */
 Oid
-KappaDataSchemaOwner(void)
+KappaExtensionOwner(void)
 {
-	Oid			nspid = get_namespace_oid(KAPPA_DATA_SCHEMA, false);
+	Oid			nspid = get_namespace_oid(KAPPA_SCHEMA, true);
 	HeapTuple	tuple;
 	Oid			owner;
 
+	if (!OidIsValid(nspid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_kappa is not installed in this database"),
+				 errhint("Run CREATE EXTENSION pg_kappa.")));
 	tuple = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nspid));
 	if (!HeapTupleIsValid(tuple))
 		elog(ERROR, "cache lookup failed for namespace %u", nspid);
@@ -106,25 +128,44 @@ KappaDataSchemaOwner(void)
 }
 
 /*
- * KappaBecomeDataOwner switches to the owner of kappa_data and returns what
- * KappaRestoreUser needs to switch back.
+ * KappaBecomeUser makes 'role' the current user inside a security-restricted
+ * operation with a GUC nesting level of its own and search_path pinned to
+ * pg_catalog, pg_temp (see the file header), saving what KappaRestoreUser
+ * needs in *saved.  Switches nest: each KappaBecomeUser is undone by one
+ * KappaRestoreUser, innermost first.
  */
-KappaSavedUser
-KappaBecomeDataOwner(void)
+void
+KappaBecomeUser(Oid role, KappaSavedUser *saved)
 {
-	KappaSavedUser saved;
-
-	GetUserIdAndSecContext(&saved.userid, &saved.secContext);
-	SetUserIdAndSecContext(KappaDataSchemaOwner(),
-						   saved.secContext | SECURITY_LOCAL_USERID_CHANGE);
-	return saved;
+	GetUserIdAndSecContext(&saved->userid, &saved->secContext);
+	SetUserIdAndSecContext(role, saved->secContext |
+						   SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	saved->gucNestLevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", KAPPA_SAFE_SEARCH_PATH,
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
 }
 
-/* KappaRestoreUser undoes KappaBecomeDataOwner. */
+/*
+ * KappaBecomeExtensionOwner is KappaBecomeUser for the extension's owner:
+ * how pg_kappa writes its own catalog and creates objects in kappa_data.
+ */
 void
-KappaRestoreUser(KappaSavedUser saved)
+KappaBecomeExtensionOwner(KappaSavedUser *saved)
 {
-	SetUserIdAndSecContext(saved.userid, saved.secContext);
+	KappaBecomeUser(KappaExtensionOwner(), saved);
+}
+
+/*
+ * KappaRestoreUser undoes a KappaBecomeUser: every setting made since is
+ * discarded, and the previous user and security context come back.
+ */
+void
+KappaRestoreUser(KappaSavedUser *saved)
+{
+	AtEOXact_GUC(false, saved->gucNestLevel);
+	SetUserIdAndSecContext(saved->userid, saved->secContext);
 }
 
 /*

@@ -19,15 +19,20 @@
  */
 #include "postgres.h"
 
+#include "access/skey.h"
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_aggregate.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "common/int.h"
 #include "commands/defrem.h"
+#include "commands/sequence.h"
 #include "commands/tablecmds.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
@@ -52,7 +57,9 @@
 #include "utils/regproc.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 #include "pg_kappa.h"
 #include "kappa_errcodes.h"
@@ -656,6 +663,12 @@ create_mat_table(KappaViewShape *shape, const char *matname)
 	appendStringInfoString(&buf, ") NULLS NOT DISTINCT");
 	KappaExecSql(buf.data);
 
+	/* only pg_kappa's engine writes it (it bypasses triggers) */
+	KappaExecSql(psprintf("CREATE TRIGGER kappa_engine_only "
+						  "BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s "
+						  "FOR EACH STATEMENT EXECUTE FUNCTION kappa.refuse_materialization_change()",
+						  qname));
+
 	return get_relname_relid(matname, get_namespace_oid(KAPPA_DATA_SCHEMA, false));
 }
 
@@ -748,6 +761,23 @@ check_read_permissions(Query *query)
 PG_FUNCTION_INFO_V1(kappa_create_view);
 
 /*
+ * The text of a query analyzed as its author meant it, with every name
+ * qualified (deparsed with search_path pinned), so that creating the
+ * definition view from it as another role reads the same objects.
+ */
+static char *
+deparse_query_qualified(Query *query)
+{
+	KappaSavedUser saved;
+	char	   *text;
+
+	KappaBecomeUser(GetUserId(), &saved);
+	text = pg_get_querydef(query, false);
+	KappaRestoreUser(&saved);
+	return text;
+}
+
+/*
  * kappa.create_view(name, query) creates a continuous view and returns it.
  * Rows already retained by the stream are applied at once (backfill).
  */
@@ -763,20 +793,18 @@ kappa_create_view(PG_FUNCTION_ARGS)
 	int64		id;
 	char	   *defname;
 	char	   *matname;
+	char	   *deftext;
 	Oid			defRelid;
 	Oid			matRelid;
 	Oid			viewRelid;
+	Oid			creator = GetUserId();
 	char	   *qualifiedName;
 	KappaSavedUser saved;
-	ViewStmt   *vstmt;
-	List	   *raw;
-	KappaViewInfo *vinfo;
 	KappaStreamInfo *sinfo;
+	ListCell   *lc;
 	Oid			argtypes[5] = {INT4OID, OIDOID, OIDOID, OIDOID, OIDOID};
 	Datum		args[5];
-	KappaBatch *emptyBatch = NULL;
 	Relation	streamRel;
-	bool		isnull;
 
 	KappaStreamServerOid(false);
 	nspid = RangeVarGetCreationNamespace(rv);
@@ -787,52 +815,45 @@ kappa_create_view(PG_FUNCTION_ARGS)
 				 errhint("Choose another name, or drop the existing relation first.")));
 	qualifiedName = quote_qualified_identifier(get_namespace_name(nspid), rv->relname);
 
+	/* the query as the caller means it, with the caller's search_path */
 	query = KappaParseViewQuery(sql, true);
 	shape = KappaBuildViewShape(query, sql);
 	check_read_permissions(query);
+	deftext = deparse_query_qualified(KappaParseViewQuery(sql, false));
 
 	/* wait for running inserts, and block new ones until we commit */
 	streamRel = table_open(shape->streamRelid, ShareLock);
 
 	/* definition and materialization live in kappa_data */
-	saved = KappaBecomeDataOwner();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT nextval('kappa.view_catalog_id_seq')", false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not allocate a view id");
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-									 &isnull));
-	SPI_finish();
-
+	KappaBecomeExtensionOwner(&saved);
+	id = nextval_internal(get_relname_relid("view_catalog_id_seq",
+											get_namespace_oid(KAPPA_SCHEMA, false)),
+						  false);
 	defname = KappaDataRelName(rv->relname, psprintf("_def_" INT64_FORMAT, id));
 	matname = KappaDataRelName(rv->relname, psprintf("_mat_" INT64_FORMAT, id));
-
-	raw = raw_parser(sql, RAW_PARSE_DEFAULT);
-	vstmt = makeNode(ViewStmt);
-	vstmt->view = makeRangeVar(KAPPA_DATA_SCHEMA, defname, -1);
-	vstmt->query = linitial_node(RawStmt, raw)->stmt;
-	vstmt->replace = false;
-	vstmt->withCheckOption = NO_CHECK_OPTION;
-	KappaExecUtility((Node *) vstmt, sql);
+	KappaExecSql(psprintf("CREATE VIEW %s AS %s",
+						  quote_qualified_identifier(KAPPA_DATA_SCHEMA, defname),
+						  deftext));
 	defRelid = get_relname_relid(defname, get_namespace_oid(KAPPA_DATA_SCHEMA, false));
-
 	matRelid = create_mat_table(shape, matname);
 
 	/* the caller owns what stores the view */
-	ATExecChangeOwner(defRelid, saved.userid, false, AccessExclusiveLock);
-	ATExecChangeOwner(matRelid, saved.userid, false, AccessExclusiveLock);
-	KappaRestoreUser(saved);
+	ATExecChangeOwner(defRelid, creator, false, AccessExclusiveLock);
+	ATExecChangeOwner(matRelid, creator, false, AccessExclusiveLock);
+	KappaRestoreUser(&saved);
 	CommandCounterIncrement();
 
+	KappaBecomeUser(creator, &saved);
 	create_user_view(shape, qualifiedName, matRelid);
+	KappaRestoreUser(&saved);
 	viewRelid = get_relname_relid(rv->relname, nspid);
 
-	saved = KappaBecomeDataOwner();
 	args[0] = Int32GetDatum((int32) id);
 	args[1] = ObjectIdGetDatum(viewRelid);
 	args[2] = ObjectIdGetDatum(shape->streamRelid);
 	args[3] = ObjectIdGetDatum(matRelid);
 	args[4] = ObjectIdGetDatum(defRelid);
+	KappaBecomeExtensionOwner(&saved);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("INSERT INTO kappa.view_catalog (id, view, stream, mat, def) "
@@ -840,49 +861,59 @@ kappa_create_view(PG_FUNCTION_ARGS)
 							  5, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert into kappa.view_catalog");
 	SPI_finish();
-	KappaRestoreUser(saved);
+	KappaRestoreUser(&saved);
+	/* every backend, this one included at the next command, reloads */
+	KappaInvalidateStream(shape->streamRelid);
 	CommandCounterIncrement();
 
 	/* backfill: retained rows, or the one row of a global aggregate */
 	sinfo = KappaGetStreamInfo(shape->streamRelid);
-	vinfo = KappaViewInfoLoad(viewRelid, matRelid, defRelid, CurrentMemoryContext);
-	if (!sinfo->retained)
-		emptyBatch = KappaBatchCreate(streamRel, CurrentMemoryContext);
-	KappaReleaseStreamInfo(sinfo);
-	KappaViewApplyBatch(vinfo, emptyBatch);
-	KappaViewInfoFree(vinfo);
-	if (emptyBatch != NULL)
-		KappaBatchDestroy(emptyBatch);
+	foreach(lc, sinfo->views)
+	{
+		KappaViewInfo *vinfo = lfirst(lc);
 
-	KappaInvalidateStream(shape->streamRelid);
+		if (vinfo->viewRelid == viewRelid)
+			KappaViewBackfill(vinfo, shape->streamRelid, sinfo->retained);
+	}
+	KappaReleaseStreamInfo(sinfo);
+
 	table_close(streamRel, NoLock);
 	PG_RETURN_OID(viewRelid);
 }
 
-/* Look up a continuous view by name; errors if it is not one. */
+/*
+ * Look up a continuous view by name; errors if it is not one.  Sets
+ * *streamRelid to its stream.
+ */
 static Oid
 lookup_continuous_view(const char *name, Oid *streamRelid)
 {
 	RangeVar   *rv = KappaMakeRangeVar(name);
 	Oid			relid = RangeVarGetRelid(rv, AccessShareLock, false);
-	Oid			argtypes[1] = {OIDOID};
-	Datum		args[1] = {ObjectIdGetDatum(relid)};
+	Relation	rel = KappaCatalogTable("view_catalog");
+	ScanKeyData skey;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
 	bool		found;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT stream FROM kappa.view_catalog WHERE view = $1",
-							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read kappa.view_catalog");
-	found = (SPI_processed == 1);
-	if (found && streamRelid)
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+
+	ScanKeyInit(&skey, KappaCatalogAttnum(rel, "view"), BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(relid));
+	scan = table_beginscan(rel, snapshot, 1, &skey);
+	slot = table_slot_create(rel, NULL);
+	found = table_scan_getnextslot(scan, ForwardScanDirection, slot);
+	if (found)
 	{
 		bool		isnull;
 
-		*streamRelid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-													  SPI_tuptable->tupdesc, 1, &isnull));
+		*streamRelid = DatumGetObjectId(slot_getattr(slot, KappaCatalogAttnum(rel, "stream"),
+													 &isnull));
 	}
-	SPI_finish();
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
 	if (!found)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
@@ -917,9 +948,39 @@ kappa_drop_view(PG_FUNCTION_ARGS)
 
 PG_FUNCTION_INFO_V1(kappa_view_stats);
 
+/* The materialization of continuous view 'view', or InvalidOid. */
+static Oid
+lookup_materialization(Oid view, Snapshot snapshot)
+{
+	Relation	rel = KappaCatalogTable("view_catalog");
+	ScanKeyData skey;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	Oid			mat = InvalidOid;
+
+	ScanKeyInit(&skey, KappaCatalogAttnum(rel, "view"), BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(view));
+	scan = table_beginscan(rel, snapshot, 1, &skey);
+	slot = table_slot_create(rel, NULL);
+	if (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		Datum		d = slot_getattr(slot, KappaCatalogAttnum(rel, "mat"), &isnull);
+
+		if (!isnull)
+			mat = DatumGetObjectId(d);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return mat;
+}
+
 /*
  * kappa.view_stats(view) returns the number of groups, the rows applied and
- * the last update of a continuous view; NULLs if the caller may not read it.
+ * the last update of a continuous view; NULLs if the caller may not read
+ * it.  It reads the materialization directly (no SQL runs on anyone's
+ * behalf), with the query's snapshot.
  */
 Datum
 kappa_view_stats(PG_FUNCTION_ARGS)
@@ -928,34 +989,63 @@ kappa_view_stats(PG_FUNCTION_ARGS)
 	TupleDesc	tupdesc;
 	Datum		values[3];
 	bool		nulls[3] = {true, true, true};
-	Oid			argtypes[1] = {OIDOID};
-	Datum		args[1] = {ObjectIdGetDatum(relid)};
+	Oid			mat;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK)
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK &&
+		OidIsValid(mat = lookup_materialization(relid, GetActiveSnapshot())))
 	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute_with_args("SELECT mat::text FROM kappa.view_catalog WHERE view = $1",
-								  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read kappa.view_catalog");
-		if (SPI_processed == 1)
-		{
-			char	   *mat = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-			KappaSavedUser saved = KappaBecomeDataOwner();
-			int			i;
+		Relation	rel = try_relation_open(mat, AccessShareLock);
 
-			if (SPI_execute(psprintf("SELECT count(*), sum(s_1)::int8, max(updated_at) FROM %s", mat),
-							true, 1) != SPI_OK_SELECT)
-				elog(ERROR, "could not read materialization %s", mat);
-			KappaRestoreUser(saved);
-			for (i = 0; i < 3; i++)
-				values[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-										  i + 1, &nulls[i]);
+		if (rel != NULL)
+		{
+			AttrNumber	rowsAttno = attnameAttNum(rel, "s_1", false);
+			AttrNumber	updatedAttno = attnameAttNum(rel, "updated_at", false);
+			TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
+			TupleTableSlot *slot = table_slot_create(rel, NULL);
+			int64		groups = 0;
+			int64		rows = 0;
+			TimestampTz last = 0;
+			bool		haveLast = false;
+
+			while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+			{
+				bool		isnull;
+				Datum		d;
+
+				groups++;
+				if (rowsAttno > 0)
+				{
+					d = slot_getattr(slot, rowsAttno, &isnull);
+					if (!isnull && pg_add_s64_overflow(rows, DatumGetInt64(d), &rows))
+						ereport(ERROR,
+								(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+								 errmsg("bigint out of range")));
+				}
+				if (updatedAttno > 0)
+				{
+					d = slot_getattr(slot, updatedAttno, &isnull);
+					if (!isnull && (!haveLast || DatumGetTimestampTz(d) > last))
+					{
+						last = DatumGetTimestampTz(d);
+						haveLast = true;
+					}
+				}
+				CHECK_FOR_INTERRUPTS();
+			}
+			ExecDropSingleTupleTableSlot(slot);
+			table_endscan(scan);
+			relation_close(rel, AccessShareLock);
+
+			values[0] = Int64GetDatum(groups);
+			nulls[0] = false;
+			values[1] = Int64GetDatum(rows);
+			nulls[1] = false;
+			values[2] = TimestampTzGetDatum(last);
+			nulls[2] = !haveLast;
 		}
-		SPI_finish();
 	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

@@ -54,6 +54,7 @@
 #include "utils/timestamp.h"
 
 #include "pg_kappa.h"
+#include "util.h"
 #include "view.h"
 
 /*
@@ -370,19 +371,28 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	ListCell   *lc;
 	int			i;
 	HeapTuple	tuple;
+	Oid			ownerId;
+	KappaSavedUser saved;
+
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(viewRelid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", viewRelid);
+	ownerId = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
 
 	cxt = AllocSetContextCreate(parent, "pg_kappa view", ALLOCSET_DEFAULT_SIZES);
 	tmpcxt = AllocSetContextCreate(CurrentMemoryContext, "pg_kappa view load",
 								   ALLOCSET_DEFAULT_SIZES);
 
-	/* parse, check and plan in a scratch context */
+	/*
+	 * Parse, check and plan in a scratch context, as the view's owner: the
+	 * planner may run the view's immutable functions.  With search_path
+	 * pinned, the definition comes back with every name qualified.
+	 */
 	oldcxt = MemoryContextSwitchTo(tmpcxt);
-	/* see a definition created earlier in this very command */
-	if (ActiveSnapshotSet())
-		PushCopiedSnapshot(GetActiveSnapshot());
-	else
-		PushActiveSnapshot(GetTransactionSnapshot());
-	UpdateActiveSnapshotCommandId();
+	KappaBecomeUser(ownerId, &saved);
+	/* the definition as committed now, or created earlier in this command */
+	PushActiveSnapshot(GetLatestSnapshot());
 	sql = TextDatumGetCString(DirectFunctionCall1(pg_get_viewdef,
 												  ObjectIdGetDatum(defRelid)));
 	PopActiveSnapshot();
@@ -409,11 +419,7 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	view->shape->sortExprs = copyObject(shape->sortExprs);
 	view->shape->streamRelid = shape->streamRelid;
 
-	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(viewRelid));
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for relation %u", viewRelid);
-	view->ownerId = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
+	view->ownerId = ownerId;
 
 	view->nkeys = shape->nkeys;
 	view->globalView = (shape->nkeys == 0);
@@ -443,11 +449,33 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 		view->sortAttnos[i] = mat_attno(mat, psprintf("o_%d", i + 1));
 	view->updatedAttno = mat_attno(mat, "updated_at");
 
+	/* the unique index on the key columns */
 	indexes = RelationGetIndexList(mat);
-	if (list_length(indexes) < 1)
-		elog(ERROR, "materialization \"%s\" has no index", RelationGetRelationName(mat));
-	view->indexRelid = linitial_oid(indexes);
-	index = index_open(view->indexRelid, AccessShareLock);
+	index = NULL;
+	foreach(lc, indexes)
+	{
+		Relation	candidate = index_open(lfirst_oid(lc), AccessShareLock);
+		int			nkeycols = Max(view->nkeys, 1);
+		bool		match = candidate->rd_index->indisunique &&
+			candidate->rd_index->indnkeyatts == nkeycols &&
+			candidate->rd_indexprs == NIL && candidate->rd_indpred == NIL;
+
+		for (i = 0; match && i < nkeycols; i++)
+			match = candidate->rd_index->indkey.values[i] == view->keyAttnos[i];
+		if (match)
+		{
+			index = candidate;
+			break;
+		}
+		index_close(candidate, AccessShareLock);
+	}
+	if (index == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("materialization \"%s\" of continuous view \"%s\" has lost its unique index",
+						RelationGetRelationName(mat), get_rel_name(viewRelid)),
+				 errhint("Drop the view and create it again.")));
+	view->indexRelid = RelationGetRelid(index);
 	view->keyEqProcs = palloc(sizeof(RegProcedure) * Max(view->nkeys, 1));
 	view->keyCollations = palloc(sizeof(Oid) * Max(view->nkeys, 1));
 	for (i = 0; i < Max(view->nkeys, 1); i++)
@@ -520,6 +548,7 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	view->aggContext = KappaMakeAggContext(view->econtext);
 	view->push = build_push_info(view, shape);
 
+	KappaRestoreUser(&saved);
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextDelete(tmpcxt);
 	return view;
@@ -824,24 +853,21 @@ make_merge_receiver(KappaViewInfo *view)
 /*
  * Set up what a view's delta or merge runs in: a command counter that sees
  * the previous merges, a fresh snapshot (joined tables as of now), and the
- * view owner's rights in a security-restricted operation.
+ * view owner's rights in a security-restricted operation (KappaBecomeUser).
  */
 static void
-begin_view_work(KappaViewInfo *view, Oid *saveUser, int *saveSec)
+begin_view_work(KappaViewInfo *view, KappaSavedUser *saved)
 {
 	CommandCounterIncrement();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	UpdateActiveSnapshotCommandId();
-	GetUserIdAndSecContext(saveUser, saveSec);
-	SetUserIdAndSecContext(view->ownerId,
-						   *saveSec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
+	KappaBecomeUser(view->ownerId, saved);
 }
 
 static void
-end_view_work(Oid saveUser, int saveSec)
+end_view_work(KappaSavedUser *saved)
 {
-	SetUserIdAndSecContext(saveUser, saveSec);
+	KappaRestoreUser(saved);
 	PopActiveSnapshot();
 }
 
@@ -853,16 +879,23 @@ run_delta(KappaViewInfo *view, KappaBatch *batch, DestReceiver *dest)
 	KappaBatch *prevBatch;
 
 	prevBatch = KappaSetActiveBatch(batch);
-	qd = CreateQueryDesc(batch != NULL && batch->nrows <= KAPPA_SMALL_BATCH_LIMIT ?
-						 view->smallDeltaPlan : view->deltaPlan,
-						 view->sql, GetActiveSnapshot(),
-						 InvalidSnapshot, dest, NULL, NULL, 0);
-	ExecutorStart(qd, 0);
-	ExecutorRun(qd, ForwardScanDirection, 0, true);
-	ExecutorFinish(qd);
-	ExecutorEnd(qd);
-	FreeQueryDesc(qd);
-	KappaSetActiveBatch(prevBatch);
+	PG_TRY();
+	{
+		qd = CreateQueryDesc(batch != NULL && batch->nrows <= KAPPA_SMALL_BATCH_LIMIT ?
+							 view->smallDeltaPlan : view->deltaPlan,
+							 view->sql, GetActiveSnapshot(),
+							 InvalidSnapshot, dest, NULL, NULL, 0);
+		ExecutorStart(qd, 0);
+		ExecutorRun(qd, ForwardScanDirection, 0, true);
+		ExecutorFinish(qd);
+		ExecutorEnd(qd);
+		FreeQueryDesc(qd);
+	}
+	PG_FINALLY();
+	{
+		KappaSetActiveBatch(prevBatch);
+	}
+	PG_END_TRY();
 }
 
 /*
@@ -874,14 +907,13 @@ void
 KappaViewApplyBatch(KappaViewInfo *view, KappaBatch *batch)
 {
 	DestReceiver *merge;
-	Oid			saveUser;
-	int			saveSec;
+	KappaSavedUser saved;
 
-	begin_view_work(view, &saveUser, &saveSec);
+	begin_view_work(view, &saved);
 	merge = make_merge_receiver(view);
 	run_delta(view, batch, merge);
 	merge_destroy(merge);
-	end_view_work(saveUser, saveSec);
+	end_view_work(&saved);
 }
 
 /*
@@ -893,14 +925,13 @@ KappaViewAccumulateBatch(KappaViewInfo *view, KappaBatch *batch,
 						 KappaViewAccum *acc)
 {
 	DestReceiver *dest;
-	Oid			saveUser;
-	int			saveSec;
+	KappaSavedUser saved;
 
-	begin_view_work(view, &saveUser, &saveSec);
+	begin_view_work(view, &saved);
 	dest = KappaAccumReceiver(acc);
 	run_delta(view, batch, dest);
 	dest->rDestroy(dest);
-	end_view_work(saveUser, saveSec);
+	end_view_work(&saved);
 }
 
 /*
@@ -911,16 +942,68 @@ void
 KappaViewFlushAccum(KappaViewInfo *view, KappaViewAccum *acc)
 {
 	DestReceiver *merge;
-	Oid			saveUser;
-	int			saveSec;
+	KappaSavedUser saved;
 
 	if (KappaAccumGroups(acc) == 0)
 		return;
-	begin_view_work(view, &saveUser, &saveSec);
+	begin_view_work(view, &saved);
 	merge = make_merge_receiver(view);
 	merge->rStartup(merge, CMD_SELECT, NULL);
 	KappaAccumFlush(acc, merge);
 	merge->rShutdown(merge);
 	merge_destroy(merge);
-	end_view_work(saveUser, saveSec);
+	end_view_work(&saved);
+}
+
+/*
+ * KappaViewPushRows advances the in-memory groups of a view that takes
+ * pushed rows ('acc') by 'nrows' stream rows, running the view's WHERE, keys
+ * and transition functions as the view's owner (KappaBecomeUser).  'slot'
+ * is a heap-tuple slot of the stream's row type.
+ */
+void
+KappaViewPushRows(KappaViewInfo *view, KappaViewAccum *acc,
+				  TupleTableSlot *slot, HeapTuple *rows, int nrows)
+{
+	KappaSavedUser saved;
+	int			i;
+
+	KappaBecomeUser(view->ownerId, &saved);
+	for (i = 0; i < nrows; i++)
+	{
+		ExecStoreHeapTuple(rows[i], slot, false);
+		KappaAccumPushRow(acc, slot);
+	}
+	ExecClearTuple(slot);
+	KappaRestoreUser(&saved);
+}
+
+/*
+ * KappaViewBackfill gives a new view what its stream already holds: the
+ * aggregate of every retained row (with 'retained'), or, for a stream that
+ * keeps no rows, the aggregate of no rows (the one row of a global view,
+ * as plain SQL returns it; nothing for a grouped view).  The caller holds a
+ * SHARE lock on the stream, so no writer runs meanwhile; the retained rows
+ * are read with a snapshot taken now, so that rows committed while the
+ * caller waited for that lock are counted (in any isolation level).
+ */
+void
+KappaViewBackfill(KappaViewInfo *view, Oid streamRelid, bool retained)
+{
+	KappaBatch	empty;
+	KappaSavedUser saved;
+	DestReceiver *merge;
+
+	memset(&empty, 0, sizeof(empty));
+	empty.streamRelid = streamRelid;
+
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetLatestSnapshot());
+	UpdateActiveSnapshotCommandId();
+	KappaBecomeUser(view->ownerId, &saved);
+	merge = make_merge_receiver(view);
+	run_delta(view, retained ? NULL : &empty, merge);
+	merge_destroy(merge);
+	KappaRestoreUser(&saved);
+	PopActiveSnapshot();
 }

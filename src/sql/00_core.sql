@@ -60,6 +60,8 @@ SELECT pg_catalog.pg_extension_config_dump('kappa.view_catalog_id_seq', '');
 
 REVOKE ALL ON kappa.stream_catalog, kappa.view_catalog FROM PUBLIC;
 GRANT SELECT ON kappa.stream_catalog, kappa.view_catalog TO PUBLIC;
+-- pg_dump reads the state of dumped sequences: the database owner may dump
+GRANT SELECT ON SEQUENCE kappa.view_catalog_id_seq TO pg_database_owner;
 
 -- Streams.
 CREATE FUNCTION kappa.create_stream(name text, columns text, retain text DEFAULT NULL)
@@ -116,11 +118,36 @@ DECLARE
     dropped oid[];
     v record;
     s record;
+    t record;
 BEGIN
-    SELECT array_agg(objid) INTO dropped
+    IF to_regclass('kappa.view_catalog') IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(array_agg(objid), '{}') INTO dropped
       FROM pg_event_trigger_dropped_objects()
      WHERE classid = 'pg_class'::regclass AND objsubid = 0;
-    IF dropped IS NULL OR to_regclass('kappa.view_catalog') IS NULL THEN
+
+    -- the trigger that keeps a materialization in the engine's hands goes
+    -- only with the materialization
+    FOR t IN SELECT o.address_names
+               FROM pg_event_trigger_dropped_objects() o
+              WHERE o.object_type = 'trigger'
+                AND o.address_names[3] = 'kappa_engine_only'
+    LOOP
+        IF EXISTS (SELECT 1 FROM kappa.view_catalog vc
+                    WHERE vc.mat = to_regclass(quote_ident(t.address_names[1]) || '.' ||
+                                               quote_ident(t.address_names[2]))
+                      AND NOT vc.mat::oid = ANY (dropped)) THEN
+            RAISE EXCEPTION 'cannot drop trigger kappa_engine_only of continuous view %',
+                  (SELECT vc.view FROM kappa.view_catalog vc
+                    WHERE vc.mat = to_regclass(quote_ident(t.address_names[1]) || '.' ||
+                                               quote_ident(t.address_names[2])))
+                  USING ERRCODE = 'dependent_objects_still_exist',
+                        DETAIL = 'The trigger keeps the view''s materialization in pg_kappa''s hands.',
+                        HINT = 'Drop the continuous view with kappa.drop_view() instead.';
+        END IF;
+    END LOOP;
+    IF dropped = '{}' THEN
         RETURN;
     END IF;
 
@@ -170,6 +197,84 @@ REVOKE ALL ON FUNCTION kappa.stream_changed(regclass) FROM PUBLIC;
 
 CREATE EVENT TRIGGER kappa_sql_drop ON sql_drop
   EXECUTE FUNCTION kappa.on_sql_drop();
+
+-- Only the engine writes a materialization (src/protect.c): this statement
+-- trigger on each of them refuses INSERT, UPDATE, DELETE, TRUNCATE, COPY and
+-- MERGE by anyone; the engine's own writes fire no triggers.
+CREATE FUNCTION kappa.refuse_materialization_change()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'kappa_refuse_materialization_change'
+LANGUAGE C;
+
+-- The owner of a continuous view owns its materialization and definition.
+CREATE FUNCTION kappa.sync_view_owner(view regclass)
+RETURNS void
+AS 'MODULE_PATHNAME', 'kappa_sync_view_owner'
+LANGUAGE C STRICT VOLATILE;
+
+-- DDL on the pieces of a continuous view: ALTER, new triggers, rules and
+-- policies on a materialization or definition are refused, as is replacing
+-- the user-facing view's query; ALTER VIEW ... OWNER TO carries over to the
+-- pieces.  (Indexes on a materialization are allowed: they only speed up
+-- reads, and pg_restore creates the engine's own.)
+CREATE FUNCTION kappa.on_ddl_command_end()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c record;
+    rel oid;
+    v record;
+BEGIN
+    IF to_regclass('kappa.view_catalog') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR c IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+        CONTINUE WHEN c.command_tag IN ('GRANT', 'REVOKE', 'COMMENT', 'SECURITY LABEL',
+                                        'CREATE INDEX', 'ALTER INDEX');
+        rel := CASE c.classid
+                 WHEN 'pg_class'::regclass THEN c.objid
+                 WHEN 'pg_trigger'::regclass THEN
+                   (SELECT tg.tgrelid FROM pg_trigger tg WHERE tg.oid = c.objid)
+                 WHEN 'pg_rewrite'::regclass THEN
+                   (SELECT r.ev_class FROM pg_rewrite r WHERE r.oid = c.objid)
+                 WHEN 'pg_policy'::regclass THEN
+                   (SELECT p.polrelid FROM pg_policy p WHERE p.oid = c.objid)
+               END;
+        CONTINUE WHEN rel IS NULL;
+        FOR v IN SELECT * FROM kappa.view_catalog vc
+                  WHERE vc.view = rel OR vc.mat = rel OR vc.def = rel
+        LOOP
+            IF rel = v.view::oid THEN
+                IF c.command_tag = 'CREATE VIEW' THEN
+                    RAISE EXCEPTION 'cannot replace the query of continuous view %', v.view
+                          USING ERRCODE = 'wrong_object_type',
+                                DETAIL = 'The view reads the materialization pg_kappa maintains for its query.',
+                                HINT = 'Drop it with kappa.drop_view() and create it again with kappa.create_view().';
+                END IF;
+                PERFORM kappa.sync_view_owner(v.view);
+            ELSIF c.command_tag = 'CREATE TRIGGER' AND c.classid = 'pg_trigger'::regclass
+                  AND (SELECT tg.tgfoid FROM pg_trigger tg WHERE tg.oid = c.objid)
+                      = 'kappa.refuse_materialization_change()'::regprocedure THEN
+                -- pg_restore recreating the engine's own trigger
+                NULL;
+            ELSE
+                RAISE EXCEPTION 'cannot alter the % of continuous view %',
+                      CASE WHEN rel = v.mat::oid THEN 'materialization' ELSE 'definition' END,
+                      v.view
+                      USING ERRCODE = 'wrong_object_type',
+                            DETAIL = format('Only pg_kappa changes it: %s would make the view disagree with its query.',
+                                            c.command_tag),
+                            HINT = 'Alter the continuous view itself (its name, owner, privileges), or drop it with kappa.drop_view() and create it again.';
+            END IF;
+        END LOOP;
+    END LOOP;
+END;
+$$;
+
+CREATE EVENT TRIGGER kappa_ddl_command_end ON ddl_command_end
+  EXECUTE FUNCTION kappa.on_ddl_command_end();
 
 -- Catalog views.
 CREATE VIEW kappa.streams AS
