@@ -523,6 +523,7 @@ KappaBatchAccumulate(KappaBatch *batch)
 void
 KappaBatchApply(KappaBatch *batch)
 {
+	KappaStreamInfo *info;
 	ListCell   *lc;
 
 	if (batch->accums == NIL)
@@ -532,16 +533,37 @@ KappaBatchApply(KappaBatch *batch)
 	}
 	/* also when no row was kept: retained storage, the other views, stats */
 	apply_rows(batch, true);
-	foreach(lc, batch->accums)
-	{
-		BatchAccum *ba = lfirst(lc);
 
-		if (ba->acc != NULL)
+	/*
+	 * Write what the views combined in memory -- only for views that still
+	 * exist: plain DROP VIEW takes no lock on the stream, so a view may have
+	 * gone while the statement ran (its rows then go with it).
+	 */
+	info = get_locked_stream_info(batch->streamRelid);
+	PG_TRY();
+	{
+		foreach(lc, batch->accums)
 		{
-			KappaViewLockRelations(ba->view);
-			KappaViewFlushAccum(ba->view, ba->acc);
+			BatchAccum *ba = lfirst(lc);
+			ListCell   *lc2;
+
+			if (ba->acc == NULL)
+				continue;
+			foreach(lc2, info->views)
+			{
+				if (((KappaViewInfo *) lfirst(lc2))->viewRelid == ba->viewRelid)
+				{
+					KappaViewFlushAccum(ba->view, ba->acc);
+					break;
+				}
+			}
 		}
 	}
+	PG_FINALLY();
+	{
+		KappaReleaseStreamInfo(info);
+	}
+	PG_END_TRY();
 }
 
 /* KappaBatchDestroy frees a batch (its rows need not be applied). */
