@@ -73,6 +73,9 @@ INSERT INTO cases (construct, query) VALUES
  ('grouping sets', 'SELECT url, user_id, count(*) FROM clicks GROUP BY GROUPING SETS ((url), (user_id))'),
  ('grouping sets', 'SELECT url, user_id, count(*) FROM clicks GROUP BY ROLLUP (url, user_id)'),
  ('grouping sets', 'SELECT url, user_id, count(*) FROM clicks GROUP BY CUBE (url, user_id)'),
+ ('GROUPING()', 'SELECT url, grouping(url) FROM clicks GROUP BY url'),
+ ('GROUPING()', 'SELECT url, count(*) FROM clicks GROUP BY url HAVING grouping(url) = 0'),
+ ('ungrouped column of a FULL JOIN USING', 'SELECT url, count(*) FROM clicks FULL JOIN dim_url USING (url) GROUP BY clicks.url'),
  ('SELECT DISTINCT', 'SELECT DISTINCT url FROM clicks GROUP BY url, user_id'),
  ('SELECT DISTINCT', 'SELECT DISTINCT ON (url) url, count(*) FROM clicks GROUP BY url, user_id ORDER BY url'),
  ('set-returning function', 'SELECT url, generate_series(1, count(*)::int) FROM clicks GROUP BY url'),
@@ -146,15 +149,25 @@ SELECT kappa.create_view('ok_fetch', 'SELECT url, count(*) AS n FROM clicks GROU
 SELECT kappa.create_view('ok_only_group', 'SELECT url FROM clicks GROUP BY url');
 SELECT kappa.create_view('ok_dim_pk', 'SELECT d.url, count(*) FROM clicks c JOIN dim_url d ON d.url = c.url GROUP BY d.url');
 SELECT kappa.create_view('ok_xid_text', 'SELECT x::text AS x, count(*) FROM clicks GROUP BY 1');
+-- a column merged by LEFT JOIN ... USING is the left table's: grouping by
+-- either name is the same (as in plain SQL)
+SELECT kappa.create_view('ok_using_qualified', 'SELECT url, count(*) AS n, max(category) AS c FROM clicks LEFT JOIN dim_url USING (url) GROUP BY clicks.url');
+SELECT kappa.create_view('ok_using_merged', 'SELECT url, count(*) AS n, max(category) AS c FROM clicks LEFT JOIN dim_url USING (url) GROUP BY url');
 INSERT INTO dim_url VALUES ('a', 'A'), ('b', 'B');
 INSERT INTO clicks VALUES (1, 'a', 1, '2024-01-01', '1'), (2, 'b', 2, '2024-01-02', '2'),
                           (3, 'b', 3, '2024-01-02', '2'), (4, 'c', 4, NULL, NULL);
+CREATE TABLE clicks_shadow (user_id int, url text);
+INSERT INTO clicks_shadow VALUES (1, 'a'), (2, 'b'), (3, 'b'), (4, 'c');
 SELECT * FROM ok_left ORDER BY 1;
 SELECT * FROM ok_in_table ORDER BY 1;
 TABLE ok_order_limit;
 TABLE ok_fetch;
 SELECT * FROM ok_only_group ORDER BY 1;
 SELECT * FROM ok_xid_text ORDER BY 1;
+SELECT * FROM ok_using_qualified ORDER BY 1;
+SELECT url, count(*) AS n, max(category) AS c FROM clicks_shadow LEFT JOIN dim_url USING (url)
+ GROUP BY clicks_shadow.url ORDER BY 1;
+SELECT * FROM ok_using_merged ORDER BY 1;
 
 SET client_min_messages = warning;
 DROP SCHEMA regress_refusals CASCADE;

@@ -130,10 +130,28 @@ KappaParseViewQuery(const char *sql, bool rewrite)
 				 errmsg("a continuous view must be defined by a SELECT statement"),
 				 errhint("Write the query as SELECT ... FROM stream ... GROUP BY ...")));
 
-	if (rewrite)
-		queries = pg_analyze_and_rewrite_fixedparams(rawstmt, sql, NULL, 0, NULL);
-	else
-		queries = list_make1(parse_analyze_fixedparams(rawstmt, sql, NULL, 0, NULL));
+	PG_TRY();
+	{
+		if (rewrite)
+			queries = pg_analyze_and_rewrite_fixedparams(rawstmt, sql, NULL, 0, NULL);
+		else
+			queries = list_make1(parse_analyze_fixedparams(rawstmt, sql, NULL, 0, NULL));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		MemoryContext ecxt = MemoryContextSwitchTo(ErrorContext);
+
+		/* a stream that does not exist (yet): say how to make one */
+		edata = CopyErrorData();
+		MemoryContextSwitchTo(ecxt);
+		if (edata->sqlerrcode != ERRCODE_UNDEFINED_TABLE || edata->hint != NULL)
+			PG_RE_THROW();
+		FlushErrorState();
+		edata->hint = pstrdup("A continuous view reads a stream: create it first with kappa.create_stream(), or check the name and the search_path.");
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
 	if (list_length(queries) != 1)
 		elog(ERROR, "view query rewrote to %d queries", list_length(queries));
 	error_context_stack = errcallback.previous;
@@ -158,6 +176,31 @@ count_streams_walker(Node *node, CheckContext *ctx)
 		return query_tree_walker((Query *) node, count_streams_walker, ctx,
 								 QTW_EXAMINE_RTES_BEFORE);
 	return expression_tree_walker(node, count_streams_walker, ctx);
+}
+
+static bool
+find_grouping_func_walker(Node *node, Node **found)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, GroupingFunc))
+	{
+		*found = node;
+		return true;
+	}
+	if (IsA(node, Query))
+		return false;
+	return expression_tree_walker(node, find_grouping_func_walker, found);
+}
+
+/* The first GROUPING() call in an expression tree, or NULL. */
+static Node *
+find_grouping_func(Node *node)
+{
+	Node	   *found = NULL;
+
+	(void) find_grouping_func_walker(node, &found);
+	return found;
 }
 
 /* Is range table entry 'rtindex' on the nullable side of an outer join? */
@@ -369,6 +412,19 @@ check_view_query(Query *query, ParseState *pstate)
 				(errcode(ERRCODE_KAPPA_GROUPING_SETS),
 				 errmsg("GROUPING SETS, ROLLUP and CUBE are not supported in a continuous view"),
 				 errhint("Create one continuous view per grouping, or aggregate the finest grouping further when reading.")));
+	{
+		Node	   *grouping = find_grouping_func((Node *) query->targetList);
+
+		if (grouping == NULL)
+			grouping = find_grouping_func(query->havingQual);
+		if (grouping != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_KAPPA_GROUPING_SETS),
+					 errmsg("GROUPING() is not supported in a continuous view"),
+					 errdetail("Without GROUPING SETS, ROLLUP or CUBE every group key is always grouped: GROUPING() is 0."),
+					 errhint("Write 0 instead, or create one continuous view per grouping."),
+					 parser_errposition(pstate, exprLocation(grouping))));
+	}
 	if (query->hasTargetSRFs)
 		ereport(ERROR,
 				(errcode(ERRCODE_KAPPA_SET_RETURNING),
@@ -536,6 +592,21 @@ KappaBuildViewShape(Query *query, const char *sql)
 
 	pstate->p_sourcetext = sql;
 	streamIndex = check_view_query(query, pstate);
+
+	/*
+	 * Columns merged by JOIN ... USING refer to the join; compare keys and
+	 * outputs in terms of the tables' own columns, as the parser's check of
+	 * ungrouped columns does (GROUP BY t1.f1 groups the f1 of a LEFT JOIN
+	 * USING (f1)).
+	 */
+	foreach(lc, query->rtable)
+	{
+		if (((RangeTblEntry *) lfirst(lc))->rtekind != RTE_JOIN)
+			continue;
+		query->targetList = (List *) flatten_join_alias_vars(query, (Node *) query->targetList);
+		query->havingQual = flatten_join_alias_vars(query, query->havingQual);
+		break;
+	}
 	shape->query = query;
 	shape->streamRelid = rt_fetch(streamIndex, query->rtable)->relid;
 

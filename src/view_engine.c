@@ -122,7 +122,10 @@ make_plan_partial(Plan *plan)
 		node = node->lefttree;
 	}
 	if (node == NULL)
-		elog(ERROR, "delta plan of continuous view has no aggregation");
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot maintain this continuous view: its plan has no aggregation step"),
+				 errhint("Simplify the query: aggregate the stream directly in its FROM clause.")));
 
 	((Agg *) node)->aggsplit = AGGSPLIT_INITIAL_SERIAL;
 	(void) mark_partial_walker((Node *) node->targetlist, NULL);
@@ -136,7 +139,10 @@ make_plan_partial(Plan *plan)
 		ListCell   *lc2;
 
 		if (parent->qual != NIL)
-			elog(ERROR, "unexpected qual above the aggregation of a delta plan");
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot maintain this continuous view: its plan filters after aggregating"),
+					 errhint("Simplify the query: aggregate the stream directly in its FROM clause.")));
 		foreach(lc2, parent->targetlist)
 		{
 			TargetEntry *tle = lfirst(lc2);
@@ -144,7 +150,10 @@ make_plan_partial(Plan *plan)
 			TargetEntry *childTle;
 
 			if (!IsA(var, Var) || var->varno != OUTER_VAR)
-				elog(ERROR, "unexpected expression above the aggregation of a delta plan");
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot maintain this continuous view: its plan computes after aggregating"),
+						 errhint("Simplify the query: aggregate the stream directly in its FROM clause.")));
 			childTle = list_nth(child->targetlist, var->varattno - 1);
 			var->vartype = exprType((Node *) childTle->expr);
 			var->vartypmod = exprTypmod((Node *) childTle->expr);
@@ -225,8 +234,11 @@ mat_attno(Relation mat, const char *name)
 	AttrNumber	attno = attnameAttNum(mat, name, false);
 
 	if (attno == InvalidAttrNumber)
-		elog(ERROR, "column \"%s\" is missing from materialization \"%s\"",
-			 name, RelationGetRelationName(mat));
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("materialization \"%s\" has lost its column \"%s\"",
+						RelationGetRelationName(mat), name),
+				 errhint("Drop the continuous view and create it again.")));
 	return attno;
 }
 
@@ -486,8 +498,11 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 											   BTEqualStrategyNumber);
 
 		if (!OidIsValid(eqop))
-			elog(ERROR, "missing equality operator for key %d of \"%s\"",
-				 i + 1, RelationGetRelationName(mat));
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("no equality operator for key %d of materialization \"%s\"",
+							i + 1, RelationGetRelationName(mat)),
+					 errhint("Drop the continuous view and create it again.")));
 		view->keyEqProcs[i] = get_opcode(eqop);
 		view->keyCollations[i] = index->rd_indcollation[i];
 	}
