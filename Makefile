@@ -19,7 +19,7 @@ DATA = $(wildcard src/sql/upgrade/pg_kappa--*--*.sql)
 PGFILEDESC = "pg_kappa - Kafka ingestion and continuous views for PostgreSQL"
 
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
-PG_CPPFLAGS = -I$(srcdir)/src
+PG_CPPFLAGS = -I$(srcdir)/src -DKAPPA_EXTENSION_VERSION='"$(EXTVERSION)"'
 SHLIB_LINK = -lrdkafka
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
 	-Wno-sign-compare $(KAPPA_WERROR)

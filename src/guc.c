@@ -4,8 +4,10 @@
  *	  Every kappa.* setting, defined in one place.
  *
  * kappa.batch_size and kappa.max_latency are the latency/cost knob: a batch
- * ends when either bound is reached.  Kafka sources may override both with
- * per-source options.  kappa.stream_batch_memory bounds the memory an INSERT
+ * ends when either bound is reached (or kappa.batch_bytes, which bounds a
+ * worker's memory).  Kafka sources may override them with per-source
+ * options.  kappa.dead_letter_alert is the share of dead letters over the
+ * last minute above which kappa.sources shows a source as degraded.  kappa.stream_batch_memory bounds the memory an INSERT
  * or COPY into a stream fills with rows before applying them to the views,
  * which bounds memory for statements of any size.
  *
@@ -20,6 +22,8 @@
 int			kappa_batch_size = 100000;
 int			kappa_max_latency_ms = 100;
 int			kappa_stream_batch_memory_kb = 65536;
+int			kappa_batch_bytes_kb = 65536;
+double		kappa_dead_letter_alert = 0.5;
 
 /*
  * KappaDefineGucs registers the kappa.* settings and reserves the prefix.
@@ -52,6 +56,23 @@ KappaDefineGucs(void)
 							65536, 64, MAX_KILOBYTES,
 							PGC_USERSET, GUC_UNIT_KB,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("kappa.batch_bytes",
+							"Maximum bytes of Kafka messages applied in one batch.",
+							"A batch also ends when its messages reach this size, so that "
+							"large messages cannot grow a worker without bound.",
+							&kappa_batch_bytes_kb,
+							65536, 64, MAX_KILOBYTES,
+							PGC_SIGHUP, GUC_UNIT_KB,
+							NULL, NULL, NULL);
+
+	DefineCustomRealVariable("kappa.dead_letter_alert",
+							 "Share of dead letters over the last minute above which a Kafka source is degraded.",
+							 "kappa.sources shows such a source with state degraded and the reason in last_error.",
+							 &kappa_dead_letter_alert,
+							 0.5, 0.0, 1.0,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("kappa");
 }

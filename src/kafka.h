@@ -13,10 +13,18 @@
 #include "access/tupdesc.h"
 #include "utils/jsonb.h"
 
+/* What a worker does when the broker no longer holds unread messages. */
+typedef enum KappaDataLossPolicy
+{
+	KAPPA_DATA_LOSS_FAIL,		/* stop, naming the missing range */
+	KAPPA_DATA_LOSS_RECORD		/* record the gap in kappa.errors, go on */
+} KappaDataLossPolicy;
+
 /*
  * A Kafka source as stored in kappa.source_catalog, with its options split
  * into librdkafka properties and pg_kappa's own (batch bounds, format
- * options).
+ * options).  A source names a kappa_kafka server, or (superusers only)
+ * gives its brokers directly.
  */
 typedef struct KappaSource
 {
@@ -25,14 +33,17 @@ typedef struct KappaSource
 	Oid			owner;
 	Oid			target;
 	char	   *topic;
-	char	   *brokers;
+	char	   *server;			/* a kappa_kafka server, or NULL */
+	char	   *brokers;		/* or brokers, when server is NULL */
 	char	   *format;
 	char	   *start;
+	KappaDataLossPolicy onDataLoss;
 	int32		parallelism;
 	Jsonb	   *options;		/* as given by the user */
 	bool		paused;
 	int			batch_size;		/* option batch_size, or -1: the GUC */
 	int			max_latency_ms; /* option max_latency, or -1: the GUC */
+	int64		batch_bytes;	/* option batch_bytes, or -1: the GUC */
 } KappaSource;
 
 /* Arguments of a source worker, carried in bgw_extra. */
@@ -58,13 +69,44 @@ extern bool KappaStartWorker(const KappaWorkerArgs *args, const char *source_nam
 extern PGDLLEXPORT void KappaLauncherMain(Datum arg);
 extern PGDLLEXPORT void KappaScannerMain(Datum arg);
 
+#define KAPPA_KAFKA_FDW_NAME	"kappa_kafka"
+
 /* in kafka_source.c */
 extern KappaSource *KappaSourceLoad(int32 source_id, bool missing_ok);
-extern bool KappaOptionIsSecret(const char *key);
-extern bool KappaOptionIsKappa(const char *key);
-extern void *KappaKafkaConfBuild(KappaSource *source);
 extern int	KappaSourceMaxMessageBytes(KappaSource *source);
 extern Jsonb *KappaFormatOptions(KappaSource *source);
+extern bool KappaExtensionUpToDate(void);
+
+/* in kafka_options.c: who may set which librdkafka property where */
+typedef enum KappaKafkaPropClass
+{
+	KAFKA_PROP_SAFE,			/* anyone who may set options at that level */
+	KAFKA_PROP_SECRET,			/* only in a user mapping */
+	KAFKA_PROP_NETWORK,			/* where the server connects: server only */
+	KAFKA_PROP_FILE,			/* a server file: pg_read_server_files */
+	KAFKA_PROP_PROGRAM,			/* runs a program: pg_execute_server_program */
+	KAFKA_PROP_SUPERUSER,		/* loads code, floods the log, or unknown */
+	KAFKA_PROP_RESERVED			/* set by pg_kappa itself */
+} KappaKafkaPropClass;
+
+typedef enum KappaOptionLevel
+{
+	KAPPA_LEVEL_SERVER,
+	KAPPA_LEVEL_USER_MAPPING,
+	KAPPA_LEVEL_SOURCE
+} KappaOptionLevel;
+
+struct ForeignServer;
+extern KappaKafkaPropClass KappaKafkaPropertyClass(const char *name);
+extern bool KappaOptionIsSecret(const char *key);
+extern bool KappaOptionIsKappa(const char *key);
+extern void KappaCheckKafkaProperty(const char *name, const char *value,
+									KappaOptionLevel level, Oid role);
+extern void KappaCheckSourceOptions(KappaSource *source, Oid role);
+extern List *KappaSourceKafkaOptions(KappaSource *source);
+extern struct ForeignServer *KappaKafkaServer(const char *name);
+extern char *KappaJsonbScalarText(JsonbValue *v);
+extern void *KappaKafkaConfBuild(KappaSource *source);
 
 /* in kafka_worker.c */
 extern PGDLLEXPORT void KappaKafkaWorkerMain(Datum arg);

@@ -2,21 +2,22 @@
  *
  * kafka_source.c
  *	  Kafka sources: the SQL functions that create, pause, resume and drop
- *	  them, the catalog they live in, and the librdkafka configuration built
- *	  from their options.
+ *	  them, and the catalog they live in.
  *
  * The catalog (kappa.source_catalog and the tables next to it) is not
  * writable by users.  The functions here check privileges as the caller --
- * INSERT on the target to create a source, membership in the owner role to
- * change one -- and then write the catalog as the catalog's owner, with
- * search_path pinned to pg_catalog.  Workers do the same for offsets,
- * status and dead letters.
+ * USAGE on the source's kappa_kafka server (or superuser, for brokers given
+ * directly), INSERT on the target, the right to set each of its options
+ * (kafka_options.c) to create a source; membership in the owner role to
+ * change one -- and then write the catalog as the extension's owner, with
+ * search_path pinned (KappaBecomeExtensionOwner).  Workers do the same for
+ * offsets, status and dead letters.
  *
  * Options are one jsonb object.  Keys pg_kappa knows (batch_size,
- * max_latency, max_message_bytes and the format options) are ours; every
- * other key is a librdkafka property and is checked with rd_kafka_conf_set at
- * create time, so that a typo is refused at once instead of failing in a
- * worker.  Values of secret properties never appear in error messages.
+ * max_latency, batch_bytes, max_message_bytes and the format options) are
+ * ours; every other key is a librdkafka property, checked when the source
+ * is created so that a typo is refused at once instead of failing in a
+ * worker.  Secrets are not source options: they belong in user mappings.
  *
  *-------------------------------------------------------------------------
  */
@@ -24,6 +25,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/table.h"
@@ -32,12 +34,16 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "foreign/foreign.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/formatting.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
@@ -54,81 +60,16 @@
 #include "util.h"
 
 PG_FUNCTION_INFO_V1(kappa_create_kafka_source);
+PG_FUNCTION_INFO_V1(kappa_create_kafka_source_0_2);
 PG_FUNCTION_INFO_V1(kappa_pause_source);
 PG_FUNCTION_INFO_V1(kappa_resume_source);
+PG_FUNCTION_INFO_V1(kappa_resume_source_0_2);
 PG_FUNCTION_INFO_V1(kappa_drop_source);
-
-/* Options that pg_kappa interprets itself; all others go to librdkafka. */
-static const char *const kappa_own_options[] = {
-	"batch_size", "max_latency", "max_message_bytes",
-	/* format options, read by the decoders */
-	"strict", "delimiter", "quote", "escape", "header", "null", "encoding",
-	"columns", "time_format",
-	NULL
-};
-
-/* Properties the workers set themselves; users may not override them. */
-static const char *const kappa_reserved_properties[] = {
-	"enable.auto.commit", "enable.auto.offset.store", "log.queue",
-	"bootstrap.servers", "metadata.broker.list",
-	NULL
-};
 
 /* Source ids whose workers must be started or woken when we commit. */
 static List *kappa_pending_starts = NIL;
 static bool kappa_pending_wake = false;
 static bool kappa_xact_callback_registered = false;
-
-/*
- * KappaOptionIsSecret tells whether an option's value must be hidden from
- * everyone but the owner: sasl.password, ssl.key.password, sasl.oauthbearer.*
- * and any key containing "password" or "secret".
- */
-bool
-KappaOptionIsSecret(const char *key)
-{
-	char	   *lower = asc_tolower(key, strlen(key));
-
-	return strstr(lower, "password") != NULL ||
-		strstr(lower, "secret") != NULL ||
-		strncmp(lower, "sasl.oauthbearer.", 17) == 0;
-}
-
-/*
- * KappaOptionIsKappa tells whether an option is pg_kappa's own rather than a
- * librdkafka property.
- */
-bool
-KappaOptionIsKappa(const char *key)
-{
-	for (int i = 0; kappa_own_options[i]; i++)
-		if (strcmp(key, kappa_own_options[i]) == 0)
-			return true;
-	return false;
-}
-
-/*
- * jsonb_scalar_text returns a scalar jsonb value as text (strings without
- * quotes), or NULL for objects and arrays.
- */
-static char *
-jsonb_scalar_text(JsonbValue *v)
-{
-	switch (v->type)
-	{
-		case jbvString:
-			return pnstrdup(v->val.string.val, v->val.string.len);
-		case jbvNumeric:
-			return DatumGetCString(DirectFunctionCall1(numeric_out,
-													   NumericGetDatum(v->val.numeric)));
-		case jbvBool:
-			return pstrdup(v->val.boolean ? "true" : "false");
-		case jbvNull:
-			return NULL;
-		default:
-			return NULL;
-	}
-}
 
 /*
  * kappa_parse_ms parses a duration option: a number of milliseconds, or a
@@ -165,6 +106,31 @@ kappa_parse_positive(const char *key, const char *value)
 }
 
 /*
+ * kappa_parse_bytes parses a size option: a number of bytes, or a string
+ * with a unit ('64MB', '512kB').
+ */
+static int64
+kappa_parse_bytes(const char *key, const char *value)
+{
+	int			kb;
+	char	   *end;
+	long		bytes;
+
+	/* a plain number is bytes; with a unit, as a GUC (in kB) */
+	errno = 0;
+	bytes = strtol(value, &end, 10);
+	if (*end == '\0' && errno == 0 && bytes >= 1024)
+		return bytes;
+	if (*end != '\0' && parse_int(value, &kb, GUC_UNIT_KB, NULL) && kb >= 1)
+		return (int64) kb * 1024;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid value for option \"%s\": \"%s\"", key, value),
+			 errhint("Give a number of bytes of at least 1024, or a size such as '64MB'.")));
+	return 0;
+}
+
+/*
  * kappa_apply_own_options reads batch_size and max_latency from the source's
  * options into the struct and checks the other options of ours.
  */
@@ -178,6 +144,7 @@ kappa_apply_own_options(KappaSource *source)
 
 	source->batch_size = -1;
 	source->max_latency_ms = -1;
+	source->batch_bytes = -1;
 	if (source->options == NULL || !JB_ROOT_IS_OBJECT(source->options))
 		return;
 
@@ -193,13 +160,15 @@ kappa_apply_own_options(KappaSource *source)
 		}
 		if (tok != WJB_VALUE || key == NULL)
 			continue;
-		value = jsonb_scalar_text(&v);
+		value = KappaJsonbScalarText(&v);
 		if (strcmp(key, "batch_size") == 0 && value)
 			source->batch_size = kappa_parse_positive(key, value);
 		else if (strcmp(key, "max_latency") == 0 && value)
 			source->max_latency_ms = kappa_parse_ms(key, value);
 		else if (strcmp(key, "max_message_bytes") == 0 && value)
 			(void) kappa_parse_positive(key, value);
+		else if (strcmp(key, "batch_bytes") == 0 && value)
+			source->batch_bytes = kappa_parse_bytes(key, value);
 	}
 }
 
@@ -218,7 +187,7 @@ KappaSourceMaxMessageBytes(KappaSource *source)
 									 "max_message_bytes", 17, NULL);
 	if (v)
 	{
-		char	   *s = jsonb_scalar_text(v);
+		char	   *s = KappaJsonbScalarText(v);
 
 		if (s)
 			return kappa_parse_positive("max_message_bytes", s);
@@ -253,6 +222,7 @@ KappaFormatOptions(KappaSource *source)
 				skip = !KappaOptionIsKappa(key) ||
 					strcmp(key, "batch_size") == 0 ||
 					strcmp(key, "max_latency") == 0 ||
+					strcmp(key, "batch_bytes") == 0 ||
 					strcmp(key, "max_message_bytes") == 0;
 				if (!skip)
 					pushJsonbValue(&state, WJB_KEY, &v);
@@ -266,156 +236,35 @@ KappaFormatOptions(KappaSource *source)
 }
 
 /*
- * kappa_conf_set sets one librdkafka property, raising a clear error when
- * librdkafka refuses it.  The value of a secret property is never shown.
- */
-static void
-kappa_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
-{
-	char		errstr[512];
-	rd_kafka_conf_res_t res;
-
-	res = rd_kafka_conf_set(conf, key, value, errstr, sizeof(errstr));
-	if (res == RD_KAFKA_CONF_OK)
-		return;
-
-	rd_kafka_conf_destroy(conf);
-	if (res == RD_KAFKA_CONF_UNKNOWN)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown Kafka source option \"%s\"", key),
-				 errdetail_internal("%s", errstr),
-				 errhint("Options are librdkafka properties or one of pg_kappa's: "
-						 "batch_size, max_latency, max_message_bytes and the format options.")));
-	if (KappaOptionIsSecret(key))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid value for Kafka property \"%s\"", key)));
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("invalid value for Kafka property \"%s\"", key),
-			 errdetail_internal("%s", errstr)));
-}
-
-/*
- * KappaKafkaConfBuild returns a new rd_kafka_conf_t * for a consumer of the
- * source: its librdkafka options, then the properties the workers rely on.
- * Raises an error for an unknown or invalid property.  The caller owns the
- * result (rd_kafka_new takes it over).
- */
-void *
-KappaKafkaConfBuild(KappaSource *source)
-{
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	char		client_id[NAMEDATALEN + 16];
-
-	snprintf(client_id, sizeof(client_id), "pg_kappa-%s", source->name);
-	kappa_conf_set(conf, "client.id", client_id);
-	/* the consumer queue needs a group; it never joins or commits (assign) */
-	kappa_conf_set(conf, "group.id", client_id);
-	kappa_conf_set(conf, "auto.offset.reset", "earliest");
-	kappa_conf_set(conf, "topic.metadata.refresh.interval.ms", "10000");
-	kappa_conf_set(conf, "reconnect.backoff.max.ms", "2000");
-
-	/*
-	 * All partitions share one consumer queue; librdkafka 2.0.2 stops
-	 * fetching every partition for a while (up to ~1 s) whenever that queue
-	 * holds queued.min.messages (default 100000) or
-	 * queued.max.messages.kbytes.  Let the byte limit bound prefetching: the
-	 * worker wakes the fetcher whenever it has taken half of it out of the
-	 * queue (kw_wake_fetcher), which the message count would not tell it.
-	 * With that, 16 MB prefetch as fast as 64 MB (librdkafka's default) on
-	 * bench/kafka_bench.sh and cost a quarter of the memory.
-	 */
-	kappa_conf_set(conf, "queued.min.messages", "10000000");
-	kappa_conf_set(conf, "queued.max.messages.kbytes", "16384");
-
-	/*
-	 * A fetch that finds no new data waits up to fetch.wait.max.ms (500 ms by
-	 * default) on the broker.  Brokers that do not answer as soon as data
-	 * arrives (the mock cluster, some proxies) then add that wait to every
-	 * message's latency; keep it to half the batch latency bound.
-	 */
-	{
-		int			latency = kappa_max_latency_ms;
-		char		buf[32];
-
-		if (source->max_latency_ms > 0)
-			latency = source->max_latency_ms;
-
-		snprintf(buf, sizeof(buf), "%d", Max(Min(latency / 2, 500), 5));
-		kappa_conf_set(conf, "fetch.wait.max.ms", buf);
-	}
-
-	if (source->options && JB_ROOT_IS_OBJECT(source->options))
-	{
-		JsonbIterator *it = JsonbIteratorInit(&source->options->root);
-		JsonbValue	v;
-		JsonbIteratorToken tok;
-		char	   *key = NULL;
-
-		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-		{
-			char	   *value;
-
-			if (tok == WJB_KEY)
-			{
-				key = pnstrdup(v.val.string.val, v.val.string.len);
-				continue;
-			}
-			if (tok != WJB_VALUE || key == NULL || KappaOptionIsKappa(key))
-				continue;
-			for (int i = 0; kappa_reserved_properties[i]; i++)
-				if (strcmp(key, kappa_reserved_properties[i]) == 0)
-				{
-					rd_kafka_conf_destroy(conf);
-					ereport(ERROR,
-							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							 errmsg("Kafka property \"%s\" is set by pg_kappa", key),
-							 errhint("Give the brokers with the brokers argument; offsets are "
-									 "kept by pg_kappa, not committed to Kafka.")));
-				}
-			value = jsonb_scalar_text(&v);
-			if (value == NULL)
-			{
-				rd_kafka_conf_destroy(conf);
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("option \"%s\" must be a string, a number or a boolean", key)));
-			}
-			kappa_conf_set(conf, key, value);
-		}
-	}
-
-	kappa_conf_set(conf, "bootstrap.servers", source->brokers);
-	kappa_conf_set(conf, "enable.auto.commit", "false");
-	kappa_conf_set(conf, "enable.auto.offset.store", "false");
-	kappa_conf_set(conf, "log.queue", "true");
-	return conf;
-}
-
-/*
  * kappa_source_from_spi fills a KappaSource from the current row of an SPI
- * result of "SELECT id, name, owner, target, topic, brokers, format, start,
- * parallelism, options, paused".
+ * result of KAPPA_SOURCE_COLUMNS.
  */
+#define KAPPA_SOURCE_COLUMNS \
+	"id, name, owner, target::oid, topic, server, brokers, format, start, " \
+	"on_data_loss, parallelism, options, paused"
+
 static KappaSource *
 kappa_source_from_spi(HeapTuple tup, TupleDesc desc)
 {
 	KappaSource *s = palloc0(sizeof(KappaSource));
 	bool		isnull;
+	char	   *policy;
 
 	s->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 	s->name = SPI_getvalue(tup, desc, 2);
 	s->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 	s->target = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
 	s->topic = SPI_getvalue(tup, desc, 5);
-	s->brokers = SPI_getvalue(tup, desc, 6);
-	s->format = SPI_getvalue(tup, desc, 7);
-	s->start = SPI_getvalue(tup, desc, 8);
-	s->parallelism = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
-	s->options = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 10, &isnull));
-	s->paused = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
+	s->server = SPI_getvalue(tup, desc, 6);
+	s->brokers = SPI_getvalue(tup, desc, 7);
+	s->format = SPI_getvalue(tup, desc, 8);
+	s->start = SPI_getvalue(tup, desc, 9);
+	policy = SPI_getvalue(tup, desc, 10);
+	s->onDataLoss = (policy && strcmp(policy, "record") == 0) ?
+		KAPPA_DATA_LOSS_RECORD : KAPPA_DATA_LOSS_FAIL;
+	s->parallelism = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
+	s->options = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 12, &isnull));
+	s->paused = DatumGetBool(SPI_getbinval(tup, desc, 13, &isnull));
 	kappa_apply_own_options(s);
 	return s;
 }
@@ -437,8 +286,7 @@ kappa_source_lookup(int32 id, const char *name, bool missing_ok, bool for_update
 	int			rc;
 
 	snprintf(sql, sizeof(sql),
-			 "SELECT id, name, owner, target::oid, topic, brokers, format, start, "
-			 "parallelism, options, paused FROM kappa.source_catalog WHERE %s = $1%s",
+			 "SELECT " KAPPA_SOURCE_COLUMNS " FROM kappa.source_catalog WHERE %s = $1%s",
 			 name ? "name" : "id", for_update ? " FOR UPDATE" : "");
 	if (name)
 	{
@@ -615,12 +463,98 @@ kappa_normalize_start(const char *start)
 }
 
 /*
- * kappa_create_kafka_source(name, target, topic, brokers, format, start,
- * parallelism, options) checks everything that can be checked without a
- * broker, records the source and arranges for its workers to run.
+ * KappaExtensionUpToDate tells whether the SQL objects installed in this
+ * database are the version this library is built for (after the library is
+ * upgraded and before ALTER EXTENSION pg_kappa UPDATE, they are not).
+ */
+bool
+KappaExtensionUpToDate(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	bool		upToDate = false;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("pg_kappa"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		version = heap_getattr(tuple, Anum_pg_extension_extversion,
+										   RelationGetDescr(rel), &isnull);
+
+		upToDate = !isnull &&
+			strcmp(TextDatumGetCString(version), KAPPA_EXTENSION_VERSION) == 0;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return upToDate;
+}
+
+/*
+ * kappa_create_kafka_source and kappa_resume_source are the C functions of
+ * version 0.1's kappa.create_kafka_source and kappa.resume_source, whose
+ * catalog this library no longer writes: they ask for the update.
  */
 Datum
 kappa_create_kafka_source(PG_FUNCTION_ARGS)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the pg_kappa library is version %s, but the extension in this database is older",
+					KAPPA_EXTENSION_VERSION),
+			 errhint("Run ALTER EXTENSION pg_kappa UPDATE.")));
+	PG_RETURN_VOID();
+}
+
+Datum
+kappa_resume_source(PG_FUNCTION_ARGS)
+{
+	return kappa_create_kafka_source(fcinfo);
+}
+
+/*
+ * kappa_normalize_data_loss checks on_data_loss (fail | record).
+ */
+static KappaDataLossPolicy
+kappa_parse_data_loss(const char *policy)
+{
+	if (pg_strcasecmp(policy, "fail") == 0)
+		return KAPPA_DATA_LOSS_FAIL;
+	if (pg_strcasecmp(policy, "record") == 0)
+		return KAPPA_DATA_LOSS_RECORD;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid on_data_loss \"%s\"", policy),
+			 errhint("Give 'fail' (stop the source and name the lost messages) or 'record' (record them in kappa.errors and go on).")));
+	return KAPPA_DATA_LOSS_FAIL;
+}
+
+/*
+ * kappa_check_server_usage raises an error unless 'role' has USAGE on the
+ * source's server.
+ */
+static void
+kappa_check_server_usage(ForeignServer *server, Oid role)
+{
+	AclResult	aclresult = pg_foreign_server_aclcheck(server->serverid, role, ACL_USAGE);
+
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_FOREIGN_SERVER, server->servername);
+}
+
+/*
+ * kappa.create_kafka_source(name, target, topic, server, brokers, format,
+ * start, on_data_loss, parallelism, options) checks everything that can be
+ * checked without a broker, records the source and arranges for its
+ * workers to run.
+ */
+Datum
+kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 {
 	KappaSource *source = palloc0(sizeof(KappaSource));
 	char	   *target = kappa_text_arg(fcinfo, 1, "target");
@@ -629,19 +563,24 @@ kappa_create_kafka_source(PG_FUNCTION_ARGS)
 	AclResult	aclresult;
 	rd_kafka_conf_t *conf;
 	KappaSavedUser saved;
-	Oid			argtypes[9] = {TEXTOID, OIDOID, OIDOID, TEXTOID, TEXTOID, TEXTOID,
-	TEXTOID, INT4OID, JSONBOID};
-	Datum		values[9];
+	Oid			argtypes[11] = {TEXTOID, OIDOID, OIDOID, TEXTOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID};
+	Datum		values[11];
+	char		nulls[11] = "           ";
 	int			rc;
 	HeapTuple	roletup;
+	ForeignServer *server = NULL;
 
 	source->name = kappa_text_arg(fcinfo, 0, "name");
 	source->topic = kappa_text_arg(fcinfo, 2, "topic");
-	source->brokers = kappa_text_arg(fcinfo, 3, "brokers");
-	source->format = PG_ARGISNULL(4) ? pstrdup("json") : kappa_text_arg(fcinfo, 4, "format");
-	source->start = PG_ARGISNULL(5) ? pstrdup("earliest") : kappa_text_arg(fcinfo, 5, "start");
-	source->parallelism = PG_ARGISNULL(6) ? 1 : PG_GETARG_INT32(6);
-	source->options = PG_ARGISNULL(7) ? NULL : PG_GETARG_JSONB_P_COPY(7);
+	source->server = PG_ARGISNULL(3) ? NULL : kappa_text_arg(fcinfo, 3, "server");
+	source->brokers = PG_ARGISNULL(4) ? NULL : kappa_text_arg(fcinfo, 4, "brokers");
+	source->format = PG_ARGISNULL(5) ? pstrdup("json") : kappa_text_arg(fcinfo, 5, "format");
+	source->start = PG_ARGISNULL(6) ? pstrdup("earliest") : kappa_text_arg(fcinfo, 6, "start");
+	source->onDataLoss = kappa_parse_data_loss(PG_ARGISNULL(7) ? "fail" :
+											   kappa_text_arg(fcinfo, 7, "on_data_loss"));
+	source->parallelism = PG_ARGISNULL(8) ? 1 : PG_GETARG_INT32(8);
+	source->options = PG_ARGISNULL(9) ? NULL : PG_GETARG_JSONB_P_COPY(9);
 	source->owner = GetUserId();
 
 	if (source->name[0] == '\0' || strlen(source->name) >= NAMEDATALEN)
@@ -653,10 +592,6 @@ kappa_create_kafka_source(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("topic must not be empty")));
-	if (source->brokers[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("brokers must not be empty")));
 	if (source->parallelism < 1 || source->parallelism > 64)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -665,6 +600,32 @@ kappa_create_kafka_source(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("options must be a jsonb object")));
+
+	/* the cluster: a server the caller may use, or (superusers) brokers */
+	if ((source->server == NULL) == (source->brokers == NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("give either server or brokers"),
+				 errhint("Name a Kafka server: CREATE SERVER kafka_main FOREIGN DATA WRAPPER %s OPTIONS (brokers 'host:port'); then server => 'kafka_main'.",
+						 KAPPA_KAFKA_FDW_NAME)));
+	if (source->server != NULL)
+	{
+		server = KappaKafkaServer(source->server);
+		kappa_check_server_usage(server, source->owner);
+	}
+	else
+	{
+		if (!superuser())
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied to give brokers directly"),
+					 errdetail("Only superusers may point the database server at any host and port."),
+					 errhint("Use a Kafka server you have USAGE on: server => 'name' (see kappa.kafka_servers).")));
+		if (source->brokers[0] == '\0')
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("brokers must not be empty")));
+	}
 
 	/* the target: a stream or a table the caller may INSERT into */
 	rv = makeRangeVarFromNameList(stringToQualifiedNameList(target));
@@ -706,9 +667,10 @@ kappa_create_kafka_source(PG_FUNCTION_ARGS)
 
 	source->start = kappa_normalize_start(source->start);
 
-	/* options: ours, then librdkafka's */
+	/* options: ours, then librdkafka's, each as the caller may give it */
 	kappa_apply_own_options(source);
 	(void) KappaSourceMaxMessageBytes(source);
+	KappaCheckSourceOptions(source, source->owner);
 	conf = KappaKafkaConfBuild(source);
 	rd_kafka_conf_destroy(conf);
 
@@ -723,11 +685,20 @@ kappa_create_kafka_source(PG_FUNCTION_ARGS)
 	values[1] = ObjectIdGetDatum(source->owner);
 	values[2] = ObjectIdGetDatum(source->target);
 	values[3] = CStringGetTextDatum(source->topic);
-	values[4] = CStringGetTextDatum(source->brokers);
-	values[5] = CStringGetTextDatum(source->format);
-	values[6] = CStringGetTextDatum(source->start);
-	values[7] = Int32GetDatum(source->parallelism);
-	values[8] = source->options ? JsonbPGetDatum(source->options)
+	if (source->server)
+		values[4] = CStringGetTextDatum(source->server);
+	else
+		nulls[4] = 'n';
+	if (source->brokers)
+		values[5] = CStringGetTextDatum(source->brokers);
+	else
+		nulls[5] = 'n';
+	values[6] = CStringGetTextDatum(source->format);
+	values[7] = CStringGetTextDatum(source->start);
+	values[8] = CStringGetTextDatum(source->onDataLoss == KAPPA_DATA_LOSS_RECORD ?
+									"record" : "fail");
+	values[9] = Int32GetDatum(source->parallelism);
+	values[10] = source->options ? JsonbPGetDatum(source->options)
 		: DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
 
 	KappaBecomeExtensionOwner(&saved);
@@ -739,9 +710,11 @@ kappa_create_kafka_source(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("kafka source \"%s\" already exists", source->name)));
 	rc = SPI_execute_with_args("INSERT INTO kappa.source_catalog "
-							   "(name, owner, target, topic, brokers, format, start, parallelism, options) "
-							   "VALUES ($1, $2, $3::regclass, $4, $5, $6, $7, $8, $9) RETURNING id",
-							   9, argtypes, values, NULL, false, 1);
+							   "(name, owner, target, topic, server, brokers, format, start, "
+							   " on_data_loss, parallelism, options) "
+							   "VALUES ($1, $2, $3::pg_catalog.regclass, $4, $5, $6, $7, $8, $9, $10, $11) "
+							   "RETURNING id",
+							   11, argtypes, values, nulls, false, 1);
 	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 		elog(ERROR, "could not insert into kappa.source_catalog: %s",
 			 SPI_result_code_string(rc));
@@ -759,23 +732,31 @@ kappa_create_kafka_source(PG_FUNCTION_ARGS)
 }
 
 /*
- * kappa_set_paused is pause_source and resume_source.
+ * kappa_set_paused is pause_source and resume_source; resuming may also set
+ * on_data_loss (NULL: unchanged), which restarts the source's workers.
  */
 static void
-kappa_set_paused(const char *name, bool paused)
+kappa_set_paused(const char *name, bool paused, const char *onDataLoss)
 {
 	KappaSource *source = kappa_source_lookup(0, name, false, true);
 	KappaSavedUser saved;
-	Datum		values[2];
-	Oid			argtypes[2] = {INT4OID, BOOLOID};
+	Datum		values[3];
+	char		nulls[3] = "   ";
+	Oid			argtypes[3] = {INT4OID, BOOLOID, TEXTOID};
 
 	kappa_check_owner(source);
 	values[0] = Int32GetDatum(source->id);
 	values[1] = BoolGetDatum(paused);
+	if (onDataLoss != NULL)
+		values[2] = CStringGetTextDatum(kappa_parse_data_loss(onDataLoss) == KAPPA_DATA_LOSS_RECORD ?
+										"record" : "fail");
+	else
+		nulls[2] = 'n';
 	KappaBecomeExtensionOwner(&saved);
 	SPI_connect();
-	if (SPI_execute_with_args("UPDATE kappa.source_catalog SET paused = $2 WHERE id = $1",
-							  2, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+	if (SPI_execute_with_args("UPDATE kappa.source_catalog SET paused = $2, "
+							  "on_data_loss = coalesce($3, on_data_loss) WHERE id = $1",
+							  3, argtypes, values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update kappa.source_catalog");
 	SPI_finish();
 	KappaRestoreUser(&saved);
@@ -787,14 +768,25 @@ kappa_set_paused(const char *name, bool paused)
 Datum
 kappa_pause_source(PG_FUNCTION_ARGS)
 {
-	kappa_set_paused(text_to_cstring(PG_GETARG_TEXT_PP(0)), true);
+	kappa_set_paused(text_to_cstring(PG_GETARG_TEXT_PP(0)), true, NULL);
 	PG_RETURN_VOID();
 }
 
+/*
+ * kappa.resume_source(name, on_data_loss) resumes a paused source; with
+ * on_data_loss, it also changes what the source does about messages the
+ * broker no longer holds (how a source stopped by on_data_loss => 'fail'
+ * goes on: 'record').
+ */
 Datum
-kappa_resume_source(PG_FUNCTION_ARGS)
+kappa_resume_source_0_2(PG_FUNCTION_ARGS)
 {
-	kappa_set_paused(text_to_cstring(PG_GETARG_TEXT_PP(0)), false);
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("name must not be NULL")));
+	kappa_set_paused(text_to_cstring(PG_GETARG_TEXT_PP(0)), false,
+					 PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	PG_RETURN_VOID();
 }
 

@@ -14,6 +14,13 @@
  * duplicate either.  Partitions are assigned explicitly with the stored
  * offsets; nothing is committed to Kafka.
  *
+ * Never a silent loss.  librdkafka is told to report a stored offset the
+ * broker no longer holds (auto.offset.reset = error) instead of skipping
+ * ahead.  The source's on_data_loss decides: 'fail' stops the worker with
+ * state failed and the missing range in last_error; 'record' writes the gap
+ * to kappa.errors and moves the offset past it in one transaction, so that
+ * messages produced = rows applied + dead letters + messages in gaps.
+ *
  * Bad messages.  A batch runs in a subtransaction.  When it fails in one
  * message (decoding, type or constraint), that message becomes a dead letter
  * and the messages before it are applied again; when it fails while
@@ -22,6 +29,20 @@
  * (cancel, shutdown, lack of resources, serialization failures) abort the
  * whole transaction and the worker exits; it is restarted and starts over
  * from the stored offsets.
+ *
+ * Whose rights.  The worker connects as the source's owner, whose INSERT
+ * privilege (and row-level security policies) apply to the target.  The
+ * target's own code -- triggers, defaults, constraints, domains -- runs as
+ * the target's owner in a security-restricted operation, and the code of
+ * continuous views as their owners (KappaBecomeUser), as logical
+ * replication's apply worker does; the catalog is written as the
+ * extension's owner.
+ *
+ * Modes.  A worker consumes; or, for a paused source (slot 0 only), holds
+ * no partition but keeps the lag current; or, when it cannot go on (data
+ * loss under 'fail', USAGE on the server or an option's privilege lost),
+ * holds no partition, shows state failed with the reason, and keeps the lag
+ * current until the cause is gone.
  *
  * Threads.  librdkafka runs its own threads.  Its log lines and errors are
  * routed to the consumer queue (log.queue) and served by
@@ -37,28 +58,36 @@
 #include <unistd.h>
 #include <librdkafka/rdkafka.h>
 
+#include "access/relation.h"
 #include "access/table.h"
 #include "access/tableam.h"
-#include "commands/trigger.h"
-#include "nodes/makefuncs.h"
-#include "utils/acl.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
+#include "foreign/foreign.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/params.h"
+#include "parser/analyze.h"
+#include "parser/parser.h"
+#include "parser/parsetree.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "rewrite/rewriteHandler.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
@@ -72,12 +101,33 @@
 #include "kafka.h"
 #include "util.h"
 
+/* Timings */
+#define KW_CATALOG_CHECK_MS		1000	/* re-read the source between batches */
+#define KW_STATUS_FLUSH_MS		2000	/* write kappa.source_status */
+#define KW_WATERMARKS_MS		5000	/* ends of every partition of the topic */
+#define KW_METADATA_MS			5000	/* partitions of the topic */
+#define KW_METADATA_BACKOFF_MIN_MS	500
+#define KW_METADATA_BACKOFF_MAX_MS	10000
+#define KW_BROKER_TIMEOUT_MS	500 /* metadata and offset requests */
+#define KW_IDLE_WAIT_MS			1000
+#define KW_WINDOW_SECONDS		60	/* dead-letter share over the last minute */
+
+/* What the worker does. */
+typedef enum KwMode
+{
+	KW_MODE_CONSUMING,
+	KW_MODE_PAUSED,				/* the source is paused: no partition held */
+	KW_MODE_BLOCKED,			/* a privilege is missing: rechecked often */
+	KW_MODE_FAILED				/* lost data under 'fail': until a restart */
+} KwMode;
+
 /* Per-partition state of this worker. */
 typedef struct KwPartition
 {
 	bool		exists;			/* the topic has it */
 	bool		mine;			/* partition % parallelism == slot */
 	bool		assigned;		/* given to librdkafka */
+	bool		lost;			/* the broker no longer holds its next offset */
 	int64		committed;		/* next offset, as stored */
 	int64		hwm;			/* high watermark, -1 if unknown */
 	int64		batch_next;		/* next offset after this batch, or -1 */
@@ -89,12 +139,21 @@ typedef struct KwDead
 	ErrorData  *edata;
 } KwDead;
 
+/* Messages and dead letters per second over the last minute. */
+typedef struct KwWindow
+{
+	int64		second[KW_WINDOW_SECONDS];
+	int64		messages[KW_WINDOW_SECONDS];
+	int64		dead[KW_WINDOW_SECONDS];
+} KwWindow;
+
 static KappaWorkerArgs kw_args;
 static KappaSource *kw_source;
 static char *kw_source_name;
+static KwMode kw_mode = KW_MODE_CONSUMING;
 
 static MemoryContext kw_long_cxt;	/* lives as long as the worker */
-static MemoryContext kw_target_cxt; /* decoder and plan, rebuilt on change */
+static MemoryContext kw_target_cxt; /* decoder, rebuilt on change */
 static MemoryContext kw_batch_cxt;	/* reset after each batch */
 static MemoryContext kw_row_cxt;	/* reset after each message */
 
@@ -104,6 +163,7 @@ static int	kw_pipe[2] = {-1, -1};
 
 static KwPartition *kw_parts;
 static int	kw_nparts;			/* allocated entries of kw_parts */
+static int	kw_topic_partitions = -1;	/* as last seen, -1 unknown */
 
 /* Bytes taken from the consumer queue since kw_wake_fetcher last ran, and
  * how many make it run again (half of queued.max.messages.kbytes). */
@@ -113,29 +173,33 @@ static int64 kw_wake_bytes;
 /* The current batch. */
 static rd_kafka_message_t **kw_msgs;
 static int	kw_nmsgs;
+static int64 kw_batch_bytes;
 static KwDead *kw_dead;
 static TimestampTz kw_batch_deadline;
 static bool kw_after_full_batch;	/* the last batch applied was full */
+static bool kw_any_lost;		/* some partition has 'lost' set */
 
 /* The target, as of the last batch. */
 static bool kw_is_stream;
 static TupleDesc kw_tupdesc;
 static KappaDecoder *kw_decoder;
-static SPIPlanPtr kw_insert_plan;
 static int *kw_colmap;			/* insert parameter i is attribute
 								 * kw_colmap[i] */
+static Oid *kw_coltypes;
 static int	kw_ncols;
 static Datum *kw_values;
 static bool *kw_nulls;
-static Datum *kw_params;
-static char *kw_paramnulls;
 static TupleTableSlot *kw_slot;
-static bool kw_fast_insert;		/* executor inserts, not SPI (see below) */
+static bool kw_fast_insert;		/* ExecSimpleRelationInsert (see below) */
 static bool kw_target_rls;		/* row-level security on the target */
 static int	kw_max_message_bytes;
 static int	kw_failed_index;	/* message being processed, -1 in apply */
 
-/* Catalog plans (executed as the catalog owner). */
+/* The INSERT of the general path, planned per batch. */
+static char *kw_insert_sql;
+static List *kw_insert_plans;	/* of PlannedStmt, in kw_batch_cxt */
+
+/* Catalog plans (executed as the extension's owner). */
 static SPIPlanPtr kw_offsets_plan;
 static SPIPlanPtr kw_dead_plan;
 static SPIPlanPtr kw_status_plan;
@@ -151,6 +215,7 @@ static int64 kw_rate_msgs;
 static int64 kw_rate_bytes;
 static double kw_msgs_per_sec;
 static double kw_bytes_per_sec;
+static KwWindow kw_window;
 
 /* librdkafka callbacks copy here; the main loop reports. */
 #define KW_LOG_LINES 16
@@ -162,9 +227,11 @@ static int	kw_cb_error_code;
 
 static TimestampTz kw_next_metadata;
 static TimestampTz kw_next_catalog_check;
-static int	kw_metadata_backoff_ms = 500;
+static TimestampTz kw_next_watermarks;
+static int	kw_metadata_backoff_ms = KW_METADATA_BACKOFF_MIN_MS;
 
 static void kw_apply_batch(void);
+static void kw_unassign_all(void);
 
 /*
  * Callbacks: run from rd_kafka_consumer_poll in this thread (log.queue), but
@@ -188,7 +255,8 @@ kw_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 
 /*
  * kw_set_error records the last error for kappa.sources (stored at the next
- * status flush) and logs it once.
+ * status flush) and logs it once; its text (often librdkafka's) goes to the
+ * log line's detail.
  */
 static void
 kw_set_error(const char *state, const char *fmt,...)
@@ -201,7 +269,9 @@ kw_set_error(const char *state, const char *fmt,...)
 	va_end(ap);
 	if (strcmp(buf, kw_last_error) != 0)
 		ereport(LOG,
-				(errmsg("kafka source \"%s\": %s", kw_source_name, buf)));
+				(errmsg("kafka source \"%s\" worker %d: %s", kw_source_name,
+						kw_args.slot, state),
+				 errdetail_internal("%s", buf)));
 	strlcpy(kw_last_error, buf, sizeof(kw_last_error));
 	kw_error_pending = true;
 	kw_state = state;
@@ -213,8 +283,8 @@ kw_report_callbacks(void)
 {
 	for (int i = 0; i < kw_log_count; i++)
 		ereport(LOG,
-				(errmsg("kafka source \"%s\": librdkafka: %s", kw_source_name,
-						kw_log_lines[i])));
+				(errmsg("kafka source \"%s\": librdkafka log line", kw_source_name),
+				 errdetail_internal("%s", kw_log_lines[i])));
 	kw_log_count = 0;
 	if (kw_cb_error_set)
 	{
@@ -257,8 +327,15 @@ kw_max_latency(void)
 	return kw_source->max_latency_ms > 0 ? kw_source->max_latency_ms : kappa_max_latency_ms;
 }
 
+static int64
+kw_batch_bytes_limit(void)
+{
+	return kw_source->batch_bytes > 0 ? kw_source->batch_bytes :
+		(int64) kappa_batch_bytes_kb * 1024;
+}
+
 /*
- * kw_catalog_exec runs a kept plan as the catalog owner.  Returns
+ * kw_catalog_exec runs a kept plan as the extension's owner.  Returns
  * SPI_processed.
  */
 static uint64
@@ -276,7 +353,8 @@ kw_catalog_exec(SPIPlanPtr plan, Datum *values, const char *nulls, int expected_
 }
 
 /*
- * kw_catalog_sql runs one statement as the catalog owner (SPI connected).
+ * kw_catalog_sql runs one statement as the extension's owner (SPI
+ * connected).
  */
 static void
 kw_catalog_sql(const char *sql, int nargs, Oid *argtypes, Datum *values,
@@ -328,13 +406,15 @@ kw_partitions_text(void)
 
 /*
  * kw_update_rates folds the messages of a batch into the per-second rates,
- * over windows of at least one second.
+ * over windows of at least one second, and into the last minute's window.
  */
 static void
-kw_update_rates(int64 msgs, int64 bytes)
+kw_update_rates(int64 msgs, int64 bytes, int64 dead)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	long		ms = TimestampDifferenceMilliseconds(kw_rate_window_start, now);
+	int64		second = now / USECS_PER_SEC;
+	int			i = second % KW_WINDOW_SECONDS;
 
 	kw_rate_msgs += msgs;
 	kw_rate_bytes += bytes;
@@ -346,6 +426,32 @@ kw_update_rates(int64 msgs, int64 bytes)
 		kw_rate_bytes = 0;
 		kw_rate_window_start = now;
 	}
+	if (kw_window.second[i] != second)
+	{
+		kw_window.second[i] = second;
+		kw_window.messages[i] = 0;
+		kw_window.dead[i] = 0;
+	}
+	kw_window.messages[i] += msgs;
+	kw_window.dead[i] += dead;
+}
+
+/*
+ * kw_window_totals sums messages and dead letters over the last minute.
+ */
+static void
+kw_window_totals(int64 *messages, int64 *dead)
+{
+	int64		now = GetCurrentTimestamp() / USECS_PER_SEC;
+
+	*messages = 0;
+	*dead = 0;
+	for (int i = 0; i < KW_WINDOW_SECONDS; i++)
+		if (kw_window.second[i] > now - KW_WINDOW_SECONDS)
+		{
+			*messages += kw_window.messages[i];
+			*dead += kw_window.dead[i];
+		}
 }
 
 /*
@@ -355,11 +461,15 @@ kw_update_rates(int64 msgs, int64 bytes)
 static void
 kw_flush_status(void)
 {
-	Oid			argtypes[6] = {INT4OID, INT4OID, TEXTOID, TEXTOID, FLOAT8OID, FLOAT8OID};
-	Datum		values[6];
-	char		nulls[6] = "      ";
+	Oid			argtypes[9] = {INT4OID, INT4OID, TEXTOID, TEXTOID, FLOAT8OID, FLOAT8OID,
+	INT4OID, FLOAT8OID, FLOAT8OID};
+	Datum		values[9];
+	char		nulls[9] = "         ";
+	int64		window_msgs;
+	int64		window_dead;
 
-	kw_update_rates(0, 0);
+	kw_update_rates(0, 0, 0);
+	kw_window_totals(&window_msgs, &window_dead);
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -371,14 +481,24 @@ kw_flush_status(void)
 	values[3] = CStringGetTextDatum(kw_partitions_text());
 	values[4] = Float8GetDatum(kw_msgs_per_sec);
 	values[5] = Float8GetDatum(kw_bytes_per_sec);
-	kw_catalog_sql("UPDATE kappa.source_status SET state = $3, partitions = $4::int[], "
-				   "messages_per_sec = $5, bytes_per_sec = $6, pid = pg_backend_pid(), "
-				   "updated_at = now() WHERE source_id = $1 AND slot = $2",
-				   6, argtypes, values, nulls);
+	values[6] = Int32GetDatum(kw_topic_partitions);
+	if (kw_topic_partitions < 0)
+		nulls[6] = 'n';
+	values[7] = Float8GetDatum((double) window_dead / KW_WINDOW_SECONDS);
+	values[8] = Float8GetDatum(window_msgs > 0 ? (double) window_dead / window_msgs : 0);
+	if (window_msgs == 0)
+		nulls[8] = 'n';
+	kw_catalog_sql("UPDATE kappa.source_status SET state = $3, partitions = $4::pg_catalog.int4[], "
+				   "messages_per_sec = $5, bytes_per_sec = $6, partitions_in_topic = $7, "
+				   "dead_letters_per_sec = $8, dead_letter_share = $9, "
+				   "pid = pg_catalog.pg_backend_pid(), updated_at = pg_catalog.now() "
+				   "WHERE source_id = $1 AND slot = $2",
+				   9, argtypes, values, nulls);
 	if (kw_error_pending)
 	{
 		values[2] = CStringGetTextDatum(kw_last_error);
-		kw_catalog_sql("UPDATE kappa.source_status SET last_error = $3, last_error_at = now() "
+		kw_catalog_sql("UPDATE kappa.source_status SET last_error = $3, "
+					   "last_error_at = pg_catalog.now() "
 					   "WHERE source_id = $1 AND slot = $2", 3, argtypes, values, nulls);
 		kw_error_pending = false;
 	}
@@ -387,7 +507,7 @@ kw_flush_status(void)
 		Oid			t[3] = {INT4OID, INT4OID, INT8OID};
 		Datum		v[3];
 
-		if (!kw_parts[p].assigned || kw_parts[p].hwm < 0)
+		if (!kw_parts[p].exists || kw_parts[p].hwm < 0)
 			continue;
 		v[0] = Int32GetDatum(kw_source->id);
 		v[1] = Int32GetDatum(p);
@@ -464,7 +584,8 @@ kw_wake_fetcher(void)
 /*
  * kw_source_changed tells whether the catalog row with our source's id now
  * describes another source (dropped and created again, say after the
- * extension was recreated).
+ * extension was recreated), or one whose settings the worker was started
+ * with have changed (on_data_loss, after kappa.resume_source).
  */
 static bool
 kw_source_changed(KappaSource *s)
@@ -473,22 +594,92 @@ kw_source_changed(KappaSource *s)
 		s->target != kw_source->target ||
 		s->owner != kw_source->owner ||
 		strcmp(s->topic, kw_source->topic) != 0 ||
-		strcmp(s->brokers, kw_source->brokers) != 0 ||
+		(s->server == NULL) != (kw_source->server == NULL) ||
+		(s->server && strcmp(s->server, kw_source->server) != 0) ||
+		(s->brokers == NULL) != (kw_source->brokers == NULL) ||
+		(s->brokers && strcmp(s->brokers, kw_source->brokers) != 0) ||
 		strcmp(s->format, kw_source->format) != 0 ||
 		strcmp(s->start, kw_source->start) != 0 ||
+		s->onDataLoss != kw_source->onDataLoss ||
 		VARSIZE(s->options) != VARSIZE(kw_source->options) ||
 		memcmp(s->options, kw_source->options, VARSIZE(s->options)) != 0;
 }
 
 /*
+ * kw_check_privileges returns why the source's owner may not run it now
+ * (USAGE on its server, the right to each of its options), or NULL.  Runs
+ * in a transaction.
+ */
+static char *
+kw_check_privileges(KappaSource *s)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	char	   *volatile why = NULL;
+
+	PG_TRY();
+	{
+		if (s->server != NULL)
+		{
+			ForeignServer *server = KappaKafkaServer(s->server);
+
+			if (pg_foreign_server_aclcheck(server->serverid, s->owner, ACL_USAGE) != ACLCHECK_OK)
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("permission denied for foreign server %s", server->servername)));
+		}
+		KappaCheckSourceOptions(s, s->owner);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		why = psprintf("%s%s%s", edata->message,
+					   edata->detail ? ": " : "", edata->detail ? edata->detail : "");
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	return why;
+}
+
+/*
+ * kw_enter_mode changes what the worker does: every mode but consuming
+ * holds no partition.
+ */
+static void
+kw_enter_mode(KwMode mode)
+{
+	if (mode == kw_mode)
+		return;
+	if (mode != KW_MODE_CONSUMING)
+		kw_unassign_all();
+	else
+		kw_next_metadata = 0;	/* assign at once */
+	kw_mode = mode;
+	if (mode == KW_MODE_PAUSED)
+	{
+		kw_state = "paused";
+		strlcpy(kw_last_error, "", sizeof(kw_last_error));
+	}
+	else if (mode == KW_MODE_CONSUMING)
+		kw_state = "starting";
+}
+
+/*
  * kw_check_source re-reads the source and exits cleanly when it is gone,
- * paused, or no longer has this slot.  Runs outside any batch.
+ * replaced, resized or (for slots other than 0) paused; slot 0 of a paused
+ * source stays, holding no partition.  Also rechecks the owner's
+ * privileges.  Runs outside any batch.
  */
 static void
 kw_check_source(void)
 {
 	KappaSource *s;
 	const char *why = NULL;
+	char	   *blocked = NULL;
+	bool		paused = false;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -501,10 +692,19 @@ kw_check_source(void)
 		why = "dropped";
 	else if (kw_source_changed(s))
 		why = "replaced";
-	else if (s->paused)
+	else if (s->paused && kw_args.slot > 0)
 		why = "paused";
 	else if (kw_args.slot >= s->parallelism)
 		why = "resized";
+	else if (!s->paused)
+	{
+		char	   *reason = kw_check_privileges(s);
+
+		if (reason != NULL)
+			blocked = MemoryContextStrdup(kw_long_cxt, reason);
+	}
+	if (s != NULL)
+		paused = s->paused;
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
@@ -517,6 +717,22 @@ kw_check_source(void)
 			KappaLauncherWake();
 		/* a replaced source starts over with a new worker */
 		proc_exit(strcmp(why, "replaced") == 0 ? 1 : 0);
+	}
+
+	if (kw_mode == KW_MODE_FAILED)
+		return;					/* only a restart ends it */
+	if (paused)
+		kw_enter_mode(KW_MODE_PAUSED);
+	else if (blocked != NULL)
+	{
+		kw_enter_mode(KW_MODE_BLOCKED);
+		kw_set_error("failed", "%s", blocked);
+		pfree(blocked);
+	}
+	else if (kw_mode != KW_MODE_CONSUMING)
+	{
+		kw_enter_mode(KW_MODE_CONSUMING);
+		strlcpy(kw_last_error, "", sizeof(kw_last_error));
 	}
 }
 
@@ -562,7 +778,7 @@ kw_list_offsets(int npart, const bool *want, int64 ts, int64 *offsets)
 			rd_kafka_topic_partition_list_add(list, kw_source->topic, p)->offset = ts;
 	}
 	if (list->cnt > 0)
-		err = rd_kafka_offsets_for_times(kw_rk, list, 500);
+		err = rd_kafka_offsets_for_times(kw_rk, list, KW_BROKER_TIMEOUT_MS);
 	for (int i = 0; i < list->cnt && err == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
 	{
 		err = list->elems[i].err;
@@ -570,6 +786,35 @@ kw_list_offsets(int npart, const bool *want, int64 ts, int64 *offsets)
 	}
 	rd_kafka_topic_partition_list_destroy(list);
 	return err ? rd_kafka_err2str(err) : NULL;
+}
+
+/*
+ * kw_refresh_all_watermarks looks up the end of every partition of the
+ * topic, held by this worker or not, in one round of requests: what makes
+ * the lag of unassigned partitions, and of a paused or failed source, show.
+ */
+static void
+kw_refresh_all_watermarks(void)
+{
+	bool	   *want;
+	int64	   *ends;
+	const char *error;
+
+	if (kw_nparts == 0)
+		return;
+	want = palloc0(sizeof(bool) * kw_nparts);
+	ends = palloc(sizeof(int64) * kw_nparts);
+	for (int p = 0; p < kw_nparts; p++)
+		want[p] = kw_parts[p].exists;
+	error = kw_list_offsets(kw_nparts, want, RD_KAFKA_OFFSET_END, ends);
+	if (error == NULL)
+	{
+		for (int p = 0; p < kw_nparts; p++)
+			if (want[p] && ends[p] >= 0)
+				kw_parts[p].hwm = ends[p];
+	}
+	pfree(want);
+	pfree(ends);
 }
 
 /*
@@ -627,10 +872,74 @@ kw_resolve_starts(int npart, const bool *want, int64 *starts)
 }
 
 /*
- * kw_refresh_assignment reads the topic's partitions from the broker and
+ * kw_assign gives partitions to librdkafka at the given offsets.
+ */
+static void
+kw_assign(rd_kafka_topic_partition_list_t *add)
+{
+	rd_kafka_error_t *error;
+
+	if (add->cnt == 0)
+		return;
+	error = rd_kafka_incremental_assign(kw_rk, add);
+	if (error)
+	{
+		char	   *msg = pstrdup(rd_kafka_error_string(error));
+
+		rd_kafka_error_destroy(error);
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("could not assign partitions of topic \"%s\" to kafka source \"%s\"",
+						kw_source->topic, kw_source_name),
+				 errdetail_internal("%s", msg)));
+	}
+	for (int i = 0; i < add->cnt; i++)
+		kw_parts[add->elems[i].partition].assigned = true;
+}
+
+/*
+ * kw_unassign takes partition p away from librdkafka (messages of it still
+ * in the queue are dropped by kw_poll).
+ */
+static void
+kw_unassign(int p)
+{
+	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_error_t *error;
+
+	rd_kafka_topic_partition_list_add(list, kw_source->topic, p);
+	error = rd_kafka_incremental_unassign(kw_rk, list);
+	rd_kafka_topic_partition_list_destroy(list);
+	if (error)
+	{
+		char	   *msg = pstrdup(rd_kafka_error_string(error));
+
+		rd_kafka_error_destroy(error);
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("could not unassign partition %d of topic \"%s\" from kafka source \"%s\"",
+						p, kw_source->topic, kw_source_name),
+				 errdetail_internal("%s", msg)));
+	}
+	kw_parts[p].assigned = false;
+	kw_parts[p].lost = false;
+}
+
+static void
+kw_unassign_all(void)
+{
+	for (int p = 0; p < kw_nparts; p++)
+		if (kw_parts[p].assigned)
+			kw_unassign(p);
+	kw_any_lost = false;
+}
+
+/*
+ * kw_refresh_assignment reads the topic's partitions from the broker,
+ * stores a start offset for every partition that has none yet (whichever
+ * slot reads it: the lag then counts partitions no worker reads), and
  * assigns those of this slot that are not assigned yet, at their stored
- * offsets (stored first, from the start option, for partitions never seen).
- * On failure it records the error and backs off.
+ * offsets.  On failure it records the error and backs off.
  */
 static void
 kw_refresh_assignment(void)
@@ -639,12 +948,15 @@ kw_refresh_assignment(void)
 	const struct rd_kafka_metadata *md = NULL;
 	rd_kafka_resp_err_t err;
 	int			npart;
-	rd_kafka_topic_partition_list_t *add;
 	bool		missing = false;
 	int			nnew = 0;
+	int			nunknown = 0;
+	int64	   *starts;
+	bool	   *known;
+	bool	   *want;
 
 	rkt = rd_kafka_topic_new(kw_rk, kw_source->topic, NULL);
-	err = rd_kafka_metadata(kw_rk, 0, rkt, &md, 500);
+	err = rd_kafka_metadata(kw_rk, 0, rkt, &md, KW_BROKER_TIMEOUT_MS);
 	rd_kafka_topic_destroy(rkt);
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1 && md->topics[0].err)
 		err = md->topics[0].err;
@@ -659,12 +971,13 @@ kw_refresh_assignment(void)
 						 kw_source->topic, rd_kafka_err2str(err));
 		kw_next_metadata = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   kw_metadata_backoff_ms);
-		kw_metadata_backoff_ms = Min(kw_metadata_backoff_ms * 2, 10000);
+		kw_metadata_backoff_ms = Min(kw_metadata_backoff_ms * 2, KW_METADATA_BACKOFF_MAX_MS);
 		return;
 	}
 
 	npart = md->topics[0].partition_cnt;
 	kw_ensure_parts(npart);
+	kw_topic_partitions = npart;
 	for (int i = 0; i < npart; i++)
 	{
 		int32		p = md->topics[0].partitions[i].id;
@@ -679,70 +992,96 @@ kw_refresh_assignment(void)
 	}
 	rd_kafka_metadata_destroy(md);
 
-	if (nnew > 0)
+	starts = palloc(sizeof(int64) * npart);
+	known = palloc0(sizeof(bool) * npart);
+	want = palloc0(sizeof(bool) * npart);
+
+	/* read the stored offsets */
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
 	{
-		int64	   *starts = palloc(sizeof(int64) * npart);
-		bool	   *known = palloc0(sizeof(bool) * npart);
-		bool	   *want = palloc0(sizeof(bool) * npart);
+		Oid			t[1] = {INT4OID};
+		Datum		v[1] = {Int32GetDatum(kw_source->id)};
 
-		/* read the stored offsets */
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		SPI_connect();
+		kw_catalog_sql("SELECT partition, next_offset FROM kappa.source_offsets "
+					   "WHERE source_id = $1", 1, t, v, NULL);
+		for (uint64 r = 0; r < SPI_processed; r++)
 		{
-			Oid			t[1] = {INT4OID};
-			Datum		v[1] = {Int32GetDatum(kw_source->id)};
+			bool		isnull;
+			int32		p = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r],
+														SPI_tuptable->tupdesc, 1, &isnull));
+			int64		o = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+														SPI_tuptable->tupdesc, 2, &isnull));
 
-			kw_catalog_sql("SELECT partition, next_offset FROM kappa.source_offsets "
-						   "WHERE source_id = $1", 1, t, v, NULL);
-			for (uint64 r = 0; r < SPI_processed; r++)
+			if (p >= 0 && p < npart)
 			{
-				bool		isnull;
-				int32		p = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r],
-															SPI_tuptable->tupdesc, 1, &isnull));
-				int64		o = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-															SPI_tuptable->tupdesc, 2, &isnull));
-
-				if (p >= 0 && p < npart)
-				{
-					starts[p] = o;
-					known[p] = true;
-				}
+				starts[p] = o;
+				known[p] = true;
 			}
 		}
+	}
 
-		/* resolve and store the start of partitions never seen */
-		for (int p = 0; p < npart; p++)
-			want[p] = kw_parts[p].mine && !kw_parts[p].assigned && !known[p];
+	/* resolve and store the start of partitions never seen, mine or not */
+	for (int p = 0; p < npart; p++)
+	{
+		want[p] = kw_parts[p].exists && !known[p];
+		if (want[p])
+			nunknown++;
+	}
+	if (nunknown > 0)
+	{
 		if (!kw_resolve_starts(npart, want, starts))
 			missing = true;
 		else
 		{
 			for (int p = 0; p < npart; p++)
 			{
-				Oid			t[3] = {INT4OID, INT4OID, INT8OID};
-				Datum		v[3];
+				Oid			t[4] = {INT4OID, INT4OID, INT8OID, INT8OID};
+				Datum		v[4];
+				char		n[4] = "    ";
 
 				if (!want[p])
 					continue;
 				v[0] = Int32GetDatum(kw_source->id);
 				v[1] = Int32GetDatum(p);
 				v[2] = Int64GetDatum(starts[p]);
-				kw_catalog_sql("INSERT INTO kappa.source_offsets (source_id, partition, next_offset) "
-							   "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", 3, t, v, NULL);
-				if (SPI_processed != 1)
-					elog(ERROR, "offsets of partition %d of kafka source \"%s\" appeared concurrently",
-						 p, kw_source_name);
-				known[p] = true;
+				v[3] = Int64GetDatum(kw_parts[p].hwm);
+				if (kw_parts[p].hwm < 0)
+					n[3] = 'n';
+				kw_catalog_sql("INSERT INTO kappa.source_offsets "
+							   "(source_id, partition, next_offset, high_watermark) "
+							   "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", 4, t, v, n);
+				if (SPI_processed == 1)
+					known[p] = true;
+				else
+				{
+					/* another worker stored it first: take its offset */
+					kw_catalog_sql("SELECT next_offset FROM kappa.source_offsets "
+								   "WHERE source_id = $1 AND partition = $2", 2, t, v, NULL);
+					if (SPI_processed == 1)
+					{
+						bool		isnull;
+
+						starts[p] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+																SPI_tuptable->tupdesc, 1,
+																&isnull));
+						known[p] = true;
+					}
+				}
 			}
 		}
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
 
-		/* assign them */
-		add = rd_kafka_topic_partition_list_new(nnew);
+	/* assign mine, when consuming */
+	if (nnew > 0 && kw_mode == KW_MODE_CONSUMING)
+	{
+		rd_kafka_topic_partition_list_t *add = rd_kafka_topic_partition_list_new(nnew);
+
 		for (int p = 0; p < npart; p++)
 		{
 			if (!kw_parts[p].mine || kw_parts[p].assigned || !known[p])
@@ -751,53 +1090,170 @@ kw_refresh_assignment(void)
 			kw_parts[p].committed = starts[p];
 			kw_parts[p].polled_next = starts[p];
 		}
+		kw_assign(add);
 		if (add->cnt > 0)
-		{
-			rd_kafka_error_t *error = rd_kafka_incremental_assign(kw_rk, add);
-
-			if (error)
-			{
-				char	   *msg = pstrdup(rd_kafka_error_string(error));
-
-				rd_kafka_error_destroy(error);
-				rd_kafka_topic_partition_list_destroy(add);
-				elog(ERROR, "could not assign partitions of topic \"%s\": %s",
-					 kw_source->topic, msg);
-			}
-			for (int i = 0; i < add->cnt; i++)
-				kw_parts[add->elems[i].partition].assigned = true;
 			ereport(LOG,
 					(errmsg("kafka source \"%s\" worker %d: assigned %d partition(s) of topic \"%s\"",
 							kw_source_name, kw_args.slot, add->cnt, kw_source->topic)));
-		}
 		rd_kafka_topic_partition_list_destroy(add);
-		pfree(starts);
-		pfree(known);
-		pfree(want);
 	}
+	pfree(starts);
+	pfree(known);
+	pfree(want);
 
 	if (missing)
 	{
 		kw_next_metadata = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   kw_metadata_backoff_ms);
-		kw_metadata_backoff_ms = Min(kw_metadata_backoff_ms * 2, 10000);
+		kw_metadata_backoff_ms = Min(kw_metadata_backoff_ms * 2, KW_METADATA_BACKOFF_MAX_MS);
 		return;
 	}
-	kw_metadata_backoff_ms = 500;
-	kw_next_metadata = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 5000);
-	if (strcmp(kw_state, "running") != 0)
+	kw_metadata_backoff_ms = KW_METADATA_BACKOFF_MIN_MS;
+	kw_next_metadata = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KW_METADATA_MS);
+	if (kw_mode == KW_MODE_CONSUMING && strcmp(kw_state, "running") != 0)
 		kw_state = "running";
+}
+
+/*
+ * kw_record_gap writes a gap (offsets first..last of partition p are gone
+ * from the broker) to kappa.errors and moves the stored offset past it, in
+ * one transaction; false if the stored offset was changed concurrently.
+ */
+static bool
+kw_record_gap(int p, int64 first, int64 last, const char *error)
+{
+	Oid			dt[4] = {INT4OID, INT4OID, INT8OID, INT8OID};
+	Datum		dv[4];
+	uint64		updated;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	dv[0] = Int32GetDatum(kw_source->id);
+	dv[1] = Int32GetDatum(p);
+	dv[2] = Int64GetDatum(last + 1);
+	dv[3] = Int64GetDatum(first);
+	kw_catalog_sql("UPDATE kappa.source_offsets SET next_offset = $3, updated_at = pg_catalog.now() "
+				   "WHERE source_id = $1 AND partition = $2 AND next_offset = $4",
+				   4, dt, dv, NULL);
+	updated = SPI_processed;
+	if (updated == 1)
+	{
+		Oid			gt[6] = {INT4OID, TEXTOID, INT4OID, INT8OID, INT8OID, TEXTOID};
+		Datum		gv[6];
+
+		gv[0] = Int32GetDatum(kw_source->id);
+		gv[1] = CStringGetTextDatum(kw_source->topic);
+		gv[2] = Int32GetDatum(p);
+		gv[3] = Int64GetDatum(first);
+		gv[4] = Int64GetDatum(last);
+		gv[5] = CStringGetTextDatum(error);
+		kw_catalog_sql("INSERT INTO kappa.dead_letters "
+					   "(source_id, kind, topic, partition, \"offset\", last_offset, error) "
+					   "VALUES ($1, 'gap', $2, $3, $4, $5, $6)", 6, gt, gv, NULL);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return updated == 1;
+}
+
+/*
+ * kw_handle_data_loss deals with partitions whose next offset the broker no
+ * longer holds (see the file header).  Runs between batches.
+ */
+static void
+kw_handle_data_loss(void)
+{
+	kw_any_lost = false;
+	for (int p = 0; p < kw_nparts; p++)
+	{
+		int64		lo,
+					hi;
+		int64		first = kw_parts[p].committed;
+		rd_kafka_resp_err_t err;
+		char	   *what;
+
+		if (!kw_parts[p].lost)
+			continue;
+		err = rd_kafka_query_watermark_offsets(kw_rk, kw_source->topic, p, &lo, &hi,
+											   KW_BROKER_TIMEOUT_MS * 4);
+		if (err)
+		{
+			kw_set_error("retrying", "could not look up the offsets of partition %d of topic \"%s\": %s",
+						 p, kw_source->topic, rd_kafka_err2str(err));
+			kw_any_lost = true;
+			continue;
+		}
+		kw_parts[p].hwm = hi;
+
+		if (first > hi)
+		{
+			kw_enter_mode(KW_MODE_FAILED);
+			kw_set_error("failed", "the next offset %lld of partition %d of topic \"%s\" is past its end (%lld): "
+						 "the topic was deleted and created again, or the broker lost its log. "
+						 "Drop the source and create it again to read the topic from its start.",
+						 (long long) first, p, kw_source->topic, (long long) hi);
+			return;
+		}
+		if (first >= lo)
+		{
+			/* nothing is missing (the log moved back?): read on from there */
+			rd_kafka_topic_partition_list_t *add = rd_kafka_topic_partition_list_new(1);
+
+			kw_unassign(p);
+			rd_kafka_topic_partition_list_add(add, kw_source->topic, p)->offset = first;
+			kw_assign(add);
+			rd_kafka_topic_partition_list_destroy(add);
+			continue;
+		}
+
+		what = psprintf("the broker no longer holds offsets %lld to %lld of partition %d of topic \"%s\" "
+						"(%lld messages lost)",
+						(long long) first, (long long) (lo - 1), p, kw_source->topic,
+						(long long) (lo - first));
+		if (kw_source->onDataLoss == KAPPA_DATA_LOSS_FAIL)
+		{
+			kw_enter_mode(KW_MODE_FAILED);
+			kw_set_error("failed", "%s; on_data_loss is 'fail'. To record the gap in kappa.errors and go on: "
+						 "SELECT kappa.resume_source('%s', on_data_loss => 'record'); or rewind the source.",
+						 what, kw_source_name);
+			return;
+		}
+
+		/* record it, then read on from the broker's first offset */
+		if (!kw_record_gap(p, first, lo - 1, what))
+		{
+			ereport(LOG,
+					(errmsg("kafka source \"%s\" worker %d stopping: the offsets of partition %d were changed concurrently",
+							kw_source_name, kw_args.slot, p)));
+			proc_exit(1);
+		}
+		ereport(LOG,
+				(errmsg("kafka source \"%s\": recorded a gap in kappa.errors", kw_source_name),
+				 errdetail_internal("%s", what)));
+		kw_parts[p].committed = lo;
+		kw_parts[p].polled_next = lo;
+		{
+			rd_kafka_topic_partition_list_t *add = rd_kafka_topic_partition_list_new(1);
+
+			kw_unassign(p);
+			rd_kafka_topic_partition_list_add(add, kw_source->topic, p)->offset = lo;
+			kw_assign(add);
+			rd_kafka_topic_partition_list_destroy(add);
+		}
+	}
 }
 
 /*
  * kw_can_insert_directly tells whether rows can go into the table through
  * ExecSimpleRelationInsert (constraints, indexes, row triggers, generated
- * columns -- what logical replication's apply uses) instead of a prepared
- * INSERT through SPI, about twice as fast.  Only for a plain table without
- * what that path leaves out: row-level security, rules, statement-level or
+ * columns -- what logical replication's apply uses) instead of a planned
+ * INSERT, about twice as fast.  Only for a plain table without what that
+ * path leaves out: row-level security, rules, statement-level or
  * transition-table triggers, identity columns (the executor fills those),
- * partitions (routing); and only while the owner may INSERT into the whole
- * table (checked at every batch).  Everything else takes the SPI path.
+ * partitions (routing).  Everything else takes the planned INSERT.
  */
 static bool
 kw_can_insert_directly(Relation rel)
@@ -820,9 +1276,10 @@ kw_can_insert_directly(Relation rel)
 }
 
 /*
- * kw_prepare_target (re)builds the decoder, the insert plan or stream slot
- * for the target's current row type.  Called in each batch transaction with
- * the target open; cheap when nothing changed.
+ * kw_prepare_target (re)builds the decoder and the shape of the INSERT or
+ * the stream slot for the target's current row type.  Called in each batch
+ * transaction with the target open, as the target's owner; cheap when
+ * nothing changed.
  */
 static void
 kw_prepare_target(Relation rel)
@@ -830,7 +1287,6 @@ kw_prepare_target(Relation rel)
 	TupleDesc	desc = RelationGetDescr(rel);
 	MemoryContext old;
 	StringInfoData sql;
-	Oid		   *argtypes;
 
 	/* cheap, and triggers, policies or rules may come and go: every batch */
 	kw_fast_insert = !kw_is_stream && kw_can_insert_directly(rel);
@@ -839,11 +1295,6 @@ kw_prepare_target(Relation rel)
 	if (kw_tupdesc && equalTupleDescs(kw_tupdesc, desc))
 		return;
 
-	if (kw_insert_plan)
-	{
-		SPI_freeplan(kw_insert_plan);
-		kw_insert_plan = NULL;
-	}
 	if (kw_slot)
 	{
 		ExecDropSingleTupleTableSlot(kw_slot);
@@ -859,11 +1310,10 @@ kw_prepare_target(Relation rel)
 									KappaFormatOptions(kw_source));
 	kw_values = palloc0(sizeof(Datum) * desc->natts);
 	kw_nulls = palloc0(sizeof(bool) * desc->natts);
-	kw_params = palloc0(sizeof(Datum) * desc->natts);
-	kw_paramnulls = palloc0(desc->natts + 1);
 	kw_colmap = palloc0(sizeof(int) * desc->natts);
+	kw_coltypes = palloc0(sizeof(Oid) * desc->natts);
 	kw_ncols = 0;
-	argtypes = palloc0(sizeof(Oid) * desc->natts);
+	kw_insert_sql = NULL;
 
 	if (kw_is_stream)
 	{
@@ -885,20 +1335,83 @@ kw_prepare_target(Relation rel)
 				continue;
 			appendStringInfo(&sql, "%s%s", kw_ncols ? ", " : "",
 							 quote_identifier(NameStr(att->attname)));
-			argtypes[kw_ncols] = att->atttypid;
+			kw_coltypes[kw_ncols] = att->atttypid;
 			kw_colmap[kw_ncols++] = i;
 		}
 		appendStringInfoString(&sql, ") VALUES (");
 		for (int i = 0; i < kw_ncols; i++)
 			appendStringInfo(&sql, "%s$%d", i ? ", " : "", i + 1);
 		appendStringInfoChar(&sql, ')');
-		kw_insert_plan = SPI_prepare(sql.data, kw_ncols, argtypes);
-		if (kw_insert_plan == NULL)
-			elog(ERROR, "could not prepare \"%s\": %s", sql.data,
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(kw_insert_plan);
+		kw_insert_sql = sql.data;
 	}
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * kw_plan_insert plans the INSERT of the general path for this batch (in
+ * kw_batch_cxt): the privileges and row-level security policies that apply
+ * are the source owner's (the result relation is checked as that role, as
+ * a view checks as its owner), while the INSERT runs as the current user,
+ * the target's owner.  Planned per batch, so that policies, rules and
+ * triggers added meanwhile apply.
+ */
+static void
+kw_plan_insert(void)
+{
+	MemoryContext old = MemoryContextSwitchTo(kw_batch_cxt);
+	RawStmt    *raw = linitial_node(RawStmt, raw_parser(kw_insert_sql, RAW_PARSE_DEFAULT));
+	Query	   *query;
+	List	   *rewritten;
+
+	query = parse_analyze_fixedparams(raw, kw_insert_sql, kw_coltypes, kw_ncols, NULL);
+	rt_fetch(query->resultRelation, query->rtable)->checkAsUser = kw_source->owner;
+	rewritten = QueryRewrite(query);
+	kw_insert_plans = pg_plan_queries(rewritten, kw_insert_sql, 0, NULL);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * kw_exec_insert runs the planned INSERT for the current message's values
+ * (kw_values, kw_nulls), as SPI would: a new command, with a snapshot that
+ * sees the rows inserted before.
+ */
+static void
+kw_exec_insert(void)
+{
+	ParamListInfo params = makeParamList(kw_ncols);
+	ListCell   *lc;
+
+	for (int c = 0; c < kw_ncols; c++)
+	{
+		params->params[c].value = kw_values[kw_colmap[c]];
+		params->params[c].isnull = kw_nulls[kw_colmap[c]];
+		params->params[c].pflags = PARAM_FLAG_CONST;
+		params->params[c].ptype = kw_coltypes[c];
+	}
+	foreach(lc, kw_insert_plans)
+	{
+		PlannedStmt *pstmt = lfirst_node(PlannedStmt, lc);
+		QueryDesc  *qd;
+
+		CommandCounterIncrement();
+		if (pstmt->commandType == CMD_UTILITY)
+		{
+			/* a rule's NOTIFY, say */
+			ProcessUtility(pstmt, kw_insert_sql, false, PROCESS_UTILITY_QUERY,
+						   params, NULL, None_Receiver, NULL);
+			continue;
+		}
+		PushCopiedSnapshot(GetActiveSnapshot());
+		UpdateActiveSnapshotCommandId();
+		qd = CreateQueryDesc(pstmt, kw_insert_sql, GetActiveSnapshot(), InvalidSnapshot,
+							 None_Receiver, params, NULL, 0);
+		ExecutorStart(qd, 0);
+		ExecutorRun(qd, ForwardScanDirection, 0, true);
+		ExecutorFinish(qd);
+		ExecutorEnd(qd);
+		FreeQueryDesc(qd);
+		PopActiveSnapshot();
+	}
 }
 
 /*
@@ -998,19 +1511,7 @@ kw_insert_range(Relation rel, int lo, int hi)
 			ResetPerTupleExprContext(estate);
 		}
 		else
-		{
-			int			rc;
-
-			for (int c = 0; c < kw_ncols; c++)
-			{
-				kw_params[c] = kw_values[kw_colmap[c]];
-				kw_paramnulls[c] = kw_nulls[kw_colmap[c]] ? 'n' : ' ';
-			}
-			rc = SPI_execute_plan(kw_insert_plan, kw_params, kw_paramnulls, false, 0);
-			if (rc != SPI_OK_INSERT)
-				elog(ERROR, "could not insert into \"%s\": %s",
-					 RelationGetRelationName(rel), SPI_result_code_string(rc));
-		}
+			kw_exec_insert();
 		MemoryContextSwitchTo(old);
 	}
 
@@ -1176,6 +1677,24 @@ kw_bytea(const void *data, size_t len)
 }
 
 /*
+ * kw_check_insert_privilege raises an error unless the source's owner may
+ * INSERT into the target (into all its columns, or the table): checked per
+ * batch, since the direct path checks none and a lost privilege must stop
+ * the source rather than turn every message into a dead letter.
+ */
+static void
+kw_check_insert_privilege(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	AclResult	aclresult = pg_class_aclcheck(relid, kw_source->owner, ACL_INSERT);
+
+	if (aclresult != ACLCHECK_OK &&
+		pg_attribute_aclcheck_all(relid, kw_source->owner, ACL_INSERT,
+								  ACLMASK_ALL) != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_TABLE, RelationGetRelationName(rel));
+}
+
+/*
  * kw_apply_batch applies the current batch in one transaction: rows, dead
  * letters, offsets and status.
  */
@@ -1186,6 +1705,7 @@ kw_apply_batch(void)
 	int64		nbytes = 0;
 	int64		ndead = 0;
 	MemoryContext old;
+	KappaSavedUser saved;
 
 	if (kw_nmsgs == 0)
 		return;
@@ -1200,9 +1720,19 @@ kw_apply_batch(void)
 	pgstat_report_activity(STATE_RUNNING, "pg_kappa: applying a batch");
 	SPI_connect();
 
-	rel = table_open(kw_source->target, RowExclusiveLock);
+	rel = try_relation_open(kw_source->target, RowExclusiveLock);
+	if (rel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the target of kafka source \"%s\" was dropped", kw_source_name)));
+	kw_check_insert_privilege(rel);
+
+	/* the target's code runs as its owner (see the file header) */
+	KappaBecomeUser(rel->rd_rel->relowner, &saved);
 	kw_prepare_target(rel);
 	kw_max_message_bytes = KappaSourceMaxMessageBytes(kw_source);
+	if (!kw_is_stream && !kw_fast_insert)
+		kw_plan_insert();
 
 	/*
 	 * Deferred constraints of the target would be checked at commit, where a
@@ -1213,24 +1743,9 @@ kw_apply_batch(void)
 		SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not make constraints immediate");
 
-	/*
-	 * The owner's INSERT privilege, per batch (the executor path checks none;
-	 * and a lost privilege must stop the source, not make every message a
-	 * dead letter -- on a target with row-level security, a policy violation
-	 * raises the same error code for one message).
-	 */
-	{
-		Oid			relid = RelationGetRelid(rel);
-		AclResult	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_INSERT);
-
-		if (aclresult != ACLCHECK_OK &&
-			pg_attribute_aclcheck_all(relid, GetUserId(), ACL_INSERT,
-									  ACLMASK_ALL) != ACLCHECK_OK)
-			aclcheck_error(aclresult, OBJECT_TABLE, RelationGetRelationName(rel));
-	}
-
 	old = MemoryContextSwitchTo(kw_batch_cxt);
 	kw_process_range(rel, 0, kw_nmsgs);
+	KappaRestoreUser(&saved);
 
 	/* dead letters */
 	for (int i = 0; i < kw_nmsgs; i++)
@@ -1292,7 +1807,7 @@ kw_apply_batch(void)
 	}
 
 	/* status */
-	kw_update_rates(kw_nmsgs, nbytes);
+	kw_update_rates(kw_nmsgs, nbytes, ndead);
 	{
 		Datum		v[8];
 
@@ -1308,7 +1823,7 @@ kw_apply_batch(void)
 	}
 	MemoryContextSwitchTo(old);
 
-	table_close(rel, NoLock);
+	relation_close(rel, NoLock);
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -1324,10 +1839,42 @@ kw_apply_batch(void)
 	for (int i = 0; i < kw_nmsgs; i++)
 		rd_kafka_message_destroy(kw_msgs[i]);
 	kw_nmsgs = 0;
+	kw_batch_bytes = 0;
 	kw_dead = NULL;
+	kw_insert_plans = NIL;
 	MemoryContextReset(kw_batch_cxt);
 	kw_state = "running";
 	kw_reported_state = "running";
+}
+
+/*
+ * kw_fail_and_exit records an error that stops the worker in kappa.sources
+ * (state failed, last_error) and exits, to be restarted from the stored
+ * offsets with a backoff.  Call it from a PG_CATCH block, after
+ * CopyErrorData.
+ */
+static void
+kw_fail_and_exit(ErrorData *edata, const char *what)
+{
+	EmitErrorReport();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	strlcpy(kw_last_error, "", sizeof(kw_last_error));
+	kw_set_error("failed", "%s: %s%s%s", what, edata->message,
+				 edata->detail ? ": " : "", edata->detail ? edata->detail : "");
+	PG_TRY();
+	{
+		if (kw_source != NULL && kw_status_plan != NULL)
+			kw_flush_status();
+	}
+	PG_CATCH();
+	{
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+	proc_exit(1);
 }
 
 /*
@@ -1351,24 +1898,8 @@ kw_apply_batch_or_exit(void)
 
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
-		EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
 		/* the messages were not applied; the restart fetches them again */
-		strlcpy(kw_last_error, "", sizeof(kw_last_error));
-		kw_set_error("failed", "batch failed, worker restarts: %s", edata->message);
-		PG_TRY();
-		{
-			kw_flush_status();
-		}
-		PG_CATCH();
-		{
-			EmitErrorReport();
-			FlushErrorState();
-			AbortCurrentTransaction();
-		}
-		PG_END_TRY();
-		proc_exit(1);
+		kw_fail_and_exit(edata, "batch failed, worker restarts");
 	}
 	PG_END_TRY();
 }
@@ -1388,14 +1919,56 @@ kw_prepare_catalog_plans(void)
 							  "(source_id, topic, partition, \"offset\", key, payload, error, sqlstate) "
 							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", 8, dt);
 	kw_offsets_plan = kw_prepare("UPDATE kappa.source_offsets SET next_offset = $3, "
-								 "high_watermark = coalesce($4, high_watermark), updated_at = now() "
+								 "high_watermark = coalesce($4, high_watermark), "
+								 "updated_at = pg_catalog.now() "
 								 "WHERE source_id = $1 AND partition = $2 AND next_offset = $5",
 								 5, ot);
 	kw_status_plan = kw_prepare("UPDATE kappa.source_status SET messages = messages + $3, "
 								"bytes = bytes + $4, dead_letters = dead_letters + $5, "
 								"batches = batches + 1, messages_per_sec = $6, bytes_per_sec = $7, "
-								"state = $8, last_batch_at = clock_timestamp(), updated_at = now() "
+								"state = $8, last_batch_at = pg_catalog.clock_timestamp(), "
+								"updated_at = pg_catalog.now() "
 								"WHERE source_id = $1 AND slot = $2", 8, st);
+}
+
+/*
+ * kw_wait_for_update waits until the extension's SQL objects in this
+ * database are the version of this library (after the library is upgraded,
+ * the catalog is changed by ALTER EXTENSION pg_kappa UPDATE).  Returns false
+ * if the extension is gone.
+ */
+static bool
+kw_wait_for_update(void)
+{
+	bool		logged = false;
+
+	for (;;)
+	{
+		bool		installed;
+		bool		current = false;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		installed = OidIsValid(get_extension_oid("pg_kappa", true));
+		if (installed)
+			current = KappaExtensionUpToDate();
+		CommitTransactionCommand();
+		if (!installed)
+			return false;
+		if (current)
+			return true;
+		if (!logged)
+			ereport(LOG,
+					(errmsg("pg_kappa worker for source %d waits for ALTER EXTENSION pg_kappa UPDATE",
+							kw_args.source_id),
+					 errdetail("The library is version %s; the extension in this database is older.",
+							   KAPPA_EXTENSION_VERSION)));
+		logged = true;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 KW_IDLE_WAIT_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
 }
 
 /*
@@ -1407,18 +1980,15 @@ kw_start(void)
 {
 	LOCKTAG		tag;
 	char		appname[NAMEDATALEN + 32];
+	char	   *blocked = NULL;
+
+	/* the extension may have been dropped since this worker was registered */
+	if (!kw_wait_for_update())
+		proc_exit(0);
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-
-	/* the extension may have been dropped since this worker was registered */
-	if (!OidIsValid(get_extension_oid("pg_kappa", true)))
-	{
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		proc_exit(0);
-	}
 
 	{
 		MemoryContext old = MemoryContextSwitchTo(kw_long_cxt);
@@ -1428,7 +1998,8 @@ kw_start(void)
 			kw_source_name = pstrdup(kw_source->name);
 		MemoryContextSwitchTo(old);
 	}
-	if (kw_source == NULL || kw_source->paused || kw_args.slot >= kw_source->parallelism)
+	if (kw_source == NULL || kw_args.slot >= kw_source->parallelism ||
+		(kw_source->paused && kw_args.slot > 0))
 	{
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -1457,15 +2028,26 @@ kw_start(void)
 		Datum		v[2] = {Int32GetDatum(kw_source->id), Int32GetDatum(kw_args.slot)};
 
 		kw_catalog_sql("INSERT INTO kappa.source_status (source_id, slot, pid, state, started_at) "
-					   "VALUES ($1, $2, pg_backend_pid(), 'starting', now()) "
-					   "ON CONFLICT (source_id, slot) DO UPDATE SET pid = pg_backend_pid(), "
-					   "state = 'starting', started_at = now(), messages_per_sec = 0, "
-					   "bytes_per_sec = 0, updated_at = now()", 2, t, v, NULL);
+					   "VALUES ($1, $2, pg_catalog.pg_backend_pid(), 'starting', pg_catalog.now()) "
+					   "ON CONFLICT (source_id, slot) DO UPDATE SET pid = pg_catalog.pg_backend_pid(), "
+					   "state = 'starting', started_at = pg_catalog.now(), messages_per_sec = 0, "
+					   "bytes_per_sec = 0, dead_letters_per_sec = 0, dead_letter_share = NULL, "
+					   "last_error = NULL, updated_at = pg_catalog.now()", 2, t, v, NULL);
 	}
 	kw_prepare_catalog_plans();
 	SPI_finish();
+	if (!kw_source->paused)
+		blocked = kw_check_privileges(kw_source);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+
+	if (kw_source->paused)
+		kw_enter_mode(KW_MODE_PAUSED);
+	else if (blocked != NULL)
+	{
+		kw_mode = KW_MODE_BLOCKED;
+		kw_set_error("failed", "%s", blocked);
+	}
 }
 
 /*
@@ -1544,16 +2126,19 @@ kw_caught_up(void)
 }
 
 /*
- * kw_poll moves available messages into the batch, up to the batch size.
- * Returns true if it stopped because the batch is full (messages may be
- * left in the queue, so the caller must not wait for the event fd).
+ * kw_poll moves available messages into the batch, up to the batch's size
+ * and bytes.  Returns true if it stopped because the batch is full
+ * (messages may be left in the queue, so the caller must not wait for the
+ * event fd).  A partition whose next offset the broker no longer holds is
+ * marked lost (kw_handle_data_loss deals with it after the batch).
  */
 static bool
 kw_poll(void)
 {
 	int			limit = kw_batch_size();
+	int64		bytes_limit = kw_batch_bytes_limit();
 
-	while (kw_nmsgs < limit)
+	while (kw_nmsgs < limit && kw_batch_bytes < bytes_limit)
 	{
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(kw_rk, 0);
 
@@ -1561,13 +2146,20 @@ kw_poll(void)
 			break;
 		if (m->err)
 		{
-			if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+			if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET &&
+				m->partition >= 0 && m->partition < kw_nparts &&
+				kw_parts[m->partition].assigned)
+			{
+				kw_parts[m->partition].lost = true;
+				kw_any_lost = true;
+			}
+			else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
 				kw_set_error("retrying", "%s", rd_kafka_message_errstr(m));
 			rd_kafka_message_destroy(m);
 			continue;
 		}
 		if (m->partition < 0 || m->partition >= kw_nparts ||
-			!kw_parts[m->partition].assigned)
+			!kw_parts[m->partition].assigned || kw_parts[m->partition].lost)
 		{
 			rd_kafka_message_destroy(m);
 			continue;
@@ -1576,11 +2168,12 @@ kw_poll(void)
 			kw_batch_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 															kw_max_latency());
 		kw_msgs[kw_nmsgs++] = m;
+		kw_batch_bytes += m->len + m->key_len;
 		kw_polled_bytes += m->len + m->key_len;
 		if (kw_parts[m->partition].polled_next < m->offset + 1)
 			kw_parts[m->partition].polled_next = m->offset + 1;
 	}
-	return kw_nmsgs >= limit;
+	return kw_nmsgs >= limit || kw_batch_bytes >= bytes_limit;
 }
 
 /*
@@ -1610,7 +2203,23 @@ KappaKafkaWorkerMain(Datum main_arg)
 
 	kw_start();
 	on_proc_exit(kw_exit_cb, (Datum) 0);
-	kw_create_consumer();
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+
+		PG_TRY();
+		{
+			kw_create_consumer();
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			kw_fail_and_exit(edata, "the consumer could not be created");
+		}
+		PG_END_TRY();
+	}
 	kw_rate_window_start = GetCurrentTimestamp();
 	ereport(LOG,
 			(errmsg("kafka source \"%s\" worker %d started on topic \"%s\"",
@@ -1652,28 +2261,36 @@ KappaKafkaWorkerMain(Datum main_arg)
 		 * A batch ends when it is full or max_latency after its first
 		 * message; and when a backlog has just been read to its end (the
 		 * batch before was full): its last messages have waited long enough,
-		 * and ending then adds at most one transaction per backlog.
+		 * and ending then adds at most one transaction per backlog; and when
+		 * a partition's data was lost (the batch first, then the gap).
 		 */
 		if (full || (kw_nmsgs > 0 &&
-					 (now >= kw_batch_deadline ||
+					 (now >= kw_batch_deadline || kw_any_lost ||
 					  (kw_after_full_batch && kw_caught_up()))))
 		{
 			kw_apply_batch_or_exit();
 			kw_after_full_batch = full;
 			CHECK_FOR_INTERRUPTS();
 		}
+		if (kw_nmsgs == 0 && kw_any_lost)
+			kw_handle_data_loss();
 
 		/* between batches: the source may have changed; status */
 		now = GetCurrentTimestamp();
 		if (kw_nmsgs == 0 && now >= kw_next_catalog_check)
 		{
 			kw_check_source();
-			kw_next_catalog_check = TimestampTzPlusMilliseconds(now, 1000);
+			kw_next_catalog_check = TimestampTzPlusMilliseconds(now, KW_CATALOG_CHECK_MS);
+		}
+		if (kw_nmsgs == 0 && now >= kw_next_watermarks)
+		{
+			kw_refresh_all_watermarks();
+			kw_next_watermarks = TimestampTzPlusMilliseconds(now, KW_WATERMARKS_MS);
 		}
 		if (kw_nmsgs == 0 &&
 			(kw_error_pending || kw_reported_state == NULL ||
 			 strcmp(kw_reported_state, kw_state) != 0 ||
-			 TimestampDifferenceExceeds(kw_last_status_flush, now, 2000)))
+			 TimestampDifferenceExceeds(kw_last_status_flush, now, KW_STATUS_FLUSH_MS)))
 		{
 			kw_refresh_watermarks();
 			kw_flush_status();
@@ -1695,10 +2312,12 @@ KappaKafkaWorkerMain(Datum main_arg)
 		if (kw_nmsgs > 0)
 			timeout = Max(TimestampDifferenceMilliseconds(now, kw_batch_deadline), 0);
 		else
-			timeout = 1000;
+			timeout = KW_IDLE_WAIT_MS;
 		if (kw_next_metadata > now)
 			timeout = Min(timeout, TimestampDifferenceMilliseconds(now, kw_next_metadata) + 1);
 		else
+			timeout = 0;
+		if (kw_any_lost)
 			timeout = 0;
 
 		if (timeout > 0)

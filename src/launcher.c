@@ -26,6 +26,18 @@
  * functions start workers directly (KappaStartWorker), which the postmaster
  * restarts on failure until the server stops.
  *
+ * A paused source keeps one worker (slot 0), which reads nothing but keeps
+ * the source's lag current in kappa.sources.  When a worker cannot be
+ * started (no free background worker slot), the launcher says why in
+ * shared memory; kappa.sources shows it (kappa.launcher_problems()).
+ *
+ * Locking: KappaLauncherShared.mutex (a spinlock) protects the launcher's
+ * latch and the rescan flag, a few instructions each.  The lists of active
+ * sources and of problems, which are looped over and copied, are protected
+ * by the LWLock 'lock': scanners replace their database's sources in
+ * exclusive mode, the launcher reads them and writes problems, and backends
+ * read problems in shared mode.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -39,16 +51,19 @@
 #include "catalog/pg_database.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "tcop/tcopprot.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -58,9 +73,11 @@
 #include "kafka.h"
 
 #define KAPPA_MAX_ACTIVE_SOURCES	1024
+#define KAPPA_MAX_PROBLEMS			256
 #define KAPPA_SCAN_INTERVAL_MS		10000
 #define KAPPA_RESTART_MIN_MS		500
 #define KAPPA_RESTART_MAX_MS		30000
+#define KAPPA_NO_SLOT_RETRY_MS		5000
 
 /* One active (not paused) source, as found by a scanner. */
 typedef struct KappaActiveSource
@@ -71,13 +88,27 @@ typedef struct KappaActiveSource
 	int32		parallelism;
 } KappaActiveSource;
 
+/* Why a source's worker could not be started. */
+typedef struct KappaLauncherProblem
+{
+	Oid			dboid;
+	int32		source_id;
+	int32		slot;
+	TimestampTz since;
+	char		problem[128];
+} KappaLauncherProblem;
+
 typedef struct KappaLauncherShared
 {
-	slock_t		mutex;
+	slock_t		mutex;			/* protects the next two fields only */
 	Latch	   *launcher_latch;
 	bool		rescan;			/* scan all databases at once */
+
+	LWLock	   *lock;			/* protects the fields below */
 	int			nsources;
 	KappaActiveSource sources[KAPPA_MAX_ACTIVE_SOURCES];
+	int			nproblems;
+	KappaLauncherProblem problems[KAPPA_MAX_PROBLEMS];
 } KappaLauncherShared;
 
 /* A worker the launcher started (launcher-local). */
@@ -108,6 +139,7 @@ kl_shmem_request(void)
 	if (kl_prev_shmem_request_hook)
 		kl_prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(KappaLauncherShared)));
+	RequestNamedLWLockTranche("pg_kappa launcher", 1);
 }
 
 static void
@@ -125,6 +157,7 @@ kl_shmem_startup(void)
 	{
 		memset(kappa_launcher_shared, 0, sizeof(KappaLauncherShared));
 		SpinLockInit(&kappa_launcher_shared->mutex);
+		kappa_launcher_shared->lock = &(GetNamedLWLockTranche("pg_kappa launcher"))->lock;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -282,8 +315,9 @@ KappaScannerMain(Datum main_arg)
 	if (OidIsValid(get_extension_oid("pg_kappa", true)))
 	{
 		SPI_connect();
-		if (SPI_execute("SELECT id, owner, parallelism FROM kappa.source_catalog "
-						"WHERE NOT paused ORDER BY id", true, 0) == SPI_OK_SELECT)
+		/* a paused source keeps one worker, which keeps its lag current */
+		if (SPI_execute("SELECT id, owner, CASE WHEN paused THEN 1 ELSE parallelism END "
+						"FROM kappa.source_catalog ORDER BY id", true, 0) == SPI_OK_SELECT)
 		{
 			found = MemoryContextAlloc(TopMemoryContext,
 									   sizeof(KappaActiveSource) * (SPI_processed + 1));
@@ -305,7 +339,7 @@ KappaScannerMain(Datum main_arg)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
-	SpinLockAcquire(&kappa_launcher_shared->mutex);
+	LWLockAcquire(kappa_launcher_shared->lock, LW_EXCLUSIVE);
 	{
 		int			n = 0;
 
@@ -316,7 +350,7 @@ KappaScannerMain(Datum main_arg)
 			kappa_launcher_shared->sources[n++] = found[i];
 		kappa_launcher_shared->nsources = n;
 	}
-	SpinLockRelease(&kappa_launcher_shared->mutex);
+	LWLockRelease(kappa_launcher_shared->lock);
 
 	/* expire interval-retained stream rows of this database */
 	kl_expire_retained_rows();
@@ -401,7 +435,7 @@ kl_scan(void)
 	}
 
 	/* sources of databases that no longer exist */
-	SpinLockAcquire(&kappa_launcher_shared->mutex);
+	LWLockAcquire(kappa_launcher_shared->lock, LW_EXCLUSIVE);
 	{
 		int			n = 0;
 
@@ -410,7 +444,7 @@ kl_scan(void)
 				kappa_launcher_shared->sources[n++] = kappa_launcher_shared->sources[i];
 		kappa_launcher_shared->nsources = n;
 	}
-	SpinLockRelease(&kappa_launcher_shared->mutex);
+	LWLockRelease(kappa_launcher_shared->lock);
 	list_free(dbs);
 }
 
@@ -436,6 +470,86 @@ kl_find_worker(Oid dboid, int32 source_id, int32 slot)
 }
 
 /*
+ * kl_set_problem records why a worker could not be started (problem NULL:
+ * it could).  Returns true if the problem is new.
+ */
+static bool
+kl_set_problem(KlWorker *w, const char *problem)
+{
+	bool		isnew = false;
+	int			i;
+
+	LWLockAcquire(kappa_launcher_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < kappa_launcher_shared->nproblems; i++)
+	{
+		KappaLauncherProblem *p = &kappa_launcher_shared->problems[i];
+
+		if (p->dboid == w->dboid && p->source_id == w->source_id && p->slot == w->slot)
+			break;
+	}
+	if (problem == NULL)
+	{
+		if (i < kappa_launcher_shared->nproblems)
+			kappa_launcher_shared->problems[i] =
+				kappa_launcher_shared->problems[--kappa_launcher_shared->nproblems];
+	}
+	else if (i < kappa_launcher_shared->nproblems)
+	{
+		isnew = strcmp(kappa_launcher_shared->problems[i].problem, problem) != 0;
+		strlcpy(kappa_launcher_shared->problems[i].problem, problem,
+				sizeof(kappa_launcher_shared->problems[i].problem));
+	}
+	else if (i < KAPPA_MAX_PROBLEMS)
+	{
+		KappaLauncherProblem *p = &kappa_launcher_shared->problems[i];
+
+		p->dboid = w->dboid;
+		p->source_id = w->source_id;
+		p->slot = w->slot;
+		p->since = GetCurrentTimestamp();
+		strlcpy(p->problem, problem, sizeof(p->problem));
+		kappa_launcher_shared->nproblems++;
+		isnew = true;
+	}
+	LWLockRelease(kappa_launcher_shared->lock);
+	return isnew;
+}
+
+PG_FUNCTION_INFO_V1(kappa_launcher_problems);
+
+/*
+ * kappa.launcher_problems() returns, for the current database, why the
+ * launcher could not start workers: (source_id, slot, problem, since).
+ * Nothing without the launcher (the library not preloaded).
+ */
+Datum
+kappa_launcher_problems(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (!KappaLauncherActive())
+		return (Datum) 0;
+	LWLockAcquire(kappa_launcher_shared->lock, LW_SHARED);
+	for (int i = 0; i < kappa_launcher_shared->nproblems; i++)
+	{
+		KappaLauncherProblem *p = &kappa_launcher_shared->problems[i];
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		if (p->dboid != MyDatabaseId)
+			continue;
+		values[0] = Int32GetDatum(p->source_id);
+		values[1] = Int32GetDatum(p->slot);
+		values[2] = CStringGetTextDatum(p->problem);
+		values[3] = TimestampTzGetDatum(p->since);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(kappa_launcher_shared->lock);
+	return (Datum) 0;
+}
+
+/*
  * kl_reconcile starts missing workers, restarts dead ones and stops
  * unwanted ones.  Returns the milliseconds until the next restart is due
  * (or -1).
@@ -448,11 +562,11 @@ kl_reconcile(void)
 	TimestampTz now = GetCurrentTimestamp();
 	long		next = -1;
 
-	SpinLockAcquire(&kappa_launcher_shared->mutex);
+	LWLockAcquire(kappa_launcher_shared->lock, LW_SHARED);
 	nsources = kappa_launcher_shared->nsources;
 	sources = palloc(sizeof(KappaActiveSource) * (nsources + 1));
 	memcpy(sources, kappa_launcher_shared->sources, sizeof(KappaActiveSource) * nsources);
-	SpinLockRelease(&kappa_launcher_shared->mutex);
+	LWLockRelease(kappa_launcher_shared->lock);
 
 	for (int i = 0; i < kl_nworkers; i++)
 		kl_workers[i].wanted = false;
@@ -496,14 +610,23 @@ kl_reconcile(void)
 				args.slot = w->slot;
 				args.managed = true;
 				if (KappaStartWorker(&args, NULL, false, (void **) &w->handle))
+				{
 					w->started_at = now;
+					kl_set_problem(w, NULL);
+				}
 				else
 				{
-					ereport(LOG,
-							(errmsg("pg_kappa launcher: no free worker slot for source %d slot %d",
-									w->source_id, w->slot),
-							 errhint("Raise max_worker_processes.")));
-					w->next_start = TimestampTzPlusMilliseconds(now, 5000);
+					char		problem[128];
+
+					snprintf(problem, sizeof(problem),
+							 "no free background worker slot (max_worker_processes = %d)",
+							 max_worker_processes);
+					if (kl_set_problem(w, problem))
+						ereport(LOG,
+								(errmsg("pg_kappa launcher: no free worker slot for source %d slot %d",
+										w->source_id, w->slot),
+								 errhint("Raise max_worker_processes.")));
+					w->next_start = TimestampTzPlusMilliseconds(now, KAPPA_NO_SLOT_RETRY_MS);
 				}
 			}
 			if (w->handle == NULL)
@@ -516,6 +639,8 @@ kl_reconcile(void)
 		}
 		else if (!w->wanted && w->handle)
 			TerminateBackgroundWorker(w->handle);
+		if (!w->wanted)
+			kl_set_problem(w, NULL);
 	}
 
 	/* forget entries with nothing left to do */
@@ -555,8 +680,11 @@ KappaLauncherMain(Datum main_arg)
 
 	SpinLockAcquire(&kappa_launcher_shared->mutex);
 	kappa_launcher_shared->launcher_latch = &MyProc->procLatch;
-	kappa_launcher_shared->nsources = 0;
 	SpinLockRelease(&kappa_launcher_shared->mutex);
+	LWLockAcquire(kappa_launcher_shared->lock, LW_EXCLUSIVE);
+	kappa_launcher_shared->nsources = 0;
+	kappa_launcher_shared->nproblems = 0;
+	LWLockRelease(kappa_launcher_shared->lock);
 	before_shmem_exit(kl_launcher_exit, 0);
 
 	ereport(LOG, (errmsg("pg_kappa launcher started")));

@@ -32,6 +32,8 @@
 extern int	kappa_batch_size;
 extern int	kappa_max_latency_ms;
 extern int	kappa_stream_batch_memory_kb;
+extern int	kappa_batch_bytes_kb;
+extern double kappa_dead_letter_alert;
 extern void KappaDefineGucs(void);
 
 /* in pg_kappa.c */
