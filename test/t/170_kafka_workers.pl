@@ -156,10 +156,13 @@ kafka_wait($node, 'SELECT count(*), count(DISTINCT id) FROM w', '250|250', 'exac
 is(kafka_wait_other(), 't',
 	'exactly once in the other database');
 
-# pausing stops the workers; resuming brings them back
+# pausing stops the workers but the first, which holds no partition and
+# keeps the lag current; resuming brings them back
 $node->safe_psql('postgres', q{SELECT kappa.pause_source('w_par')});
 kafka_wait($node, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'},
-	1, 'paused source: its workers stop');
+	2, 'paused source: its workers stop, but one');
+kafka_wait($node, q{SELECT state, workers, partitions FROM kappa.sources WHERE source = 'w_par'},
+	'paused|1|0', 'paused source: one worker, no partition');
 $node->safe_psql('postgres', q{SELECT kappa.resume_source('w_par')});
 kafka_wait($node, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'},
 	3, 'resumed source: workers back');
