@@ -33,12 +33,20 @@ SELECT kappa.create_kafka_source('s_ts', target => 't_ts', topic => 'st',
 like($node->safe_psql('postgres', q{SELECT start FROM kappa.sources WHERE source = 's_ts'}),
 	qr/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\+00$/, 'timestamp start stored in UTC');
 
-# the start offsets are resolved and stored before anything else arrives
+# the start offsets are resolved and stored before anything else arrives:
+# latest and the timestamp at the end of each partition at once, earliest at
+# their start (it then reads up to the end; when is not for this check to
+# guess, so it waits for it)
 kafka_wait($node, q{SELECT count(*) FROM kappa.source_partitions}, 6,
 	'start offsets stored for every partition');
 is($node->safe_psql('postgres', q{
-SELECT source, sum(committed_offset) FROM kappa.source_partitions GROUP BY 1 ORDER BY 1}),
-	"s_earliest|100\ns_latest|100\ns_ts|100", 'start offsets');
+SELECT source, sum(committed_offset) FROM kappa.source_partitions
+ WHERE source IN ('s_latest', 's_ts') GROUP BY 1 ORDER BY 1}),
+	"s_latest|100\ns_ts|100", 'latest and timestamp start at the end');
+kafka_wait($node, q{SELECT sum(committed_offset) FROM kappa.source_partitions
+ WHERE source = 's_earliest'}, 100, 'earliest starts at the beginning and reads to the end');
+is($node->safe_psql('postgres', 'SELECT count(*), min(id) FROM t_earliest'), '100|1',
+	'earliest: every message before the source was created');
 
 kafka_produce($broker, 'st', [ map { qq({"id": $_}) } 101 .. 150 ]);
 kafka_wait($node, 'SELECT count(*), min(id) FROM t_earliest', '150|1', 'earliest: the whole topic');
