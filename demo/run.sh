@@ -177,9 +177,11 @@ then
     cat "$TMP/setup.log" >&2
     kappa_die "could not create the stream and views (is the engine built?)"
 fi
-kappa_log "creating the Kafka source payments_src: topic payments -> stream payments"
-"${PSQL[@]}" -c "SELECT kappa.create_kafka_source('payments_src',
-                   target => 'payments', topic => 'payments', brokers => '$BOOTSTRAP',
+kappa_log "creating the Kafka server kafka_dev and the source payments_src: topic payments -> stream payments"
+"${PSQL[@]}" -c "CREATE SERVER kafka_dev FOREIGN DATA WRAPPER kappa_kafka
+                   OPTIONS (brokers '$BOOTSTRAP')" \
+             -c "SELECT kappa.create_kafka_source('payments_src',
+                   target => 'payments', topic => 'payments', server => 'kafka_dev',
                    format => 'json', start => 'earliest')" >>"$TMP/setup.log" 2>&1 \
     || { cat "$TMP/setup.log" >&2; kappa_die "could not create the Kafka source"; }
 
@@ -229,7 +231,7 @@ view_count() {
     "${PSQL[@]}" -At -c "SELECT coalesce(sum(payments), 0) FROM payment_totals" 2>/dev/null || echo '?'
 }
 dead_count() {
-    "${PSQL[@]}" -At -c "SELECT count(*) FROM kappa.errors WHERE source = 'payments_src'" 2>/dev/null || echo '?'
+    "${PSQL[@]}" -At -c "SELECT coalesce(sum(messages), 0) FROM kappa.errors WHERE source = 'payments_src'" 2>/dev/null || echo '?'
 }
 snapshot() {
     "${PSQL[@]}" -P footer=off \
@@ -240,7 +242,7 @@ snapshot() {
         -c '\echo Cards with payments above 900 (view suspicious_cards)' \
         -c "SELECT * FROM suspicious_cards ORDER BY total DESC, card LIMIT 6" \
         -c '\echo Kafka source (kappa.sources) and its dead letters (kappa.errors)' \
-        -c "SELECT source, state, partitions, messages, lag, round(messages_per_sec) AS msgs_per_s, dead_letters, last_batch_at FROM kappa.sources" \
+        -c "SELECT source, state, partitions || '/' || partitions_in_topic AS partitions, messages, lag, round(messages_per_sec) AS msgs_per_s, dead_letters, recorded_gaps AS gaps, last_batch_at FROM kappa.sources" \
         -c "SELECT \"offset\", partition, left(convert_from(payload, 'UTF8'), 40) AS payload, left(error, 50) AS error FROM kappa.errors ORDER BY \"when\" DESC LIMIT 3" 2>&1
 }
 
@@ -291,7 +293,7 @@ if [ -s "$TMP/generator.log" ]; then
     echo "generator messages (last 5):"
     tail -n 5 "$TMP/generator.log"
 fi
-echo "messages produced: $generated = payments counted by the views: $counted + dead letters: $dead"
+echo "messages produced: $generated = payments counted by the views: $counted + dead letters and lost messages: $dead"
 status=0
 if [ "$counted" = '?' ] || [ "$dead" = '?' ] || [ $((counted + dead)) -ne "$generated" ]; then
     echo "MISMATCH: produced messages are neither counted nor kept as dead letters" >&2

@@ -249,7 +249,10 @@ SELECT s.name AS source,
            THEN format('%s%% of the messages of the last minute went to kappa.errors (kappa.dead_letter_alert is %s%%)%s',
                        round((100 * st.dead_letter_share)::numeric, 1),
                        round((100 * kappa.dead_letter_alert())::numeric, 1),
-                       coalesce('; last error: ' || st.last_error, ''))
+                       coalesce('; the last one: ' ||
+                                (SELECT d.error FROM kappa.dead_letters d
+                                  WHERE d.source_id = s.id AND d.kind = 'dead_letter'
+                                  ORDER BY d.id DESC LIMIT 1), ''))
          WHEN NOT s.paused AND st.live = 0 AND lp.problem IS NOT NULL
            THEN lp.problem
          ELSE st.last_error

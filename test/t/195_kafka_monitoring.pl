@@ -157,7 +157,7 @@ my $dl_error = $node->safe_psql('postgres', source_row($node, 'dl_src', 'last_er
 like($dl_error,
 	qr/^100\.0% of the messages of the last minute went to kappa\.errors \(kappa\.dead_letter_alert is 50\.0%\)/,
 	'last_error gives the share and the threshold');
-like($dl_error, qr/\); last error: .*division by zero/, 'and the last error');
+like($dl_error, qr/\); the last one: .*division by zero/, 'and the error of the last dead letter');
 is($node->safe_psql('postgres', q{
 SELECT count(*) FROM kappa.errors WHERE source = 'dl_src' AND error ~ 'division by zero'}),
 	200, 'every dead letter says division by zero');
