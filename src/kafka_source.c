@@ -34,6 +34,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
+#include "commands/trigger.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
 #include "foreign/foreign.h"
@@ -65,6 +66,10 @@ PG_FUNCTION_INFO_V1(kappa_pause_source);
 PG_FUNCTION_INFO_V1(kappa_resume_source);
 PG_FUNCTION_INFO_V1(kappa_resume_source_0_2);
 PG_FUNCTION_INFO_V1(kappa_drop_source);
+PG_FUNCTION_INFO_V1(kappa_source_arrives_paused);
+
+/* True while kappa.create_kafka_source inserts its catalog row. */
+static bool kappa_creating_source = false;
 
 /* Source ids whose workers must be started or woken when we commit. */
 static List *kappa_pending_starts = NIL;
@@ -709,12 +714,22 @@ kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("kafka source \"%s\" already exists", source->name)));
-	rc = SPI_execute_with_args("INSERT INTO kappa.source_catalog "
-							   "(name, owner, target, topic, server, brokers, format, start, "
-							   " on_data_loss, parallelism, options) "
-							   "VALUES ($1, $2, $3::pg_catalog.regclass, $4, $5, $6, $7, $8, $9, $10, $11) "
-							   "RETURNING id",
-							   11, argtypes, values, nulls, false, 1);
+	/* not a restored row: it does not arrive paused (see below) */
+	kappa_creating_source = true;
+	PG_TRY();
+	{
+		rc = SPI_execute_with_args("INSERT INTO kappa.source_catalog "
+								   "(name, owner, target, topic, server, brokers, format, start, "
+								   " on_data_loss, parallelism, options) "
+								   "VALUES ($1, $2, $3::pg_catalog.regclass, $4, $5, $6, $7, $8, $9, $10, $11) "
+								   "RETURNING id",
+								   11, argtypes, values, nulls, false, 1);
+	}
+	PG_FINALLY();
+	{
+		kappa_creating_source = false;
+	}
+	PG_END_TRY();
 	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 		elog(ERROR, "could not insert into kappa.source_catalog: %s",
 			 SPI_result_code_string(rc));
@@ -814,4 +829,38 @@ kappa_drop_source(PG_FUNCTION_ARGS)
 
 	kappa_after_commit(source, false);
 	PG_RETURN_VOID();
+}
+
+/*
+ * kappa_source_arrives_paused is the BEFORE INSERT trigger of
+ * kappa.source_catalog: a row that kappa.create_kafka_source does not insert
+ * -- pg_restore's COPY of a dump, above all -- arrives paused.  A restore
+ * loads the catalog, the offsets, the views and the rows in separate
+ * transactions; a source that ran meanwhile would store start offsets the
+ * dump's then collide with, or feed views not restored yet.  And a copy of
+ * a database should not start reading its original's topics by itself:
+ * kappa.resume_source() starts it when the restore is complete.
+ */
+Datum
+kappa_source_arrives_paused(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	tuple;
+	int			col;
+	Datum		value = BoolGetDatum(true);
+	bool		isnull = false;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("kappa.source_arrives_paused() must be a BEFORE INSERT row trigger")));
+	tuple = trigdata->tg_trigtuple;
+	if (kappa_creating_source)
+		return PointerGetDatum(tuple);
+	col = KappaCatalogAttnum(trigdata->tg_relation, "paused");
+	tuple = heap_modify_tuple_by_cols(tuple, RelationGetDescr(trigdata->tg_relation),
+									  1, &col, &value, &isnull);
+	return PointerGetDatum(tuple);
 }

@@ -1023,10 +1023,15 @@ kw_refresh_assignment(void)
 		}
 	}
 
-	/* resolve and store the start of partitions never seen, mine or not */
+	/*
+	 * Resolve and store the start of partitions never seen, mine or not --
+	 * only when consuming: a paused source may be one a restore has not
+	 * finished loading (its offsets come later, see
+	 * kappa_source_arrives_paused).
+	 */
 	for (int p = 0; p < npart; p++)
 	{
-		want[p] = kw_parts[p].exists && !known[p];
+		want[p] = kw_mode == KW_MODE_CONSUMING && kw_parts[p].exists && !known[p];
 		if (want[p])
 			nunknown++;
 	}

@@ -115,6 +115,18 @@ CREATE TABLE kappa.dead_letters (
 );
 CREATE INDEX ON kappa.dead_letters (source_id, partition, "offset");
 
+-- A source restored from a dump (a row not inserted by create_kafka_source)
+-- arrives paused: a restore loads the catalog, offsets, views and rows in
+-- separate transactions, and a copy of a database should not start reading
+-- its original's topics by itself.  kappa.resume_source() starts it.
+CREATE FUNCTION kappa.source_arrives_paused()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'kappa_source_arrives_paused'
+LANGUAGE C;
+CREATE TRIGGER restored_sources_arrive_paused
+  BEFORE INSERT ON kappa.source_catalog
+  FOR EACH ROW EXECUTE FUNCTION kappa.source_arrives_paused();
+
 SELECT pg_catalog.pg_extension_config_dump('kappa.source_catalog', '');
 SELECT pg_catalog.pg_extension_config_dump('kappa.source_catalog_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('kappa.source_offsets', '');

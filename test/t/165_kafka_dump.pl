@@ -8,8 +8,9 @@
 #    sources (kappa.sources), their committed offsets and dead letters, the
 #    target table's rows and the continuous views.  The original database's
 #    sources are paused before the restore (both databases read the same
-#    topics, each at its own offsets).  The restored sources run as their
-#    owner and resume exactly at the dumped offsets: after more messages (and
+#    topics, each at its own offsets).  The restored sources arrive paused
+#    (kappa.resume_source starts them when the restore is complete); then they
+#    run as their owner and resume exactly at the dumped offsets: after more messages (and
 #    dead letters, so the restored dead_letters_id_seq is used) the restored
 #    table and views hold every message exactly once and
 #    rows + dead letters = produced = sum of the committed offsets.  The
@@ -184,8 +185,19 @@ for my $k (qw(server mappings sources offsets dead_letters rows views))
 is(sql('restored', q{SELECT has_server_privilege('regress_ingest', 'kafka_dev', 'USAGE')}),
 	't', 'restored: the owner may use the server');
 
-# the restored sources start (nothing to read yet) as their owner, at the
-# dumped offsets
+# restored sources arrive paused (a restore loads the catalog, offsets and
+# rows in separate transactions; a copy should not read its original's
+# topics by itself): nothing moves until they are resumed
+wait_db('restored', q{SELECT string_agg(format('%s %s', source, state), ',' ORDER BY source)
+                        FROM kappa.sources},
+	'clicks_src paused,orders_src paused', 'restored: both sources arrive paused');
+is(sql('restored', $q{offsets}), $before{offsets},
+	'restored: paused, they stored no offsets of their own');
+sql('restored', q{SELECT kappa.resume_source('orders_src'); SELECT kappa.resume_source('clicks_src')},
+	'regress_ingest');
+
+# resumed, they start (nothing to read yet) as their owner, at the dumped
+# offsets
 wait_db('restored', q{SELECT string_agg(format('%s %s %s', source, state, workers), ',' ORDER BY source)
                         FROM kappa.sources},
 	'clicks_src running 1,orders_src running 1', 'restored: both sources running, one worker each');

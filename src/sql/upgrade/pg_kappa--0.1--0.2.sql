@@ -279,6 +279,20 @@ $$;
 ALTER TABLE kappa.source_catalog
     ADD CHECK ((server IS NULL) <> (brokers IS NULL));
 
+-- A source restored from a dump (a row not inserted by create_kafka_source)
+-- arrives paused: a restore loads the catalog, offsets, views and rows in
+-- separate transactions, and a copy of a database should not start reading
+-- its original's topics by itself.  kappa.resume_source() starts it.
+CREATE FUNCTION kappa.source_arrives_paused()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'kappa_source_arrives_paused'
+LANGUAGE C;
+CREATE TRIGGER restored_sources_arrive_paused
+  BEFORE INSERT ON kappa.source_catalog
+  FOR EACH ROW EXECUTE FUNCTION kappa.source_arrives_paused();
+
+
+
 DROP FUNCTION kappa.create_kafka_source(text, text, text, text, text, text, integer, jsonb);
 CREATE FUNCTION kappa.create_kafka_source(name text,
                                           target text,
