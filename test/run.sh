@@ -102,6 +102,7 @@ run_suite() {
     # TAP_TESTS= : PGXS's installcheck would run the TAP tests too; they are
     # the prove-check suite here.
     kappa_as_pg_user timeout -k 15 "$left" \
+        env TEMP_CONFIG="$WORK/test/tap.conf" \
         make PG_CONFIG="$KAPPA_PG_BIN/pg_config" TAP_TESTS= \
              PROVE_FLAGS="${KAPPA_PROVE_FLAGS:-}" "$name" \
         </dev/null 2>&1 | tee "$LOGS/$name.log"
@@ -212,6 +213,20 @@ suite_prove_check() {
     fi
 }
 
+# No error any test provokes may be an internal one (SQLSTATE XX000): every
+# server logs its errors' SQLSTATEs (test/regress.conf, test/tap.conf).
+check_internal_errors() {
+    local found
+    found=$(grep -rh --include='*.log' -e ' XX000 ' log output_iso/log tmp_check/log 2>/dev/null)
+    if [ -n "$found" ]; then
+        record "no XX000" 0 1
+        echo "----- internal errors (XX000) in the servers' logs -----"
+        printf '%s\n' "$found" | head -n 50
+    else
+        record "no XX000" 1 0
+    fi
+}
+
 i=${#SUITES[@]}
 for s in "${SUITES[@]}"; do
     i=$((i - 1))
@@ -222,5 +237,6 @@ for s in "${SUITES[@]}"; do
         prove-check)    suite_prove_check "$i" ;;
     esac
 done
+check_internal_errors
 
 finish
