@@ -156,9 +156,9 @@ for my $t (qw(lf lr))
 		qq{SELECT state, workers, partitions FROM kappa.sources WHERE source = '$t'},
 		'paused|1|0', "$t: paused, one worker holding no partition");
 }
+produce($_, 100, 60099) for qw(lf lr);
 for my $t (qw(lf lr))
 {
-	produce($t, 100, 60099);
 	kafka_wait($node,
 		qq{SELECT lag, high_watermarks FROM kappa.sources WHERE source = '$t'},
 		'60000|{60100}', "$t: the lag of the paused source counts the 60,000 new messages");
@@ -299,12 +299,30 @@ kafka_wait($node,
 	    FROM kappa.sources},
 	'lf:fail:running:1:1:0,lr:record:running:1:1:0',
 	'lf back to on_data_loss fail; both read to the end', 90);
-my $before = $node->safe_psql('postgres', q{
-SELECT string_agg(concat_ws(':', source, (SELECT count(*) FROM kappa.errors e WHERE e.source = s.source),
-                            messages), ',' ORDER BY source)
+# what each source holds now, in full: rows, dead letters, gaps, lost
+my %final = map { $_ => expected($_, 100, $lo{$_}) } qw(lf lr);
+my $final = join(',', map {
+	"$_:$produced{$_}:$final{$_}{rows}:$final{$_}{dead}:1:@{[ $lo{$_} - 100 ]}"
+} qw(lf lr));
+my $holds = q{
+WITH r (source, n) AS (SELECT 'lf', count(*) FROM lf_t UNION ALL SELECT 'lr', count(*) FROM lr_t)
+SELECT string_agg(concat_ws(':', s.source, r.n + s.dead_letters + s.lost_messages, r.n,
+                            s.dead_letters, s.recorded_gaps, s.lost_messages), ',' ORDER BY s.source)
+  FROM kappa.sources s JOIN r USING (source)};
+is($node->safe_psql('postgres', $holds), $final,
+	'both: produced = rows + dead letters + lost, before the broker is replaced');
+kafka_wait($node, q{
+WITH r (source, n) AS (SELECT 'lf', count(*) FROM lf_t UNION ALL SELECT 'lr', count(*) FROM lr_t)
+SELECT string_agg(s.source || ':' || s.messages || ':' || r.n, ',' ORDER BY s.source)
+  FROM kappa.sources s JOIN r USING (source)},
+	"lf:$final{lf}{rows}:$final{lf}{rows},lr:$final{lr}{rows}:$final{lr}{rows}",
+	'kappa.sources.messages counts the rows applied, across worker restarts');
+my $counted = $node->safe_psql('postgres', q{
+SELECT string_agg(concat_ws(':', source, messages,
+                            (SELECT count(*) FROM kappa.errors e WHERE e.source = s.source)),
+                  ',' ORDER BY source)
   FROM kappa.sources s});
-my $rows_before = $node->safe_psql('postgres',
-	q{SELECT (SELECT count(*) FROM lf_t) || ',' || (SELECT count(*) FROM lr_t)});
+note "messages and kappa.errors rows: $counted";
 
 kafka_stop_broker($broker);
 $broker = undef;
@@ -332,14 +350,14 @@ produce($_, 0, 4) for qw(lf lr);
 kafka_wait($node,
 	q{SELECT string_agg(source || ':' || high_watermarks::text, ',' ORDER BY source) FROM kappa.sources},
 	'lf:{5},lr:{5}', 'the failed sources see the new partitions\' 5 messages');
+is($node->safe_psql('postgres', $holds), $final,
+	'past the end: nothing applied, no gap recorded, no dead letter');
 is($node->safe_psql('postgres', q{
-SELECT string_agg(concat_ws(':', source, (SELECT count(*) FROM kappa.errors e WHERE e.source = s.source),
-                            messages), ',' ORDER BY source)
+SELECT string_agg(concat_ws(':', source, messages,
+                            (SELECT count(*) FROM kappa.errors e WHERE e.source = s.source)),
+                  ',' ORDER BY source)
   FROM kappa.sources s}),
-	$before, 'past the end: no gap recorded, no dead letter, nothing counted');
-is($node->safe_psql('postgres',
-		q{SELECT (SELECT count(*) FROM lf_t) || ',' || (SELECT count(*) FROM lr_t)}),
-	$rows_before, 'past the end: nothing applied');
+	$counted, 'past the end: no message counted, no row added to kappa.errors');
 is($node->safe_psql('postgres',
 		q{SELECT string_agg(source || ':' || state || ':' || committed_offsets::text, ',' ORDER BY source)
 		    FROM kappa.sources}),
