@@ -327,6 +327,24 @@ load_stream_info(Oid relid)
 }
 
 /*
+ * KappaStreamBackingRelid returns the retained-rows table of a stream, or
+ * InvalidOid if it keeps no rows; what a scan of the stream needs, without
+ * loading (and locking) its views as KappaGetStreamInfo does.
+ */
+Oid
+KappaStreamBackingRelid(Oid relid)
+{
+	KappaStreamInfo info;
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+
+	memset(&info, 0, sizeof(info));
+	scan_catalog_rows("stream_catalog", "stream", relid, snapshot,
+					  read_stream_row, &info);
+	UnregisterSnapshot(snapshot);
+	return info.backingRelid;
+}
+
+/*
  * KappaGetStreamInfo returns the cached description of a stream, loading it
  * if needed.  The caller holds a lock on the stream.  The result stays
  * allocated until KappaReleaseStreamInfo, even if an invalidation arrives

@@ -103,6 +103,7 @@ extern bool KappaOptionIsKappa(const char *key);
 extern void KappaCheckKafkaProperty(const char *name, const char *value,
 									KappaOptionLevel level, Oid role);
 extern void KappaCheckSourceOptions(KappaSource *source, Oid role);
+extern List *KappaSourceOptionList(KappaSource *source);
 extern List *KappaSourceKafkaOptions(KappaSource *source);
 extern struct ForeignServer *KappaKafkaServer(const char *name);
 extern char *KappaJsonbScalarText(JsonbValue *v);

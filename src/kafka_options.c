@@ -601,12 +601,12 @@ KappaJsonbScalarText(JsonbValue *v)
 }
 
 /*
- * KappaSourceKafkaOptions returns the librdkafka properties among a
- * source's options as a list of DefElem (string values); raises an error
- * for a value that is not a scalar.
+ * KappaSourceOptionList returns a source's options as a list of DefElem, in
+ * their order, each with its value as text (a String), or with no value
+ * (arg NULL) for null, objects and arrays.
  */
 List *
-KappaSourceKafkaOptions(KappaSource *source)
+KappaSourceOptionList(KappaSource *source)
 {
 	List	   *result = NIL;
 	JsonbIterator *it;
@@ -626,14 +626,36 @@ KappaSourceKafkaOptions(KappaSource *source)
 			key = pnstrdup(v.val.string.val, v.val.string.len);
 			continue;
 		}
-		if (tok != WJB_VALUE || key == NULL || KappaOptionIsKappa(key))
+		if (tok != WJB_VALUE || key == NULL)
 			continue;
 		value = KappaJsonbScalarText(&v);
-		if (value == NULL)
+		result = lappend(result, makeDefElem(key, value ? (Node *) makeString(value) : NULL, -1));
+	}
+	return result;
+}
+
+/*
+ * KappaSourceKafkaOptions returns the librdkafka properties among a
+ * source's options (KappaSourceOptionList); raises an error for a value
+ * that is not a scalar.
+ */
+List *
+KappaSourceKafkaOptions(KappaSource *source)
+{
+	List	   *result = NIL;
+	ListCell   *lc;
+
+	foreach(lc, KappaSourceOptionList(source))
+	{
+		DefElem    *def = lfirst(lc);
+
+		if (KappaOptionIsKappa(def->defname))
+			continue;
+		if (def->arg == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("option \"%s\" must be a string, a number or a boolean", key)));
-		result = lappend(result, makeDefElem(key, (Node *) makeString(value), -1));
+					 errmsg("option \"%s\" must be a string, a number or a boolean", def->defname)));
+		result = lappend(result, def);
 	}
 	return result;
 }

@@ -142,38 +142,26 @@ kappa_parse_bytes(const char *key, const char *value)
 static void
 kappa_apply_own_options(KappaSource *source)
 {
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken tok;
-	char	   *key = NULL;
+	ListCell   *lc;
 
 	source->batch_size = -1;
 	source->max_latency_ms = -1;
 	source->batch_bytes = -1;
-	if (source->options == NULL || !JB_ROOT_IS_OBJECT(source->options))
-		return;
-
-	it = JsonbIteratorInit(&source->options->root);
-	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	foreach(lc, KappaSourceOptionList(source))
 	{
-		char	   *value;
+		DefElem    *def = lfirst(lc);
+		char	   *value = def->arg ? strVal(def->arg) : NULL;
 
-		if (tok == WJB_KEY)
-		{
-			key = pnstrdup(v.val.string.val, v.val.string.len);
+		if (value == NULL)
 			continue;
-		}
-		if (tok != WJB_VALUE || key == NULL)
-			continue;
-		value = KappaJsonbScalarText(&v);
-		if (strcmp(key, "batch_size") == 0 && value)
-			source->batch_size = kappa_parse_positive(key, value);
-		else if (strcmp(key, "max_latency") == 0 && value)
-			source->max_latency_ms = kappa_parse_ms(key, value);
-		else if (strcmp(key, "max_message_bytes") == 0 && value)
-			(void) kappa_parse_positive(key, value);
-		else if (strcmp(key, "batch_bytes") == 0 && value)
-			source->batch_bytes = kappa_parse_bytes(key, value);
+		if (strcmp(def->defname, "batch_size") == 0)
+			source->batch_size = kappa_parse_positive(def->defname, value);
+		else if (strcmp(def->defname, "max_latency") == 0)
+			source->max_latency_ms = kappa_parse_ms(def->defname, value);
+		else if (strcmp(def->defname, "max_message_bytes") == 0)
+			(void) kappa_parse_positive(def->defname, value);
+		else if (strcmp(def->defname, "batch_bytes") == 0)
+			source->batch_bytes = kappa_parse_bytes(def->defname, value);
 	}
 }
 

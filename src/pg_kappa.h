@@ -122,6 +122,7 @@ typedef struct KappaStreamInfo
 
 extern bool KappaIsStream(Oid relid);
 extern KappaStreamInfo *KappaGetStreamInfo(Oid relid);
+extern Oid	KappaStreamBackingRelid(Oid relid);
 extern void KappaReleaseStreamInfo(KappaStreamInfo *info);
 extern void KappaInvalidateStream(Oid relid);
 extern Oid	KappaStreamServerOid(bool missing_ok);

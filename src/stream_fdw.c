@@ -106,7 +106,6 @@ stream_begin_scan(ForeignScanState *node, int eflags)
 	Relation	rel = node->ss.ss_currentRelation;
 	Oid			relid = RelationGetRelid(rel);
 	StreamScanState *st;
-	KappaStreamInfo *info;
 	Oid			backingRelid;
 	TupleDesc	sdesc = RelationGetDescr(rel);
 
@@ -119,9 +118,7 @@ stream_begin_scan(ForeignScanState *node, int eflags)
 	if (st->batch != NULL)
 		return;
 
-	info = KappaGetStreamInfo(relid);
-	backingRelid = info->backingRelid;
-	KappaReleaseStreamInfo(info);
+	backingRelid = KappaStreamBackingRelid(relid);
 	if (!OidIsValid(backingRelid))
 		ereport(ERROR,
 				(errcode(ERRCODE_KAPPA_NO_STREAM_ROWS),
