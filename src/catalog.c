@@ -59,14 +59,6 @@ typedef struct StreamCacheEntry
 	KappaStreamInfo *info;		/* NULL until loaded */
 } StreamCacheEntry;
 
-/* One row of kappa.view_catalog, as read by load_stream_info. */
-typedef struct ViewCatalogRow
-{
-	Oid			view;
-	Oid			mat;
-	Oid			def;
-} ViewCatalogRow;
-
 static HTAB *kappa_stream_cache = NULL;
 static MemoryContext kappa_cache_cxt = NULL;
 static List *kappa_retired = NIL;	/* invalidated infos still in use */
@@ -232,9 +224,10 @@ static void
 read_view_row(Relation rel, Datum *values, bool *nulls, void *arg)
 {
 	List	  **rows = arg;
-	ViewCatalogRow *row = palloc(sizeof(ViewCatalogRow));
+	KappaViewRow *row = palloc(sizeof(KappaViewRow));
 
 	row->view = DatumGetObjectId(values[KappaCatalogAttnum(rel, "view") - 1]);
+	row->stream = DatumGetObjectId(values[KappaCatalogAttnum(rel, "stream") - 1]);
 	row->mat = DatumGetObjectId(values[KappaCatalogAttnum(rel, "mat") - 1]);
 	row->def = DatumGetObjectId(values[KappaCatalogAttnum(rel, "def") - 1]);
 	*rows = lappend(*rows, row);
@@ -243,8 +236,8 @@ read_view_row(Relation rel, Datum *values, bool *nulls, void *arg)
 static int
 view_row_cmp(const ListCell *a, const ListCell *b)
 {
-	Oid			va = ((ViewCatalogRow *) lfirst(a))->view;
-	Oid			vb = ((ViewCatalogRow *) lfirst(b))->view;
+	Oid			va = ((KappaViewRow *) lfirst(a))->view;
+	Oid			vb = ((KappaViewRow *) lfirst(b))->view;
 
 	return va < vb ? -1 : (va > vb ? 1 : 0);
 }
@@ -285,7 +278,7 @@ load_stream_info(Oid relid)
 
 		foreach(lc, rows)
 		{
-			ViewCatalogRow *row = lfirst(lc);
+			KappaViewRow *row = lfirst(lc);
 			KappaViewInfo *vinfo;
 
 			/*
@@ -324,6 +317,42 @@ load_stream_info(Oid relid)
 	kappa_loading_relids = NIL;
 	list_free_deep(rows);
 	return info;
+}
+
+/*
+ * KappaFindView looks up the catalog row of the continuous view whose
+ * column 'column' ("view", "mat" or "def") is 'relid', as committed now;
+ * fills *row and returns true if there is one.
+ */
+bool
+KappaFindView(const char *column, Oid relid, KappaViewRow *row)
+{
+	Relation	rel = KappaCatalogTable("view_catalog");
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	ScanKeyData skey;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	bool		found;
+
+	ScanKeyInit(&skey, KappaCatalogAttnum(rel, column), BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(relid));
+	scan = table_beginscan(rel, snapshot, 1, &skey);
+	slot = table_slot_create(rel, NULL);
+	found = table_scan_getnextslot(scan, ForwardScanDirection, slot);
+	if (found)
+	{
+		bool		isnull;
+
+		row->view = DatumGetObjectId(slot_getattr(slot, KappaCatalogAttnum(rel, "view"), &isnull));
+		row->stream = DatumGetObjectId(slot_getattr(slot, KappaCatalogAttnum(rel, "stream"), &isnull));
+		row->mat = DatumGetObjectId(slot_getattr(slot, KappaCatalogAttnum(rel, "mat"), &isnull));
+		row->def = DatumGetObjectId(slot_getattr(slot, KappaCatalogAttnum(rel, "def"), &isnull));
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	return found;
 }
 
 /*

@@ -123,6 +123,17 @@ typedef struct KappaStreamInfo
 extern bool KappaIsStream(Oid relid);
 extern KappaStreamInfo *KappaGetStreamInfo(Oid relid);
 extern Oid	KappaStreamBackingRelid(Oid relid);
+
+/* One row of kappa.view_catalog. */
+typedef struct KappaViewRow
+{
+	Oid			view;			/* the user-facing view */
+	Oid			stream;
+	Oid			mat;			/* materialization */
+	Oid			def;			/* definition */
+} KappaViewRow;
+
+extern bool KappaFindView(const char *column, Oid relid, KappaViewRow *row);
 extern void KappaReleaseStreamInfo(KappaStreamInfo *info);
 extern void KappaInvalidateStream(Oid relid);
 extern Oid	KappaStreamServerOid(bool missing_ok);

@@ -48,41 +48,6 @@
 PG_FUNCTION_INFO_V1(kappa_refuse_materialization_change);
 PG_FUNCTION_INFO_V1(kappa_sync_view_owner);
 
-/*
- * Find the catalog row of the continuous view whose column 'column' (view,
- * mat or def) is 'relid'; sets the three relations and returns true if
- * there is one.
- */
-static bool
-find_view_row(const char *column, Oid relid, Oid *view, Oid *mat, Oid *def)
-{
-	Relation	rel = KappaCatalogTable("view_catalog");
-	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	ScanKeyData skey;
-	TableScanDesc scan;
-	TupleTableSlot *slot;
-	bool		found;
-
-	ScanKeyInit(&skey, KappaCatalogAttnum(rel, column), BTEqualStrategyNumber,
-				F_OIDEQ, ObjectIdGetDatum(relid));
-	scan = table_beginscan(rel, snapshot, 1, &skey);
-	slot = table_slot_create(rel, NULL);
-	found = table_scan_getnextslot(scan, ForwardScanDirection, slot);
-	if (found)
-	{
-		bool		isnull;
-
-		*view = DatumGetObjectId(slot_getattr(slot, KappaCatalogAttnum(rel, "view"), &isnull));
-		*mat = DatumGetObjectId(slot_getattr(slot, KappaCatalogAttnum(rel, "mat"), &isnull));
-		*def = DatumGetObjectId(slot_getattr(slot, KappaCatalogAttnum(rel, "def"), &isnull));
-	}
-	ExecDropSingleTupleTableSlot(slot);
-	table_endscan(scan);
-	UnregisterSnapshot(snapshot);
-	table_close(rel, AccessShareLock);
-	return found;
-}
-
 /* "schema.name" of a relation, for messages. */
 static char *
 qualified_rel_name(Oid relid)
@@ -106,16 +71,15 @@ kappa_refuse_materialization_change(PG_FUNCTION_ARGS)
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	Oid			matRelid;
 	Oid			view = InvalidOid;
-	Oid			mat;
-	Oid			def;
+	KappaViewRow row;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("kappa.refuse_materialization_change() must be called as a trigger")));
 	matRelid = RelationGetRelid(trigdata->tg_relation);
-	if (!find_view_row("mat", matRelid, &view, &mat, &def))
-		view = InvalidOid;
+	if (KappaFindView("mat", matRelid, &row))
+		view = row.view;
 
 	ereport(ERROR,
 			(errcode(ERRCODE_WRONG_OBJECT_TYPE),
@@ -140,25 +104,23 @@ Datum
 kappa_sync_view_owner(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
-	Oid			view;
-	Oid			mat;
-	Oid			def;
+	KappaViewRow row;
 	HeapTuple	tuple;
 	Oid			owner;
 
-	if (!find_view_row("view", relid, &view, &mat, &def))
+	if (!KappaFindView("view", relid, &row))
 		PG_RETURN_VOID();
-	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(view));
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(row.view));
 	if (!HeapTupleIsValid(tuple))
 		PG_RETURN_VOID();
 	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
 	ReleaseSysCache(tuple);
 
 	/* ATExecChangeOwner checks nothing and fires no event trigger */
-	if (get_rel_relkind(mat) != '\0')
-		ATExecChangeOwner(mat, owner, false, AccessExclusiveLock);
-	if (get_rel_relkind(def) != '\0')
-		ATExecChangeOwner(def, owner, false, AccessExclusiveLock);
-	KappaInvalidateStream(view);
+	if (get_rel_relkind(row.mat) != '\0')
+		ATExecChangeOwner(row.mat, owner, false, AccessExclusiveLock);
+	if (get_rel_relkind(row.def) != '\0')
+		ATExecChangeOwner(row.def, owner, false, AccessExclusiveLock);
+	KappaInvalidateStream(row.view);
 	PG_RETURN_VOID();
 }

@@ -961,35 +961,14 @@ lookup_continuous_view(const char *name, Oid *streamRelid)
 {
 	RangeVar   *rv = KappaMakeRangeVar(name);
 	Oid			relid = RangeVarGetRelid(rv, AccessShareLock, false);
-	Relation	rel = KappaCatalogTable("view_catalog");
-	ScanKeyData skey;
-	TableScanDesc scan;
-	TupleTableSlot *slot;
-	bool		found;
+	KappaViewRow row;
 
-	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
-
-	ScanKeyInit(&skey, KappaCatalogAttnum(rel, "view"), BTEqualStrategyNumber,
-				F_OIDEQ, ObjectIdGetDatum(relid));
-	scan = table_beginscan(rel, snapshot, 1, &skey);
-	slot = table_slot_create(rel, NULL);
-	found = table_scan_getnextslot(scan, ForwardScanDirection, slot);
-	if (found)
-	{
-		bool		isnull;
-
-		*streamRelid = DatumGetObjectId(slot_getattr(slot, KappaCatalogAttnum(rel, "stream"),
-													 &isnull));
-	}
-	ExecDropSingleTupleTableSlot(slot);
-	table_endscan(scan);
-	UnregisterSnapshot(snapshot);
-	table_close(rel, AccessShareLock);
-	if (!found)
+	if (!KappaFindView("view", relid, &row))
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("\"%s\" is not a continuous view", name),
 				 errhint("Use DROP VIEW or DROP TABLE for other relations.")));
+	*streamRelid = row.stream;
 	return relid;
 }
 
@@ -1019,34 +998,6 @@ kappa_drop_view(PG_FUNCTION_ARGS)
 
 PG_FUNCTION_INFO_V1(kappa_view_stats);
 
-/* The materialization of continuous view 'view', or InvalidOid. */
-static Oid
-lookup_materialization(Oid view, Snapshot snapshot)
-{
-	Relation	rel = KappaCatalogTable("view_catalog");
-	ScanKeyData skey;
-	TableScanDesc scan;
-	TupleTableSlot *slot;
-	Oid			mat = InvalidOid;
-
-	ScanKeyInit(&skey, KappaCatalogAttnum(rel, "view"), BTEqualStrategyNumber,
-				F_OIDEQ, ObjectIdGetDatum(view));
-	scan = table_beginscan(rel, snapshot, 1, &skey);
-	slot = table_slot_create(rel, NULL);
-	if (table_scan_getnextslot(scan, ForwardScanDirection, slot))
-	{
-		bool		isnull;
-		Datum		d = slot_getattr(slot, KappaCatalogAttnum(rel, "mat"), &isnull);
-
-		if (!isnull)
-			mat = DatumGetObjectId(d);
-	}
-	ExecDropSingleTupleTableSlot(slot);
-	table_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return mat;
-}
-
 /*
  * kappa.view_stats(view) returns the number of groups, the rows applied and
  * the last update of a continuous view; NULLs if the caller may not read
@@ -1060,15 +1011,15 @@ kappa_view_stats(PG_FUNCTION_ARGS)
 	TupleDesc	tupdesc;
 	Datum		values[3];
 	bool		nulls[3] = {true, true, true};
-	Oid			mat;
+	KappaViewRow row;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
 	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK &&
-		OidIsValid(mat = lookup_materialization(relid, GetActiveSnapshot())))
+		KappaFindView("view", relid, &row))
 	{
-		Relation	rel = try_relation_open(mat, AccessShareLock);
+		Relation	rel = try_relation_open(row.mat, AccessShareLock);
 
 		if (rel != NULL)
 		{
