@@ -311,7 +311,7 @@ kafka_property_names(void)
 	fclose(out);
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
-	/* rows of librdkafka's table: "name | C/P | range | default | importance | description" */
+	/* rows of librdkafka's table: name | C/P | range | default | ... */
 	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
 	{
 		char	   *bar = strchr(line, '|');
@@ -327,8 +327,10 @@ kafka_property_names(void)
 		for (char *p = name + strlen(name) - 1; p >= name && *p == ' '; p--)
 			*p = '\0';
 		foreach(lc, names)
+		{
 			if (strcmp(lfirst(lc), name) == 0)
 				dup = true;
+		}
 		if (!dup)
 			names = lappend(names, name);
 	}
@@ -345,8 +347,10 @@ kafka_property_known(const char *name)
 	ListCell   *lc;
 
 	foreach(lc, kafka_property_names())
+	{
 		if (strcmp(lfirst(lc), name) == 0)
 			return true;
+	}
 	return false;
 }
 
@@ -559,23 +563,23 @@ KappaKafkaServer(const char *name)
 static List *
 user_mapping_options(Oid role, Oid serverid)
 {
-	HeapTuple	tp;
+	HeapTuple	mapping;
 	Datum		datum;
 	bool		isnull;
 	List	   *options = NIL;
 
-	tp = SearchSysCache2(USERMAPPINGUSERSERVER, ObjectIdGetDatum(role),
-						 ObjectIdGetDatum(serverid));
-	if (!HeapTupleIsValid(tp))
-		tp = SearchSysCache2(USERMAPPINGUSERSERVER, ObjectIdGetDatum(InvalidOid),
-							 ObjectIdGetDatum(serverid));
-	if (!HeapTupleIsValid(tp))
+	mapping = SearchSysCache2(USERMAPPINGUSERSERVER, ObjectIdGetDatum(role),
+							  ObjectIdGetDatum(serverid));
+	if (!HeapTupleIsValid(mapping))
+		mapping = SearchSysCache2(USERMAPPINGUSERSERVER, ObjectIdGetDatum(InvalidOid),
+								  ObjectIdGetDatum(serverid));
+	if (!HeapTupleIsValid(mapping))
 		return NIL;
-	datum = SysCacheGetAttr(USERMAPPINGUSERSERVER, tp, Anum_pg_user_mapping_umoptions,
+	datum = SysCacheGetAttr(USERMAPPINGUSERSERVER, mapping, Anum_pg_user_mapping_umoptions,
 							&isnull);
 	if (!isnull)
 		options = untransformRelOptions(datum);
-	ReleaseSysCache(tp);
+	ReleaseSysCache(mapping);
 	return options;
 }
 

@@ -104,7 +104,7 @@
 /* Timings */
 #define KW_CATALOG_CHECK_MS		1000	/* re-read the source between batches */
 #define KW_STATUS_FLUSH_MS		2000	/* write kappa.source_status */
-#define KW_WATERMARKS_MS		5000	/* ends of every partition of the topic */
+#define KW_WATERMARKS_MS		5000	/* ends of all the topic's partitions */
 #define KW_METADATA_MS			5000	/* partitions of the topic */
 #define KW_METADATA_BACKOFF_MIN_MS	500
 #define KW_METADATA_BACKOFF_MAX_MS	10000

@@ -840,12 +840,12 @@ static char *
 deparse_query_qualified(Query *query)
 {
 	KappaSavedUser saved;
-	char	   *text;
+	char	   *querytext;
 
 	KappaBecomeUser(GetUserId(), &saved);
-	text = pg_get_querydef(query, false);
+	querytext = pg_get_querydef(query, false);
 	KappaRestoreUser(&saved);
-	return text;
+	return querytext;
 }
 
 /*

@@ -468,7 +468,9 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	{
 		Relation	candidate = index_open(lfirst_oid(lc), AccessShareLock);
 		int			nkeycols = Max(view->nkeys, 1);
-		bool		match = candidate->rd_index->indisunique &&
+		bool		match;
+
+		match = candidate->rd_index->indisunique &&
 			candidate->rd_index->indnkeyatts == nkeycols &&
 			candidate->rd_indexprs == NIL && candidate->rd_indpred == NIL;
 
