@@ -65,7 +65,7 @@ KappaAggStateType(Aggref *aggref)
  * get_fn_expr_argtype): combinefn(state, state).
  */
 static Expr *
-make_combinefn_expr(Oid transtype, Oid collation, Oid combinefn)
+agg_combinefn_expr(Oid transtype, Oid collation, Oid combinefn)
 {
 	Param	   *arg = makeNode(Param);
 
@@ -118,8 +118,8 @@ KappaAggMergeInit(KappaAggMerge *merge, Aggref *aggref)
 	if (!OidIsValid(aggform->aggcombinefn))
 		elog(ERROR, "aggregate %u has no combine function", aggref->aggfnoid);
 
-	combinefnexpr = make_combinefn_expr(merge->transtype, aggref->inputcollid,
-										aggform->aggcombinefn);
+	combinefnexpr = agg_combinefn_expr(merge->transtype, aggref->inputcollid,
+									   aggform->aggcombinefn);
 	fmgr_info(aggform->aggcombinefn, &merge->combinefn);
 	fmgr_info_set_expr((Node *) combinefnexpr, &merge->combinefn);
 
@@ -169,8 +169,8 @@ KappaMakeAggContext(ExprContext *econtext)
 
 /* Call a one- or two-argument aggregate support function in agg context. */
 static Datum
-call_support(FmgrInfo *flinfo, AggState *aggcontext, Oid collation, int nargs,
-			 Datum arg1, bool null1, Datum arg2, bool null2, bool *isnull)
+agg_call_support(FmgrInfo *flinfo, AggState *aggcontext, Oid collation, int nargs,
+				 Datum arg1, bool null1, Datum arg2, bool null2, bool *isnull)
 {
 	LOCAL_FCINFO(fcinfo, FUNC_MAX_ARGS);
 	Datum		result;
@@ -208,8 +208,8 @@ call_support(FmgrInfo *flinfo, AggState *aggcontext, Oid collation, int nargs,
 
 /* Turn a stored (or delta) state into the in-memory transition value. */
 static Datum
-state_from_stored(KappaAggMerge *merge, AggState *aggcontext,
-				  Datum stored, bool storedNull, bool *isnull)
+agg_state_from_stored(KappaAggMerge *merge, AggState *aggcontext,
+					  Datum stored, bool storedNull, bool *isnull)
 {
 	if (storedNull)
 	{
@@ -217,8 +217,8 @@ state_from_stored(KappaAggMerge *merge, AggState *aggcontext,
 		return (Datum) 0;
 	}
 	if (merge->internalState)
-		return call_support(&merge->deserialfn, aggcontext, InvalidOid, 2,
-							stored, false, (Datum) 0, false, isnull);
+		return agg_call_support(&merge->deserialfn, aggcontext, InvalidOid, 2,
+								stored, false, (Datum) 0, false, isnull);
 	*isnull = false;
 	/* combine functions may modify their first argument in place */
 	return datumCopy(stored, merge->transtypByVal, merge->transtypLen);
@@ -244,7 +244,7 @@ KappaAggCombineAndFinalize(KappaAggMerge *merge, AggState *aggcontext,
 
 	if (!haveStored)
 	{
-		trans = state_from_stored(merge, aggcontext, delta, deltaNull, &transNull);
+		trans = agg_state_from_stored(merge, aggcontext, delta, deltaNull, &transNull);
 		*newState = delta;
 		*newStateNull = deltaNull;
 	}
@@ -255,8 +255,8 @@ KappaAggCombineAndFinalize(KappaAggMerge *merge, AggState *aggcontext,
 		bool		aNull,
 					bNull;
 
-		a = state_from_stored(merge, aggcontext, stored, storedNull, &aNull);
-		b = state_from_stored(merge, aggcontext, delta, deltaNull, &bNull);
+		a = agg_state_from_stored(merge, aggcontext, stored, storedNull, &aNull);
+		b = agg_state_from_stored(merge, aggcontext, delta, deltaNull, &bNull);
 		if (merge->combinefn.fn_strict && (aNull || bNull))
 		{
 			/* as the executor does: a null state takes the other one */
@@ -264,9 +264,9 @@ KappaAggCombineAndFinalize(KappaAggMerge *merge, AggState *aggcontext,
 			transNull = aNull ? bNull : aNull;
 		}
 		else
-			trans = call_support(&merge->combinefn, aggcontext,
-								 merge->inputCollid, 2,
-								 a, aNull, b, bNull, &transNull);
+			trans = agg_call_support(&merge->combinefn, aggcontext,
+									 merge->inputCollid, 2,
+									 a, aNull, b, bNull, &transNull);
 
 		if (transNull)
 		{
@@ -274,9 +274,9 @@ KappaAggCombineAndFinalize(KappaAggMerge *merge, AggState *aggcontext,
 			*newStateNull = true;
 		}
 		else if (merge->internalState)
-			*newState = call_support(&merge->serialfn, aggcontext, InvalidOid, 1,
-									 trans, false, (Datum) 0, false,
-									 newStateNull);
+			*newState = agg_call_support(&merge->serialfn, aggcontext, InvalidOid, 1,
+										 trans, false, (Datum) 0, false,
+										 newStateNull);
 		else
 		{
 			*newState = trans;
@@ -291,9 +291,9 @@ KappaAggCombineAndFinalize(KappaAggMerge *merge, AggState *aggcontext,
 			/* a final function may scribble on a pass-by-reference state */
 			trans = datumCopy(trans, merge->transtypByVal, merge->transtypLen);
 		}
-		*final = call_support(&merge->finalfn, aggcontext, merge->inputCollid,
-							  merge->numFinalArgs, trans, transNull,
-							  (Datum) 0, true, finalNull);
+		*final = agg_call_support(&merge->finalfn, aggcontext, merge->inputCollid,
+								  merge->numFinalArgs, trans, transNull,
+								  (Datum) 0, true, finalNull);
 	}
 	else
 	{
@@ -326,16 +326,16 @@ KappaAggCombineInMemory(KappaAggMerge *merge, AggState *aggcontext,
 	{
 		/* the delta becomes the value: build it where the value lives */
 		oldcxt = MemoryContextSwitchTo(statecxt);
-		*state = state_from_stored(merge, aggcontext, delta, deltaNull, isnull);
+		*state = agg_state_from_stored(merge, aggcontext, delta, deltaNull, isnull);
 		MemoryContextSwitchTo(oldcxt);
 		return;
 	}
 	if (deltaNull && merge->combinefn.fn_strict)
 		return;
 
-	b = state_from_stored(merge, aggcontext, delta, deltaNull, &bNull);
-	result = call_support(&merge->combinefn, aggcontext, merge->inputCollid, 2,
-						  *state, *isnull, b, bNull, isnull);
+	b = agg_state_from_stored(merge, aggcontext, delta, deltaNull, &bNull);
+	result = agg_call_support(&merge->combinefn, aggcontext, merge->inputCollid, 2,
+							  *state, *isnull, b, bNull, isnull);
 	if (!*isnull && !merge->transtypByVal &&
 		DatumGetPointer(result) != DatumGetPointer(*state))
 	{
@@ -345,11 +345,11 @@ KappaAggCombineInMemory(KappaAggMerge *merge, AggState *aggcontext,
 		else if (DatumGetPointer(result) == DatumGetPointer(b))
 		{
 			bool		dummy;
-			Datum		ser = call_support(&merge->serialfn, aggcontext, InvalidOid, 1,
-										   result, false, (Datum) 0, false, &dummy);
+			Datum		ser = agg_call_support(&merge->serialfn, aggcontext, InvalidOid, 1,
+											   result, false, (Datum) 0, false, &dummy);
 
-			result = call_support(&merge->deserialfn, aggcontext, InvalidOid, 2,
-								  ser, false, (Datum) 0, false, &dummy);
+			result = agg_call_support(&merge->deserialfn, aggcontext, InvalidOid, 2,
+									  ser, false, (Datum) 0, false, &dummy);
 		}
 		MemoryContextSwitchTo(oldcxt);
 	}
@@ -370,8 +370,8 @@ KappaAggStoredForm(KappaAggMerge *merge, AggState *aggcontext,
 		return (Datum) 0;
 	}
 	if (merge->internalState)
-		return call_support(&merge->serialfn, aggcontext, InvalidOid, 1,
-							state, false, (Datum) 0, false, resultNull);
+		return agg_call_support(&merge->serialfn, aggcontext, InvalidOid, 1,
+								state, false, (Datum) 0, false, resultNull);
 	*resultNull = false;
 	return state;
 }

@@ -1,17 +1,21 @@
 /*-------------------------------------------------------------------------
  *
  * batch.c
- *	  The one entry point that applies new stream rows: KappaBatchApply.
+ *	  The rows of one statement or Kafka batch on their way into a stream:
+ *	  collected in memory, appended to retained storage, handed to the views.
  *
- * INSERT and COPY into a stream (stream_fdw.c) and the Kafka worker both
- * gather rows into a KappaBatch and call KappaBatchApply, which, inside the
- * caller's transaction, appends the rows to the stream's retained storage
- * (if any) and applies them to every continuous view on the stream.  A view
- * therefore cannot tell where its rows came from, and a rolled-back
- * transaction or savepoint takes the view changes with it.
+ * INSERT and COPY into a stream (stream_fdw.c) and the Kafka worker
+ * (kafka_apply.c) both gather rows into a KappaBatch and call
+ * KappaBatchApply, which, inside the caller's transaction, appends the rows
+ * to the stream's retained storage (if any) and hands them to the view
+ * runtime (view_apply.c), which applies them to every continuous view on the
+ * stream.  A view therefore cannot tell where its rows came from, and a
+ * rolled-back transaction or savepoint takes the view changes with it.
  *
- * While a view's delta query runs, the batch is "active": the stream's
- * foreign scan (stream_fdw.c) reads the batch's rows instead of storage.
+ * Rows are kept only as long as something needs them: views that take
+ * pushed rows get them every KAPPA_PUSH_CHUNK_ROWS rows (KappaBatchPush);
+ * retained storage and the views that run a delta query get them at each
+ * apply.
  *
  *-------------------------------------------------------------------------
  */
@@ -21,32 +25,14 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
-#include "access/xact.h"
-#include "nodes/makefuncs.h"
 #include "executor/executor.h"
 #include "executor/tuptable.h"
-#include "miscadmin.h"
-#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
 #include "pg_kappa.h"
 #include "stats.h"
-#include "view.h"
-
-static KappaBatch *kappa_active_batch = NULL;
-
-/* A view's accumulator in a batch; acc is NULL if the view cannot have one. */
-typedef struct BatchAccum
-{
-	Oid			viewRelid;
-	KappaViewInfo *view;		/* the view the accumulator was made for */
-	KappaViewAccum *acc;
-	bool		pushed;			/* rows go straight in (KappaAccumPushRow) */
-} BatchAccum;
-
-static BatchAccum *batch_accum(KappaBatch *batch, KappaViewInfo *view);
 
 /*
  * Rows are formed directly into blocks of this size that the batch keeps
@@ -163,34 +149,17 @@ KappaBatchCreate(Relation stream, MemoryContext parent)
 	batch->curBlock = -1;
 	batch->maxrows = 1024;
 	batch->rows = MemoryContextAlloc(parent, sizeof(HeapTuple) * batch->maxrows);
-	batch->parentcxt = parent;
 
 	/*
 	 * Views over the stream alone take the rows as they come (in chunks,
 	 * KappaBatchPush); the rows themselves are kept to the end only for
 	 * retained storage and the other views.
 	 */
-	batch->info = KappaGetStreamInfo(batch->streamRelid);
-	batch->keepRows = batch->info->retained;
-	{
-		ListCell   *lc;
-
-		foreach(lc, batch->info->views)
-		{
-			KappaViewInfo *view = lfirst(lc);
-			BatchAccum *ba = view->push != NULL ? batch_accum(batch, view) : NULL;
-
-			if (ba != NULL && ba->acc != NULL)
-			{
-				ba->pushed = true;
-				batch->anyPushed = true;
-			}
-			else
-				batch->keepRows = true;
-		}
-	}
-	if (batch->anyPushed)
-		batch->pushSlot = MakeSingleTupleTableSlot(batch->tupdesc, &TTSOpsHeapTuple);
+	batch->views = KappaStreamViewsGet(batch->streamRelid);
+	batch->feed = KappaViewFeedCreate(batch->views, batch->tupdesc, parent);
+	batch->pushesRows = KappaViewFeedPushes(batch->feed);
+	batch->keepRows = batch->views->retained ||
+		KappaViewFeedNeedsRows(batch->feed);
 
 	/* the stream's NOT NULL and CHECK constraints, checked on every row */
 	if (RelationGetDescr(stream)->constr != NULL)
@@ -220,7 +189,7 @@ KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot)
 		ResetPerTupleExprContext(batch->checkEstate);
 	}
 	batch->rowsAdded++;
-	if (!batch->keepRows && !batch->anyPushed)
+	if (!batch->keepRows && !batch->pushesRows)
 		return;
 	if (batch->nrows >= batch->maxrows)
 	{
@@ -244,80 +213,25 @@ batch_forget_rows(KappaBatch *batch)
 
 /*
  * KappaBatchPush hands the rows added since the last push to every view
- * that takes pushed rows, each view's code running as its owner
- * (KappaViewPushRows).  Rows that nothing else needs are forgotten.
+ * that takes pushed rows (KappaViewFeedPush).  Rows that nothing else needs
+ * are forgotten.
  */
 void
 KappaBatchPush(KappaBatch *batch)
 {
-	ListCell   *lc;
 	int			first = batch->pushedRows;
 
-	if (!batch->anyPushed || batch->nrows == first)
+	if (!batch->pushesRows || batch->nrows == first)
 		return;
-	foreach(lc, batch->accums)
-	{
-		BatchAccum *ba = lfirst(lc);
-
-		if (ba->pushed)
-			KappaViewPushRows(ba->view, ba->acc, batch->pushSlot,
-							  batch->rows + first, batch->nrows - first);
-	}
+	KappaViewFeedPush(batch->feed, batch->rows + first, batch->nrows - first);
 	batch->pushedRows = batch->nrows;
 	if (!batch->keepRows)
 		batch_forget_rows(batch);
 }
 
-/*
- * KappaRetainedColumnMap maps each column of a stream (row type 'stream') to
- * the column of its retained-rows table 'backing' with the same name, or 0
- * for a dropped column.  Raises an error if the two no longer match (the
- * stream was altered after its retained-rows table was made).
- */
-AttrNumber *
-KappaRetainedColumnMap(TupleDesc stream, Relation backing)
-{
-	TupleDesc	bdesc = RelationGetDescr(backing);
-	AttrNumber *map = palloc0(sizeof(AttrNumber) * stream->natts);
-	int			i;
-
-	for (i = 0; i < stream->natts; i++)
-	{
-		Form_pg_attribute sattr = TupleDescAttr(stream, i);
-		int			j;
-
-		if (sattr->attisdropped)
-			continue;
-		for (j = 0; j < bdesc->natts; j++)
-		{
-			Form_pg_attribute battr = TupleDescAttr(bdesc, j);
-
-			if (!battr->attisdropped &&
-				strcmp(NameStr(sattr->attname), NameStr(battr->attname)) == 0)
-			{
-				if (battr->atttypid == sattr->atttypid &&
-					battr->atttypmod == sattr->atttypmod)
-					map[i] = j + 1;
-				break;
-			}
-		}
-		if (map[i] == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("retained rows of a stream do not match its column \"%s\"",
-							NameStr(sattr->attname)),
-					 errdetail("The stream was altered after it was created; its retained rows are in \"%s\".",
-							   RelationGetRelationName(backing)),
-					 errhint("Streams with retention cannot be altered: create a new stream, or alter %s the same way.",
-							 quote_qualified_identifier(KAPPA_DATA_SCHEMA,
-														RelationGetRelationName(backing)))));
-	}
-	return map;
-}
-
 /* Append the batch's rows to the stream's retained storage. */
 static void
-append_to_storage(KappaBatch *batch, Oid backingRelid)
+batch_append_to_storage(KappaBatch *batch, Oid backingRelid)
 {
 	Relation	rel;
 	TupleDesc	desc;
@@ -394,27 +308,6 @@ append_to_storage(KappaBatch *batch, Oid backingRelid)
 	table_close(rel, NoLock);
 }
 
-/*
- * Get the stream's description with every relation its views read locked,
- * as the plan cache would lock them; if that let in an invalidation, load
- * the views again.
- */
-static KappaStreamInfo *
-get_locked_stream_info(Oid streamRelid)
-{
-	for (;;)
-	{
-		KappaStreamInfo *info = KappaGetStreamInfo(streamRelid);
-		ListCell   *lc;
-
-		foreach(lc, info->views)
-			KappaViewLockRelations(lfirst(lc));
-		if (info->valid)
-			return info;
-		KappaReleaseStreamInfo(info);
-	}
-}
-
 /* Count the batch's rows once they are applied, and forget them. */
 static void
 batch_rows_done(KappaBatch *batch)
@@ -424,78 +317,29 @@ batch_rows_done(KappaBatch *batch)
 	batch_forget_rows(batch);
 }
 
-/* The accumulator of 'view' in the batch, created on first use. */
-static BatchAccum *
-batch_accum(KappaBatch *batch, KappaViewInfo *view)
-{
-	ListCell   *lc;
-	BatchAccum *ba;
-	MemoryContext oldcxt;
-
-	foreach(lc, batch->accums)
-	{
-		ba = lfirst(lc);
-		if (ba->viewRelid == view->viewRelid)
-			return ba;
-	}
-	oldcxt = MemoryContextSwitchTo(batch->parentcxt);
-	ba = palloc0(sizeof(BatchAccum));
-	ba->viewRelid = view->viewRelid;
-	ba->view = view;
-	ba->acc = KappaAccumCreate(view, batch->parentcxt);
-	batch->accums = lappend(batch->accums, ba);
-	MemoryContextSwitchTo(oldcxt);
-	return ba;
-}
-
 /*
- * Apply the batch's rows: retained storage takes them; each view merges
- * them into its materialization now or, with 'accumulate' and if it can,
- * combines their delta in memory for a later KappaViewFlushAccum.
+ * Apply the batch's rows: retained storage takes them, then the views
+ * (KappaViewFeedApply; with 'accumulate', views that can combine their
+ * deltas in memory until KappaBatchApply ends the statement).
  */
 static void
-apply_rows(KappaBatch *batch, bool accumulate)
+batch_apply_rows(KappaBatch *batch, bool accumulate)
 {
-	KappaStreamInfo *info;
-	ListCell   *lc;
+	KappaStreamViews *locked;
 
 	/* rows not yet pushed into the views that take them */
 	KappaBatchPush(batch);
-	info = get_locked_stream_info(batch->streamRelid);
+	locked = KappaStreamViewsGetLocked(batch->streamRelid);
 	PG_TRY();
 	{
-		if (info->retained && batch->nrows > 0)
-			append_to_storage(batch, info->backingRelid);
-		foreach(lc, info->views)
-		{
-			KappaViewInfo *view = lfirst(lc);
-			BatchAccum *ba = accumulate ? batch_accum(batch, view) : NULL;
-
-			if (ba != NULL && ba->pushed)
-			{
-				/* its rows went straight into its accumulator */
-				if (KappaAccumMemory(ba->acc) > get_hash_memory_limit())
-					KappaViewFlushAccum(ba->view, ba->acc);
-			}
-			else if (ba == NULL || ba->acc == NULL)
-				KappaViewApplyBatch(view, batch);
-			else
-			{
-				KappaViewAccumulateBatch(view, batch, ba->acc);
-
-				/*
-				 * bounded like a hash aggregate: work_mem *
-				 * hash_mem_multiplier
-				 */
-				if (KappaAccumMemory(ba->acc) > get_hash_memory_limit())
-					KappaViewFlushAccum(view, ba->acc);
-			}
-		}
+		if (locked->retained && batch->nrows > 0)
+			batch_append_to_storage(batch, locked->backingRelid);
+		KappaViewFeedApply(batch->feed, locked, batch->rows, batch->nrows,
+						   accumulate);
 	}
 	PG_FINALLY();
 	{
-		kappa_active_batch = NULL;
-		KappaReleaseStreamInfo(info);
+		KappaStreamViewsRelease(locked);
 	}
 	PG_END_TRY();
 	batch_rows_done(batch);
@@ -510,7 +354,7 @@ apply_rows(KappaBatch *batch, bool accumulate)
 void
 KappaBatchAccumulate(KappaBatch *batch)
 {
-	apply_rows(batch, true);
+	batch_apply_rows(batch, true);
 }
 
 /*
@@ -523,47 +367,36 @@ KappaBatchAccumulate(KappaBatch *batch)
 void
 KappaBatchApply(KappaBatch *batch)
 {
-	KappaStreamInfo *info;
-	ListCell   *lc;
+	KappaStreamViews *locked;
 
-	if (batch->accums == NIL)
+	if (!KappaViewFeedAccumulating(batch->feed))
 	{
-		apply_rows(batch, false);
+		batch_apply_rows(batch, false);
 		return;
 	}
 	/* also when no row was kept: retained storage, the other views, stats */
-	apply_rows(batch, true);
+	batch_apply_rows(batch, true);
 
-	/*
-	 * Write what the views combined in memory -- only for views that still
-	 * exist: plain DROP VIEW takes no lock on the stream, so a view may have
-	 * gone while the statement ran (its rows then go with it).
-	 */
-	info = get_locked_stream_info(batch->streamRelid);
+	locked = KappaStreamViewsGetLocked(batch->streamRelid);
 	PG_TRY();
 	{
-		foreach(lc, batch->accums)
-		{
-			BatchAccum *ba = lfirst(lc);
-			ListCell   *lc2;
-
-			if (ba->acc == NULL)
-				continue;
-			foreach(lc2, info->views)
-			{
-				if (((KappaViewInfo *) lfirst(lc2))->viewRelid == ba->viewRelid)
-				{
-					KappaViewFlushAccum(ba->view, ba->acc);
-					break;
-				}
-			}
-		}
+		KappaViewFeedFlush(batch->feed, locked);
 	}
 	PG_FINALLY();
 	{
-		KappaReleaseStreamInfo(info);
+		KappaStreamViewsRelease(locked);
 	}
 	PG_END_TRY();
+}
+
+/*
+ * KappaBatchPending tells whether KappaBatchApply has anything to do: rows
+ * not yet applied, or views holding rows in memory.
+ */
+bool
+KappaBatchPending(KappaBatch *batch)
+{
+	return batch->nrows > 0 || KappaViewFeedAccumulating(batch->feed);
 }
 
 /* KappaBatchDestroy frees a batch (its rows need not be applied). */
@@ -572,55 +405,11 @@ KappaBatchDestroy(KappaBatch *batch)
 {
 	if (batch->checkEstate != NULL)
 		FreeExecutorState(batch->checkEstate);
-	if (batch->pushSlot != NULL)
-		ExecDropSingleTupleTableSlot(batch->pushSlot);
-	if (batch->info != NULL)
-		KappaReleaseStreamInfo(batch->info);
+	KappaViewFeedDestroy(batch->feed);
+	KappaStreamViewsRelease(batch->views);
 	MemoryContextDelete(batch->cxt);
 	MemoryContextDelete(batch->blockcxt);
 	pfree(batch->rows);
 	FreeTupleDesc(batch->tupdesc);
 	pfree(batch);
-}
-
-/*
- * At the end of a transaction no batch is in use: forget the active batch
- * (an error may have left it set).
- */
-static void
-kappa_xact_callback(XactEvent event, void *arg)
-{
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
-		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
-		kappa_active_batch = NULL;
-}
-
-/* KappaBatchInit registers the transaction callback; once per backend. */
-void
-KappaBatchInit(void)
-{
-	RegisterXactCallback(kappa_xact_callback, NULL);
-}
-
-/*
- * KappaSetActiveBatch makes 'batch' (or nobody, with NULL) the source of
- * scans of its stream and returns the previously active batch.
- */
-KappaBatch *
-KappaSetActiveBatch(KappaBatch *batch)
-{
-	KappaBatch *prev = kappa_active_batch;
-
-	kappa_active_batch = batch;
-	return prev;
-}
-
-/* KappaActiveBatch returns the batch being applied to 'streamRelid', if any. */
-KappaBatch *
-KappaActiveBatch(Oid streamRelid)
-{
-	if (kappa_active_batch != NULL &&
-		kappa_active_batch->streamRelid == streamRelid)
-		return kappa_active_batch;
-	return NULL;
 }

@@ -36,7 +36,7 @@ _PG_init(void)
 {
 	KappaDefineGucs();
 	KappaCatalogInit();
-	KappaBatchInit();
+	KappaStreamViewsInit();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

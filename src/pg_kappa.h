@@ -1,14 +1,36 @@
 /*-------------------------------------------------------------------------
  *
  * pg_kappa.h
- *	  Map of the pg_kappa module: the externs of each source file, grouped by
- *	  the file that defines them.
+ *	  Map of the pg_kappa module: its layers, and the externs of the stream
+ *	  and view engine grouped by the file that defines them.
  *
  * pg_kappa turns PostgreSQL into the processing and serving layer of a
  * real-time pipeline.  Rows reach a *stream* (a foreign table of our own FDW)
  * by INSERT, COPY or a Kafka worker; every path ends in KappaBatchApply(),
  * which feeds the rows to every continuous view on the stream inside the
  * caller's transaction.  See docs/architecture.md.
+ *
+ * Calls between files go one way, down these layers (tools/call_edges.pl
+ * checks it against the table in docs/architecture.md):
+ *
+ *	 1. entry points: pg_kappa.c (_PG_init), stream.c (create/drop stream),
+ *		stream_fdw.c (INSERT/COPY into a stream), view_define.c (create/drop
+ *		view), protect.c (the materializations' guards), kafka_source.c (the
+ *		sources' SQL functions), launcher.c, kafka_worker.c (a worker's loop)
+ *	 2. Kafka worker parts: kafka_consumer.c, kafka_apply.c, kafka_status.c
+ *		(kafka.h)
+ *	 3. batch: batch.c (rows and retained storage), retention.c
+ *	 4. view runtime: view_apply.c (how each view takes rows; backfill),
+ *		stream_views.c (the per-backend cache of a stream's views)
+ *	 5. view machinery: view_plan.c (loading and planning a view),
+ *		view_merge.c (merging into a materialization), view_accum.c
+ *		(combining deltas in memory)
+ *	 6. leaves: view_shape.c, agg_state.c, stream_scan.c, the decoders
+ *		(decode*.c), kafka_options.c
+ *	 7. foundation: catalog.c, util.c (util.h), guc.c, stats.c (stats.h)
+ *
+ * A lower layer calls a higher one only through a callback it is handed (a
+ * DestReceiver, the FDW's callbacks).
  *
  *-------------------------------------------------------------------------
  */
@@ -17,42 +39,43 @@
 
 #include "postgres.h"
 
+#include "access/htup.h"
 #include "access/tupdesc.h"
 #include "executor/tuptable.h"
+#include "foreign/fdwapi.h"
 #include "nodes/execnodes.h"
 #include "nodes/parsenodes.h"
 #include "storage/lockdefs.h"
 #include "utils/relcache.h"
+#include "utils/snapshot.h"
 
 #define KAPPA_SCHEMA		"kappa"
 #define KAPPA_DATA_SCHEMA	"kappa_data"
 #define KAPPA_SERVER_NAME	"kappa_streams"
 
-/* in guc.c */
-extern int	kappa_batch_size;
-extern int	kappa_max_latency_ms;
-extern int	kappa_stream_batch_memory_kb;
-extern int	kappa_batch_bytes_kb;
-extern double kappa_dead_letter_alert;
-extern void KappaDefineGucs(void);
-
 /* in pg_kappa.c */
 extern bool kappa_loaded_via_preload;
 
+/* ---------------------------------------------------------------- layer 3 */
+
+typedef struct KappaStreamViews KappaStreamViews;
+typedef struct KappaViewFeed KappaViewFeed;
+
 /*
  * A batch of new rows for one stream.  The rows are heap tuples in the
- * stream's row type, allocated in 'cxt', which KappaBatchApply resets.  INSERT,
- * COPY and the Kafka worker all fill a KappaBatch and call KappaBatchApply.
+ * stream's row type, formed in blocks the batch keeps across applies.
+ * INSERT, COPY and the Kafka worker all fill a KappaBatch and call
+ * KappaBatchApply.
  *
  * Views over the stream alone take the rows as they come ("pushed" views,
- * view_accum.c): every KAPPA_PUSH_CHUNK_ROWS rows the caller calls
+ * view_apply.c): every KAPPA_PUSH_CHUNK_ROWS rows the caller calls
  * KappaBatchPush, which runs each such view's code over the new rows as the
  * view's owner; rows nothing else needs are then forgotten.
  */
 typedef struct KappaBatch
 {
 	Oid			streamRelid;
-	TupleDesc	tupdesc;		/* the stream's row type (not owned) */
+	TupleDesc	tupdesc;		/* the stream's row type */
 	MemoryContext cxt;			/* large rows; reset after each apply */
 	HeapTuple  *rows;
 	int			nrows;
@@ -66,16 +89,13 @@ typedef struct KappaBatch
 	int			maxblocks;
 	int			curBlock;
 	Size		blockUsed;
-	/* deltas combined in memory until the end of a statement (view_accum.c) */
-	List	   *accums;
-	bool		anyPushed;		/* some view takes pushed rows */
-	TupleTableSlot *pushSlot;	/* a row being pushed */
-	MemoryContext parentcxt;
 	/* checking rows against the stream's constraints, if it has any */
 	ResultRelInfo *checkRelInfo;
 	EState	   *checkEstate;
-	/* the stream's views, held while the batch lives */
-	struct KappaStreamInfo *info;
+	/* the stream's views, held while the batch lives, and how they take rows */
+	KappaStreamViews *views;
+	KappaViewFeed *feed;
+	bool		pushesRows;		/* some view takes pushed rows */
 	bool		keepRows;		/* retention or a delta query needs the rows */
 	uint64		rowsAdded;		/* rows added since the batch was created */
 	uint64		rowsCounted;	/* of those, counted in the statistics */
@@ -88,10 +108,10 @@ typedef struct KappaBatch
 extern KappaBatch *KappaBatchCreate(Relation stream, MemoryContext parent);
 extern void KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot);
 extern void KappaBatchPush(KappaBatch *batch);
-extern void KappaBatchApply(KappaBatch *batch);
 extern void KappaBatchAccumulate(KappaBatch *batch);
+extern void KappaBatchApply(KappaBatch *batch);
+extern bool KappaBatchPending(KappaBatch *batch);
 extern void KappaBatchDestroy(KappaBatch *batch);
-extern void KappaBatchInit(void);
 
 /*
  * KappaBatchPushDue tells whether rows are waiting to be pushed into views
@@ -100,17 +120,22 @@ extern void KappaBatchInit(void);
 static inline bool
 KappaBatchPushDue(KappaBatch *batch)
 {
-	return batch->anyPushed &&
+	return batch->pushesRows &&
 		batch->nrows - batch->pushedRows >= KAPPA_PUSH_CHUNK_ROWS;
 }
-extern KappaBatch *KappaActiveBatch(Oid streamRelid);
-extern KappaBatch *KappaSetActiveBatch(KappaBatch *batch);
-extern AttrNumber *KappaRetainedColumnMap(TupleDesc stream, Relation backing);
 
-/* in catalog.c */
+/* in retention.c */
+extern int64 KappaExpireRetainedRows(void);
+
+/* ---------------------------------------------------------------- layer 4 */
+
 typedef struct KappaViewInfo KappaViewInfo;
 
-typedef struct KappaStreamInfo
+/*
+ * The views of one stream as one backend has them loaded (stream_views.c):
+ * what a writer of the stream feeds.
+ */
+struct KappaStreamViews
 {
 	Oid			relid;			/* the stream (foreign table) */
 	Oid			backingRelid;	/* heap of retained rows, or InvalidOid */
@@ -118,11 +143,60 @@ typedef struct KappaStreamInfo
 	List	   *views;			/* of KappaViewInfo *, in view-OID order */
 	bool		valid;			/* false once invalidated */
 	MemoryContext cxt;			/* holds this entry and its views */
-} KappaStreamInfo;
+};
 
-extern bool KappaIsStream(Oid relid);
-extern KappaStreamInfo *KappaGetStreamInfo(Oid relid);
-extern Oid	KappaStreamBackingRelid(Oid relid);
+/* in stream_views.c */
+extern void KappaStreamViewsInit(void);
+extern KappaStreamViews *KappaStreamViewsGet(Oid relid);
+extern KappaStreamViews *KappaStreamViewsGetLocked(Oid relid);
+extern void KappaStreamViewsRelease(KappaStreamViews *views);
+extern void KappaStreamViewsInvalidate(Oid relid);
+
+/* in view_apply.c */
+extern KappaViewFeed *KappaViewFeedCreate(KappaStreamViews *views,
+										  TupleDesc rowtype,
+										  MemoryContext parent);
+extern bool KappaViewFeedNeedsRows(KappaViewFeed *feed);
+extern bool KappaViewFeedPushes(KappaViewFeed *feed);
+extern bool KappaViewFeedAccumulating(KappaViewFeed *feed);
+extern void KappaViewFeedPush(KappaViewFeed *feed, HeapTuple *rows, int nrows);
+extern void KappaViewFeedApply(KappaViewFeed *feed, KappaStreamViews *locked,
+							   HeapTuple *rows, int nrows, bool accumulate);
+extern void KappaViewFeedFlush(KappaViewFeed *feed, KappaStreamViews *locked);
+extern void KappaViewFeedDestroy(KappaViewFeed *feed);
+extern void KappaViewBackfill(KappaViewInfo *view, bool retained);
+
+/* ---------------------------------------------------------------- layer 6 */
+
+/*
+ * Rows that scans of a stream return while a view's delta query runs
+ * (stream_scan.c); 'retained' makes them read the retained rows instead.
+ */
+typedef struct KappaScanSource
+{
+	Oid			streamRelid;
+	HeapTuple  *rows;
+	int			nrows;
+	bool		retained;
+	struct KappaScanSource *outer;	/* set by KappaScanSourcePush */
+} KappaScanSource;
+
+/* in stream_scan.c */
+extern void KappaScanSourcePush(KappaScanSource *source);
+extern void KappaScanSourcePop(KappaScanSource *source);
+extern double KappaScanSetPlannedRows(double rows);
+extern void KappaStreamScanRoutine(FdwRoutine *routine);
+extern AttrNumber *KappaRetainedColumnMap(TupleDesc stream, Relation backing);
+
+/* ---------------------------------------------------------------- layer 7 */
+
+/* in guc.c */
+extern int	kappa_batch_size;
+extern int	kappa_max_latency_ms;
+extern int	kappa_stream_batch_memory_kb;
+extern int	kappa_batch_bytes_kb;
+extern double kappa_dead_letter_alert;
+extern void KappaDefineGucs(void);
 
 /* One row of kappa.view_catalog. */
 typedef struct KappaViewRow
@@ -133,36 +207,16 @@ typedef struct KappaViewRow
 	Oid			def;			/* definition */
 } KappaViewRow;
 
-extern bool KappaFindView(const char *column, Oid relid, KappaViewRow *row);
-extern void KappaReleaseStreamInfo(KappaStreamInfo *info);
-extern void KappaInvalidateStream(Oid relid);
-extern Oid	KappaStreamServerOid(bool missing_ok);
+/* in catalog.c */
 extern void KappaCatalogInit(void);
+extern Oid	KappaStreamServerOid(bool missing_ok);
+extern bool KappaIsStream(Oid relid);
 extern Relation KappaCatalogTable(const char *name);
 extern AttrNumber KappaCatalogAttnum(Relation rel, const char *name);
-
-/* in view_engine.c */
-extern void KappaViewApplyBatch(KappaViewInfo *view, KappaBatch *batch);
-extern KappaViewInfo *KappaViewInfoLoad(Oid viewRelid, Oid matRelid,
-										Oid defRelid, MemoryContext parent);
-extern void KappaViewInfoFree(KappaViewInfo *view);
-extern void KappaViewLockRelations(KappaViewInfo *view);
-typedef struct KappaViewAccum KappaViewAccum;
-extern void KappaViewAccumulateBatch(KappaViewInfo *view, KappaBatch *batch,
-									 KappaViewAccum *acc);
-extern void KappaViewFlushAccum(KappaViewInfo *view, KappaViewAccum *acc);
-extern void KappaViewPushRows(KappaViewInfo *view, KappaViewAccum *acc,
-							  TupleTableSlot *slot, HeapTuple *rows, int nrows);
-extern void KappaViewBackfill(KappaViewInfo *view, Oid streamRelid, bool retained);
-
-/* in retention.c */
-extern int64 KappaExpireRetainedRows(void);
-
-/* in stream_fdw.c */
-extern double kappa_planned_batch_rows;
-
-/* in stream.c */
-extern Oid	KappaLookupStream(const char *name, LOCKMODE lockmode);
+extern void KappaReadStreamRow(Oid relid, Snapshot snapshot, Oid *backingRelid);
+extern List *KappaReadViewRows(Oid relid, Snapshot snapshot);
+extern bool KappaFindView(const char *column, Oid relid, KappaViewRow *row);
+extern Oid	KappaStreamBackingRelid(Oid relid);
 
 /* in util.c (the rest in util.h) */
 extern void KappaExecUtility(Node *stmt, const char *sourceText);

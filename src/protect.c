@@ -50,7 +50,7 @@ PG_FUNCTION_INFO_V1(kappa_sync_view_owner);
 
 /* "schema.name" of a relation, for messages. */
 static char *
-qualified_rel_name(Oid relid)
+protect_qualified_name(Oid relid)
 {
 	char	   *name = get_rel_name(relid);
 	char	   *nsp = get_namespace_name(get_rel_namespace(relid));
@@ -85,9 +85,9 @@ kappa_refuse_materialization_change(PG_FUNCTION_ARGS)
 			(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 			 OidIsValid(view) ?
 			 errmsg("cannot change the materialization of continuous view %s",
-					qualified_rel_name(view)) :
+					protect_qualified_name(view)) :
 			 errmsg("cannot change %s: only pg_kappa's engine writes it",
-					qualified_rel_name(matRelid)),
+					protect_qualified_name(matRelid)),
 			 errdetail("It holds the groups pg_kappa merged from the view's stream; a direct change would make the view disagree with its query."),
 			 errhint("To recompute the view, drop it with kappa.drop_view() and create it again with kappa.create_view().")));
 	PG_RETURN_NULL();
@@ -121,6 +121,6 @@ kappa_sync_view_owner(PG_FUNCTION_ARGS)
 		ATExecChangeOwner(row.mat, owner, false, AccessExclusiveLock);
 	if (get_rel_relkind(row.def) != '\0')
 		ATExecChangeOwner(row.def, owner, false, AccessExclusiveLock);
-	KappaInvalidateStream(row.view);
+	KappaStreamViewsInvalidate(row.view);
 	PG_RETURN_VOID();
 }

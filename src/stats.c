@@ -48,16 +48,16 @@ typedef struct StreamStatsShared
 	LWLock	   *lock;
 } StreamStatsShared;
 
-static StreamStatsShared *kappa_stats = NULL;
-static HTAB *kappa_stats_hash = NULL;
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static StreamStatsShared *stats_shared = NULL;
+static HTAB *stats_hash = NULL;
+static shmem_request_hook_type stats_prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type stats_prev_shmem_startup_hook = NULL;
 
 static void
-kappa_stats_shmem_request(void)
+stats_shmem_request(void)
 {
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
+	if (stats_prev_shmem_request_hook)
+		stats_prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(StreamStatsShared)) +
 						   hash_estimate_size(KAPPA_MAX_STREAM_STATS,
 											  sizeof(StreamStatsEntry)));
@@ -65,25 +65,25 @@ kappa_stats_shmem_request(void)
 }
 
 static void
-kappa_stats_shmem_startup(void)
+stats_shmem_startup(void)
 {
 	bool		found;
 	HASHCTL		ctl;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
+	if (stats_prev_shmem_startup_hook)
+		stats_prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	kappa_stats = ShmemInitStruct("pg_kappa stats", sizeof(StreamStatsShared),
-								  &found);
+	stats_shared = ShmemInitStruct("pg_kappa stats", sizeof(StreamStatsShared),
+								   &found);
 	if (!found)
-		kappa_stats->lock = &(GetNamedLWLockTranche("pg_kappa stats"))->lock;
+		stats_shared->lock = &(GetNamedLWLockTranche("pg_kappa stats"))->lock;
 	ctl.keysize = sizeof(StreamStatsKey);
 	ctl.entrysize = sizeof(StreamStatsEntry);
-	kappa_stats_hash = ShmemInitHash("pg_kappa stream stats",
-									 KAPPA_MAX_STREAM_STATS,
-									 KAPPA_MAX_STREAM_STATS,
-									 &ctl, HASH_ELEM | HASH_BLOBS);
+	stats_hash = ShmemInitHash("pg_kappa stream stats",
+							   KAPPA_MAX_STREAM_STATS,
+							   KAPPA_MAX_STREAM_STATS,
+							   &ctl, HASH_ELEM | HASH_BLOBS);
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -91,10 +91,10 @@ kappa_stats_shmem_startup(void)
 void
 KappaStatsPreloadInit(void)
 {
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = kappa_stats_shmem_request;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = kappa_stats_shmem_startup;
+	stats_prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = stats_shmem_request;
+	stats_prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = stats_shmem_startup;
 }
 
 /*
@@ -109,12 +109,12 @@ KappaStatsCountStream(Oid streamRelid, uint64 nrows)
 	StreamStatsEntry *entry;
 	bool		found;
 
-	if (kappa_stats == NULL || nrows == 0)
+	if (stats_shared == NULL || nrows == 0)
 		return;
 	key.dbid = MyDatabaseId;
 	key.relid = streamRelid;
-	LWLockAcquire(kappa_stats->lock, LW_EXCLUSIVE);
-	entry = hash_search(kappa_stats_hash, &key, HASH_ENTER_NULL, &found);
+	LWLockAcquire(stats_shared->lock, LW_EXCLUSIVE);
+	entry = hash_search(stats_hash, &key, HASH_ENTER_NULL, &found);
 	if (entry != NULL)
 	{
 		if (!found)
@@ -126,7 +126,7 @@ KappaStatsCountStream(Oid streamRelid, uint64 nrows)
 		entry->batches++;
 		entry->lastBatch = GetCurrentTimestamp();
 	}
-	LWLockRelease(kappa_stats->lock);
+	LWLockRelease(stats_shared->lock);
 }
 
 PG_FUNCTION_INFO_V1(kappa_stream_stats);
@@ -146,15 +146,15 @@ kappa_stream_stats(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	if (kappa_stats != NULL)
+	if (stats_shared != NULL)
 	{
 		StreamStatsKey key;
 		StreamStatsEntry *entry;
 
 		key.dbid = MyDatabaseId;
 		key.relid = relid;
-		LWLockAcquire(kappa_stats->lock, LW_SHARED);
-		entry = hash_search(kappa_stats_hash, &key, HASH_FIND, NULL);
+		LWLockAcquire(stats_shared->lock, LW_SHARED);
+		entry = hash_search(stats_hash, &key, HASH_FIND, NULL);
 		values[0] = Int64GetDatum(entry ? entry->rows : 0);
 		values[1] = Int64GetDatum(entry ? entry->batches : 0);
 		nulls[0] = nulls[1] = false;
@@ -163,7 +163,7 @@ kappa_stream_stats(PG_FUNCTION_ARGS)
 			values[2] = TimestampTzGetDatum(entry->lastBatch);
 			nulls[2] = false;
 		}
-		LWLockRelease(kappa_stats->lock);
+		LWLockRelease(stats_shared->lock);
 	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

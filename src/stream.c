@@ -54,7 +54,7 @@ stream_columns_error_callback(void *arg)
 
 /* Parse the column list of create_stream into table elements. */
 static List *
-parse_stream_columns(const char *columns)
+stream_parse_columns(const char *columns)
 {
 	char	   *sql = psprintf(COLUMNS_PREFIX "%s)", columns);
 	List	   *raw;
@@ -191,7 +191,7 @@ kappa_create_stream(PG_FUNCTION_ARGS)
 
 	stmt = makeNode(CreateForeignTableStmt);
 	stmt->base.relation = rv;
-	stmt->base.tableElts = parse_stream_columns(columns);
+	stmt->base.tableElts = stream_parse_columns(columns);
 	stmt->base.oncommit = ONCOMMIT_NOOP;
 	stmt->base.if_not_exists = false;
 	stmt->servername = KAPPA_SERVER_NAME;
@@ -235,13 +235,13 @@ kappa_create_stream(PG_FUNCTION_ARGS)
 	SPI_finish();
 	KappaRestoreUser(&saved);
 
-	KappaInvalidateStream(relid);
+	KappaStreamViewsInvalidate(relid);
 	PG_RETURN_OID(relid);
 }
 
-/* KappaLookupStream resolves a stream name, erroring if it is not a stream. */
-Oid
-KappaLookupStream(const char *name, LOCKMODE lockmode)
+/* Resolve a stream name, erroring if it is not a stream. */
+static Oid
+stream_lookup(const char *name, LOCKMODE lockmode)
 {
 	Oid			relid = RangeVarGetRelid(KappaMakeRangeVar(name), lockmode, false);
 
@@ -255,7 +255,7 @@ KappaLookupStream(const char *name, LOCKMODE lockmode)
 
 /* list_sort comparator of C strings */
 static int
-name_cmp(const ListCell *a, const ListCell *b)
+stream_name_cmp(const ListCell *a, const ListCell *b)
 {
 	return strcmp((const char *) lfirst(a), (const char *) lfirst(b));
 }
@@ -271,7 +271,7 @@ kappa_drop_stream(PG_FUNCTION_ARGS)
 {
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	bool		cascade = PG_GETARG_BOOL(1);
-	Oid			relid = KappaLookupStream(name, AccessExclusiveLock);
+	Oid			relid = stream_lookup(name, AccessExclusiveLock);
 	StringInfoData views;
 	Relation	catalog = KappaCatalogTable("view_catalog");
 	AttrNumber	viewAttno = KappaCatalogAttnum(catalog, "view");
@@ -299,7 +299,7 @@ kappa_drop_stream(PG_FUNCTION_ARGS)
 	ExecDropSingleTupleTableSlot(slot);
 	table_endscan(scan);
 	table_close(catalog, AccessShareLock);
-	list_sort(names, name_cmp);
+	list_sort(names, stream_name_cmp);
 	foreach(lc, names)
 		appendStringInfo(&views, "%s%s", views.len > 0 ? ", " : "", (char *) lfirst(lc));
 
@@ -327,6 +327,6 @@ PG_FUNCTION_INFO_V1(kappa_stream_changed);
 Datum
 kappa_stream_changed(PG_FUNCTION_ARGS)
 {
-	KappaInvalidateStream(PG_GETARG_OID(0));
+	KappaStreamViewsInvalidate(PG_GETARG_OID(0));
 	PG_RETURN_VOID();
 }

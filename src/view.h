@@ -2,7 +2,8 @@
  *
  * view.h
  *	  Continuous views: the shape of a view query, the per-backend state used
- *	  to apply batches to a view, and the aggregate-state arithmetic.
+ *	  to apply batches to a view, and the externs of the view machinery
+ *	  (layers 5 and 6 of pg_kappa.h).
  *
  * A continuous view is stored as three relations:
  *
@@ -16,7 +17,8 @@
  *	 - the user-facing view, in the user's schema: SELECT c_1 AS ..., ... FROM
  *	   mat [WHERE h] [ORDER BY o_1, ...] [LIMIT ...].
  *
- * The last aggregate is always count(*): it gives rows_applied per group.
+ * The first aggregate (s_1) is always count(*): it gives the rows applied
+ * to each group (kappa.view_stats).
  *
  *-------------------------------------------------------------------------
  */
@@ -46,8 +48,7 @@ typedef struct KappaViewShape
 	Oid			streamRelid;
 	int			nkeys;
 	List	   *keyExprs;		/* GROUP BY expressions, groupClause order */
-	List	   *aggrefs;		/* distinct Aggrefs; the last is count(*) */
-	int			rowsAgg;		/* index in aggrefs of count(*) */
+	List	   *aggrefs;		/* distinct Aggrefs; the first is count(*) */
 	List	   *outExprs;		/* non-junk target expressions, mapped */
 	List	   *outNames;		/* their column names (char *) */
 	Expr	   *having;			/* mapped HAVING, or NULL */
@@ -157,18 +158,34 @@ struct KappaViewInfo
 	ExprContext *econtext;		/* per-group memory, reset after each group */
 };
 
-/* in view_define.c */
-extern KappaViewShape *KappaBuildViewShape(Query *query, const char *sql);
-extern Query *KappaParseViewQuery(const char *sql, bool rewrite);
-extern Aggref *KappaMakeCountStar(void);
+/*
+ * A delta query runs its plan for small batches (view_plan.c plans one) for
+ * batches of at most this many rows, its plan for large batches otherwise.
+ */
+#define KAPPA_SMALL_BATCH_LIMIT 1000
 
-/* in view_accum.c (KappaViewAccum is declared in pg_kappa.h) */
+/* in view_plan.c */
+extern KappaViewInfo *KappaViewInfoLoad(Oid viewRelid, Oid matRelid,
+										Oid defRelid, MemoryContext parent);
+extern void KappaViewInfoFree(KappaViewInfo *view);
+extern void KappaViewLockRelations(KappaViewInfo *view);
+
+/* in view_merge.c */
+extern DestReceiver *KappaMergeReceiver(KappaViewInfo *view);
+
+/* in view_accum.c */
+typedef struct KappaViewAccum KappaViewAccum;
+
 extern KappaViewAccum *KappaAccumCreate(KappaViewInfo *view, MemoryContext parent);
 extern DestReceiver *KappaAccumReceiver(KappaViewAccum *acc);
 extern Size KappaAccumMemory(KappaViewAccum *acc);
 extern int64 KappaAccumGroups(KappaViewAccum *acc);
 extern void KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge);
 extern void KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row);
+
+/* in view_shape.c */
+extern KappaViewShape *KappaBuildViewShape(Query *query, const char *sql);
+extern Query *KappaParseViewQuery(const char *sql, bool rewrite);
 
 /* in agg_state.c */
 extern void KappaAggMergeInit(KappaAggMerge *merge, Aggref *aggref);

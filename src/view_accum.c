@@ -1,20 +1,27 @@
 /*-------------------------------------------------------------------------
  *
  * view_accum.c
- *	  Combining the deltas of a long INSERT or COPY in memory, so that each
- *	  group of a view is written once per statement.
+ *	  A view's groups combined in memory (an accumulator), so that each group
+ *	  is written once per statement or Kafka batch.
  *
- * A statement that streams more rows than kappa.stream_batch_memory holds
- * is applied in chunks.  Merging every chunk's delta into the
- * materialization would update each group once per chunk (one row version
- * each, all in one transaction).  Instead, each chunk's delta rows (group
- * keys and partial states, as the delta plan produces them) are combined
- * here, in a hash table keyed by the group keys, with the aggregates'
- * combine functions; at the end of the statement the combined states are
- * merged into the materialization, once per group and in key order, by the
- * same code that merges a single delta (view_engine.c).
+ * Rows reach an accumulator in one of two ways (view_apply.c decides):
  *
- * Views whose group keys cannot be hashed are merged chunk by chunk.
+ *	 - pushed: a view over the stream alone takes each stream row as it
+ *	   arrives (KappaAccumPushRow): its WHERE, keys and aggregate inputs,
+ *	   compiled by view_plan.c, are evaluated and each aggregate's
+ *	   transition function advances the group's state in memory; no delta
+ *	   query runs.  Groups whose keys all compare by their bytes are found
+ *	   by hashing those bytes (accum_image_hash), skipping function calls.
+ *	 - combined: a statement that streams more rows than
+ *	   kappa.stream_batch_memory holds is applied in chunks.  Each chunk's
+ *	   delta rows (group keys and partial states, as the delta plan produces
+ *	   them) are sent to KappaAccumReceiver and combined, in a hash table
+ *	   keyed by the group keys, with the aggregates' combine functions.
+ *
+ * KappaAccumFlush sends the combined states, once per group and in key
+ * order, to the receiver that merges a single delta (view_merge.c), and
+ * empties the accumulator.  Views whose group keys cannot be hashed get no
+ * accumulator: they are merged chunk by chunk.
  *
  *-------------------------------------------------------------------------
  */
@@ -50,7 +57,7 @@ struct KappaViewAccum
 	AggState   *aggContext;
 	int64		ngroups;
 	TupleHashEntry globalEntry; /* the one group of a view without GROUP BY */
-	/* pushed rows with keys compared by their bytes (see image_keys) */
+	/* pushed rows with keys compared by their bytes (see accum_image_keys) */
 	struct keygroups_hash *groups;	/* NULL: the TupleHashTable is used */
 	struct AccumEntry *probe;	/* keys of the row being looked up */
 	int16	   *keyLens;
@@ -81,15 +88,15 @@ typedef struct KeyGroup
 	char		status;
 } KeyGroup;
 
-static uint32 image_hash(KappaViewAccum *acc, AccumEntry *key);
-static bool image_equal(KappaViewAccum *acc, AccumEntry *a, AccumEntry *b);
+static uint32 accum_image_hash(KappaViewAccum *acc, AccumEntry *key);
+static bool accum_image_equal(KappaViewAccum *acc, AccumEntry *a, AccumEntry *b);
 
 #define SH_PREFIX keygroups
 #define SH_ELEMENT_TYPE KeyGroup
 #define SH_KEY_TYPE AccumEntry *
 #define SH_KEY entry
-#define SH_HASH_KEY(tb, key) image_hash((KappaViewAccum *) (tb)->private_data, key)
-#define SH_EQUAL(tb, a, b) image_equal((KappaViewAccum *) (tb)->private_data, a, b)
+#define SH_HASH_KEY(tb, key) accum_image_hash((KappaViewAccum *) (tb)->private_data, key)
+#define SH_EQUAL(tb, a, b) accum_image_equal((KappaViewAccum *) (tb)->private_data, a, b)
 #define SH_STORE_HASH
 #define SH_GET_HASH(tb, a) (a)->hash
 #define SH_SCOPE static inline
@@ -110,7 +117,7 @@ typedef struct AccumReceiver
  * where different images can be equal.)
  */
 static bool
-image_keys(TupleDesc keyDesc, KappaViewInfo *view)
+accum_image_keys(TupleDesc keyDesc, KappaViewInfo *view)
 {
 	int			i;
 
@@ -148,7 +155,7 @@ image_keys(TupleDesc keyDesc, KappaViewInfo *view)
 }
 
 static uint32
-image_hash(KappaViewAccum *acc, AccumEntry *key)
+accum_image_hash(KappaViewAccum *acc, AccumEntry *key)
 {
 	uint32		h = 0;
 	int			i;
@@ -161,7 +168,7 @@ image_hash(KappaViewAccum *acc, AccumEntry *key)
 }
 
 static bool
-image_equal(KappaViewAccum *acc, AccumEntry *a, AccumEntry *b)
+accum_image_equal(KappaViewAccum *acc, AccumEntry *a, AccumEntry *b)
 {
 	int			i;
 
@@ -243,7 +250,7 @@ KappaAccumCreate(KappaViewInfo *view, MemoryContext parent)
 											acc->tempcxt, false);
 	}
 
-	if (view->push != NULL && image_keys(acc->keyDesc, view))
+	if (view->push != NULL && accum_image_keys(acc->keyDesc, view))
 	{
 		acc->keyLens = palloc(sizeof(int16) * nkeys);
 		acc->keyByVals = palloc(sizeof(bool) * nkeys);
@@ -285,7 +292,7 @@ datumCopyInto(Datum value, KappaAggMerge *merge, MemoryContext cxt)
  * advancing a group touches as few cache lines as possible.
  */
 static AccumEntry *
-new_entry(KappaViewAccum *acc, bool withNoTrans)
+accum_new_entry(KappaViewAccum *acc, bool withNoTrans)
 {
 	int			naggs = acc->view->naggs;
 	char	   *mem;
@@ -346,7 +353,7 @@ accum_receive(TupleTableSlot *slot, DestReceiver *self)
 	entry = LookupTupleHashEntry(acc->table, acc->keySlot, &isnew, NULL);
 	if (isnew)
 	{
-		ae = new_entry(acc, false);
+		ae = accum_new_entry(acc, false);
 		entry->additional = ae;
 		acc->ngroups++;
 	}
@@ -397,21 +404,26 @@ KappaAccumReceiver(KappaViewAccum *acc)
 }
 
 /* Comparators of the group keys, for sorting accumulated groups. */
-static SortSupport accum_sort_keys;
-static int	accum_sort_nkeys;
+typedef struct AccumSortKeys
+{
+	SortSupport keys;
+	int			nkeys;
+} AccumSortKeys;
 
+/* qsort_arg comparator of two groups' keys; 'arg' is an AccumSortKeys. */
 static int
-compare_entries(const void *a, const void *b)
+accum_compare_entries(const void *a, const void *b, void *arg)
 {
 	AccumEntry *ea = *(AccumEntry *const *) a;
 	AccumEntry *eb = *(AccumEntry *const *) b;
+	AccumSortKeys *sort = arg;
 	int			i;
 
-	for (i = 0; i < accum_sort_nkeys; i++)
+	for (i = 0; i < sort->nkeys; i++)
 	{
 		int			cmp = ApplySortComparator(ea->keys[i], ea->keynulls[i],
 											  eb->keys[i], eb->keynulls[i],
-											  &accum_sort_keys[i]);
+											  &sort->keys[i]);
 
 		if (cmp != 0)
 			return cmp;
@@ -474,6 +486,7 @@ KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge)
 	{
 		SortSupport sortKeys = MemoryContextAllocZero(acc->statecxt,
 													  sizeof(SortSupportData) * view->nkeys);
+		AccumSortKeys sort;
 
 		for (i = 0; i < view->nkeys; i++)
 		{
@@ -483,10 +496,9 @@ KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge)
 			sortKeys[i].ssup_attno = i + 1;
 			PrepareSortSupportFromOrderingOp(view->keySortOps[i], &sortKeys[i]);
 		}
-		accum_sort_keys = sortKeys;
-		accum_sort_nkeys = view->nkeys;
-		qsort(entries, n, sizeof(AccumEntry *), compare_entries);
-		accum_sort_keys = NULL;
+		sort.keys = sortKeys;
+		sort.nkeys = view->nkeys;
+		qsort_arg(entries, n, sizeof(AccumEntry *), accum_compare_entries, &sort);
 	}
 
 	slot = MakeSingleTupleTableSlot(acc->deltaDesc, &TTSOpsVirtual);
@@ -544,10 +556,10 @@ datumCopyKey(Datum value, bool byval, int16 len, MemoryContext cxt)
 
 /* A new group for pushed rows, its states at the initial values. */
 static AccumEntry *
-new_pushed_entry(KappaViewAccum *acc)
+accum_new_pushed_entry(KappaViewAccum *acc)
 {
 	KappaViewInfo *view = acc->view;
-	AccumEntry *ae = new_entry(acc, true);
+	AccumEntry *ae = accum_new_entry(acc, true);
 	int			i;
 
 	for (i = 0; i < view->naggs; i++)
@@ -613,7 +625,7 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 			ae = group->entry;
 		else
 		{
-			ae = new_pushed_entry(acc);
+			ae = accum_new_pushed_entry(acc);
 			ae->keys = MemoryContextAlloc(acc->statecxt, sizeof(Datum) * view->nkeys);
 			ae->keynulls = MemoryContextAlloc(acc->statecxt, sizeof(bool) * view->nkeys);
 			for (i = 0; i < view->nkeys; i++)
@@ -661,7 +673,7 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 		}
 		if (isnew)
 		{
-			ae = new_pushed_entry(acc);
+			ae = accum_new_pushed_entry(acc);
 			entry->additional = ae;
 		}
 		else

@@ -1,34 +1,25 @@
 /*-------------------------------------------------------------------------
  *
  * view_define.c
- *	  Creating and dropping continuous views: what a view query may contain,
- *	  what it means for incremental maintenance (its "shape"), and the
- *	  relations that store it.
+ *	  Creating and dropping continuous views, and the relations that store
+ *	  them: kappa.create_view, kappa.drop_view, kappa.view_stats.
  *
- * A view query is a SELECT over exactly one stream, optionally joined to
- * ordinary tables, with aggregates that have combine functions.  Everything
- * that cannot be maintained from per-batch partial states is refused here,
- * at creation, with its own SQLSTATE (kappa_errcodes.h), a message naming
- * the construct and a hint with the alternative.
- *
- * KappaBuildViewShape is used both at creation and whenever a backend loads
- * a view (view_engine.c), from the text of the view's definition, so the two
- * cannot disagree.  See view.h for the storage layout.
+ * What a view query may contain is decided by view_shape.c; this file
+ * creates the definition, the materialization and the user-facing view
+ * (see view.h for their layout), records the view in kappa.view_catalog and
+ * has the view runtime backfill it (KappaViewBackfill).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include "access/skey.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "catalog/namespace.h"
-#include "catalog/pg_aggregate.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_operator.h"
-#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "common/int.h"
 #include "commands/defrem.h"
@@ -40,21 +31,11 @@
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
-#include "optimizer/optimizer.h"
-#include "parser/analyze.h"
-#include "parser/parse_agg.h"
-#include "parser/parse_node.h"
 #include "parser/parse_relation.h"
-#include "parser/parser.h"
-#include "parser/parsetree.h"
-#include "rewrite/rewriteHandler.h"
-#include "rewrite/rewriteManip.h"
-#include "tcop/tcopprot.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
-#include "utils/regproc.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
 #include "utils/snapmgr.h"
@@ -66,606 +47,9 @@
 #include "util.h"
 #include "view.h"
 
-typedef struct CheckContext
-{
-	ParseState *pstate;			/* for error positions in the query text */
-	int			streams;		/* stream references anywhere */
-} CheckContext;
-
-typedef struct MapContext
-{
-	KappaViewShape *shape;
-	ParseState *pstate;
-} MapContext;
-
-/*
- * Error context of view queries: report positions inside the query text
- * (as an internal query) rather than inside the calling statement.
- */
-static void
-view_query_error_callback(void *arg)
-{
-	int			pos = geterrposition();
-
-	if (pos > 0)
-	{
-		errposition(0);
-		internalerrposition(pos);
-		internalerrquery((const char *) arg);
-	}
-}
-
-/*
- * KappaParseViewQuery parses and analyzes a view query given as text.  It
- * must be exactly one SELECT.  With 'rewrite', views it reads are expanded
- * (what planning needs); locks are taken on every relation it reads.
- */
-Query *
-KappaParseViewQuery(const char *sql, bool rewrite)
-{
-	List	   *raw;
-	RawStmt    *rawstmt;
-	List	   *queries;
-	ErrorContextCallback errcallback;
-
-	errcallback.callback = view_query_error_callback;
-	errcallback.arg = (void *) sql;
-	errcallback.previous = error_context_stack;
-	error_context_stack = &errcallback;
-
-	raw = raw_parser(sql, RAW_PARSE_DEFAULT);
-	if (list_length(raw) != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_NOT_SELECT),
-				 errmsg("a continuous view must be defined by exactly one SELECT statement"),
-				 errdetail("The query text contains %d statements.", list_length(raw)),
-				 list_length(raw) == 0 ?
-				 errhint("Give the SELECT statement that defines the view.") :
-				 errhint("Create one continuous view per query.")));
-	rawstmt = linitial_node(RawStmt, raw);
-	if (!IsA(rawstmt->stmt, SelectStmt) ||
-		((SelectStmt *) rawstmt->stmt)->intoClause != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_NOT_SELECT),
-				 errmsg("a continuous view must be defined by a SELECT statement"),
-				 errhint("Write the query as SELECT ... FROM stream ... GROUP BY ...")));
-
-	PG_TRY();
-	{
-		if (rewrite)
-			queries = pg_analyze_and_rewrite_fixedparams(rawstmt, sql, NULL, 0, NULL);
-		else
-			queries = list_make1(parse_analyze_fixedparams(rawstmt, sql, NULL, 0, NULL));
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-		MemoryContext ecxt = MemoryContextSwitchTo(ErrorContext);
-
-		/* a stream that does not exist (yet): say how to make one */
-		edata = CopyErrorData();
-		MemoryContextSwitchTo(ecxt);
-		if (edata->sqlerrcode != ERRCODE_UNDEFINED_TABLE || edata->hint != NULL)
-			PG_RE_THROW();
-		FlushErrorState();
-		edata->hint = pstrdup("A continuous view reads a stream: create it first with kappa.create_stream(), or check the name and the search_path.");
-		ReThrowError(edata);
-	}
-	PG_END_TRY();
-	if (list_length(queries) != 1)
-		elog(ERROR, "view query rewrote to %d queries", list_length(queries));
-	error_context_stack = errcallback.previous;
-	return linitial_node(Query, queries);
-}
-
-/* Count references to streams anywhere in a query tree. */
-static bool
-count_streams_walker(Node *node, CheckContext *ctx)
-{
-	if (node == NULL)
-		return false;
-	if (IsA(node, RangeTblEntry))
-	{
-		RangeTblEntry *rte = (RangeTblEntry *) node;
-
-		if (rte->rtekind == RTE_RELATION && KappaIsStream(rte->relid))
-			ctx->streams++;
-		return false;
-	}
-	if (IsA(node, Query))
-		return query_tree_walker((Query *) node, count_streams_walker, ctx,
-								 QTW_EXAMINE_RTES_BEFORE);
-	return expression_tree_walker(node, count_streams_walker, ctx);
-}
-
-static bool
-find_grouping_func_walker(Node *node, Node **found)
-{
-	if (node == NULL)
-		return false;
-	if (IsA(node, GroupingFunc))
-	{
-		*found = node;
-		return true;
-	}
-	if (IsA(node, Query))
-		return false;
-	return expression_tree_walker(node, find_grouping_func_walker, found);
-}
-
-/* The first GROUPING() call in an expression tree, or NULL. */
-static Node *
-find_grouping_func(Node *node)
-{
-	Node	   *found = NULL;
-
-	(void) find_grouping_func_walker(node, &found);
-	return found;
-}
-
-/* Is range table entry 'rtindex' on the nullable side of an outer join? */
-static bool
-rte_is_nullable(Node *jtnode, int rtindex, bool nullable)
-{
-	if (jtnode == NULL)
-		return false;
-	if (IsA(jtnode, RangeTblRef))
-		return ((RangeTblRef *) jtnode)->rtindex == rtindex && nullable;
-	if (IsA(jtnode, FromExpr))
-	{
-		ListCell   *lc;
-
-		foreach(lc, ((FromExpr *) jtnode)->fromlist)
-		{
-			if (rte_is_nullable(lfirst(lc), rtindex, nullable))
-				return true;
-		}
-		return false;
-	}
-	if (IsA(jtnode, JoinExpr))
-	{
-		JoinExpr   *j = (JoinExpr *) jtnode;
-		bool		lnull = nullable || j->jointype == JOIN_RIGHT || j->jointype == JOIN_FULL;
-		bool		rnull = nullable || j->jointype == JOIN_LEFT || j->jointype == JOIN_FULL;
-
-		return rte_is_nullable(j->larg, rtindex, lnull) ||
-			rte_is_nullable(j->rarg, rtindex, rnull);
-	}
-	return false;
-}
-
-static bool
-volatile_func_checker(Oid func_id, void *context)
-{
-	if (func_volatile(func_id) == PROVOLATILE_VOLATILE)
-	{
-		*(Oid *) context = func_id;
-		return true;
-	}
-	return false;
-}
-
-/* Find a volatile function anywhere in a query tree; sets *funcid. */
-static bool
-find_volatile_walker(Node *node, Oid *funcid)
-{
-	if (node == NULL)
-		return false;
-	if (check_functions_in_node(node, volatile_func_checker, funcid))
-		return true;
-	if (IsA(node, NextValueExpr))
-	{
-		*funcid = F_NEXTVAL;
-		return true;
-	}
-	if (IsA(node, Query))
-		return query_tree_walker((Query *) node, find_volatile_walker, funcid, 0);
-	return expression_tree_walker(node, find_volatile_walker, funcid);
-}
-
-static bool
-collect_aggrefs_walker(Node *node, List **aggrefs)
-{
-	if (node == NULL)
-		return false;
-	if (IsA(node, Aggref))
-	{
-		ListCell   *lc;
-
-		foreach(lc, *aggrefs)
-		{
-			if (equal(lfirst(lc), node))
-				return false;
-		}
-		*aggrefs = lappend(*aggrefs, node);
-		return false;			/* the parser forbids nested aggregates */
-	}
-	if (IsA(node, Query))
-		return false;
-	return expression_tree_walker(node, collect_aggrefs_walker, aggrefs);
-}
-
-/* Refuse an aggregate call that cannot be maintained from partial states. */
-static void
-check_aggref(Aggref *aggref, ParseState *pstate)
-{
-	HeapTuple	tuple;
-	Form_pg_aggregate aggform;
-	char	   *name = get_func_name(aggref->aggfnoid);
-
-	if (aggref->agglevelsup != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_OUTER_AGGREGATE),
-				 errmsg("outer-level aggregate %s is not supported in a continuous view", name),
-				 parser_errposition(pstate, aggref->location)));
-	if (AGGKIND_IS_ORDERED_SET(aggref->aggkind))
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_ORDERED_SET_AGGREGATE),
-				 errmsg("ordered-set aggregate %s is not supported in a continuous view", name),
-				 errdetail("Ordered-set aggregates (WITHIN GROUP) need every input row at once."),
-				 errhint("Keep a mergeable sketch instead, such as a tdigest (tdigest extension), and compute percentiles from it when reading."),
-				 parser_errposition(pstate, aggref->location)));
-	if (aggref->aggdistinct != NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_DISTINCT_AGGREGATE),
-				 errmsg("DISTINCT inside aggregate %s is not supported in a continuous view", name),
-				 errdetail("Distinct values cannot be merged from per-batch partial results."),
-				 errhint("For distinct counts use a HyperLogLog sketch, e.g. hll_cardinality(hll_add_agg(hll_hash_text(x))) from the hll extension, or GROUP BY the value.")),
-				parser_errposition(pstate, aggref->location));
-	if (aggref->aggorder != NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_ORDERED_AGGREGATE),
-				 errmsg("ORDER BY inside aggregate %s is not supported in a continuous view", name),
-				 errdetail("Input order cannot be kept across batches."),
-				 errhint("Remove the ORDER BY from the aggregate call."),
-				 parser_errposition(pstate, aggref->location)));
-
-	tuple = SearchSysCache1(AGGFNOID, ObjectIdGetDatum(aggref->aggfnoid));
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for aggregate %u", aggref->aggfnoid);
-	aggform = (Form_pg_aggregate) GETSTRUCT(tuple);
-	if (!OidIsValid(aggform->aggcombinefn))
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_NO_COMBINE_FUNCTION),
-				 errmsg("aggregate %s is not supported in a continuous view", name),
-				 errdetail("The aggregate has no combine function, so results of separate batches cannot be merged."),
-				 errhint("Use an aggregate that has a combine function (see pg_aggregate.aggcombinefn), or keep the raw rows in a retained stream and aggregate them when reading."),
-				 parser_errposition(pstate, aggref->location)));
-	if (aggform->aggtranstype == INTERNALOID &&
-		(!OidIsValid(aggform->aggserialfn) || !OidIsValid(aggform->aggdeserialfn)))
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_NO_COMBINE_FUNCTION),
-				 errmsg("aggregate %s is not supported in a continuous view", name),
-				 errdetail("Its transition state has type internal and no serialization functions, so it cannot be stored."),
-				 errhint("Use an aggregate with serialization functions (pg_aggregate.aggserialfn)."),
-				 parser_errposition(pstate, aggref->location)));
-	ReleaseSysCache(tuple);
-}
-
-/*
- * Refuse everything that cannot be maintained incrementally; returns the
- * range table index of the stream.
- */
-static Index
-check_view_query(Query *query, ParseState *pstate)
-{
-	CheckContext ctx = {pstate, 0};
-	int			direct = 0;
-	Index		streamIndex = 0;
-	ListCell   *lc;
-	Index		rti = 0;
-	Oid			volatileFunc = InvalidOid;
-
-	if (query->commandType != CMD_SELECT || query->utilityStmt != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_NOT_SELECT),
-				 errmsg("a continuous view must be defined by a SELECT statement")));
-	if (query->setOperations != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_SET_OPERATION),
-				 errmsg("set operations (UNION, INTERSECT, EXCEPT) are not supported in a continuous view"),
-				 errhint("Create one continuous view per branch and combine them in a plain view that reads both.")));
-
-	(void) count_streams_walker((Node *) query, &ctx);
-	foreach(lc, query->rtable)
-	{
-		RangeTblEntry *rte = lfirst(lc);
-
-		rti++;
-		if (rte->rtekind == RTE_RELATION && KappaIsStream(rte->relid))
-		{
-			direct++;
-			streamIndex = rti;
-		}
-	}
-	if (ctx.streams > direct)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_SUBQUERY_STREAM),
-				 errmsg("a subquery, common table expression or view that reads a stream is not supported in a continuous view"),
-				 errdetail("A continuous view reads its stream directly in its FROM clause."),
-				 errhint("Move the stream into the main FROM clause and express the subquery's filter in WHERE, or define a continuous view over the stream and query that.")));
-	if (direct == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_NO_STREAM),
-				 errmsg("the query of a continuous view must read from a stream"),
-				 errhint("Create a stream with kappa.create_stream(), or use a plain or materialized view for queries over tables.")));
-	if (direct > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_MULTIPLE_STREAMS),
-				 errmsg("a continuous view can read only one stream"),
-				 errdetail("The query reads streams %d times.", direct),
-				 errhint("Create one continuous view per stream; join streams upstream before they reach PostgreSQL.")));
-	if (rte_is_nullable((Node *) query->jointree, streamIndex, false))
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_OUTER_JOIN_STREAM),
-				 errmsg("a stream on the nullable side of an outer join is not supported in a continuous view"),
-				 errdetail("Rows of the other side without a match would depend on which batch is applied."),
-				 errhint("Join the stream with an inner join or as the left side of a LEFT JOIN.")));
-	if (query->hasWindowFuncs)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_WINDOW_FUNCTION),
-				 errmsg("window functions are not supported in a continuous view"),
-				 errdetail("A window function needs all rows of its partition at once."),
-				 errhint("Apply the window function when reading: SELECT ..., rank() OVER (...) FROM the continuous view.")));
-	if (query->groupingSets != NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_GROUPING_SETS),
-				 errmsg("GROUPING SETS, ROLLUP and CUBE are not supported in a continuous view"),
-				 errhint("Create one continuous view per grouping, or aggregate the finest grouping further when reading.")));
-	{
-		Node	   *grouping = find_grouping_func((Node *) query->targetList);
-
-		if (grouping == NULL)
-			grouping = find_grouping_func(query->havingQual);
-		if (grouping != NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_KAPPA_GROUPING_SETS),
-					 errmsg("GROUPING() is not supported in a continuous view"),
-					 errdetail("Without GROUPING SETS, ROLLUP or CUBE every group key is always grouped: GROUPING() is 0."),
-					 errhint("Write 0 instead, or create one continuous view per grouping."),
-					 parser_errposition(pstate, exprLocation(grouping))));
-	}
-	if (query->hasTargetSRFs)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_SET_RETURNING),
-				 errmsg("set-returning functions in the select list are not supported in a continuous view"),
-				 errhint("Expand the set before inserting into the stream, or join a table that holds it.")));
-	if (query->distinctClause != NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_SELECT_DISTINCT),
-				 errmsg("SELECT DISTINCT is not supported in a continuous view"),
-				 errhint("GROUP BY the columns instead, or apply DISTINCT when reading the view.")));
-	if (query->rowMarks != NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_LOCKING_CLAUSE),
-				 errmsg("FOR UPDATE and FOR SHARE are not supported in a continuous view")));
-	if (!query->hasAggs && query->groupClause == NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_NOT_AGGREGATE),
-				 errmsg("a continuous view needs an aggregate or a GROUP BY clause"),
-				 errdetail("Without aggregation the view would be a copy of every row."),
-				 errhint("Keep the rows with kappa.create_stream(..., retain => 'infinity') and query the stream, or feed an ordinary table.")));
-	if (find_volatile_walker((Node *) query, &volatileFunc))
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_VOLATILE_FUNCTION),
-				 errmsg("volatile function %s is not supported in a continuous view",
-						format_procedure(volatileFunc)),
-				 errdetail("A volatile function could give a different result each time a batch is applied."),
-				 errhint("Compute the value before inserting it into the stream, or use an immutable or stable expression.")));
-	query->limitCount = eval_const_expressions(NULL, query->limitCount);
-	query->limitOffset = eval_const_expressions(NULL, query->limitOffset);
-	if (query->limitOption == LIMIT_OPTION_WITH_TIES ||
-		(query->limitCount && !IsA(query->limitCount, Const)) ||
-		(query->limitOffset && !IsA(query->limitOffset, Const)))
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_NONCONSTANT_LIMIT),
-				 errmsg("LIMIT and OFFSET of a continuous view must be constants"),
-				 errhint("Apply other limits when reading the view.")));
-
-	foreach(lc, query->groupClause)
-	{
-		SortGroupClause *sgc = lfirst(lc);
-		TargetEntry *tle = get_sortgroupclause_tle(sgc, query->targetList);
-		Oid			type = exprType((Node *) tle->expr);
-
-		if (!OidIsValid(sgc->sortop) ||
-			!OidIsValid(GetDefaultOpClass(type, BTREE_AM_OID)))
-			ereport(ERROR,
-					(errcode(ERRCODE_KAPPA_UNORDERED_KEY),
-					 errmsg("cannot group by type %s in a continuous view",
-							format_type_be(type)),
-					 errdetail("Group keys are stored in a unique btree index, which needs a default btree operator class."),
-					 errhint("Group by an expression of a sortable type, such as a cast to text."),
-					 parser_errposition(pstate, exprLocation((Node *) tle->expr))));
-	}
-
-	/* outputs, HAVING and ORDER BY are evaluated per group at merge time */
-	foreach(lc, query->targetList)
-	{
-		TargetEntry *tle = lfirst(lc);
-
-		if (checkExprHasSubLink((Node *) tle->expr))
-			ereport(ERROR,
-					(errcode(ERRCODE_KAPPA_SUBQUERY_OUTPUT),
-					 errmsg("subqueries in the select list or ORDER BY are not supported in a continuous view"),
-					 errhint("Join the table in the FROM clause instead, or use the subquery when reading the view."),
-					 parser_errposition(pstate, exprLocation((Node *) tle->expr))));
-	}
-	if (checkExprHasSubLink(query->havingQual))
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_SUBQUERY_OUTPUT),
-				 errmsg("subqueries in HAVING are not supported in a continuous view"),
-				 errhint("Filter when reading the view instead.")));
-	return streamIndex;
-}
-
-/* Replace group keys and aggregates by Vars of the finals tuple. */
-static Node *
-map_to_finals_mutator(Node *node, MapContext *ctx)
-{
-	KappaViewShape *shape = ctx->shape;
-	ListCell   *lc;
-	int			i;
-
-	if (node == NULL)
-		return NULL;
-	i = 0;
-	foreach(lc, shape->keyExprs)
-	{
-		Node	   *key = lfirst(lc);
-
-		i++;
-		if (equal(node, key))
-			return (Node *) makeVar(1, i, exprType(key), exprTypmod(key),
-									exprCollation(key), 0);
-	}
-	if (IsA(node, Aggref))
-	{
-		i = 0;
-		foreach(lc, shape->aggrefs)
-		{
-			Aggref	   *agg = lfirst(lc);
-
-			i++;
-			if (equal(node, agg))
-				return (Node *) makeVar(1, shape->nkeys + i, agg->aggtype, -1,
-										agg->aggcollid, 0);
-		}
-		elog(ERROR, "aggregate not found in view shape");
-	}
-	if (IsA(node, Var))
-	{
-		Var		   *var = (Var *) node;
-
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_UNGROUPED_COLUMN),
-				 errmsg("column %s must appear in the GROUP BY clause or be used in an aggregate function in a continuous view",
-						get_rte_attribute_name(rt_fetch(var->varno, shape->query->rtable),
-											   var->varattno)),
-				 errdetail("A continuous view stores only its group keys and aggregates."),
-				 errhint("Add the column to GROUP BY."),
-				 parser_errposition(ctx->pstate, var->location)));
-	}
-	return expression_tree_mutator(node, map_to_finals_mutator, ctx);
-}
-
-/* KappaMakeCountStar returns a new count(*) aggregate call. */
-Aggref *
-KappaMakeCountStar(void)
-{
-	Aggref	   *agg = makeNode(Aggref);
-
-	agg->aggfnoid = F_COUNT_;
-	agg->aggtype = INT8OID;
-	agg->aggcollid = InvalidOid;
-	agg->inputcollid = InvalidOid;
-	agg->aggtranstype = InvalidOid;
-	agg->aggstar = true;
-	agg->aggkind = AGGKIND_NORMAL;
-	agg->aggsplit = AGGSPLIT_SIMPLE;
-	agg->aggno = -1;
-	agg->aggtransno = -1;
-	agg->location = -1;
-	return agg;
-}
-
-/*
- * KappaBuildViewShape checks an analyzed, rewritten view query and derives
- * its shape.  'sql' is the query text, for error positions.
- */
-KappaViewShape *
-KappaBuildViewShape(Query *query, const char *sql)
-{
-	KappaViewShape *shape = palloc0(sizeof(KappaViewShape));
-	ParseState *pstate = make_parsestate(NULL);
-	MapContext	mctx;
-	Index		streamIndex;
-	ListCell   *lc;
-	List	   *found = NIL;
-
-	ErrorContextCallback errcallback;
-
-	errcallback.callback = view_query_error_callback;
-	errcallback.arg = (void *) sql;
-	errcallback.previous = error_context_stack;
-	error_context_stack = &errcallback;
-
-	pstate->p_sourcetext = sql;
-	streamIndex = check_view_query(query, pstate);
-
-	/*
-	 * Columns merged by JOIN ... USING refer to the join; compare keys and
-	 * outputs in terms of the tables' own columns, as the parser's check of
-	 * ungrouped columns does (GROUP BY t1.f1 groups the f1 of a LEFT JOIN
-	 * USING (f1)).
-	 */
-	foreach(lc, query->rtable)
-	{
-		if (((RangeTblEntry *) lfirst(lc))->rtekind != RTE_JOIN)
-			continue;
-		query->targetList = (List *) flatten_join_alias_vars(query, (Node *) query->targetList);
-		query->havingQual = flatten_join_alias_vars(query, query->havingQual);
-		break;
-	}
-	shape->query = query;
-	shape->streamRelid = rt_fetch(streamIndex, query->rtable)->relid;
-
-	foreach(lc, query->groupClause)
-	{
-		SortGroupClause *sgc = lfirst(lc);
-		TargetEntry *tle = get_sortgroupclause_tle(sgc, query->targetList);
-
-		shape->keyExprs = lappend(shape->keyExprs, tle->expr);
-	}
-	shape->nkeys = list_length(shape->keyExprs);
-
-	/* count(*) comes first: it counts the rows applied to each group */
-	shape->aggrefs = list_make1(KappaMakeCountStar());
-	shape->rowsAgg = 0;
-	(void) collect_aggrefs_walker((Node *) query->targetList, &found);
-	(void) collect_aggrefs_walker(query->havingQual, &found);
-	foreach(lc, found)
-	{
-		Aggref	   *agg = lfirst(lc);
-
-		check_aggref(agg, pstate);
-		if (!equal(agg, linitial(shape->aggrefs)))
-			shape->aggrefs = lappend(shape->aggrefs, agg);
-	}
-
-	mctx.shape = shape;
-	mctx.pstate = pstate;
-	foreach(lc, query->targetList)
-	{
-		TargetEntry *tle = lfirst(lc);
-
-		if (tle->resjunk)
-			continue;
-		shape->outExprs = lappend(shape->outExprs,
-								  map_to_finals_mutator((Node *) tle->expr, &mctx));
-		shape->outNames = lappend(shape->outNames,
-								  pstrdup(tle->resname ? tle->resname : "?column?"));
-	}
-	if (query->havingQual)
-		shape->having = (Expr *) map_to_finals_mutator(query->havingQual, &mctx);
-	foreach(lc, query->sortClause)
-	{
-		SortGroupClause *sgc = lfirst(lc);
-		TargetEntry *tle = get_sortgroupclause_tle(sgc, query->targetList);
-
-		shape->sortExprs = lappend(shape->sortExprs,
-								   map_to_finals_mutator((Node *) tle->expr, &mctx));
-		shape->sortClauses = lappend(shape->sortClauses, sgc);
-	}
-	shape->limitCount = query->limitCount;
-	shape->limitOffset = query->limitOffset;
-	error_context_stack = errcallback.previous;
-	return shape;
-}
-
 /* Column definition text "name type [COLLATE x]". */
 static void
-append_column(StringInfo buf, const char *name, Oid type, int32 typmod, Oid collation)
+define_append_column(StringInfo buf, const char *name, Oid type, int32 typmod, Oid collation)
 {
 	appendStringInfo(buf, "%s %s", quote_identifier(name),
 					 format_type_with_typemod(type, typmod));
@@ -675,7 +59,7 @@ append_column(StringInfo buf, const char *name, Oid type, int32 typmod, Oid coll
 
 /* Create the materialization table; returns its OID. */
 static Oid
-create_mat_table(KappaViewShape *shape, const char *matname)
+define_mat_table(KappaViewShape *shape, const char *matname)
 {
 	StringInfoData buf;
 	ListCell   *lc;
@@ -691,15 +75,15 @@ create_mat_table(KappaViewShape *shape, const char *matname)
 	{
 		Node	   *key = lfirst(lc);
 
-		append_column(&buf, psprintf("k_%d", ++i), exprType(key),
-					  exprTypmod(key), exprCollation(key));
+		define_append_column(&buf, psprintf("k_%d", ++i), exprType(key),
+							 exprTypmod(key), exprCollation(key));
 		appendStringInfoString(&buf, ", ");
 	}
 	i = 0;
 	foreach(lc, shape->aggrefs)
 	{
-		append_column(&buf, psprintf("s_%d", ++i),
-					  KappaAggStateType(lfirst(lc)), -1, InvalidOid);
+		define_append_column(&buf, psprintf("s_%d", ++i),
+							 KappaAggStateType(lfirst(lc)), -1, InvalidOid);
 		appendStringInfoString(&buf, ", ");
 	}
 	i = 0;
@@ -707,8 +91,8 @@ create_mat_table(KappaViewShape *shape, const char *matname)
 	{
 		Node	   *out = lfirst(lc);
 
-		append_column(&buf, psprintf("c_%d", ++i), exprType(out),
-					  exprTypmod(out), exprCollation(out));
+		define_append_column(&buf, psprintf("c_%d", ++i), exprType(out),
+							 exprTypmod(out), exprCollation(out));
 		appendStringInfoString(&buf, ", ");
 	}
 	if (shape->having)
@@ -718,8 +102,8 @@ create_mat_table(KappaViewShape *shape, const char *matname)
 	{
 		Node	   *sortexpr = lfirst(lc);
 
-		append_column(&buf, psprintf("o_%d", ++i), exprType(sortexpr),
-					  exprTypmod(sortexpr), exprCollation(sortexpr));
+		define_append_column(&buf, psprintf("o_%d", ++i), exprType(sortexpr),
+							 exprTypmod(sortexpr), exprCollation(sortexpr));
 		appendStringInfoString(&buf, ", ");
 	}
 	appendStringInfoString(&buf, "updated_at timestamptz NOT NULL) WITH (fillfactor = 70)");
@@ -745,7 +129,7 @@ create_mat_table(KappaViewShape *shape, const char *matname)
 
 /* ORDER BY item text for the user-facing view. */
 static void
-append_order_item(StringInfo buf, int i, SortGroupClause *sgc, Oid type)
+define_append_order_item(StringInfo buf, int i, SortGroupClause *sgc, Oid type)
 {
 	Oid			opfamily;
 	Oid			opcintype;
@@ -775,7 +159,7 @@ append_order_item(StringInfo buf, int i, SortGroupClause *sgc, Oid type)
 
 /* The user-facing view over the materialization. */
 static void
-create_user_view(KappaViewShape *shape, const char *qualifiedName, Oid matRelid)
+define_user_view(KappaViewShape *shape, const char *qualifiedName, Oid matRelid)
 {
 	StringInfoData buf;
 	ListCell   *lc;
@@ -800,7 +184,7 @@ create_user_view(KappaViewShape *shape, const char *qualifiedName, Oid matRelid)
 	forboth(lc, shape->sortClauses, lc2, shape->sortExprs)
 	{
 		appendStringInfoString(&buf, i == 0 ? " ORDER BY " : ", ");
-		append_order_item(&buf, ++i, lfirst(lc), exprType(lfirst(lc2)));
+		define_append_order_item(&buf, ++i, lfirst(lc), exprType(lfirst(lc2)));
 	}
 	if (shape->limitCount && !((Const *) shape->limitCount)->constisnull)
 		appendStringInfo(&buf, " LIMIT " INT64_FORMAT,
@@ -813,7 +197,7 @@ create_user_view(KappaViewShape *shape, const char *qualifiedName, Oid matRelid)
 
 /* Check that the caller may read every relation the query reads. */
 static void
-check_read_permissions(Query *query)
+define_check_read_permissions(Query *query)
 {
 	ListCell   *lc;
 
@@ -837,7 +221,7 @@ PG_FUNCTION_INFO_V1(kappa_create_view);
  * definition view from it as another role reads the same objects.
  */
 static char *
-deparse_query_qualified(Query *query)
+define_deparse_qualified(Query *query)
 {
 	KappaSavedUser saved;
 	char	   *querytext;
@@ -871,7 +255,7 @@ kappa_create_view(PG_FUNCTION_ARGS)
 	Oid			creator = GetUserId();
 	char	   *qualifiedName;
 	KappaSavedUser saved;
-	KappaStreamInfo *sinfo;
+	KappaStreamViews *sviews;
 	ListCell   *lc;
 	Oid			argtypes[5] = {INT4OID, OIDOID, OIDOID, OIDOID, OIDOID};
 	Datum		args[5];
@@ -889,8 +273,8 @@ kappa_create_view(PG_FUNCTION_ARGS)
 	/* the query as the caller means it, with the caller's search_path */
 	query = KappaParseViewQuery(sql, true);
 	shape = KappaBuildViewShape(query, sql);
-	check_read_permissions(query);
-	deftext = deparse_query_qualified(KappaParseViewQuery(sql, false));
+	define_check_read_permissions(query);
+	deftext = define_deparse_qualified(KappaParseViewQuery(sql, false));
 
 	/* wait for running inserts, and block new ones until we commit */
 	streamRel = table_open(shape->streamRelid, ShareLock);
@@ -906,7 +290,7 @@ kappa_create_view(PG_FUNCTION_ARGS)
 						  quote_qualified_identifier(KAPPA_DATA_SCHEMA, defname),
 						  deftext));
 	defRelid = get_relname_relid(defname, get_namespace_oid(KAPPA_DATA_SCHEMA, false));
-	matRelid = create_mat_table(shape, matname);
+	matRelid = define_mat_table(shape, matname);
 
 	/* the caller owns what stores the view */
 	ATExecChangeOwner(defRelid, creator, false, AccessExclusiveLock);
@@ -915,7 +299,7 @@ kappa_create_view(PG_FUNCTION_ARGS)
 	CommandCounterIncrement();
 
 	KappaBecomeUser(creator, &saved);
-	create_user_view(shape, qualifiedName, matRelid);
+	define_user_view(shape, qualifiedName, matRelid);
 	KappaRestoreUser(&saved);
 	viewRelid = get_relname_relid(rv->relname, nspid);
 
@@ -934,19 +318,19 @@ kappa_create_view(PG_FUNCTION_ARGS)
 	SPI_finish();
 	KappaRestoreUser(&saved);
 	/* every backend, this one included at the next command, reloads */
-	KappaInvalidateStream(shape->streamRelid);
+	KappaStreamViewsInvalidate(shape->streamRelid);
 	CommandCounterIncrement();
 
 	/* backfill: retained rows, or the one row of a global aggregate */
-	sinfo = KappaGetStreamInfo(shape->streamRelid);
-	foreach(lc, sinfo->views)
+	sviews = KappaStreamViewsGet(shape->streamRelid);
+	foreach(lc, sviews->views)
 	{
-		KappaViewInfo *vinfo = lfirst(lc);
+		KappaViewInfo *view = lfirst(lc);
 
-		if (vinfo->viewRelid == viewRelid)
-			KappaViewBackfill(vinfo, shape->streamRelid, sinfo->retained);
+		if (view->viewRelid == viewRelid)
+			KappaViewBackfill(view, sviews->retained);
 	}
-	KappaReleaseStreamInfo(sinfo);
+	KappaStreamViewsRelease(sviews);
 
 	table_close(streamRel, NoLock);
 	PG_RETURN_OID(viewRelid);
@@ -957,7 +341,7 @@ kappa_create_view(PG_FUNCTION_ARGS)
  * *streamRelid to its stream.
  */
 static Oid
-lookup_continuous_view(const char *name, Oid *streamRelid)
+define_lookup_view(const char *name, Oid *streamRelid)
 {
 	RangeVar   *rv = KappaMakeRangeVar(name);
 	Oid			relid = RangeVarGetRelid(rv, AccessShareLock, false);
@@ -983,7 +367,7 @@ kappa_drop_view(PG_FUNCTION_ARGS)
 {
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	Oid			streamRelid = InvalidOid;
-	Oid			relid = lookup_continuous_view(name, &streamRelid);
+	Oid			relid = define_lookup_view(name, &streamRelid);
 	Relation	streamRel;
 
 	/* wait for running inserts so that none applies to a dropped view */
@@ -991,7 +375,7 @@ kappa_drop_view(PG_FUNCTION_ARGS)
 	KappaExecSql(psprintf("DROP VIEW %s",
 						  quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 													 get_rel_name(relid))));
-	KappaInvalidateStream(streamRelid);
+	KappaStreamViewsInvalidate(streamRelid);
 	table_close(streamRel, NoLock);
 	PG_RETURN_VOID();
 }

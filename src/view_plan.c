@@ -1,25 +1,26 @@
 /*-------------------------------------------------------------------------
  *
- * view_engine.c
- *	  Applying a batch of stream rows to one continuous view.
+ * view_plan.c
+ *	  Loading a continuous view into a backend: its delta query planned, its
+ *	  materialization's layout looked up, its push path compiled.
  *
  * For each view a backend keeps a planned "delta query": the view's SELECT
  * reduced to its group keys and aggregates, planned once, with the Agg node
  * switched to partial mode (AGGSPLIT_INITIAL_SERIAL, what a parallel worker
- * runs) and the output sorted by the group keys.  Executing it while the
- * batch is active (the stream's scan then returns the batch's rows) yields
- * one row per touched group: the keys and a partial state per aggregate.
+ * runs) and the output sorted by the group keys.  Executed over a batch of
+ * stream rows (view_apply.c hands them to the stream's scan), it yields one
+ * row per touched group: the keys and a partial state per aggregate.  It is
+ * planned twice, for a few rows and for many.
  *
- * Each such row is merged into the materialization (see view.h for its
- * layout): the group is probed in the unique index with a dirty snapshot;
- * if present, the stored states are combined with the delta's (agg_state.c),
- * the outputs recomputed and the row updated; if absent, the row is inserted
- * with speculative insertion, as INSERT ... ON CONFLICT does.  A concurrent
- * writer of the same group is waited for and the merge retried, so no update
- * is lost; groups are touched in key order, so writers do not deadlock.
+ * A view over the stream alone (no joins, no subqueries, plain aggregate
+ * calls) also gets a push path (KappaPushInfo): its WHERE, keys and
+ * aggregate inputs compiled over the stream row, so that rows go straight
+ * into an accumulator (view_accum.c) without a delta query.
  *
- * The delta runs with the view owner's rights (as a view would) and in a
- * security-restricted operation, as REFRESH MATERIALIZED VIEW does.
+ * Everything is parsed, checked (view_shape.c) and planned as the view's
+ * owner, in a security-restricted operation: the planner may run the
+ * view's immutable functions.  The result lives in the cache of the
+ * stream's views (stream_views.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -27,19 +28,13 @@
 
 #include "access/genam.h"
 #include "access/htup_details.h"
-#include "access/nbtree.h"
 #include "access/table.h"
-#include "access/tableam.h"
-#include "access/xact.h"
 #include "catalog/pg_aggregate.h"
-#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
-#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
 #include "optimizer/optimizer.h"
-#include "parser/parse_clause.h"
 #include "parser/parse_relation.h"
 #include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
@@ -48,10 +43,8 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
-#include "utils/ruleutils.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
-#include "utils/timestamp.h"
 
 #include "pg_kappa.h"
 #include "util.h"
@@ -59,38 +52,15 @@
 
 /*
  * Each delta query is planned for batches of KAPPA_SMALL_BATCH_ROWS rows and
- * for batches of KAPPA_LARGE_BATCH_ROWS rows; a batch of at most
- * KAPPA_SMALL_BATCH_LIMIT rows runs the first plan.
+ * for batches of KAPPA_LARGE_BATCH_ROWS rows; view_apply.c runs the first
+ * plan for batches of at most KAPPA_SMALL_BATCH_LIMIT rows (view.h).
  */
 #define KAPPA_SMALL_BATCH_ROWS 10
 #define KAPPA_LARGE_BATCH_ROWS 100000
-#define KAPPA_SMALL_BATCH_LIMIT 1000
-
-typedef struct MergeReceiver
-{
-	DestReceiver pub;
-	KappaViewInfo *view;
-	Relation	mat;
-	Relation	index;
-	EState	   *estate;
-	ResultRelInfo *rri;
-	List	   *arbiterIndexes;
-	IndexScanDesc scan;
-	SnapshotData dirty;
-	ScanKey		skeys;
-	int			nscankeys;
-	TupleTableSlot *oldslot;
-	TupleTableSlot *newslot;
-	TupleTableSlot *finalsSlot;
-	CommandId	cid;
-	TimestampTz now;
-	uint64		groups;
-	MemoryContext scancxt;		/* lives as long as the index scan */
-} MergeReceiver;
 
 /* Set partial-aggregation mode on an Aggref of the delta plan. */
 static bool
-mark_partial_walker(Node *node, void *context)
+plan_mark_partial_walker(Node *node, void *context)
 {
 	if (node == NULL)
 		return false;
@@ -102,7 +72,7 @@ mark_partial_walker(Node *node, void *context)
 		agg->aggtype = (agg->aggtranstype == INTERNALOID) ? BYTEAOID : agg->aggtranstype;
 		return false;
 	}
-	return expression_tree_walker(node, mark_partial_walker, context);
+	return expression_tree_walker(node, plan_mark_partial_walker, context);
 }
 
 /*
@@ -110,7 +80,7 @@ mark_partial_walker(Node *node, void *context)
  * the types of the nodes above it (a Sort), which pass its output through.
  */
 static void
-make_plan_partial(Plan *plan)
+plan_make_partial(Plan *plan)
 {
 	List	   *above = NIL;
 	Plan	   *node = plan;
@@ -128,8 +98,8 @@ make_plan_partial(Plan *plan)
 				 errhint("Simplify the query: aggregate the stream directly in its FROM clause.")));
 
 	((Agg *) node)->aggsplit = AGGSPLIT_INITIAL_SERIAL;
-	(void) mark_partial_walker((Node *) node->targetlist, NULL);
-	(void) mark_partial_walker((Node *) node->qual, NULL);
+	(void) plan_mark_partial_walker((Node *) node->targetlist, NULL);
+	(void) plan_mark_partial_walker((Node *) node->qual, NULL);
 
 	/* 'above' runs from the node right above the Agg up to the top */
 	foreach(lc, above)
@@ -200,7 +170,7 @@ plan_delta_query(KappaViewShape *shape, const char *sql)
 	delta->limitOption = LIMIT_OPTION_DEFAULT;
 
 	pstmt = pg_plan_query(delta, sql, 0, NULL);
-	make_plan_partial(pstmt->planTree);
+	plan_make_partial(pstmt->planTree);
 	return pstmt;
 }
 
@@ -212,24 +182,23 @@ plan_delta_query(KappaViewShape *shape, const char *sql)
 static PlannedStmt *
 plan_delta_query_for(KappaViewShape *shape, const char *sql, double rows)
 {
-	double		saved = kappa_planned_batch_rows;
+	double		saved = KappaScanSetPlannedRows(rows);
 	PlannedStmt *pstmt;
 
-	kappa_planned_batch_rows = rows;
 	PG_TRY();
 	{
 		pstmt = plan_delta_query(shape, sql);
 	}
 	PG_FINALLY();
 	{
-		kappa_planned_batch_rows = saved;
+		KappaScanSetPlannedRows(saved);
 	}
 	PG_END_TRY();
 	return pstmt;
 }
 
 static AttrNumber
-mat_attno(Relation mat, const char *name)
+plan_mat_attno(Relation mat, const char *name)
 {
 	AttrNumber	attno = attnameAttNum(mat, name, false);
 
@@ -244,7 +213,7 @@ mat_attno(Relation mat, const char *name)
 
 /* Plan and compile an expression over the stream row. */
 static ExprState *
-init_row_expr(Node *expr)
+plan_row_expr(Node *expr)
 {
 	return ExecInitExpr(expression_planner((Expr *) copyObject(expr)), NULL);
 }
@@ -254,7 +223,7 @@ init_row_expr(Node *expr)
  * from the row (*attno set, NULL returned), anything else compiled.
  */
 static ExprState *
-init_row_input(Node *expr, AttrNumber *attno, AttrNumber *maxAttno)
+plan_row_input(Node *expr, AttrNumber *attno, AttrNumber *maxAttno)
 {
 	Expr	   *planned = expression_planner((Expr *) copyObject(expr));
 
@@ -275,7 +244,7 @@ init_row_input(Node *expr, AttrNumber *attno, AttrNumber *maxAttno)
  * the current memory context (the view's).
  */
 static KappaPushInfo *
-build_push_info(KappaViewInfo *view, KappaViewShape *shape)
+plan_push_info(KappaViewInfo *view, KappaViewShape *shape)
 {
 	Query	   *query = shape->query;
 	KappaPushInfo *push;
@@ -302,7 +271,7 @@ build_push_info(KappaViewInfo *view, KappaViewShape *shape)
 	i = 0;
 	foreach(lc, shape->keyExprs)
 	{
-		push->keyStates[i] = init_row_input(lfirst(lc), &push->keyAttnos[i],
+		push->keyStates[i] = plan_row_input(lfirst(lc), &push->keyAttnos[i],
 											&push->maxAttno);
 		i++;
 	}
@@ -350,11 +319,11 @@ build_push_info(KappaViewInfo *view, KappaViewShape *shape)
 		pa->inputAttnos = palloc(sizeof(AttrNumber) * Max(pa->numInputs, 1));
 		foreach(lc2, agg->args)
 		{
-			pa->inputStates[k] = init_row_input((Node *) ((TargetEntry *) lfirst(lc2))->expr,
+			pa->inputStates[k] = plan_row_input((Node *) ((TargetEntry *) lfirst(lc2))->expr,
 												&pa->inputAttnos[k], &push->maxAttno);
 			k++;
 		}
-		pa->filterState = agg->aggfilter ? init_row_expr((Node *) agg->aggfilter) : NULL;
+		pa->filterState = agg->aggfilter ? plan_row_expr((Node *) agg->aggfilter) : NULL;
 		i++;
 	}
 	push->econtext = CreateStandaloneExprContext();
@@ -446,20 +415,20 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	view->matNatts = RelationGetDescr(mat)->natts;
 	view->keyAttnos = palloc(sizeof(AttrNumber) * Max(view->nkeys, 1));
 	if (view->globalView)
-		view->keyAttnos[0] = mat_attno(mat, "k_0");
+		view->keyAttnos[0] = plan_mat_attno(mat, "k_0");
 	for (i = 0; i < view->nkeys; i++)
-		view->keyAttnos[i] = mat_attno(mat, psprintf("k_%d", i + 1));
+		view->keyAttnos[i] = plan_mat_attno(mat, psprintf("k_%d", i + 1));
 	view->stateAttnos = palloc(sizeof(AttrNumber) * view->naggs);
 	for (i = 0; i < view->naggs; i++)
-		view->stateAttnos[i] = mat_attno(mat, psprintf("s_%d", i + 1));
+		view->stateAttnos[i] = plan_mat_attno(mat, psprintf("s_%d", i + 1));
 	view->outAttnos = palloc(sizeof(AttrNumber) * Max(list_length(shape->outExprs), 1));
 	for (i = 0; i < list_length(shape->outExprs); i++)
-		view->outAttnos[i] = mat_attno(mat, psprintf("c_%d", i + 1));
-	view->havingAttno = shape->having ? mat_attno(mat, "h") : InvalidAttrNumber;
+		view->outAttnos[i] = plan_mat_attno(mat, psprintf("c_%d", i + 1));
+	view->havingAttno = shape->having ? plan_mat_attno(mat, "h") : InvalidAttrNumber;
 	view->sortAttnos = palloc(sizeof(AttrNumber) * Max(list_length(shape->sortExprs), 1));
 	for (i = 0; i < list_length(shape->sortExprs); i++)
-		view->sortAttnos[i] = mat_attno(mat, psprintf("o_%d", i + 1));
-	view->updatedAttno = mat_attno(mat, "updated_at");
+		view->sortAttnos[i] = plan_mat_attno(mat, psprintf("o_%d", i + 1));
+	view->updatedAttno = plan_mat_attno(mat, "updated_at");
 
 	/* the unique index on the key columns */
 	indexes = RelationGetIndexList(mat);
@@ -563,7 +532,7 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 
 	view->econtext = CreateStandaloneExprContext();
 	view->aggContext = KappaMakeAggContext(view->econtext);
-	view->push = build_push_info(view, shape);
+	view->push = plan_push_info(view, shape);
 
 	KappaRestoreUser(&saved);
 	MemoryContextSwitchTo(oldcxt);
@@ -579,248 +548,6 @@ KappaViewInfoFree(KappaViewInfo *view)
 		FreeExprContext(view->push->econtext, true);
 	FreeExprContext(view->econtext, true);
 	MemoryContextDelete(view->cxt);
-}
-
-/*
- * Find the stored row of a group and wait out concurrent writers of it.
- * Returns true with the row in receiver->oldslot (copied out of the buffer).
- */
-static bool
-lookup_group(MergeReceiver *r, Datum *keys, bool *keynulls)
-{
-	KappaViewInfo *view = r->view;
-	int			i;
-
-	for (i = 0; i < r->nscankeys; i++)
-	{
-		if (keynulls[i])
-			ScanKeyEntryInitialize(&r->skeys[i], SK_ISNULL | SK_SEARCHNULL,
-								   i + 1, InvalidStrategy, InvalidOid,
-								   InvalidOid, InvalidOid, (Datum) 0);
-		else
-			ScanKeyEntryInitialize(&r->skeys[i], 0, i + 1, BTEqualStrategyNumber,
-								   InvalidOid, view->keyCollations[i],
-								   view->keyEqProcs[i], keys[i]);
-	}
-
-	for (;;)
-	{
-		TransactionId xwait = InvalidTransactionId;
-		MemoryContext oldcxt;
-		bool		found;
-
-		/* the scan keeps state (killed items) across lookups */
-		oldcxt = MemoryContextSwitchTo(r->scancxt);
-		index_rescan(r->scan, r->skeys, r->nscankeys, NULL, 0);
-		found = index_getnext_slot(r->scan, ForwardScanDirection, r->oldslot);
-		if (found)
-			ExecMaterializeSlot(r->oldslot);
-		MemoryContextSwitchTo(oldcxt);
-		if (!found)
-			return false;
-		if (TransactionIdIsValid(r->dirty.xmin))
-			xwait = r->dirty.xmin;
-		else if (TransactionIdIsValid(r->dirty.xmax))
-			xwait = r->dirty.xmax;
-		if (!TransactionIdIsValid(xwait))
-			return true;
-		XactLockTableWait(xwait, r->mat, &r->oldslot->tts_tid, XLTW_Lock);
-	}
-}
-
-/*
- * Merge one delta row (keys + partial states) into the materialization.
- * Runs in the view's per-group memory context, reset at the end.
- */
-static bool
-merge_receive(TupleTableSlot *slot, DestReceiver *self)
-{
-	MergeReceiver *r = (MergeReceiver *) self;
-	KappaViewInfo *view = r->view;
-	ExprContext *econtext = view->econtext;
-	MemoryContext oldcxt;
-	Datum		keys[INDEX_MAX_KEYS];
-	bool		keynulls[INDEX_MAX_KEYS];
-	Datum	   *values;
-	bool	   *nulls;
-	int			i;
-
-	slot_getallattrs(slot);
-	oldcxt = MemoryContextSwitchTo(econtext->ecxt_per_tuple_memory);
-	if (view->globalView)
-	{
-		keys[0] = Int32GetDatum(0);
-		keynulls[0] = false;
-	}
-	for (i = 0; i < view->nkeys; i++)
-	{
-		keys[i] = slot->tts_values[i];
-		keynulls[i] = slot->tts_isnull[i];
-	}
-
-	for (;;)
-	{
-		bool		found = lookup_group(r, keys, keynulls);
-		TupleTableSlot *finals = r->finalsSlot;
-		TupleTableSlot *newslot = r->newslot;
-
-		if (found)
-			slot_getallattrs(r->oldslot);
-
-		ExecClearTuple(newslot);
-		values = newslot->tts_values;
-		nulls = newslot->tts_isnull;
-		memset(nulls, true, sizeof(bool) * view->matNatts);
-
-		ExecClearTuple(finals);
-		for (i = 0; i < view->nkeys; i++)
-		{
-			finals->tts_values[i] = keys[i];
-			finals->tts_isnull[i] = keynulls[i];
-		}
-		for (i = 0; i < Max(view->nkeys, 1); i++)
-		{
-			if (view->globalView && i == 0)
-			{
-				values[view->keyAttnos[0] - 1] = keys[0];
-				nulls[view->keyAttnos[0] - 1] = false;
-				break;
-			}
-			values[view->keyAttnos[i] - 1] = keys[i];
-			nulls[view->keyAttnos[i] - 1] = keynulls[i];
-		}
-		for (i = 0; i < view->naggs; i++)
-		{
-			AttrNumber	sattno = view->stateAttnos[i];
-
-			KappaAggCombineAndFinalize(&view->aggs[i], view->aggContext, found,
-									   found ? r->oldslot->tts_values[sattno - 1] : (Datum) 0,
-									   found ? r->oldslot->tts_isnull[sattno - 1] : true,
-									   slot->tts_values[view->nkeys + i],
-									   slot->tts_isnull[view->nkeys + i],
-									   &values[sattno - 1], &nulls[sattno - 1],
-									   &finals->tts_values[view->nkeys + i],
-									   &finals->tts_isnull[view->nkeys + i]);
-		}
-		ExecStoreVirtualTuple(finals);
-
-		econtext->ecxt_scantuple = finals;
-		for (i = 0; i < list_length(view->shape->outExprs); i++)
-			values[view->outAttnos[i] - 1] =
-				ExecEvalExpr(view->outStates[i], econtext, &nulls[view->outAttnos[i] - 1]);
-		if (view->havingState)
-			values[view->havingAttno - 1] =
-				ExecEvalExpr(view->havingState, econtext, &nulls[view->havingAttno - 1]);
-		for (i = 0; i < list_length(view->shape->sortExprs); i++)
-			values[view->sortAttnos[i] - 1] =
-				ExecEvalExpr(view->sortStates[i], econtext, &nulls[view->sortAttnos[i] - 1]);
-		values[view->updatedAttno - 1] = TimestampTzGetDatum(r->now);
-		nulls[view->updatedAttno - 1] = false;
-		ExecStoreVirtualTuple(newslot);
-
-		if (found)
-		{
-			TM_FailureData tmfd;
-			LockTupleMode lockmode;
-			bool		updateIndexes;
-			TM_Result	result;
-
-			result = table_tuple_update(r->mat, &r->oldslot->tts_tid, newslot,
-										r->cid, r->estate->es_snapshot,
-										InvalidSnapshot, true, &tmfd,
-										&lockmode, &updateIndexes);
-			if (result == TM_Ok)
-			{
-				if (updateIndexes)
-					ExecInsertIndexTuples(r->rri, newslot, r->estate, true, false,
-										  NULL, NIL);
-				break;
-			}
-			if (result != TM_Updated && result != TM_Deleted)
-				elog(ERROR, "unexpected result %d updating continuous view \"%s\"",
-					 (int) result, get_rel_name(view->viewRelid));
-			/* a concurrent writer got there first: merge into its version */
-		}
-		else
-		{
-			ItemPointerData conflictTid;
-			uint32		specToken;
-			bool		specConflict = false;
-
-			if (ExecCheckIndexConstraints(r->rri, newslot, r->estate, &conflictTid,
-										  r->arbiterIndexes))
-			{
-				specToken = SpeculativeInsertionLockAcquire(GetCurrentTransactionId());
-				table_tuple_insert_speculative(r->mat, newslot, r->cid, 0, NULL, specToken);
-				ExecInsertIndexTuples(r->rri, newslot, r->estate, false, true,
-									  &specConflict, r->arbiterIndexes);
-				table_tuple_complete_speculative(r->mat, newslot, specToken, !specConflict);
-				SpeculativeInsertionLockRelease(GetCurrentTransactionId());
-				if (!specConflict)
-					break;
-			}
-			/* someone inserted the group meanwhile: merge into theirs */
-		}
-		CHECK_FOR_INTERRUPTS();
-	}
-
-	r->groups++;
-	MemoryContextSwitchTo(oldcxt);
-	ResetExprContext(econtext);
-	return true;
-}
-
-static void
-merge_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
-{
-	MergeReceiver *r = (MergeReceiver *) self;
-	KappaViewInfo *view = r->view;
-
-	r->scancxt = CurrentMemoryContext;
-	r->mat = table_open(view->matRelid, RowExclusiveLock);
-	r->estate = CreateExecutorState();
-	r->estate->es_output_cid = r->cid;
-	r->estate->es_snapshot = GetActiveSnapshot();
-	r->rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(r->rri, r->mat, 0, NULL, 0);
-	ExecOpenIndices(r->rri, true);
-	r->index = NULL;
-	for (int i = 0; i < r->rri->ri_NumIndices; i++)
-	{
-		if (RelationGetRelid(r->rri->ri_IndexRelationDescs[i]) == view->indexRelid)
-			r->index = r->rri->ri_IndexRelationDescs[i];
-	}
-	if (r->index == NULL)
-		elog(ERROR, "unique index of continuous view \"%s\" is missing",
-			 get_rel_name(view->viewRelid));
-	r->arbiterIndexes = list_make1_oid(view->indexRelid);
-	r->nscankeys = Max(view->nkeys, 1);
-	r->skeys = palloc(sizeof(ScanKeyData) * r->nscankeys);
-	InitDirtySnapshot(r->dirty);
-	r->scan = index_beginscan(r->mat, r->index, &r->dirty, r->nscankeys, 0);
-	r->oldslot = table_slot_create(r->mat, NULL);
-	r->newslot = MakeSingleTupleTableSlot(RelationGetDescr(r->mat), &TTSOpsVirtual);
-	r->finalsSlot = MakeSingleTupleTableSlot(view->finalsDesc, &TTSOpsVirtual);
-}
-
-static void
-merge_shutdown(DestReceiver *self)
-{
-	MergeReceiver *r = (MergeReceiver *) self;
-
-	index_endscan(r->scan);
-	ExecDropSingleTupleTableSlot(r->oldslot);
-	ExecDropSingleTupleTableSlot(r->newslot);
-	ExecDropSingleTupleTableSlot(r->finalsSlot);
-	ExecCloseIndices(r->rri);
-	FreeExecutorState(r->estate);
-	table_close(r->mat, NoLock);
-}
-
-static void
-merge_destroy(DestReceiver *self)
-{
-	pfree(self);
 }
 
 /*
@@ -848,179 +575,4 @@ KappaViewLockRelations(KappaViewInfo *view)
 			LockRelationOid(rte->relid, rte->rellockmode);
 	}
 	LockRelationOid(view->matRelid, RowExclusiveLock);
-}
-
-/* Make a receiver that merges delta rows into the view's materialization. */
-static DestReceiver *
-make_merge_receiver(KappaViewInfo *view)
-{
-	MergeReceiver *receiver = palloc0(sizeof(MergeReceiver));
-
-	receiver->pub.receiveSlot = merge_receive;
-	receiver->pub.rStartup = merge_startup;
-	receiver->pub.rShutdown = merge_shutdown;
-	receiver->pub.rDestroy = merge_destroy;
-	receiver->pub.mydest = DestNone;
-	receiver->view = view;
-	receiver->cid = GetCurrentCommandId(true);
-	receiver->now = GetCurrentTimestamp();
-	return (DestReceiver *) receiver;
-}
-
-/*
- * Set up what a view's delta or merge runs in: a command counter that sees
- * the previous merges, a fresh snapshot (joined tables as of now), and the
- * view owner's rights in a security-restricted operation (KappaBecomeUser).
- */
-static void
-begin_view_work(KappaViewInfo *view, KappaSavedUser *saved)
-{
-	CommandCounterIncrement();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	UpdateActiveSnapshotCommandId();
-	KappaBecomeUser(view->ownerId, saved);
-}
-
-static void
-end_view_work(KappaSavedUser *saved)
-{
-	KappaRestoreUser(saved);
-	PopActiveSnapshot();
-}
-
-/* Run the view's delta query over 'batch' into 'dest'. */
-static void
-run_delta(KappaViewInfo *view, KappaBatch *batch, DestReceiver *dest)
-{
-	QueryDesc  *qd;
-	KappaBatch *prevBatch;
-
-	prevBatch = KappaSetActiveBatch(batch);
-	PG_TRY();
-	{
-		qd = CreateQueryDesc(batch != NULL && batch->nrows <= KAPPA_SMALL_BATCH_LIMIT ?
-							 view->smallDeltaPlan : view->deltaPlan,
-							 view->sql, GetActiveSnapshot(),
-							 InvalidSnapshot, dest, NULL, NULL, 0);
-		ExecutorStart(qd, 0);
-		ExecutorRun(qd, ForwardScanDirection, 0, true);
-		ExecutorFinish(qd);
-		ExecutorEnd(qd);
-		FreeQueryDesc(qd);
-	}
-	PG_FINALLY();
-	{
-		KappaSetActiveBatch(prevBatch);
-	}
-	PG_END_TRY();
-}
-
-/*
- * KappaViewApplyBatch applies 'batch' to one view in the current
- * transaction.  With batch NULL the delta query reads the stream's retained
- * rows instead (backfill at creation).
- */
-void
-KappaViewApplyBatch(KappaViewInfo *view, KappaBatch *batch)
-{
-	DestReceiver *merge;
-	KappaSavedUser saved;
-
-	begin_view_work(view, &saved);
-	merge = make_merge_receiver(view);
-	run_delta(view, batch, merge);
-	merge_destroy(merge);
-	end_view_work(&saved);
-}
-
-/*
- * KappaViewAccumulateBatch combines the delta of 'batch' into 'acc' without
- * touching the materialization; KappaViewFlushAccum writes it.
- */
-void
-KappaViewAccumulateBatch(KappaViewInfo *view, KappaBatch *batch,
-						 KappaViewAccum *acc)
-{
-	DestReceiver *dest;
-	KappaSavedUser saved;
-
-	begin_view_work(view, &saved);
-	dest = KappaAccumReceiver(acc);
-	run_delta(view, batch, dest);
-	dest->rDestroy(dest);
-	end_view_work(&saved);
-}
-
-/*
- * KappaViewFlushAccum merges every group accumulated in 'acc' into the
- * view's materialization, once per group and in key order, and empties it.
- */
-void
-KappaViewFlushAccum(KappaViewInfo *view, KappaViewAccum *acc)
-{
-	DestReceiver *merge;
-	KappaSavedUser saved;
-
-	if (KappaAccumGroups(acc) == 0)
-		return;
-	begin_view_work(view, &saved);
-	merge = make_merge_receiver(view);
-	merge->rStartup(merge, CMD_SELECT, NULL);
-	KappaAccumFlush(acc, merge);
-	merge->rShutdown(merge);
-	merge_destroy(merge);
-	end_view_work(&saved);
-}
-
-/*
- * KappaViewPushRows advances the in-memory groups of a view that takes
- * pushed rows ('acc') by 'nrows' stream rows, running the view's WHERE, keys
- * and transition functions as the view's owner (KappaBecomeUser).  'slot'
- * is a heap-tuple slot of the stream's row type.
- */
-void
-KappaViewPushRows(KappaViewInfo *view, KappaViewAccum *acc,
-				  TupleTableSlot *slot, HeapTuple *rows, int nrows)
-{
-	KappaSavedUser saved;
-	int			i;
-
-	KappaBecomeUser(view->ownerId, &saved);
-	for (i = 0; i < nrows; i++)
-	{
-		ExecStoreHeapTuple(rows[i], slot, false);
-		KappaAccumPushRow(acc, slot);
-	}
-	ExecClearTuple(slot);
-	KappaRestoreUser(&saved);
-}
-
-/*
- * KappaViewBackfill gives a new view what its stream already holds: the
- * aggregate of every retained row (with 'retained'), or, for a stream that
- * keeps no rows, the aggregate of no rows (the one row of a global view,
- * as plain SQL returns it; nothing for a grouped view).  The caller holds a
- * SHARE lock on the stream, so no writer runs meanwhile; the retained rows
- * are read with a snapshot taken now, so that rows committed while the
- * caller waited for that lock are counted (in any isolation level).
- */
-void
-KappaViewBackfill(KappaViewInfo *view, Oid streamRelid, bool retained)
-{
-	KappaBatch	empty;
-	KappaSavedUser saved;
-	DestReceiver *merge;
-
-	memset(&empty, 0, sizeof(empty));
-	empty.streamRelid = streamRelid;
-
-	CommandCounterIncrement();
-	PushActiveSnapshot(GetLatestSnapshot());
-	UpdateActiveSnapshotCommandId();
-	KappaBecomeUser(view->ownerId, &saved);
-	merge = make_merge_receiver(view);
-	run_delta(view, retained ? NULL : &empty, merge);
-	merge_destroy(merge);
-	KappaRestoreUser(&saved);
-	PopActiveSnapshot();
 }

@@ -1,0 +1,402 @@
+/*-------------------------------------------------------------------------
+ *
+ * view_apply.c
+ *	  The view runtime: how each continuous view of a stream takes the rows
+ *	  of a statement or Kafka batch, and its backfill at creation.
+ *
+ * This file decides, once per view, how the view takes rows (its feed
+ * strategy) and is the only place that does:
+ *
+ *	 - FEED_PUSH: a view over the stream alone (view_plan.c compiled a push
+ *	   path for it) whose group keys can be hashed.  Rows go straight into its
+ *	   accumulator (view_accum.c) as they arrive, in chunks, with no delta
+ *	   query; the accumulator is merged into the materialization at the end
+ *	   of the statement.
+ *	 - FEED_ACCUMULATE: the view's delta query runs over each chunk of rows
+ *	   and its output is combined in the view's accumulator, merged at the
+ *	   end of the statement.  Used once a statement is applied in more than
+ *	   one chunk (or some view of the stream is pushed), so that each group
+ *	   is written once per statement.
+ *	 - FEED_DELTA: the delta query's output is merged into the
+ *	   materialization at once (view_merge.c).  Used for a statement applied
+ *	   in one chunk, and for views whose keys cannot be hashed.
+ *
+ * An accumulator is bounded like a hash aggregate, by work_mem *
+ * hash_mem_multiplier: past that it is merged early (apply_check_memory, the
+ * one place that checks).
+ *
+ * The rows a delta query scans are handed to the stream's scan explicitly
+ * (KappaScanSourcePush, stream_scan.c) and popped in PG_FINALLY.  Every
+ * piece of a view's code -- the delta query, the push path's expressions
+ * and transition functions, the merge's combine and final functions and
+ * output expressions -- runs as the view's owner, in a security-restricted
+ * operation (KappaBecomeUser), as REFRESH MATERIALIZED VIEW does.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/executor.h"
+#include "executor/tuptable.h"
+#include "miscadmin.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "pg_kappa.h"
+#include "util.h"
+#include "view.h"
+
+/* How a view takes rows (see the file header). */
+typedef enum FeedStrategy
+{
+	FEED_PUSH,
+	FEED_ACCUMULATE,
+	FEED_DELTA
+} FeedStrategy;
+
+/* One view of a feed. */
+typedef struct FeedView
+{
+	Oid			viewRelid;
+	KappaViewInfo *view;		/* the view as loaded when first fed */
+	KappaViewAccum *acc;		/* NULL for FEED_DELTA */
+	FeedStrategy strategy;
+} FeedView;
+
+/*
+ * The views of one stream being fed by one statement (or Kafka batch).  The
+ * views are those of the cache entry held by the caller, KappaStreamViews,
+ * as locked for each apply.
+ */
+struct KappaViewFeed
+{
+	Oid			streamRelid;
+	MemoryContext cxt;			/* the feed and its accumulators */
+	List	   *views;			/* FeedView *: views that have been fed */
+	bool		accumulating;	/* views accumulate until KappaViewFeedFlush */
+	bool		pushes;			/* some view is FEED_PUSH */
+	bool		needsRows;		/* some view runs its delta query */
+	TupleTableSlot *pushSlot;	/* a row being pushed */
+};
+
+/*
+ * Set up what a view's delta or merge runs in: a command counter that sees
+ * the previous merges, the snapshot 'snapshot' with that command id, and
+ * the view owner's rights in a security-restricted operation.
+ */
+static void
+apply_begin_view_work(KappaViewInfo *view, Snapshot snapshot,
+					  KappaSavedUser *saved)
+{
+	CommandCounterIncrement();
+	PushActiveSnapshot(snapshot);
+	UpdateActiveSnapshotCommandId();
+	KappaBecomeUser(view->ownerId, saved);
+}
+
+static void
+apply_end_view_work(KappaSavedUser *saved)
+{
+	KappaRestoreUser(saved);
+	PopActiveSnapshot();
+}
+
+/*
+ * Run the view's delta query over the rows of 'source' into 'dest'; the
+ * source is what scans of the stream return meanwhile.
+ */
+static void
+apply_run_delta(KappaViewInfo *view, KappaScanSource *source,
+				DestReceiver *dest)
+{
+	QueryDesc  *qd;
+	PlannedStmt *plan;
+
+	plan = !source->retained && source->nrows <= KAPPA_SMALL_BATCH_LIMIT ?
+		view->smallDeltaPlan : view->deltaPlan;
+	KappaScanSourcePush(source);
+	PG_TRY();
+	{
+		qd = CreateQueryDesc(plan, view->sql, GetActiveSnapshot(),
+							 InvalidSnapshot, dest, NULL, NULL, 0);
+		ExecutorStart(qd, 0);
+		ExecutorRun(qd, ForwardScanDirection, 0, true);
+		ExecutorFinish(qd);
+		ExecutorEnd(qd);
+		FreeQueryDesc(qd);
+	}
+	PG_FINALLY();
+	{
+		KappaScanSourcePop(source);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Run the view's delta query over 'source' and merge its rows into the
+ * materialization, or with 'acc' combine them there, in the current
+ * transaction.
+ */
+static void
+apply_delta(KappaViewInfo *view, KappaScanSource *source, KappaViewAccum *acc,
+			Snapshot snapshot)
+{
+	DestReceiver *dest;
+	KappaSavedUser saved;
+
+	apply_begin_view_work(view, snapshot, &saved);
+	dest = acc != NULL ? KappaAccumReceiver(acc) : KappaMergeReceiver(view);
+	apply_run_delta(view, source, dest);
+	dest->rDestroy(dest);
+	apply_end_view_work(&saved);
+}
+
+/*
+ * Merge every group accumulated in 'acc' into the view's materialization,
+ * once per group and in key order, and empty it.
+ */
+static void
+apply_flush(KappaViewInfo *view, KappaViewAccum *acc)
+{
+	DestReceiver *merge;
+	KappaSavedUser saved;
+
+	if (KappaAccumGroups(acc) == 0)
+		return;
+	apply_begin_view_work(view, GetTransactionSnapshot(), &saved);
+	merge = KappaMergeReceiver(view);
+	merge->rStartup(merge, CMD_SELECT, NULL);
+	KappaAccumFlush(acc, merge);
+	merge->rShutdown(merge);
+	merge->rDestroy(merge);
+	apply_end_view_work(&saved);
+}
+
+/* Merge a view's accumulator early once it is over the memory cap. */
+static void
+apply_check_memory(FeedView *fv)
+{
+	if (KappaAccumMemory(fv->acc) > get_hash_memory_limit())
+		apply_flush(fv->view, fv->acc);
+}
+
+/*
+ * The entry of 'view' in the feed, made on first use: with an accumulator
+ * if the feed accumulates and the view's keys can be hashed.
+ */
+static FeedView *
+apply_feed_view(KappaViewFeed *feed, KappaViewInfo *view)
+{
+	ListCell   *lc;
+	FeedView   *fv;
+	MemoryContext oldcxt;
+
+	foreach(lc, feed->views)
+	{
+		fv = lfirst(lc);
+		if (fv->viewRelid == view->viewRelid)
+			return fv;
+	}
+	oldcxt = MemoryContextSwitchTo(feed->cxt);
+	fv = palloc0(sizeof(FeedView));
+	fv->viewRelid = view->viewRelid;
+	fv->view = view;
+	fv->strategy = FEED_DELTA;
+	if (feed->accumulating)
+	{
+		fv->acc = KappaAccumCreate(view, feed->cxt);
+		if (fv->acc != NULL)
+			fv->strategy = FEED_ACCUMULATE;
+	}
+	feed->views = lappend(feed->views, fv);
+	MemoryContextSwitchTo(oldcxt);
+	return fv;
+}
+
+/*
+ * KappaViewFeedCreate prepares feeding the views of 'views' (a stream's
+ * cache entry, which the caller holds until KappaViewFeedDestroy) with rows
+ * of row type 'rowtype', allocating under 'parent'.  Views that can take
+ * pushed rows are set up for it now.
+ */
+KappaViewFeed *
+KappaViewFeedCreate(KappaStreamViews *views, TupleDesc rowtype,
+					MemoryContext parent)
+{
+	KappaViewFeed *feed = MemoryContextAllocZero(parent, sizeof(KappaViewFeed));
+	ListCell   *lc;
+
+	feed->streamRelid = views->relid;
+	feed->cxt = parent;
+	foreach(lc, views->views)
+	{
+		KappaViewInfo *view = lfirst(lc);
+
+		if (view->push != NULL)
+		{
+			feed->accumulating = true;
+			if (apply_feed_view(feed, view)->acc != NULL)
+			{
+				((FeedView *) llast(feed->views))->strategy = FEED_PUSH;
+				feed->pushes = true;
+				continue;
+			}
+		}
+		feed->needsRows = true;
+	}
+	if (feed->pushes)
+		feed->pushSlot = MakeSingleTupleTableSlot(rowtype, &TTSOpsHeapTuple);
+	return feed;
+}
+
+/*
+ * KappaViewFeedNeedsRows tells whether some view runs its delta query over
+ * the rows, which must then be kept until KappaViewFeedApply.
+ */
+bool
+KappaViewFeedNeedsRows(KappaViewFeed *feed)
+{
+	return feed->needsRows;
+}
+
+/* KappaViewFeedPushes tells whether some view takes pushed rows. */
+bool
+KappaViewFeedPushes(KappaViewFeed *feed)
+{
+	return feed->pushes;
+}
+
+/*
+ * KappaViewFeedAccumulating tells whether views hold rows in memory that
+ * only KappaViewFeedFlush writes.
+ */
+bool
+KappaViewFeedAccumulating(KappaViewFeed *feed)
+{
+	return feed->accumulating;
+}
+
+/*
+ * KappaViewFeedPush advances the views that take pushed rows by 'nrows'
+ * stream rows: each view's WHERE, keys and transition functions run as the
+ * view's owner, once per view for the whole chunk.
+ */
+void
+KappaViewFeedPush(KappaViewFeed *feed, HeapTuple *rows, int nrows)
+{
+	ListCell   *lc;
+
+	foreach(lc, feed->views)
+	{
+		FeedView   *fv = lfirst(lc);
+		KappaSavedUser saved;
+		int			i;
+
+		if (fv->strategy != FEED_PUSH)
+			continue;
+		KappaBecomeUser(fv->view->ownerId, &saved);
+		for (i = 0; i < nrows; i++)
+		{
+			ExecStoreHeapTuple(rows[i], feed->pushSlot, false);
+			KappaAccumPushRow(fv->acc, feed->pushSlot);
+		}
+		ExecClearTuple(feed->pushSlot);
+		KappaRestoreUser(&saved);
+	}
+}
+
+/*
+ * KappaViewFeedApply applies 'nrows' rows (already pushed into the views
+ * that take pushed rows) to every view of 'locked' -- the stream's views as
+ * they are now, with their relations locked (KappaStreamViewsGetLocked) --
+ * in view-OID order.  With 'accumulate' (a chunk of a longer statement),
+ * views that can combine their deltas in memory do, until
+ * KappaViewFeedFlush; the others merge now.
+ */
+void
+KappaViewFeedApply(KappaViewFeed *feed, KappaStreamViews *locked,
+				   HeapTuple *rows, int nrows, bool accumulate)
+{
+	KappaScanSource source;
+	ListCell   *lc;
+
+	if (accumulate)
+		feed->accumulating = true;
+	memset(&source, 0, sizeof(source));
+	source.streamRelid = feed->streamRelid;
+	source.rows = rows;
+	source.nrows = nrows;
+	foreach(lc, locked->views)
+	{
+		KappaViewInfo *view = lfirst(lc);
+		FeedView   *fv = feed->accumulating ? apply_feed_view(feed, view) : NULL;
+
+		if (fv == NULL || fv->strategy == FEED_DELTA)
+			apply_delta(view, &source, NULL, GetTransactionSnapshot());
+		else if (fv->strategy == FEED_ACCUMULATE)
+		{
+			apply_delta(view, &source, fv->acc, GetTransactionSnapshot());
+			apply_check_memory(fv);
+		}
+		else
+			apply_check_memory(fv); /* its rows went straight in */
+	}
+}
+
+/*
+ * KappaViewFeedFlush writes what the views combined in memory -- only for
+ * views still in 'locked' (the stream's views now, locked): plain DROP VIEW
+ * takes no lock on the stream, so a view may have gone while the statement
+ * ran, and its rows then go with it.
+ */
+void
+KappaViewFeedFlush(KappaViewFeed *feed, KappaStreamViews *locked)
+{
+	ListCell   *lc;
+
+	foreach(lc, feed->views)
+	{
+		FeedView   *fv = lfirst(lc);
+		ListCell   *lc2;
+
+		if (fv->acc == NULL)
+			continue;
+		foreach(lc2, locked->views)
+		{
+			if (((KappaViewInfo *) lfirst(lc2))->viewRelid == fv->viewRelid)
+			{
+				apply_flush(fv->view, fv->acc);
+				break;
+			}
+		}
+	}
+}
+
+/* KappaViewFeedDestroy frees what the feed holds besides its memory. */
+void
+KappaViewFeedDestroy(KappaViewFeed *feed)
+{
+	if (feed->pushSlot != NULL)
+		ExecDropSingleTupleTableSlot(feed->pushSlot);
+}
+
+/*
+ * KappaViewBackfill gives a new view what its stream already holds: the
+ * aggregate of every retained row (with 'retained'), or, for a stream that
+ * keeps no rows, the aggregate of no rows (the one row of a global view,
+ * as plain SQL returns it; nothing for a grouped view).  The caller holds a
+ * SHARE lock on the stream, so no writer runs meanwhile; the retained rows
+ * are read with a snapshot taken now, so that rows committed while the
+ * caller waited for that lock are counted (in any isolation level).
+ */
+void
+KappaViewBackfill(KappaViewInfo *view, bool retained)
+{
+	KappaScanSource source;
+
+	memset(&source, 0, sizeof(source));
+	source.streamRelid = view->shape->streamRelid;
+	source.retained = retained;
+	apply_delta(view, &source, NULL, GetLatestSnapshot());
+}
