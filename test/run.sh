@@ -8,7 +8,8 @@
 # Run it as root or as a user with sudo.  It installs the dependencies
 # (apt-get), builds with -Werror, installs the extension, and runs the
 # pg_regress, isolation and TAP suites, each on throwaway servers it starts
-# itself.  As root, the suites run as the unprivileged user kappa_test (created
+# itself, and checks that calls between source files follow the layers of
+# docs/architecture.md (tools/call_edges.pl).  As root, the suites run as the unprivileged user kappa_test (created
 # if missing) in a copy of the tree under /tmp, since Postgres refuses to run
 # as root.  Ends with one line "N passed, N failed"; exits non-zero if
 # anything failed.
@@ -227,6 +228,28 @@ check_internal_errors() {
     fi
 }
 
+# Calls between source files go one way, down the layers of
+# docs/architecture.md (tools/call_edges.pl, from gcc's own call graph).
+# The check must also fail where it should: test/layers_fixture calls up.
+check_layers() {
+    if perl tools/call_edges.pl >"$LOGS/layers.log" 2>&1; then
+        record "layers" 1 0
+    else
+        record "layers" 0 1
+        show "$LOGS/layers.log" 40
+    fi
+    if ! perl tools/call_edges.pl --root test/layers_fixture \
+            >"$LOGS/layers_fixture.log" 2>&1 &&
+        grep -q 'low.c (layer 2, bottom) calls up into high.c' "$LOGS/layers_fixture.log" &&
+        grep -q 'call cycle between high.c, low.c' "$LOGS/layers_fixture.log"; then
+        record "layers fixture" 1 0
+    else
+        record "layers fixture" 0 1
+        show "$LOGS/layers_fixture.log" 20
+    fi
+}
+
+check_layers
 i=${#SUITES[@]}
 for s in "${SUITES[@]}"; do
     i=$((i - 1))

@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # call_edges.pl: file-level call edges between src/*.c, from the compiler.
 #
-#   perl tools/call_edges.pl [--list] [--dot]
+#   perl tools/call_edges.pl [--list] [--dot] [--root DIR]
 #
 # Compiles every src/*.c with gcc -fcallgraph-info (GCC's own call graph of
 # each translation unit, written as a .ci file), maps each called function to
@@ -12,6 +12,8 @@
 # its own layer or of lower layers, never a higher one; and no call cycle
 # between files may exist even inside one layer.  Calls through function
 # pointers (callbacks a lower layer is handed, a DestReceiver) are not edges.
+# --root checks another tree laid out the same way (test/layers_fixture,
+# which must fail: test/run.sh checks that the check can fail).
 # Exits 1 if a file is missing from the layer table, an edge points up, or
 # files call each other in a cycle; prints why.
 use strict;
@@ -22,11 +24,13 @@ use Cwd qw(abs_path);
 
 my $root = abs_path(dirname(abs_path($0)) . '/..');
 my ($list, $dot) = (0, 0);
-for (@ARGV)
+while (@ARGV)
 {
-	if ($_ eq '--list') { $list = 1; }
-	elsif ($_ eq '--dot') { $dot = 1; }
-	else { die "usage: $0 [--list] [--dot]\n"; }
+	my $arg = shift @ARGV;
+	if ($arg eq '--list') { $list = 1; }
+	elsif ($arg eq '--dot') { $dot = 1; }
+	elsif ($arg eq '--root' && @ARGV) { $root = abs_path(shift @ARGV); }
+	else { die "usage: $0 [--list] [--dot] [--root DIR]\n"; }
 }
 
 my $pg_config = $ENV{PG_CONFIG} // 'pg_config';
