@@ -11,9 +11,9 @@
 # the same order.
 #
 # Seeded and repeatable: KAPPA_SEED=<n> replays a run (the seed is printed);
-# KAPPA_STEPS=<n> changes the number of steps (default 40).  Bounded: steps
-# stop early, with a note, once KAPPA_TIME_BUDGET seconds (default 90) have
-# passed.
+# KAPPA_STEPS=<n> changes the number of steps (default 40).  Every run does
+# all its steps, however slow the machine (about 70 s on 2 idle cores): what
+# is checked never depends on timing.
 
 use strict;
 use warnings;
@@ -26,7 +26,6 @@ use Time::HiRes qw(time);
 
 my $seed = $ENV{KAPPA_SEED} // 20240615;
 my $nsteps = $ENV{KAPPA_STEPS} // 40;
-my $budget = $ENV{KAPPA_TIME_BUDGET} // 90;
 srand($seed);
 diag "001_property: seed $seed (replay with KAPPA_SEED=$seed), $nsteps steps";
 my $t0 = time;
@@ -463,15 +462,9 @@ ok(check_views('setup'), 'views equal plain SQL over the empty shadow');
 my $copies_left = 3;
 my %done;
 my $step = 0;
-my $stopped_early = 0;
 my $errors_seen = 0;
 while ($step < $nsteps)
 {
-	if (time - $t0 > $budget)
-	{
-		$stopped_early = 1;
-		last;
-	}
 	$step++;
 	my $r = rand();
 	my ($kind, $sql, $expect_error, $tag);
@@ -603,12 +596,9 @@ my $nstream = $s->query_safe(
 	q{SELECT n FROM v_glob});
 is($nstream, $nshadow, "the global count equals the shadow's ($nshadow rows)");
 ok($all_ok, "views equal plain SQL over the shadow after each of $step steps ($nchecks checks, seed $seed)");
-ok($done{COPY}, 'at least one 100,000-row COPY was applied')
-  unless $stopped_early;
+ok($done{COPY}, 'at least one 100,000-row COPY was applied');
 note "steps done: " . join(', ', map { "$_ x$done{$_}" } sort keys %done);
 note "$errors_seen steps raised the expected error";
-note sprintf('stopped early after %d of %d steps (time budget %ds)', $step, $nsteps, $budget)
-  if $stopped_early;
 
 $s->quit;
 $node->stop;
