@@ -84,33 +84,10 @@ extern PGDLLEXPORT void KappaScannerMain(Datum arg);
 /* in kafka_source.c */
 extern KappaSource *KappaSourceLoad(int32 source_id, bool missing_ok);
 
-/* in kafka_options.c: who may set which librdkafka property where */
-typedef enum KappaKafkaPropClass
-{
-	KAFKA_PROP_SAFE,			/* anyone who may set options at that level */
-	KAFKA_PROP_SECRET,			/* only in a user mapping */
-	KAFKA_PROP_NETWORK,			/* where the server connects: server only */
-	KAFKA_PROP_FILE,			/* a server file: pg_read_server_files */
-	KAFKA_PROP_PROGRAM,			/* runs a program: pg_execute_server_program */
-	KAFKA_PROP_SUPERUSER,		/* loads code, floods the log, or unknown */
-	KAFKA_PROP_RESERVED			/* set by pg_kappa itself */
-} KappaKafkaPropClass;
-
-typedef enum KappaOptionLevel
-{
-	KAPPA_LEVEL_SERVER,
-	KAPPA_LEVEL_USER_MAPPING,
-	KAPPA_LEVEL_SOURCE
-} KappaOptionLevel;
-
+/* in kafka_options.c */
 struct ForeignServer;
-extern KappaKafkaPropClass KappaKafkaPropertyClass(const char *name);
-extern bool KappaOptionIsSecret(const char *key);
-extern void KappaCheckKafkaProperty(const char *name, const char *value,
-									KappaOptionLevel level, Oid role);
 extern void KappaCheckSourceOptions(KappaSource *source, Oid role);
 extern List *KappaSourceOptionList(KappaSource *source);
-extern List *KappaSourceKafkaOptions(KappaSource *source);
 extern struct ForeignServer *KappaKafkaServer(const char *name);
 extern Jsonb *KappaFormatOptions(KappaSource *source);
 extern int	KappaSourceBatchSize(KappaSource *source);
@@ -175,7 +152,7 @@ extern struct rd_kafka_message_s **KappaConsumerBatch(int *nmsgs);
 extern void KappaConsumerBatchCommitted(const int64 *next);
 extern bool KappaConsumerCaughtUp(void);
 extern bool KappaConsumerAnyLost(void);
-extern KappaDataLossResult KappaConsumerHandleDataLoss(int32 *partition);
+extern KappaDataLossResult KappaConsumerHandleDataLoss(int *partition);
 extern void KappaConsumerRefreshWatermarks(void);
 extern void KappaConsumerRefreshAllWatermarks(void);
 extern const KappaPartition *KappaConsumerPartitions(int *nparts,

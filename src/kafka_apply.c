@@ -49,7 +49,6 @@
 #include <librdkafka/rdkafka.h>
 
 #include "access/relation.h"
-#include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -59,7 +58,6 @@
 #include "executor/tuptable.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
-#include "nodes/makefuncs.h"
 #include "nodes/params.h"
 #include "parser/analyze.h"
 #include "parser/parser.h"

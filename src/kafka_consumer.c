@@ -45,7 +45,6 @@
 #include <unistd.h>
 #include <librdkafka/rdkafka.h>
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "storage/ipc.h"
@@ -61,8 +60,8 @@
 #define KC_METADATA_BACKOFF_MIN_MS	500
 #define KC_METADATA_BACKOFF_MAX_MS	10000
 #define KC_BROKER_TIMEOUT_MS		500 /* metadata and offset requests */
-#define KC_WATERMARKS_TIMEOUT_MS	(KC_BROKER_TIMEOUT_MS * 4)	/* of a lost
-																 * partition */
+/* the offsets of a lost partition: worth a longer wait */
+#define KC_WATERMARKS_TIMEOUT_MS	(KC_BROKER_TIMEOUT_MS * 4)
 
 /* librdkafka's default queued.max.messages.kbytes, should it not tell */
 #define KC_DEFAULT_QUEUE_KBYTES		65536
@@ -97,8 +96,8 @@ typedef struct KcConsumer
 	TimestampTz batch_deadline; /* max_latency after its first message */
 
 	/*
-	 * Bytes taken from the consumer queue since kc_wake_fetcher last ran,
-	 * and how many make it run again (half of queued.max.messages.kbytes).
+	 * Bytes taken from the consumer queue since kc_wake_fetcher last ran, and
+	 * how many make it run again (half of queued.max.messages.kbytes).
 	 */
 	int64		polled_bytes;
 	int64		wake_bytes;
@@ -814,7 +813,7 @@ kc_record_gap(int p, int64 first, int64 last, const char *error)
  * could not be looked up stay lost, for the next call).
  */
 KappaDataLossResult
-KappaConsumerHandleDataLoss(int32 *partition)
+KappaConsumerHandleDataLoss(int *partition)
 {
 	KappaSource *source = kc_consumer.source;
 

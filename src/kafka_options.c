@@ -66,6 +66,27 @@ PG_FUNCTION_INFO_V1(kappa_kafka_fdw_validator);
 PG_FUNCTION_INFO_V1(kappa_kafka_properties);
 PG_FUNCTION_INFO_V1(kappa_option_is_secret);
 
+/* Who may set which librdkafka property where (see the file header). */
+typedef enum KappaKafkaPropClass
+{
+	KAFKA_PROP_SAFE,			/* anyone who may set options at that level */
+	KAFKA_PROP_SECRET,			/* only in a user mapping */
+	KAFKA_PROP_NETWORK,			/* where the server connects: server only */
+	KAFKA_PROP_FILE,			/* a server file: pg_read_server_files */
+	KAFKA_PROP_PROGRAM,			/* runs a program: pg_execute_server_program */
+	KAFKA_PROP_SUPERUSER,		/* loads code, floods the log, or unknown */
+	KAFKA_PROP_RESERVED			/* set by pg_kappa itself */
+} KappaKafkaPropClass;
+
+typedef enum KappaOptionLevel
+{
+	KAPPA_LEVEL_SERVER,
+	KAPPA_LEVEL_USER_MAPPING,
+	KAPPA_LEVEL_SOURCE
+} KappaOptionLevel;
+
+static bool ko_option_is_secret(const char *key);
+
 typedef struct KafkaProperty
 {
 	const char *name;
@@ -190,17 +211,17 @@ static const char *const ko_own_options[] = {
 };
 
 /*
- * KappaKafkaPropertyClass returns the class of a librdkafka property (see
+ * ko_property_class returns the class of a librdkafka property (see
  * the file header).
  */
-KappaKafkaPropClass
-KappaKafkaPropertyClass(const char *name)
+static KappaKafkaPropClass
+ko_property_class(const char *name)
 {
 	for (int i = 0; ko_properties[i].name; i++)
 		if (strcmp(name, ko_properties[i].name) == 0)
 			return ko_properties[i].class;
 	/* not in the table: secret by its name, else not known to be safe */
-	if (KappaOptionIsSecret(name))
+	if (ko_option_is_secret(name))
 		return KAFKA_PROP_SECRET;
 	return KAFKA_PROP_SUPERUSER;
 }
@@ -230,12 +251,12 @@ ko_class_name(KappaKafkaPropClass class)
 }
 
 /*
- * KappaOptionIsSecret tells whether an option's value must be hidden from
+ * ko_option_is_secret tells whether an option's value must be hidden from
  * everyone but its owner: librdkafka's sensitive properties, and any name
  * with a part that says key, password, secret, token or pem.
  */
-bool
-KappaOptionIsSecret(const char *key)
+static bool
+ko_option_is_secret(const char *key)
 {
 	static const char *const words[] = {"key", "password", "secret", "token", "pem", NULL};
 	char	   *lower = asc_tolower(key, strlen(key));
@@ -355,16 +376,16 @@ ko_property_known(const char *name)
 }
 
 /*
- * KappaCheckKafkaProperty raises an error unless role 'role' may set
+ * ko_check_property raises an error unless role 'role' may set
  * librdkafka property 'name' at 'level' (see the file header).  'value' is
  * checked with librdkafka; the value of a secret never appears in a
  * message.
  */
-void
-KappaCheckKafkaProperty(const char *name, const char *value,
-						KappaOptionLevel level, Oid role)
+static void
+ko_check_property(const char *name, const char *value,
+				  KappaOptionLevel level, Oid role)
 {
-	KappaKafkaPropClass class = KappaKafkaPropertyClass(name);
+	KappaKafkaPropClass class = ko_property_class(name);
 	rd_kafka_conf_t *conf;
 	char		errstr[512];
 	rd_kafka_conf_res_t res;
@@ -457,7 +478,7 @@ KappaCheckKafkaProperty(const char *name, const char *value,
 				 errhint("Options are librdkafka properties (see kappa.ko_properties()) or one of pg_kappa's.")));
 	if (res != RD_KAFKA_CONF_OK)
 	{
-		if (KappaOptionIsSecret(name))
+		if (ko_option_is_secret(name))
 			ereport(ERROR,
 					(errcode(ERRCODE_FDW_INVALID_OPTION_NAME),
 					 errmsg("invalid value for Kafka property \"%s\"", name)));
@@ -522,10 +543,10 @@ kappa_kafka_fdw_validator(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_FDW_INVALID_OPTION_NAME),
 					 errmsg("option \"%s\" belongs to a source", def->defname),
 					 errhint("Give it in the options of kappa.create_kafka_source().")));
-		KappaCheckKafkaProperty(def->defname, value,
-								catalog == ForeignServerRelationId ?
-								KAPPA_LEVEL_SERVER : KAPPA_LEVEL_USER_MAPPING,
-								GetUserId());
+		ko_check_property(def->defname, value,
+						  catalog == ForeignServerRelationId ?
+						  KAPPA_LEVEL_SERVER : KAPPA_LEVEL_USER_MAPPING,
+						  GetUserId());
 	}
 	if (catalog == ForeignServerRelationId && !brokers)
 		ereport(ERROR,
@@ -639,12 +660,12 @@ KappaSourceOptionList(KappaSource *source)
 }
 
 /*
- * KappaSourceKafkaOptions returns the librdkafka properties among a
+ * ko_source_kafka_options returns the librdkafka properties among a
  * source's options (KappaSourceOptionList); raises an error for a value
  * that is not a scalar.
  */
-List *
-KappaSourceKafkaOptions(KappaSource *source)
+static List *
+ko_source_kafka_options(KappaSource *source)
 {
 	List	   *result = NIL;
 	ListCell   *lc;
@@ -673,11 +694,11 @@ KappaCheckSourceOptions(KappaSource *source, Oid role)
 {
 	ListCell   *lc;
 
-	foreach(lc, KappaSourceKafkaOptions(source))
+	foreach(lc, ko_source_kafka_options(source))
 	{
 		DefElem    *def = lfirst(lc);
 
-		KappaCheckKafkaProperty(def->defname, strVal(def->arg), KAPPA_LEVEL_SOURCE, role);
+		ko_check_property(def->defname, strVal(def->arg), KAPPA_LEVEL_SOURCE, role);
 	}
 }
 
@@ -700,7 +721,7 @@ ko_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown Kafka property \"%s\"", key),
 				 errdetail_internal("%s", errstr)));
-	if (KappaOptionIsSecret(key))
+	if (ko_option_is_secret(key))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid value for Kafka property \"%s\"", key)));
@@ -819,9 +840,10 @@ KappaKafkaConfBuild(KappaSource *source)
 	 * holds queued.min.messages (default 100000) or
 	 * queued.max.messages.kbytes.  Let the byte limit bound prefetching: the
 	 * worker wakes the fetcher whenever it has taken half of it out of the
-	 * queue (kc_wake_fetcher in kafka_consumer.c), which the message count would not tell it.
-	 * With that, 16 MB prefetch as fast as 64 MB (librdkafka's default) on
-	 * bench/kafka_bench.sh and cost a quarter of the memory.
+	 * queue (kc_wake_fetcher in kafka_consumer.c), which the message count
+	 * would not tell it. With that, 16 MB prefetch as fast as 64 MB
+	 * (librdkafka's default) on bench/kafka_bench.sh and cost a quarter of
+	 * the memory.
 	 */
 	ko_conf_set(conf, "queued.min.messages", "10000000");
 	ko_conf_set(conf, "queued.max.messages.kbytes", "16384");
@@ -855,7 +877,7 @@ KappaKafkaConfBuild(KappaSource *source)
 		ko_conf_set_all(conf, server->options);
 		ko_conf_set_all(conf, ko_user_mapping_options(source->owner, server->serverid));
 	}
-	ko_conf_set_all(conf, KappaSourceKafkaOptions(source));
+	ko_conf_set_all(conf, ko_source_kafka_options(source));
 
 	if (brokers == NULL)
 		ereport(ERROR,
@@ -890,8 +912,8 @@ kappa_kafka_properties(PG_FUNCTION_ARGS)
 		bool		nulls[3] = {false, false, false};
 
 		values[0] = CStringGetTextDatum(name);
-		values[1] = CStringGetTextDatum(ko_class_name(KappaKafkaPropertyClass(name)));
-		values[2] = BoolGetDatum(KappaOptionIsSecret(name));
+		values[1] = CStringGetTextDatum(ko_class_name(ko_property_class(name)));
+		values[2] = BoolGetDatum(ko_option_is_secret(name));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
@@ -899,10 +921,10 @@ kappa_kafka_properties(PG_FUNCTION_ARGS)
 
 /*
  * kappa.option_is_secret(name) tells whether the value of a source option
- * named so is hidden from other roles (KappaOptionIsSecret).
+ * named so is hidden from other roles (ko_option_is_secret).
  */
 Datum
 kappa_option_is_secret(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(KappaOptionIsSecret(text_to_cstring(PG_GETARG_TEXT_PP(0))));
+	PG_RETURN_BOOL(ko_option_is_secret(text_to_cstring(PG_GETARG_TEXT_PP(0))));
 }

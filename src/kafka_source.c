@@ -25,18 +25,14 @@
 
 #include <librdkafka/rdkafka.h>
 
-#include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
-#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/catalog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "commands/trigger.h"
-#include "catalog/pg_extension.h"
-#include "commands/extension.h"
 #include "foreign/foreign.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -44,7 +40,6 @@
 #include "postmaster/bgworker.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
 #include "utils/formatting.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
@@ -480,7 +475,7 @@ kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 	source->format = PG_ARGISNULL(5) ? pstrdup("json") : ksrc_text_arg(fcinfo, 5, "format");
 	source->start = PG_ARGISNULL(6) ? pstrdup("earliest") : ksrc_text_arg(fcinfo, 6, "start");
 	source->onDataLoss = ksrc_parse_data_loss(PG_ARGISNULL(7) ? "fail" :
-											   ksrc_text_arg(fcinfo, 7, "on_data_loss"));
+											  ksrc_text_arg(fcinfo, 7, "on_data_loss"));
 	source->parallelism = PG_ARGISNULL(8) ? 1 : PG_GETARG_INT32(8);
 	source->options = PG_ARGISNULL(9) ? NULL : PG_GETARG_JSONB_P_COPY(9);
 	source->owner = GetUserId();
@@ -697,7 +692,7 @@ kappa_resume_source_0_2(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("name must not be NULL")));
 	ksrc_set_paused(text_to_cstring(PG_GETARG_TEXT_PP(0)), false,
-					 PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)));
+					PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	PG_RETURN_VOID();
 }
 
@@ -709,7 +704,7 @@ Datum
 kappa_drop_source(PG_FUNCTION_ARGS)
 {
 	KappaSource *source = ksrc_source_lookup(0, text_to_cstring(PG_GETARG_TEXT_PP(0)),
-											  false, true);
+											 false, true);
 	KappaSavedUser saved;
 	Datum		value = Int32GetDatum(source->id);
 	Oid			argtype = INT4OID;

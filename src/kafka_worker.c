@@ -44,7 +44,6 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
-#include "storage/lmgr.h"
 #include "storage/lock.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
@@ -370,7 +369,7 @@ kw_create_consumer_or_exit(void)
 static void
 kw_handle_data_loss(void)
 {
-	int32		partition = -1;
+	int			partition = -1;
 
 	switch (KappaConsumerHandleDataLoss(&partition))
 	{

@@ -54,7 +54,6 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -71,7 +70,6 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "pg_kappa.h"
@@ -165,7 +163,7 @@ kl_shmem_startup(void)
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	kl_shared = ShmemInitStruct("pg_kappa launcher",
-											sizeof(KappaLauncherShared), &found);
+								sizeof(KappaLauncherShared), &found);
 	if (!found)
 	{
 		memset(kl_shared, 0, sizeof(KappaLauncherShared));
