@@ -100,7 +100,7 @@ extern PGDLLEXPORT void KappaKafkaWorkerMain(Datum arg);
 
 /*
  * What a worker shows as its state in kappa.sources (kafka_status.c keeps
- * it; KappaStatusStateName names it).
+ * it and writes its name).
  */
 typedef enum KappaWorkerState
 {

@@ -23,9 +23,11 @@
  * Lost data.  librdkafka reports a stored offset the broker no longer holds
  * (auto.offset.reset = error) instead of skipping ahead; such a partition is
  * marked lost and KappaConsumerHandleDataLoss deals with it between
- * batches: it records the gap in kappa.dead_letters (kind 'gap') and moves
- * the stored offset past it, in one transaction, or, under on_data_loss
- * 'fail', leaves the worker to fail the source.
+ * batches: under on_data_loss 'record' it records the gap in
+ * kappa.dead_letters (kind 'gap', shown in kappa.errors) and moves the
+ * stored offset past it, in one transaction, so that messages produced =
+ * rows applied + dead letters + messages in gaps; under 'fail' it leaves
+ * the worker to fail the source, naming the missing range.
  *
  * Threads.  librdkafka runs its own threads.  Its log lines and errors are
  * routed to the consumer queue (log.queue) and served by

@@ -2,8 +2,9 @@
  *
  * kafka_options.c
  *	  Options of Kafka sources: who may set which librdkafka property where,
- *	  the validator of the kappa_kafka foreign-data wrapper, and the
- *	  librdkafka configuration of a source's consumer.
+ *	  the validator of the kappa_kafka foreign-data wrapper, the batch bounds
+ *	  and format options of a source, and the librdkafka configuration of
+ *	  its consumer.
  *
  * A Kafka cluster is a foreign server of the kappa_kafka wrapper (option
  * 'brokers' plus librdkafka properties); credentials are user mappings; a

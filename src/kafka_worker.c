@@ -473,7 +473,13 @@ kw_start(void)
 	KappaStatusStarting();
 	SPI_finish();
 	if (!source->paused)
-		blocked = kw_check_privileges(source);
+	{
+		char	   *reason = kw_check_privileges(source);
+
+		/* the reason lives in the transaction's memory */
+		if (reason != NULL)
+			blocked = MemoryContextStrdup(kw_worker.cxt, reason);
+	}
 	KappaCommitTransaction();
 
 	if (source->paused)
@@ -482,6 +488,7 @@ kw_start(void)
 	{
 		kw_worker.mode = KW_MODE_BLOCKED;
 		KappaStatusSetError(KAPPA_WORKER_FAILED, "%s", blocked);
+		pfree(blocked);
 	}
 }
 
