@@ -3,6 +3,13 @@
  * kafka.h
  *	  Kafka ingestion: sources, workers, the launcher and message decoders.
  *
+ * A source worker is four files, called in one direction only:
+ * kafka_worker.c (the loop: modes, start, stop, privilege rechecks) calls
+ * kafka_consumer.c (the librdkafka handle, assignment, watermarks, polling),
+ * kafka_apply.c (one batch in one transaction) and kafka_status.c (rates,
+ * errors, status rows); kafka_apply.c calls the consumer and the status,
+ * kafka_consumer.c the status, and kafka_status.c neither.
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef KAPPA_KAFKA_H
@@ -11,6 +18,7 @@
 #include "postgres.h"
 
 #include "access/tupdesc.h"
+#include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 
 /* What a worker does when the broker no longer holds unread messages. */
@@ -44,6 +52,8 @@ typedef struct KappaSource
 	int			batch_size;		/* option batch_size, or -1: the GUC */
 	int			max_latency_ms; /* option max_latency, or -1: the GUC */
 	int64		batch_bytes;	/* option batch_bytes, or -1: the GUC */
+	int			max_message_bytes;	/* option max_message_bytes, or Kafka's
+									 * default */
 } KappaSource;
 
 /* Arguments of a source worker, carried in bgw_extra. */
@@ -73,44 +83,99 @@ extern PGDLLEXPORT void KappaScannerMain(Datum arg);
 
 /* in kafka_source.c */
 extern KappaSource *KappaSourceLoad(int32 source_id, bool missing_ok);
-extern int	KappaSourceMaxMessageBytes(KappaSource *source);
-extern Jsonb *KappaFormatOptions(KappaSource *source);
-extern bool KappaExtensionUpToDate(void);
 
-/* in kafka_options.c: who may set which librdkafka property where */
-typedef enum KappaKafkaPropClass
-{
-	KAFKA_PROP_SAFE,			/* anyone who may set options at that level */
-	KAFKA_PROP_SECRET,			/* only in a user mapping */
-	KAFKA_PROP_NETWORK,			/* where the server connects: server only */
-	KAFKA_PROP_FILE,			/* a server file: pg_read_server_files */
-	KAFKA_PROP_PROGRAM,			/* runs a program: pg_execute_server_program */
-	KAFKA_PROP_SUPERUSER,		/* loads code, floods the log, or unknown */
-	KAFKA_PROP_RESERVED			/* set by pg_kappa itself */
-} KappaKafkaPropClass;
-
-typedef enum KappaOptionLevel
-{
-	KAPPA_LEVEL_SERVER,
-	KAPPA_LEVEL_USER_MAPPING,
-	KAPPA_LEVEL_SOURCE
-} KappaOptionLevel;
-
+/* in kafka_options.c */
 struct ForeignServer;
-extern KappaKafkaPropClass KappaKafkaPropertyClass(const char *name);
-extern bool KappaOptionIsSecret(const char *key);
-extern bool KappaOptionIsKappa(const char *key);
-extern void KappaCheckKafkaProperty(const char *name, const char *value,
-									KappaOptionLevel level, Oid role);
 extern void KappaCheckSourceOptions(KappaSource *source, Oid role);
 extern List *KappaSourceOptionList(KappaSource *source);
-extern List *KappaSourceKafkaOptions(KappaSource *source);
 extern struct ForeignServer *KappaKafkaServer(const char *name);
-extern char *KappaJsonbScalarText(JsonbValue *v);
+extern Jsonb *KappaFormatOptions(KappaSource *source);
+extern int	KappaSourceBatchSize(KappaSource *source);
+extern int	KappaSourceMaxLatency(KappaSource *source);
+extern int64 KappaSourceBatchBytes(KappaSource *source);
 extern void *KappaKafkaConfBuild(KappaSource *source);
 
 /* in kafka_worker.c */
 extern PGDLLEXPORT void KappaKafkaWorkerMain(Datum arg);
+
+/*
+ * What a worker shows as its state in kappa.sources (kafka_status.c keeps
+ * it and writes its name).
+ */
+typedef enum KappaWorkerState
+{
+	KAPPA_WORKER_STARTING,
+	KAPPA_WORKER_RUNNING,
+	KAPPA_WORKER_PAUSED,
+	KAPPA_WORKER_WAITING,		/* for the topic to exist */
+	KAPPA_WORKER_RETRYING,		/* after an error of the broker */
+	KAPPA_WORKER_FAILED			/* see last_error */
+} KappaWorkerState;
+
+/*
+ * What a worker knows of one partition of its topic.  kafka_consumer.c
+ * keeps the table (KappaConsumerPartitions); the others only read it.
+ */
+typedef struct KappaPartition
+{
+	bool		exists;			/* the topic has it */
+	bool		mine;			/* partition % parallelism == slot */
+	bool		assigned;		/* given to librdkafka */
+	bool		lost;			/* the broker no longer holds its next offset */
+	int64		committed;		/* next offset, as stored */
+	int64		hwm;			/* high watermark, -1 if unknown */
+	int64		polled_next;	/* next offset after the last one polled */
+} KappaPartition;
+
+/* What KappaConsumerHandleDataLoss leaves the worker to do. */
+typedef enum KappaDataLossResult
+{
+	KAPPA_LOSS_HANDLED,			/* gaps recorded, or to be retried later */
+	KAPPA_LOSS_FAILED,			/* the source must fail: the status says why */
+	KAPPA_LOSS_CONFLICT			/* a stored offset changed under the worker */
+} KappaDataLossResult;
+
+struct rd_kafka_message_s;
+
+/* in kafka_consumer.c */
+extern void KappaConsumerInit(KappaSource *source, int slot, MemoryContext cxt);
+extern void KappaConsumerCreate(void);
+extern void KappaConsumerRefreshAssignment(bool consuming);
+extern TimestampTz KappaConsumerNextRefresh(void);
+extern void KappaConsumerRefreshSoon(void);
+extern void KappaConsumerUnassignAll(void);
+extern bool KappaConsumerPoll(int batch_size, int64 batch_bytes,
+							  int max_latency_ms);
+extern int	KappaConsumerPending(void);
+extern TimestampTz KappaConsumerBatchDeadline(void);
+extern struct rd_kafka_message_s **KappaConsumerBatch(int *nmsgs);
+extern void KappaConsumerBatchCommitted(const int64 *next);
+extern bool KappaConsumerCaughtUp(void);
+extern bool KappaConsumerAnyLost(void);
+extern KappaDataLossResult KappaConsumerHandleDataLoss(int *partition);
+extern void KappaConsumerRefreshWatermarks(void);
+extern void KappaConsumerRefreshAllWatermarks(void);
+extern const KappaPartition *KappaConsumerPartitions(int *nparts,
+													 int *topic_partitions);
+extern int	KappaConsumerEventFd(void);
+extern void KappaConsumerDrainEvents(void);
+
+/* in kafka_apply.c */
+extern void KappaApplyInit(KappaSource *source, MemoryContext parent);
+extern void KappaApplyMessages(void);
+
+/* in kafka_status.c */
+extern void KappaStatusInit(KappaSource *source, int slot);
+extern void KappaStatusStarting(void);
+extern void KappaStatusSetState(KappaWorkerState state);
+extern void KappaStatusSetError(KappaWorkerState state, const char *fmt,...)
+			pg_attribute_printf(2, 3);
+extern void KappaStatusForgetError(void);
+extern void KappaStatusBatch(int64 messages, int64 bytes, int64 dead);
+extern void KappaStatusBatchCommitted(void);
+extern bool KappaStatusFlushDue(TimestampTz now);
+extern void KappaStatusFlush(const KappaPartition *parts, int nparts,
+							 int topic_partitions);
 
 /* in decode.c */
 typedef enum KappaFormat

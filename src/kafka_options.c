@@ -2,13 +2,14 @@
  *
  * kafka_options.c
  *	  Options of Kafka sources: who may set which librdkafka property where,
- *	  the validator of the kappa_kafka foreign-data wrapper, and the
- *	  librdkafka configuration of a source's consumer.
+ *	  the validator of the kappa_kafka foreign-data wrapper, the batch bounds
+ *	  and format options of a source, and the librdkafka configuration of
+ *	  its consumer.
  *
  * A Kafka cluster is a foreign server of the kappa_kafka wrapper (option
  * 'brokers' plus librdkafka properties); credentials are user mappings; a
  * source names its server and may add properties of its own.  Every
- * librdkafka property belongs to one class (kafka_properties[]), which says
+ * librdkafka property belongs to one class (ko_properties[]), which says
  * where it may be given and by whom:
  *
  *	 safe		   anyone who may set options at that level
@@ -66,6 +67,27 @@ PG_FUNCTION_INFO_V1(kappa_kafka_fdw_validator);
 PG_FUNCTION_INFO_V1(kappa_kafka_properties);
 PG_FUNCTION_INFO_V1(kappa_option_is_secret);
 
+/* Who may set which librdkafka property where (see the file header). */
+typedef enum KappaKafkaPropClass
+{
+	KAFKA_PROP_SAFE,			/* anyone who may set options at that level */
+	KAFKA_PROP_SECRET,			/* only in a user mapping */
+	KAFKA_PROP_NETWORK,			/* where the server connects: server only */
+	KAFKA_PROP_FILE,			/* a server file: pg_read_server_files */
+	KAFKA_PROP_PROGRAM,			/* runs a program: pg_execute_server_program */
+	KAFKA_PROP_SUPERUSER,		/* loads code, floods the log, or unknown */
+	KAFKA_PROP_RESERVED			/* set by pg_kappa itself */
+} KappaKafkaPropClass;
+
+typedef enum KappaOptionLevel
+{
+	KAPPA_LEVEL_SERVER,
+	KAPPA_LEVEL_USER_MAPPING,
+	KAPPA_LEVEL_SOURCE
+} KappaOptionLevel;
+
+static bool ko_option_is_secret(const char *key);
+
 typedef struct KafkaProperty
 {
 	const char *name;
@@ -76,7 +98,7 @@ typedef struct KafkaProperty
  * The librdkafka (2.0) consumer properties pg_kappa knows, by class.
  * Properties absent from this table are KAFKA_PROP_SUPERUSER.
  */
-static const KafkaProperty kafka_properties[] = {
+static const KafkaProperty ko_properties[] = {
 	/* tuning of connections, metadata and fetching */
 	{"client.rack", KAFKA_PROP_SAFE},
 	{"message.max.bytes", KAFKA_PROP_SAFE},
@@ -181,7 +203,7 @@ static const KafkaProperty kafka_properties[] = {
 };
 
 /* Options that pg_kappa interprets itself, on a source; all others go to librdkafka. */
-static const char *const kappa_own_options[] = {
+static const char *const ko_own_options[] = {
 	"batch_size", "max_latency", "max_message_bytes", "batch_bytes",
 	/* format options, read by the decoders */
 	"strict", "delimiter", "quote", "escape", "header", "null", "encoding",
@@ -190,24 +212,24 @@ static const char *const kappa_own_options[] = {
 };
 
 /*
- * KappaKafkaPropertyClass returns the class of a librdkafka property (see
+ * ko_property_class returns the class of a librdkafka property (see
  * the file header).
  */
-KappaKafkaPropClass
-KappaKafkaPropertyClass(const char *name)
+static KappaKafkaPropClass
+ko_property_class(const char *name)
 {
-	for (int i = 0; kafka_properties[i].name; i++)
-		if (strcmp(name, kafka_properties[i].name) == 0)
-			return kafka_properties[i].class;
+	for (int i = 0; ko_properties[i].name; i++)
+		if (strcmp(name, ko_properties[i].name) == 0)
+			return ko_properties[i].class;
 	/* not in the table: secret by its name, else not known to be safe */
-	if (KappaOptionIsSecret(name))
+	if (ko_option_is_secret(name))
 		return KAFKA_PROP_SECRET;
 	return KAFKA_PROP_SUPERUSER;
 }
 
-/* The name of a class, as kappa.kafka_properties() shows it. */
+/* The name of a class, as kappa.ko_properties() shows it. */
 static const char *
-prop_class_name(KappaKafkaPropClass class)
+ko_class_name(KappaKafkaPropClass class)
 {
 	switch (class)
 	{
@@ -230,21 +252,21 @@ prop_class_name(KappaKafkaPropClass class)
 }
 
 /*
- * KappaOptionIsSecret tells whether an option's value must be hidden from
+ * ko_option_is_secret tells whether an option's value must be hidden from
  * everyone but its owner: librdkafka's sensitive properties, and any name
  * with a part that says key, password, secret, token or pem.
  */
-bool
-KappaOptionIsSecret(const char *key)
+static bool
+ko_option_is_secret(const char *key)
 {
 	static const char *const words[] = {"key", "password", "secret", "token", "pem", NULL};
 	char	   *lower = asc_tolower(key, strlen(key));
 	char	   *part;
 	char	   *save = NULL;
 
-	for (int i = 0; kafka_properties[i].name; i++)
-		if (kafka_properties[i].class == KAFKA_PROP_SECRET &&
-			strcmp(lower, kafka_properties[i].name) == 0)
+	for (int i = 0; ko_properties[i].name; i++)
+		if (ko_properties[i].class == KAFKA_PROP_SECRET &&
+			strcmp(lower, ko_properties[i].name) == 0)
 			return true;
 	if (strstr(lower, "password") || strstr(lower, "secret") || strstr(lower, "token"))
 		return true;
@@ -256,20 +278,20 @@ KappaOptionIsSecret(const char *key)
 }
 
 /*
- * KappaOptionIsKappa tells whether a source option is pg_kappa's own rather
+ * ko_option_is_kappa tells whether a source option is pg_kappa's own rather
  * than a librdkafka property.
  */
-bool
-KappaOptionIsKappa(const char *key)
+static bool
+ko_option_is_kappa(const char *key)
 {
-	for (int i = 0; kappa_own_options[i]; i++)
-		if (strcmp(key, kappa_own_options[i]) == 0)
+	for (int i = 0; ko_own_options[i]; i++)
+		if (strcmp(key, ko_own_options[i]) == 0)
 			return true;
 	return false;
 }
 
 static const char *
-level_name(KappaOptionLevel level)
+ko_level_name(KappaOptionLevel level)
 {
 	switch (level)
 	{
@@ -289,7 +311,7 @@ level_name(KappaOptionLevel level)
  * only (not callbacks and pointers), each name once.
  */
 static List *
-kafka_property_names(void)
+ko_property_names(void)
 {
 	static List *names = NIL;
 	static bool done = false;
@@ -342,11 +364,11 @@ kafka_property_names(void)
 
 /* Does the installed librdkafka know property 'name'? */
 static bool
-kafka_property_known(const char *name)
+ko_property_known(const char *name)
 {
 	ListCell   *lc;
 
-	foreach(lc, kafka_property_names())
+	foreach(lc, ko_property_names())
 	{
 		if (strcmp(lfirst(lc), name) == 0)
 			return true;
@@ -355,16 +377,16 @@ kafka_property_known(const char *name)
 }
 
 /*
- * KappaCheckKafkaProperty raises an error unless role 'role' may set
+ * ko_check_property raises an error unless role 'role' may set
  * librdkafka property 'name' at 'level' (see the file header).  'value' is
  * checked with librdkafka; the value of a secret never appears in a
  * message.
  */
-void
-KappaCheckKafkaProperty(const char *name, const char *value,
-						KappaOptionLevel level, Oid role)
+static void
+ko_check_property(const char *name, const char *value,
+				  KappaOptionLevel level, Oid role)
 {
-	KappaKafkaPropClass class = KappaKafkaPropertyClass(name);
+	KappaKafkaPropClass class = ko_property_class(name);
 	rd_kafka_conf_t *conf;
 	char		errstr[512];
 	rd_kafka_conf_res_t res;
@@ -378,7 +400,7 @@ KappaCheckKafkaProperty(const char *name, const char *value,
 				ereport(ERROR,
 						(errcode(ERRCODE_FDW_INVALID_OPTION_NAME),
 						 errmsg("Kafka property \"%s\" is a secret and cannot be a %s option",
-								name, level_name(level)),
+								name, ko_level_name(level)),
 						 errdetail("%s options are readable by other roles or written to dumps.",
 								   level == KAPPA_LEVEL_SERVER ? "Server" : "Source"),
 						 errhint("Give it in a user mapping: CREATE USER MAPPING FOR role SERVER server OPTIONS (\"%s\" '...').",
@@ -418,7 +440,7 @@ KappaCheckKafkaProperty(const char *name, const char *value,
 				 * -- by reading it, since setting some (plugin.library.paths)
 				 * already loads code.
 				 */
-				if (!kafka_property_known(name))
+				if (!ko_property_known(name))
 				{
 					/* unknown to librdkafka: setting it does nothing */
 					conf = rd_kafka_conf_new();
@@ -428,13 +450,13 @@ KappaCheckKafkaProperty(const char *name, const char *value,
 							(errcode(ERRCODE_FDW_INVALID_OPTION_NAME),
 							 errmsg("unknown Kafka property \"%s\"", name),
 							 errdetail_internal("%s", errstr),
-							 errhint("See kappa.kafka_properties() for the properties and who may set them.")));
+							 errhint("See kappa.ko_properties() for the properties and who may set them.")));
 				}
 				ereport(ERROR,
 						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 						 errmsg("permission denied to set Kafka property \"%s\"", name),
 						 errdetail("It loads code into the database server, writes to its log, or is not known to be safe."),
-						 errhint("Only superusers may set it; kappa.kafka_properties() lists the properties others may set.")));
+						 errhint("Only superusers may set it; kappa.ko_properties() lists the properties others may set.")));
 			}
 			break;
 		case KAFKA_PROP_RESERVED:
@@ -454,10 +476,10 @@ KappaCheckKafkaProperty(const char *name, const char *value,
 				(errcode(ERRCODE_FDW_INVALID_OPTION_NAME),
 				 errmsg("unknown Kafka property \"%s\"", name),
 				 errdetail_internal("%s", errstr),
-				 errhint("Options are librdkafka properties (see kappa.kafka_properties()) or one of pg_kappa's.")));
+				 errhint("Options are librdkafka properties (see kappa.ko_properties()) or one of pg_kappa's.")));
 	if (res != RD_KAFKA_CONF_OK)
 	{
-		if (KappaOptionIsSecret(name))
+		if (ko_option_is_secret(name))
 			ereport(ERROR,
 					(errcode(ERRCODE_FDW_INVALID_OPTION_NAME),
 					 errmsg("invalid value for Kafka property \"%s\"", name)));
@@ -517,15 +539,15 @@ kappa_kafka_fdw_validator(PG_FUNCTION_ARGS)
 			brokers = true;
 			continue;
 		}
-		if (KappaOptionIsKappa(def->defname))
+		if (ko_option_is_kappa(def->defname))
 			ereport(ERROR,
 					(errcode(ERRCODE_FDW_INVALID_OPTION_NAME),
 					 errmsg("option \"%s\" belongs to a source", def->defname),
 					 errhint("Give it in the options of kappa.create_kafka_source().")));
-		KappaCheckKafkaProperty(def->defname, value,
-								catalog == ForeignServerRelationId ?
-								KAPPA_LEVEL_SERVER : KAPPA_LEVEL_USER_MAPPING,
-								GetUserId());
+		ko_check_property(def->defname, value,
+						  catalog == ForeignServerRelationId ?
+						  KAPPA_LEVEL_SERVER : KAPPA_LEVEL_USER_MAPPING,
+						  GetUserId());
 	}
 	if (catalog == ForeignServerRelationId && !brokers)
 		ereport(ERROR,
@@ -561,7 +583,7 @@ KappaKafkaServer(const char *name)
  * or NIL if there is none: a cluster without authentication needs none.
  */
 static List *
-user_mapping_options(Oid role, Oid serverid)
+ko_user_mapping_options(Oid role, Oid serverid)
 {
 	HeapTuple	mapping;
 	Datum		datum;
@@ -584,11 +606,11 @@ user_mapping_options(Oid role, Oid serverid)
 }
 
 /*
- * KappaJsonbScalarText returns a scalar jsonb value as text (strings
+ * ko_jsonb_scalar_text returns a scalar jsonb value as text (strings
  * without quotes), or NULL for null, objects and arrays.
  */
-char *
-KappaJsonbScalarText(JsonbValue *v)
+static char *
+ko_jsonb_scalar_text(JsonbValue *v)
 {
 	switch (v->type)
 	{
@@ -632,19 +654,19 @@ KappaSourceOptionList(KappaSource *source)
 		}
 		if (tok != WJB_VALUE || key == NULL)
 			continue;
-		value = KappaJsonbScalarText(&v);
+		value = ko_jsonb_scalar_text(&v);
 		result = lappend(result, makeDefElem(key, value ? (Node *) makeString(value) : NULL, -1));
 	}
 	return result;
 }
 
 /*
- * KappaSourceKafkaOptions returns the librdkafka properties among a
+ * ko_source_kafka_options returns the librdkafka properties among a
  * source's options (KappaSourceOptionList); raises an error for a value
  * that is not a scalar.
  */
-List *
-KappaSourceKafkaOptions(KappaSource *source)
+static List *
+ko_source_kafka_options(KappaSource *source)
 {
 	List	   *result = NIL;
 	ListCell   *lc;
@@ -653,7 +675,7 @@ KappaSourceKafkaOptions(KappaSource *source)
 	{
 		DefElem    *def = lfirst(lc);
 
-		if (KappaOptionIsKappa(def->defname))
+		if (ko_option_is_kappa(def->defname))
 			continue;
 		if (def->arg == NULL)
 			ereport(ERROR,
@@ -673,11 +695,11 @@ KappaCheckSourceOptions(KappaSource *source, Oid role)
 {
 	ListCell   *lc;
 
-	foreach(lc, KappaSourceKafkaOptions(source))
+	foreach(lc, ko_source_kafka_options(source))
 	{
 		DefElem    *def = lfirst(lc);
 
-		KappaCheckKafkaProperty(def->defname, strVal(def->arg), KAPPA_LEVEL_SOURCE, role);
+		ko_check_property(def->defname, strVal(def->arg), KAPPA_LEVEL_SOURCE, role);
 	}
 }
 
@@ -686,7 +708,7 @@ KappaCheckSourceOptions(KappaSource *source, Oid role)
  * refuses it (the value of a secret is never shown).
  */
 static void
-conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
+ko_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
 {
 	char		errstr[512];
 	rd_kafka_conf_res_t res;
@@ -700,7 +722,7 @@ conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown Kafka property \"%s\"", key),
 				 errdetail_internal("%s", errstr)));
-	if (KappaOptionIsSecret(key))
+	if (ko_option_is_secret(key))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid value for Kafka property \"%s\"", key)));
@@ -712,7 +734,7 @@ conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
 
 /* Set every property of a DefElem list (options of a server or mapping). */
 static void
-conf_set_all(rd_kafka_conf_t *conf, List *options)
+ko_conf_set_all(rd_kafka_conf_t *conf, List *options)
 {
 	ListCell   *lc;
 
@@ -722,8 +744,73 @@ conf_set_all(rd_kafka_conf_t *conf, List *options)
 
 		if (strcmp(def->defname, "brokers") == 0)
 			continue;
-		conf_set(conf, def->defname, defGetString(def));
+		ko_conf_set(conf, def->defname, defGetString(def));
 	}
+}
+
+/*
+ * KappaFormatOptions returns the options the decoder reads (ours except the
+ * batch bounds), as a jsonb object.
+ */
+Jsonb *
+KappaFormatOptions(KappaSource *source)
+{
+	JsonbParseState *state = NULL;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	JsonbValue *res;
+	bool		skip = false;
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	if (source->options && JB_ROOT_IS_OBJECT(source->options))
+	{
+		it = JsonbIteratorInit(&source->options->root);
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY)
+			{
+				char	   *key = pnstrdup(v.val.string.val, v.val.string.len);
+
+				skip = !ko_option_is_kappa(key) ||
+					strcmp(key, "batch_size") == 0 ||
+					strcmp(key, "max_latency") == 0 ||
+					strcmp(key, "batch_bytes") == 0 ||
+					strcmp(key, "max_message_bytes") == 0;
+				if (!skip)
+					pushJsonbValue(&state, WJB_KEY, &v);
+			}
+			else if (tok == WJB_VALUE && !skip)
+				pushJsonbValue(&state, WJB_VALUE, &v);
+		}
+	}
+	res = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(res);
+}
+
+/*
+ * KappaSourceBatchSize, KappaSourceMaxLatency and KappaSourceBatchBytes
+ * return the bounds of a source's batches: the source's option if it has
+ * one, else the setting (kappa.batch_size, kappa.max_latency in
+ * milliseconds, kappa.batch_bytes in bytes) as it is now.
+ */
+int
+KappaSourceBatchSize(KappaSource *source)
+{
+	return source->batch_size > 0 ? source->batch_size : kappa_batch_size;
+}
+
+int
+KappaSourceMaxLatency(KappaSource *source)
+{
+	return source->max_latency_ms > 0 ? source->max_latency_ms : kappa_max_latency_ms;
+}
+
+int64
+KappaSourceBatchBytes(KappaSource *source)
+{
+	return source->batch_bytes > 0 ? source->batch_bytes :
+		(int64) kappa_batch_bytes_kb * 1024;
 }
 
 /*
@@ -742,11 +829,11 @@ KappaKafkaConfBuild(KappaSource *source)
 	const char *brokers = source->brokers;
 
 	snprintf(client_id, sizeof(client_id), "pg_kappa-%s", source->name);
-	conf_set(conf, "client.id", client_id);
+	ko_conf_set(conf, "client.id", client_id);
 	/* the consumer queue needs a group; it never joins or commits (assign) */
-	conf_set(conf, "group.id", client_id);
-	conf_set(conf, "topic.metadata.refresh.interval.ms", "10000");
-	conf_set(conf, "reconnect.backoff.max.ms", "2000");
+	ko_conf_set(conf, "group.id", client_id);
+	ko_conf_set(conf, "topic.metadata.refresh.interval.ms", "10000");
+	ko_conf_set(conf, "reconnect.backoff.max.ms", "2000");
 
 	/*
 	 * All partitions share one consumer queue; librdkafka 2.0.2 stops
@@ -754,12 +841,13 @@ KappaKafkaConfBuild(KappaSource *source)
 	 * holds queued.min.messages (default 100000) or
 	 * queued.max.messages.kbytes.  Let the byte limit bound prefetching: the
 	 * worker wakes the fetcher whenever it has taken half of it out of the
-	 * queue (kw_wake_fetcher), which the message count would not tell it.
-	 * With that, 16 MB prefetch as fast as 64 MB (librdkafka's default) on
-	 * bench/kafka_bench.sh and cost a quarter of the memory.
+	 * queue (kc_wake_fetcher in kafka_consumer.c), which the message count
+	 * would not tell it. With that, 16 MB prefetch as fast as 64 MB
+	 * (librdkafka's default) on bench/kafka_bench.sh and cost a quarter of
+	 * the memory.
 	 */
-	conf_set(conf, "queued.min.messages", "10000000");
-	conf_set(conf, "queued.max.messages.kbytes", "16384");
+	ko_conf_set(conf, "queued.min.messages", "10000000");
+	ko_conf_set(conf, "queued.max.messages.kbytes", "16384");
 
 	/*
 	 * A fetch that finds no new data waits up to fetch.wait.max.ms (500 ms by
@@ -768,14 +856,11 @@ KappaKafkaConfBuild(KappaSource *source)
 	 * message's latency; keep it to half the batch latency bound.
 	 */
 	{
-		int			latency = kappa_max_latency_ms;
+		int			latency = KappaSourceMaxLatency(source);
 		char		buf[32];
 
-		if (source->max_latency_ms > 0)
-			latency = source->max_latency_ms;
-
 		snprintf(buf, sizeof(buf), "%d", Max(Min(latency / 2, 500), 5));
-		conf_set(conf, "fetch.wait.max.ms", buf);
+		ko_conf_set(conf, "fetch.wait.max.ms", buf);
 	}
 
 	if (source->server != NULL)
@@ -790,26 +875,26 @@ KappaKafkaConfBuild(KappaSource *source)
 			if (strcmp(def->defname, "brokers") == 0)
 				brokers = defGetString(def);
 		}
-		conf_set_all(conf, server->options);
-		conf_set_all(conf, user_mapping_options(source->owner, server->serverid));
+		ko_conf_set_all(conf, server->options);
+		ko_conf_set_all(conf, ko_user_mapping_options(source->owner, server->serverid));
 	}
-	conf_set_all(conf, KappaSourceKafkaOptions(source));
+	ko_conf_set_all(conf, ko_source_kafka_options(source));
 
 	if (brokers == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FDW_OPTION_NAME_NOT_FOUND),
 				 errmsg("kafka source \"%s\" has no brokers", source->name)));
-	conf_set(conf, "bootstrap.servers", brokers);
-	conf_set(conf, "enable.auto.commit", "false");
-	conf_set(conf, "enable.auto.offset.store", "false");
+	ko_conf_set(conf, "bootstrap.servers", brokers);
+	ko_conf_set(conf, "enable.auto.commit", "false");
+	ko_conf_set(conf, "enable.auto.offset.store", "false");
 	/* a stored offset the broker no longer holds is reported, not skipped */
-	conf_set(conf, "auto.offset.reset", "error");
-	conf_set(conf, "log.queue", "true");
+	ko_conf_set(conf, "auto.offset.reset", "error");
+	ko_conf_set(conf, "log.queue", "true");
 	return conf;
 }
 
 /*
- * kappa.kafka_properties() lists every property the installed librdkafka
+ * kappa.ko_properties() lists every property the installed librdkafka
  * knows, with its class (who may set it where, see the file header) and
  * whether its value is hidden as a secret.  Properties set only through
  * librdkafka's C API (callbacks, pointers) are left out.
@@ -821,15 +906,15 @@ kappa_kafka_properties(PG_FUNCTION_ARGS)
 	ListCell   *lc;
 
 	InitMaterializedSRF(fcinfo, 0);
-	foreach(lc, kafka_property_names())
+	foreach(lc, ko_property_names())
 	{
 		const char *name = lfirst(lc);
 		Datum		values[3];
 		bool		nulls[3] = {false, false, false};
 
 		values[0] = CStringGetTextDatum(name);
-		values[1] = CStringGetTextDatum(prop_class_name(KappaKafkaPropertyClass(name)));
-		values[2] = BoolGetDatum(KappaOptionIsSecret(name));
+		values[1] = CStringGetTextDatum(ko_class_name(ko_property_class(name)));
+		values[2] = BoolGetDatum(ko_option_is_secret(name));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
@@ -837,10 +922,10 @@ kappa_kafka_properties(PG_FUNCTION_ARGS)
 
 /*
  * kappa.option_is_secret(name) tells whether the value of a source option
- * named so is hidden from other roles (KappaOptionIsSecret).
+ * named so is hidden from other roles (ko_option_is_secret).
  */
 Datum
 kappa_option_is_secret(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(KappaOptionIsSecret(text_to_cstring(PG_GETARG_TEXT_PP(0))));
+	PG_RETURN_BOOL(ko_option_is_secret(text_to_cstring(PG_GETARG_TEXT_PP(0))));
 }

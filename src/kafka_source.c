@@ -25,18 +25,14 @@
 
 #include <librdkafka/rdkafka.h>
 
-#include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
-#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/catalog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "commands/trigger.h"
-#include "catalog/pg_extension.h"
-#include "commands/extension.h"
 #include "foreign/foreign.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -44,7 +40,6 @@
 #include "postmaster/bgworker.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
 #include "utils/formatting.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
@@ -68,20 +63,23 @@ PG_FUNCTION_INFO_V1(kappa_resume_source_0_2);
 PG_FUNCTION_INFO_V1(kappa_drop_source);
 PG_FUNCTION_INFO_V1(kappa_source_arrives_paused);
 
+/* Kafka's own default limit of a message's size (message.max.bytes) */
+#define KSRC_DEFAULT_MAX_MESSAGE_BYTES 1048588
+
 /* True while kappa.create_kafka_source inserts its catalog row. */
-static bool kappa_creating_source = false;
+static bool ksrc_creating_source = false;
 
 /* Source ids whose workers must be started or woken when we commit. */
-static List *kappa_pending_starts = NIL;
-static bool kappa_pending_wake = false;
-static bool kappa_xact_callback_registered = false;
+static List *ksrc_pending_starts = NIL;
+static bool ksrc_pending_wake = false;
+static bool ksrc_xact_callback_registered = false;
 
 /*
- * kappa_parse_ms parses a duration option: a number of milliseconds, or a
+ * ksrc_parse_ms parses a duration option: a number of milliseconds, or a
  * string with a unit ('10ms', '2s').
  */
 static int
-kappa_parse_ms(const char *key, const char *value)
+ksrc_parse_ms(const char *key, const char *value)
 {
 	int			result;
 	const char *hint = NULL;
@@ -95,10 +93,10 @@ kappa_parse_ms(const char *key, const char *value)
 }
 
 /*
- * kappa_parse_positive parses a positive integer option.
+ * ksrc_parse_positive parses a positive integer option.
  */
 static int
-kappa_parse_positive(const char *key, const char *value)
+ksrc_parse_positive(const char *key, const char *value)
 {
 	int			result;
 
@@ -111,11 +109,11 @@ kappa_parse_positive(const char *key, const char *value)
 }
 
 /*
- * kappa_parse_bytes parses a size option: a number of bytes, or a string
+ * ksrc_parse_bytes parses a size option: a number of bytes, or a string
  * with a unit ('64MB', '512kB').
  */
 static int64
-kappa_parse_bytes(const char *key, const char *value)
+ksrc_parse_bytes(const char *key, const char *value)
 {
 	int			kb;
 	char	   *end;
@@ -136,17 +134,19 @@ kappa_parse_bytes(const char *key, const char *value)
 }
 
 /*
- * kappa_apply_own_options reads batch_size and max_latency from the source's
- * options into the struct and checks the other options of ours.
+ * ksrc_apply_own_options reads the batch bounds (batch_size, max_latency,
+ * batch_bytes: -1 when not given, for the settings) and max_message_bytes
+ * from the source's options into the struct, checking each.
  */
 static void
-kappa_apply_own_options(KappaSource *source)
+ksrc_apply_own_options(KappaSource *source)
 {
 	ListCell   *lc;
 
 	source->batch_size = -1;
 	source->max_latency_ms = -1;
 	source->batch_bytes = -1;
+	source->max_message_bytes = KSRC_DEFAULT_MAX_MESSAGE_BYTES;
 	foreach(lc, KappaSourceOptionList(source))
 	{
 		DefElem    *def = lfirst(lc);
@@ -155,81 +155,18 @@ kappa_apply_own_options(KappaSource *source)
 		if (value == NULL)
 			continue;
 		if (strcmp(def->defname, "batch_size") == 0)
-			source->batch_size = kappa_parse_positive(def->defname, value);
+			source->batch_size = ksrc_parse_positive(def->defname, value);
 		else if (strcmp(def->defname, "max_latency") == 0)
-			source->max_latency_ms = kappa_parse_ms(def->defname, value);
+			source->max_latency_ms = ksrc_parse_ms(def->defname, value);
 		else if (strcmp(def->defname, "max_message_bytes") == 0)
-			(void) kappa_parse_positive(def->defname, value);
+			source->max_message_bytes = ksrc_parse_positive(def->defname, value);
 		else if (strcmp(def->defname, "batch_bytes") == 0)
-			source->batch_bytes = kappa_parse_bytes(def->defname, value);
+			source->batch_bytes = ksrc_parse_bytes(def->defname, value);
 	}
 }
 
 /*
- * KappaSourceMaxMessageBytes returns the max_message_bytes option, or the
- * default (Kafka's own default message size limit).
- */
-int
-KappaSourceMaxMessageBytes(KappaSource *source)
-{
-	JsonbValue *v;
-
-	if (source->options == NULL)
-		return 1048588;
-	v = getKeyJsonValueFromContainer(&source->options->root,
-									 "max_message_bytes", 17, NULL);
-	if (v)
-	{
-		char	   *s = KappaJsonbScalarText(v);
-
-		if (s)
-			return kappa_parse_positive("max_message_bytes", s);
-	}
-	return 1048588;
-}
-
-/*
- * KappaFormatOptions returns the options the decoder reads (ours except the
- * batch bounds), as a jsonb object.
- */
-Jsonb *
-KappaFormatOptions(KappaSource *source)
-{
-	JsonbParseState *state = NULL;
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken tok;
-	JsonbValue *res;
-	bool		skip = false;
-
-	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	if (source->options && JB_ROOT_IS_OBJECT(source->options))
-	{
-		it = JsonbIteratorInit(&source->options->root);
-		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-		{
-			if (tok == WJB_KEY)
-			{
-				char	   *key = pnstrdup(v.val.string.val, v.val.string.len);
-
-				skip = !KappaOptionIsKappa(key) ||
-					strcmp(key, "batch_size") == 0 ||
-					strcmp(key, "max_latency") == 0 ||
-					strcmp(key, "batch_bytes") == 0 ||
-					strcmp(key, "max_message_bytes") == 0;
-				if (!skip)
-					pushJsonbValue(&state, WJB_KEY, &v);
-			}
-			else if (tok == WJB_VALUE && !skip)
-				pushJsonbValue(&state, WJB_VALUE, &v);
-		}
-	}
-	res = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
-	return JsonbValueToJsonb(res);
-}
-
-/*
- * kappa_source_from_spi fills a KappaSource from the current row of an SPI
+ * ksrc_source_from_spi fills a KappaSource from the current row of an SPI
  * result of KAPPA_SOURCE_COLUMNS.
  */
 #define KAPPA_SOURCE_COLUMNS \
@@ -237,7 +174,7 @@ KappaFormatOptions(KappaSource *source)
 	"on_data_loss, parallelism, options, paused"
 
 static KappaSource *
-kappa_source_from_spi(HeapTuple tup, TupleDesc desc)
+ksrc_source_from_spi(HeapTuple tup, TupleDesc desc)
 {
 	KappaSource *s = palloc0(sizeof(KappaSource));
 	bool		isnull;
@@ -258,17 +195,17 @@ kappa_source_from_spi(HeapTuple tup, TupleDesc desc)
 	s->parallelism = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
 	s->options = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 12, &isnull));
 	s->paused = DatumGetBool(SPI_getbinval(tup, desc, 13, &isnull));
-	kappa_apply_own_options(s);
+	ksrc_apply_own_options(s);
 	return s;
 }
 
 /*
- * kappa_source_lookup reads one source by id (name NULL) or by name, in the
+ * ksrc_source_lookup reads one source by id (name NULL) or by name, in the
  * current transaction, as the catalog owner.  Returns NULL if missing and
  * missing_ok.  The result is allocated in the caller's memory context.
  */
 static KappaSource *
-kappa_source_lookup(int32 id, const char *name, bool missing_ok, bool for_update)
+ksrc_source_lookup(int32 id, const char *name, bool missing_ok, bool for_update)
 {
 	MemoryContext callercxt = CurrentMemoryContext;
 	KappaSavedUser saved;
@@ -302,7 +239,7 @@ kappa_source_lookup(int32 id, const char *name, bool missing_ok, bool for_update
 	{
 		MemoryContext old = MemoryContextSwitchTo(callercxt);
 
-		result = kappa_source_from_spi(SPI_tuptable->vals[0], SPI_tuptable->tupdesc);
+		result = ksrc_source_from_spi(SPI_tuptable->vals[0], SPI_tuptable->tupdesc);
 		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
@@ -317,29 +254,29 @@ kappa_source_lookup(int32 id, const char *name, bool missing_ok, bool for_update
 
 /*
  * KappaSourceLoad reads the source with the given id (see
- * kappa_source_lookup).
+ * ksrc_source_lookup).
  */
 KappaSource *
 KappaSourceLoad(int32 source_id, bool missing_ok)
 {
-	return kappa_source_lookup(source_id, NULL, missing_ok, false);
+	return ksrc_source_lookup(source_id, NULL, missing_ok, false);
 }
 
 /*
- * kappa_xact_callback starts workers (without the launcher) or wakes the
+ * ksrc_xact_callback starts workers (without the launcher) or wakes the
  * launcher once the transaction that changed a source has committed, so
  * that workers never look for a row they cannot see yet.
  */
 static void
-kappa_xact_callback(XactEvent event, void *arg)
+ksrc_xact_callback(XactEvent event, void *arg)
 {
 	ListCell   *lc;
 
 	if (event == XACT_EVENT_COMMIT)
 	{
-		if (kappa_pending_wake)
+		if (ksrc_pending_wake)
 			KappaLauncherWake();
-		foreach(lc, kappa_pending_starts)
+		foreach(lc, ksrc_pending_starts)
 		{
 			KappaWorkerArgs *wa = lfirst(lc);
 
@@ -353,27 +290,27 @@ kappa_xact_callback(XactEvent event, void *arg)
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
 	{
 		/* the list lived in TopTransactionContext, gone with it */
-		kappa_pending_starts = NIL;
-		kappa_pending_wake = false;
+		ksrc_pending_starts = NIL;
+		ksrc_pending_wake = false;
 	}
 }
 
 /*
- * kappa_after_commit arranges for the workers of a source to be started (or
+ * ksrc_after_commit arranges for the workers of a source to be started (or
  * the launcher to be woken) when the current transaction commits.
  */
 static void
-kappa_after_commit(KappaSource *source, bool start)
+ksrc_after_commit(KappaSource *source, bool start)
 {
-	if (!kappa_xact_callback_registered)
+	if (!ksrc_xact_callback_registered)
 	{
-		RegisterXactCallback(kappa_xact_callback, NULL);
-		kappa_xact_callback_registered = true;
+		RegisterXactCallback(ksrc_xact_callback, NULL);
+		ksrc_xact_callback_registered = true;
 	}
 
 	if (KappaLauncherActive())
 	{
-		kappa_pending_wake = true;
+		ksrc_pending_wake = true;
 		return;
 	}
 	if (!start)
@@ -394,17 +331,17 @@ kappa_after_commit(KappaSource *source, bool start)
 		wa->source_id = source->id;
 		wa->slot = slot;
 		wa->managed = false;
-		kappa_pending_starts = lappend(kappa_pending_starts, wa);
+		ksrc_pending_starts = lappend(ksrc_pending_starts, wa);
 		MemoryContextSwitchTo(old);
 	}
 }
 
 /*
- * kappa_check_owner raises an error unless the current user may change the
+ * ksrc_check_owner raises an error unless the current user may change the
  * source (a member of its owner, or a superuser).
  */
 static void
-kappa_check_owner(KappaSource *source)
+ksrc_check_owner(KappaSource *source)
 {
 	if (!has_privs_of_role(GetUserId(), source->owner))
 		ereport(ERROR,
@@ -413,7 +350,7 @@ kappa_check_owner(KappaSource *source)
 }
 
 static char *
-kappa_text_arg(FunctionCallInfo fcinfo, int n, const char *argname)
+ksrc_text_arg(FunctionCallInfo fcinfo, int n, const char *argname)
 {
 	if (PG_ARGISNULL(n))
 		ereport(ERROR,
@@ -423,12 +360,12 @@ kappa_text_arg(FunctionCallInfo fcinfo, int n, const char *argname)
 }
 
 /*
- * kappa_normalize_start checks start (earliest | latest | a timestamptz) and
+ * ksrc_normalize_start checks start (earliest | latest | a timestamptz) and
  * returns it in a form that reads the same in any session: a timestamptz
  * becomes ISO text in UTC.
  */
 static char *
-kappa_normalize_start(const char *start)
+ksrc_normalize_start(const char *start)
 {
 	Datum		ts;
 	int			level;
@@ -456,39 +393,6 @@ kappa_normalize_start(const char *start)
 }
 
 /*
- * KappaExtensionUpToDate tells whether the SQL objects installed in this
- * database are the version this library is built for (after the library is
- * upgraded and before ALTER EXTENSION pg_kappa UPDATE, they are not).
- */
-bool
-KappaExtensionUpToDate(void)
-{
-	Relation	rel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tuple;
-	bool		upToDate = false;
-
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
-				F_NAMEEQ, CStringGetDatum("pg_kappa"));
-	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
-	tuple = systable_getnext(scan);
-	if (HeapTupleIsValid(tuple))
-	{
-		bool		isnull;
-		Datum		version = heap_getattr(tuple, Anum_pg_extension_extversion,
-										   RelationGetDescr(rel), &isnull);
-
-		upToDate = !isnull &&
-			strcmp(TextDatumGetCString(version), KAPPA_EXTENSION_VERSION) == 0;
-	}
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return upToDate;
-}
-
-/*
  * kappa_create_kafka_source and kappa_resume_source are the C functions of
  * version 0.1's kappa.create_kafka_source and kappa.resume_source, whose
  * catalog this library no longer writes: they ask for the update.
@@ -511,10 +415,10 @@ kappa_resume_source(PG_FUNCTION_ARGS)
 }
 
 /*
- * kappa_normalize_data_loss checks on_data_loss (fail | record).
+ * ksrc_parse_data_loss checks on_data_loss (fail | record).
  */
 static KappaDataLossPolicy
-kappa_parse_data_loss(const char *policy)
+ksrc_parse_data_loss(const char *policy)
 {
 	if (pg_strcasecmp(policy, "fail") == 0)
 		return KAPPA_DATA_LOSS_FAIL;
@@ -528,11 +432,11 @@ kappa_parse_data_loss(const char *policy)
 }
 
 /*
- * kappa_check_server_usage raises an error unless 'role' has USAGE on the
+ * ksrc_check_server_usage raises an error unless 'role' has USAGE on the
  * source's server.
  */
 static void
-kappa_check_server_usage(ForeignServer *server, Oid role)
+ksrc_check_server_usage(ForeignServer *server, Oid role)
 {
 	AclResult	aclresult = pg_foreign_server_aclcheck(server->serverid, role, ACL_USAGE);
 
@@ -550,7 +454,7 @@ Datum
 kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 {
 	KappaSource *source = palloc0(sizeof(KappaSource));
-	char	   *target = kappa_text_arg(fcinfo, 1, "target");
+	char	   *target = ksrc_text_arg(fcinfo, 1, "target");
 	RangeVar   *rv;
 	Relation	rel;
 	AclResult	aclresult;
@@ -564,14 +468,14 @@ kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 	HeapTuple	roletup;
 	ForeignServer *server = NULL;
 
-	source->name = kappa_text_arg(fcinfo, 0, "name");
-	source->topic = kappa_text_arg(fcinfo, 2, "topic");
-	source->server = PG_ARGISNULL(3) ? NULL : kappa_text_arg(fcinfo, 3, "server");
-	source->brokers = PG_ARGISNULL(4) ? NULL : kappa_text_arg(fcinfo, 4, "brokers");
-	source->format = PG_ARGISNULL(5) ? pstrdup("json") : kappa_text_arg(fcinfo, 5, "format");
-	source->start = PG_ARGISNULL(6) ? pstrdup("earliest") : kappa_text_arg(fcinfo, 6, "start");
-	source->onDataLoss = kappa_parse_data_loss(PG_ARGISNULL(7) ? "fail" :
-											   kappa_text_arg(fcinfo, 7, "on_data_loss"));
+	source->name = ksrc_text_arg(fcinfo, 0, "name");
+	source->topic = ksrc_text_arg(fcinfo, 2, "topic");
+	source->server = PG_ARGISNULL(3) ? NULL : ksrc_text_arg(fcinfo, 3, "server");
+	source->brokers = PG_ARGISNULL(4) ? NULL : ksrc_text_arg(fcinfo, 4, "brokers");
+	source->format = PG_ARGISNULL(5) ? pstrdup("json") : ksrc_text_arg(fcinfo, 5, "format");
+	source->start = PG_ARGISNULL(6) ? pstrdup("earliest") : ksrc_text_arg(fcinfo, 6, "start");
+	source->onDataLoss = ksrc_parse_data_loss(PG_ARGISNULL(7) ? "fail" :
+											  ksrc_text_arg(fcinfo, 7, "on_data_loss"));
 	source->parallelism = PG_ARGISNULL(8) ? 1 : PG_GETARG_INT32(8);
 	source->options = PG_ARGISNULL(9) ? NULL : PG_GETARG_JSONB_P_COPY(9);
 	source->owner = GetUserId();
@@ -604,7 +508,7 @@ kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 	if (source->server != NULL)
 	{
 		server = KappaKafkaServer(source->server);
-		kappa_check_server_usage(server, source->owner);
+		ksrc_check_server_usage(server, source->owner);
 	}
 	else
 	{
@@ -658,11 +562,10 @@ kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 					 errhint("Create the source as a role with LOGIN.")));
 	}
 
-	source->start = kappa_normalize_start(source->start);
+	source->start = ksrc_normalize_start(source->start);
 
 	/* options: ours, then librdkafka's, each as the caller may give it */
-	kappa_apply_own_options(source);
-	(void) KappaSourceMaxMessageBytes(source);
+	ksrc_apply_own_options(source);
 	KappaCheckSourceOptions(source, source->owner);
 	conf = KappaKafkaConfBuild(source);
 	rd_kafka_conf_destroy(conf);
@@ -703,7 +606,7 @@ kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("kafka source \"%s\" already exists", source->name)));
 	/* not a restored row: it does not arrive paused (see below) */
-	kappa_creating_source = true;
+	ksrc_creating_source = true;
 	PG_TRY();
 	{
 		rc = SPI_execute_with_args("INSERT INTO kappa.source_catalog "
@@ -715,7 +618,7 @@ kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 	}
 	PG_FINALLY();
 	{
-		kappa_creating_source = false;
+		ksrc_creating_source = false;
 	}
 	PG_END_TRY();
 	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
@@ -730,28 +633,28 @@ kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 	SPI_finish();
 	KappaRestoreUser(&saved);
 
-	kappa_after_commit(source, true);
+	ksrc_after_commit(source, true);
 	PG_RETURN_VOID();
 }
 
 /*
- * kappa_set_paused is pause_source and resume_source; resuming may also set
+ * ksrc_set_paused is pause_source and resume_source; resuming may also set
  * on_data_loss (NULL: unchanged), which restarts the source's workers.
  */
 static void
-kappa_set_paused(const char *name, bool paused, const char *onDataLoss)
+ksrc_set_paused(const char *name, bool paused, const char *onDataLoss)
 {
-	KappaSource *source = kappa_source_lookup(0, name, false, true);
+	KappaSource *source = ksrc_source_lookup(0, name, false, true);
 	KappaSavedUser saved;
 	Datum		values[3];
 	char		nulls[3] = "   ";
 	Oid			argtypes[3] = {INT4OID, BOOLOID, TEXTOID};
 
-	kappa_check_owner(source);
+	ksrc_check_owner(source);
 	values[0] = Int32GetDatum(source->id);
 	values[1] = BoolGetDatum(paused);
 	if (onDataLoss != NULL)
-		values[2] = CStringGetTextDatum(kappa_parse_data_loss(onDataLoss) == KAPPA_DATA_LOSS_RECORD ?
+		values[2] = CStringGetTextDatum(ksrc_parse_data_loss(onDataLoss) == KAPPA_DATA_LOSS_RECORD ?
 										"record" : "fail");
 	else
 		nulls[2] = 'n';
@@ -765,13 +668,13 @@ kappa_set_paused(const char *name, bool paused, const char *onDataLoss)
 	KappaRestoreUser(&saved);
 
 	source->paused = paused;
-	kappa_after_commit(source, !paused);
+	ksrc_after_commit(source, !paused);
 }
 
 Datum
 kappa_pause_source(PG_FUNCTION_ARGS)
 {
-	kappa_set_paused(text_to_cstring(PG_GETARG_TEXT_PP(0)), true, NULL);
+	ksrc_set_paused(text_to_cstring(PG_GETARG_TEXT_PP(0)), true, NULL);
 	PG_RETURN_VOID();
 }
 
@@ -788,8 +691,8 @@ kappa_resume_source_0_2(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("name must not be NULL")));
-	kappa_set_paused(text_to_cstring(PG_GETARG_TEXT_PP(0)), false,
-					 PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	ksrc_set_paused(text_to_cstring(PG_GETARG_TEXT_PP(0)), false,
+					PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	PG_RETURN_VOID();
 }
 
@@ -800,13 +703,13 @@ kappa_resume_source_0_2(PG_FUNCTION_ARGS)
 Datum
 kappa_drop_source(PG_FUNCTION_ARGS)
 {
-	KappaSource *source = kappa_source_lookup(0, text_to_cstring(PG_GETARG_TEXT_PP(0)),
-											  false, true);
+	KappaSource *source = ksrc_source_lookup(0, text_to_cstring(PG_GETARG_TEXT_PP(0)),
+											 false, true);
 	KappaSavedUser saved;
 	Datum		value = Int32GetDatum(source->id);
 	Oid			argtype = INT4OID;
 
-	kappa_check_owner(source);
+	ksrc_check_owner(source);
 	KappaBecomeExtensionOwner(&saved);
 	SPI_connect();
 	if (SPI_execute_with_args("DELETE FROM kappa.source_catalog WHERE id = $1",
@@ -815,7 +718,7 @@ kappa_drop_source(PG_FUNCTION_ARGS)
 	SPI_finish();
 	KappaRestoreUser(&saved);
 
-	kappa_after_commit(source, false);
+	ksrc_after_commit(source, false);
 	PG_RETURN_VOID();
 }
 
@@ -845,7 +748,7 @@ kappa_source_arrives_paused(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("kappa.source_arrives_paused() must be a BEFORE INSERT row trigger")));
 	tuple = trigdata->tg_trigtuple;
-	if (kappa_creating_source)
+	if (ksrc_creating_source)
 		return PointerGetDatum(tuple);
 	col = KappaCatalogAttnum(trigdata->tg_relation, "paused");
 	tuple = heap_modify_tuple_by_cols(tuple, RelationGetDescr(trigdata->tg_relation),

@@ -31,12 +31,17 @@
  * started (no free background worker slot), the launcher says why in
  * shared memory; kappa.sources shows it (kappa.launcher_problems()).
  *
- * Locking: KappaLauncherShared.mutex (a spinlock) protects the launcher's
- * latch and the rescan flag, a few instructions each.  The lists of active
- * sources and of problems, which are looped over and copied, are protected
- * by the LWLock 'lock': scanners replace their database's sources in
- * exclusive mode, the launcher reads them and writes problems, and backends
- * read problems in shared mode.
+ * Locking.  The shared state (KappaLauncherShared, kl_shared) has two
+ * locks, each named in the struct above the fields it protects:
+ *	 - 'mutex', a spinlock, protects the launcher's latch and the rescan
+ *	   flag: a few instructions each (KappaLauncherWake may run anywhere);
+ *	 - 'lock', an LWLock, protects the lists of active sources and of
+ *	   problems, which are looped over and copied: scanners replace their
+ *	   database's sources and the launcher forgets those of dropped
+ *	   databases and writes problems in exclusive mode; the launcher copies
+ *	   the sources and backends read the problems in shared mode.
+ * No code holds both.  The launcher's list of the workers it started
+ * (kl_workers) is its local memory, under no lock.
  *
  *-------------------------------------------------------------------------
  */
@@ -49,7 +54,6 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -66,18 +70,25 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "pg_kappa.h"
 #include "kafka.h"
+#include "util.h"
 
 #define KAPPA_MAX_ACTIVE_SOURCES	1024
 #define KAPPA_MAX_PROBLEMS			256
-#define KAPPA_SCAN_INTERVAL_MS		10000
-#define KAPPA_RESTART_MIN_MS		500
-#define KAPPA_RESTART_MAX_MS		30000
-#define KAPPA_NO_SLOT_RETRY_MS		5000
+
+/* Timings */
+#define KAPPA_SCAN_INTERVAL_MS		10000	/* scan every database */
+#define KAPPA_RESTART_MIN_MS		500 /* restart a stopped worker after */
+#define KAPPA_RESTART_MAX_MS		30000	/* ... doubling up to this */
+#define KAPPA_DIED_YOUNG_MS			10000	/* while it stops sooner than this */
+#define KAPPA_NO_SLOT_RETRY_MS		5000	/* no free worker slot: retry */
+#define KAPPA_LAUNCHER_TICK_MS		1000	/* longest wait of the launcher */
+#define KAPPA_LAUNCHER_MIN_WAIT_MS	10	/* shortest */
+#define KAPPA_LAUNCHER_RESTART_S	5	/* the postmaster restarts it after */
+#define KAPPA_WORKER_RESTART_S		5	/* a worker without the launcher */
 
 /* One active (not paused) source, as found by a scanner. */
 typedef struct KappaActiveSource
@@ -125,7 +136,7 @@ typedef struct KlWorker
 	int			backoff_ms;
 } KlWorker;
 
-static KappaLauncherShared *kappa_launcher_shared = NULL;
+static KappaLauncherShared *kl_shared = NULL;
 static shmem_request_hook_type kl_prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type kl_prev_shmem_startup_hook = NULL;
 
@@ -151,15 +162,56 @@ kl_shmem_startup(void)
 		kl_prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	kappa_launcher_shared = ShmemInitStruct("pg_kappa launcher",
-											sizeof(KappaLauncherShared), &found);
+	kl_shared = ShmemInitStruct("pg_kappa launcher",
+								sizeof(KappaLauncherShared), &found);
 	if (!found)
 	{
-		memset(kappa_launcher_shared, 0, sizeof(KappaLauncherShared));
-		SpinLockInit(&kappa_launcher_shared->mutex);
-		kappa_launcher_shared->lock = &(GetNamedLWLockTranche("pg_kappa launcher"))->lock;
+		memset(kl_shared, 0, sizeof(KappaLauncherShared));
+		SpinLockInit(&kl_shared->mutex);
+		kl_shared->lock = &(GetNamedLWLockTranche("pg_kappa launcher"))->lock;
 	}
 	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * kl_register_worker registers one of pg_kappa's background workers, all of
+ * which may connect to a database and start once recovery has finished:
+ * with the postmaster while the library is being preloaded, else as a
+ * dynamic worker.  'function' is its entry point, 'type' one of
+ * KAPPA_*_TYPE, 'name' its process title, 'restart_time' its
+ * bgw_restart_time; 'main_arg' and 'args' (copied to bgw_extra, if not
+ * NULL) are its arguments.  With 'handle' (dynamic workers only) the
+ * caller gets its handle and this process is notified when it starts and
+ * stops.  Returns false when no worker slot is free.
+ */
+static bool
+kl_register_worker(const char *function, const char *type, const char *name,
+				   int restart_time, Datum main_arg, const KappaWorkerArgs *args,
+				   BackgroundWorkerHandle **handle)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = restart_time;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_kappa");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "%s", name);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "%s", type);
+	worker.bgw_main_arg = main_arg;
+	StaticAssertStmt(sizeof(KappaWorkerArgs) <= BGW_EXTRALEN, "worker args too long");
+	if (args)
+		memcpy(worker.bgw_extra, args, sizeof(KappaWorkerArgs));
+	worker.bgw_notify_pid = handle ? MyProcPid : 0;
+
+	if (process_shared_preload_libraries_in_progress)
+	{
+		Assert(handle == NULL);
+		RegisterBackgroundWorker(&worker);
+		return true;
+	}
+	return RegisterDynamicBackgroundWorker(&worker, handle);
 }
 
 /*
@@ -169,22 +221,14 @@ kl_shmem_startup(void)
 void
 KappaKafkaPreloadInit(void)
 {
-	BackgroundWorker worker;
-
 	kl_prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = kl_shmem_request;
 	kl_prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = kl_shmem_startup;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 5;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_kappa");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "KappaLauncherMain");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_kappa launcher");
-	snprintf(worker.bgw_type, BGW_MAXLEN, KAPPA_LAUNCHER_TYPE);
-	RegisterBackgroundWorker(&worker);
+	(void) kl_register_worker("KappaLauncherMain", KAPPA_LAUNCHER_TYPE,
+							  "pg_kappa launcher", KAPPA_LAUNCHER_RESTART_S,
+							  (Datum) 0, NULL, NULL);
 }
 
 /*
@@ -194,7 +238,7 @@ KappaKafkaPreloadInit(void)
 bool
 KappaLauncherActive(void)
 {
-	return kappa_loaded_via_preload && kappa_launcher_shared != NULL;
+	return kappa_loaded_via_preload && kl_shared != NULL;
 }
 
 /*
@@ -206,12 +250,12 @@ KappaLauncherWake(void)
 {
 	Latch	   *latch;
 
-	if (kappa_launcher_shared == NULL)
+	if (kl_shared == NULL)
 		return;
-	SpinLockAcquire(&kappa_launcher_shared->mutex);
-	kappa_launcher_shared->rescan = true;
-	latch = kappa_launcher_shared->launcher_latch;
-	SpinLockRelease(&kappa_launcher_shared->mutex);
+	SpinLockAcquire(&kl_shared->mutex);
+	kl_shared->rescan = true;
+	latch = kl_shared->launcher_latch;
+	SpinLockRelease(&kl_shared->mutex);
 	if (latch)
 		SetLatch(latch);
 }
@@ -227,27 +271,18 @@ bool
 KappaStartWorker(const KappaWorkerArgs *args, const char *source_name,
 				 bool restart_on_exit, void **handle)
 {
-	BackgroundWorker worker;
 	BackgroundWorkerHandle *h = NULL;
+	char		name[BGW_MAXLEN];
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = restart_on_exit ? 5 : BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_kappa");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "KappaKafkaWorkerMain");
 	if (source_name)
-		snprintf(worker.bgw_name, BGW_MAXLEN, "pg_kappa worker for source %s slot %d",
+		snprintf(name, sizeof(name), "pg_kappa worker for source %s slot %d",
 				 source_name, args->slot);
 	else
-		snprintf(worker.bgw_name, BGW_MAXLEN, "pg_kappa worker for source %d slot %d",
+		snprintf(name, sizeof(name), "pg_kappa worker for source %d slot %d",
 				 args->source_id, args->slot);
-	snprintf(worker.bgw_type, BGW_MAXLEN, KAPPA_WORKER_TYPE);
-	StaticAssertStmt(sizeof(KappaWorkerArgs) <= BGW_EXTRALEN, "worker args too long");
-	memcpy(worker.bgw_extra, args, sizeof(KappaWorkerArgs));
-	worker.bgw_notify_pid = handle ? MyProcPid : 0;
-
-	if (!RegisterDynamicBackgroundWorker(&worker, handle ? &h : NULL))
+	if (!kl_register_worker("KappaKafkaWorkerMain", KAPPA_WORKER_TYPE, name,
+							restart_on_exit ? KAPPA_WORKER_RESTART_S : BGW_NEVER_RESTART,
+							(Datum) 0, args, handle ? &h : NULL))
 		return false;
 	if (handle)
 		*handle = h;
@@ -264,13 +299,9 @@ kl_expire_retained_rows(void)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (!OidIsValid(get_extension_oid("pg_kappa", true)))
+	if (KappaBeginTransaction(true) == KAPPA_EXTENSION_MISSING)
 	{
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		KappaCommitTransaction();
 		return;
 	}
 	PG_TRY();
@@ -280,8 +311,7 @@ kl_expire_retained_rows(void)
 		if (n > 0)
 			ereport(DEBUG1,
 					(errmsg("pg_kappa: expired %lld retained stream rows", (long long) n)));
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		KappaCommitTransaction();
 	}
 	PG_CATCH();
 	{
@@ -309,10 +339,7 @@ KappaScannerMain(Datum main_arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (OidIsValid(get_extension_oid("pg_kappa", true)))
+	if (KappaBeginTransaction(true) != KAPPA_EXTENSION_MISSING)
 	{
 		SPI_connect();
 		/* a paused source keeps one worker, which keeps its lag current */
@@ -336,21 +363,20 @@ KappaScannerMain(Datum main_arg)
 		}
 		SPI_finish();
 	}
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	KappaCommitTransaction();
 
-	LWLockAcquire(kappa_launcher_shared->lock, LW_EXCLUSIVE);
+	LWLockAcquire(kl_shared->lock, LW_EXCLUSIVE);
 	{
 		int			n = 0;
 
-		for (int i = 0; i < kappa_launcher_shared->nsources; i++)
-			if (kappa_launcher_shared->sources[i].dboid != dboid)
-				kappa_launcher_shared->sources[n++] = kappa_launcher_shared->sources[i];
+		for (int i = 0; i < kl_shared->nsources; i++)
+			if (kl_shared->sources[i].dboid != dboid)
+				kl_shared->sources[n++] = kl_shared->sources[i];
 		for (int i = 0; i < nfound && n < KAPPA_MAX_ACTIVE_SOURCES; i++)
-			kappa_launcher_shared->sources[n++] = found[i];
-		kappa_launcher_shared->nsources = n;
+			kl_shared->sources[n++] = found[i];
+		kl_shared->nsources = n;
 	}
-	LWLockRelease(kappa_launcher_shared->lock);
+	LWLockRelease(kl_shared->lock);
 
 	/* expire interval-retained stream rows of this database */
 	kl_expire_retained_rows();
@@ -370,9 +396,7 @@ kl_database_list(void)
 	HeapTuple	tup;
 	MemoryContext caller = CurrentMemoryContext;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	(void) GetTransactionSnapshot();
+	(void) KappaBeginTransaction(false);
 	rel = table_open(DatabaseRelationId, AccessShareLock);
 	scan = table_beginscan_catalog(rel, 0, NULL);
 	while (HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
@@ -390,7 +414,7 @@ kl_database_list(void)
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
-	CommitTransactionCommand();
+	KappaCommitTransaction();
 	return result;
 }
 
@@ -407,22 +431,14 @@ kl_scan(void)
 	foreach(lc, dbs)
 	{
 		Oid			dboid = lfirst_oid(lc);
-		BackgroundWorker worker;
 		BackgroundWorkerHandle *handle;
 		pid_t		pid;
+		char		name[BGW_MAXLEN];
 
-		memset(&worker, 0, sizeof(worker));
-		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		worker.bgw_restart_time = BGW_NEVER_RESTART;
-		snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_kappa");
-		snprintf(worker.bgw_function_name, BGW_MAXLEN, "KappaScannerMain");
-		snprintf(worker.bgw_name, BGW_MAXLEN, "pg_kappa scanner for database %u", dboid);
-		snprintf(worker.bgw_type, BGW_MAXLEN, KAPPA_SCANNER_TYPE);
-		worker.bgw_main_arg = ObjectIdGetDatum(dboid);
-		worker.bgw_notify_pid = MyProcPid;
-
-		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		snprintf(name, sizeof(name), "pg_kappa scanner for database %u", dboid);
+		if (!kl_register_worker("KappaScannerMain", KAPPA_SCANNER_TYPE, name,
+								BGW_NEVER_RESTART, ObjectIdGetDatum(dboid), NULL,
+								&handle))
 		{
 			ereport(LOG,
 					(errmsg("pg_kappa launcher: no free worker slot to scan database %u", dboid),
@@ -435,16 +451,16 @@ kl_scan(void)
 	}
 
 	/* sources of databases that no longer exist */
-	LWLockAcquire(kappa_launcher_shared->lock, LW_EXCLUSIVE);
+	LWLockAcquire(kl_shared->lock, LW_EXCLUSIVE);
 	{
 		int			n = 0;
 
-		for (int i = 0; i < kappa_launcher_shared->nsources; i++)
-			if (list_member_oid(dbs, kappa_launcher_shared->sources[i].dboid))
-				kappa_launcher_shared->sources[n++] = kappa_launcher_shared->sources[i];
-		kappa_launcher_shared->nsources = n;
+		for (int i = 0; i < kl_shared->nsources; i++)
+			if (list_member_oid(dbs, kl_shared->sources[i].dboid))
+				kl_shared->sources[n++] = kl_shared->sources[i];
+		kl_shared->nsources = n;
 	}
-	LWLockRelease(kappa_launcher_shared->lock);
+	LWLockRelease(kl_shared->lock);
 	list_free(dbs);
 }
 
@@ -479,39 +495,39 @@ kl_set_problem(KlWorker *w, const char *problem)
 	bool		isnew = false;
 	int			i;
 
-	LWLockAcquire(kappa_launcher_shared->lock, LW_EXCLUSIVE);
-	for (i = 0; i < kappa_launcher_shared->nproblems; i++)
+	LWLockAcquire(kl_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < kl_shared->nproblems; i++)
 	{
-		KappaLauncherProblem *p = &kappa_launcher_shared->problems[i];
+		KappaLauncherProblem *p = &kl_shared->problems[i];
 
 		if (p->dboid == w->dboid && p->source_id == w->source_id && p->slot == w->slot)
 			break;
 	}
 	if (problem == NULL)
 	{
-		if (i < kappa_launcher_shared->nproblems)
-			kappa_launcher_shared->problems[i] =
-				kappa_launcher_shared->problems[--kappa_launcher_shared->nproblems];
+		if (i < kl_shared->nproblems)
+			kl_shared->problems[i] =
+				kl_shared->problems[--kl_shared->nproblems];
 	}
-	else if (i < kappa_launcher_shared->nproblems)
+	else if (i < kl_shared->nproblems)
 	{
-		isnew = strcmp(kappa_launcher_shared->problems[i].problem, problem) != 0;
-		strlcpy(kappa_launcher_shared->problems[i].problem, problem,
-				sizeof(kappa_launcher_shared->problems[i].problem));
+		isnew = strcmp(kl_shared->problems[i].problem, problem) != 0;
+		strlcpy(kl_shared->problems[i].problem, problem,
+				sizeof(kl_shared->problems[i].problem));
 	}
 	else if (i < KAPPA_MAX_PROBLEMS)
 	{
-		KappaLauncherProblem *p = &kappa_launcher_shared->problems[i];
+		KappaLauncherProblem *p = &kl_shared->problems[i];
 
 		p->dboid = w->dboid;
 		p->source_id = w->source_id;
 		p->slot = w->slot;
 		p->since = GetCurrentTimestamp();
 		strlcpy(p->problem, problem, sizeof(p->problem));
-		kappa_launcher_shared->nproblems++;
+		kl_shared->nproblems++;
 		isnew = true;
 	}
-	LWLockRelease(kappa_launcher_shared->lock);
+	LWLockRelease(kl_shared->lock);
 	return isnew;
 }
 
@@ -530,10 +546,10 @@ kappa_launcher_problems(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	if (!KappaLauncherActive())
 		return (Datum) 0;
-	LWLockAcquire(kappa_launcher_shared->lock, LW_SHARED);
-	for (int i = 0; i < kappa_launcher_shared->nproblems; i++)
+	LWLockAcquire(kl_shared->lock, LW_SHARED);
+	for (int i = 0; i < kl_shared->nproblems; i++)
 	{
-		KappaLauncherProblem *p = &kappa_launcher_shared->problems[i];
+		KappaLauncherProblem *p = &kl_shared->problems[i];
 		Datum		values[4];
 		bool		nulls[4] = {false, false, false, false};
 
@@ -545,7 +561,7 @@ kappa_launcher_problems(PG_FUNCTION_ARGS)
 		values[3] = TimestampTzGetDatum(p->since);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
-	LWLockRelease(kappa_launcher_shared->lock);
+	LWLockRelease(kl_shared->lock);
 	return (Datum) 0;
 }
 
@@ -562,11 +578,11 @@ kl_reconcile(void)
 	TimestampTz now = GetCurrentTimestamp();
 	long		next = -1;
 
-	LWLockAcquire(kappa_launcher_shared->lock, LW_SHARED);
-	nsources = kappa_launcher_shared->nsources;
+	LWLockAcquire(kl_shared->lock, LW_SHARED);
+	nsources = kl_shared->nsources;
 	sources = palloc(sizeof(KappaActiveSource) * (nsources + 1));
-	memcpy(sources, kappa_launcher_shared->sources, sizeof(KappaActiveSource) * nsources);
-	LWLockRelease(kappa_launcher_shared->lock);
+	memcpy(sources, kl_shared->sources, sizeof(KappaActiveSource) * nsources);
+	LWLockRelease(kl_shared->lock);
 
 	for (int i = 0; i < kl_nworkers; i++)
 		kl_workers[i].wanted = false;
@@ -588,7 +604,7 @@ kl_reconcile(void)
 		if (w->handle && GetBackgroundWorkerPid(w->handle, &pid) == BGWH_STOPPED)
 		{
 			/* it stopped: restart soon, later if it died young */
-			if (TimestampDifferenceExceeds(w->started_at, now, 10000))
+			if (TimestampDifferenceExceeds(w->started_at, now, KAPPA_DIED_YOUNG_MS))
 				w->backoff_ms = KAPPA_RESTART_MIN_MS;
 			else
 				w->backoff_ms = Min(w->backoff_ms * 2, KAPPA_RESTART_MAX_MS);
@@ -660,9 +676,9 @@ kl_reconcile(void)
 static void
 kl_launcher_exit(int code, Datum arg)
 {
-	SpinLockAcquire(&kappa_launcher_shared->mutex);
-	kappa_launcher_shared->launcher_latch = NULL;
-	SpinLockRelease(&kappa_launcher_shared->mutex);
+	SpinLockAcquire(&kl_shared->mutex);
+	kl_shared->launcher_latch = NULL;
+	SpinLockRelease(&kl_shared->mutex);
 }
 
 /*
@@ -678,13 +694,13 @@ KappaLauncherMain(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
-	SpinLockAcquire(&kappa_launcher_shared->mutex);
-	kappa_launcher_shared->launcher_latch = &MyProc->procLatch;
-	SpinLockRelease(&kappa_launcher_shared->mutex);
-	LWLockAcquire(kappa_launcher_shared->lock, LW_EXCLUSIVE);
-	kappa_launcher_shared->nsources = 0;
-	kappa_launcher_shared->nproblems = 0;
-	LWLockRelease(kappa_launcher_shared->lock);
+	SpinLockAcquire(&kl_shared->mutex);
+	kl_shared->launcher_latch = &MyProc->procLatch;
+	SpinLockRelease(&kl_shared->mutex);
+	LWLockAcquire(kl_shared->lock, LW_EXCLUSIVE);
+	kl_shared->nsources = 0;
+	kl_shared->nproblems = 0;
+	LWLockRelease(kl_shared->lock);
 	before_shmem_exit(kl_launcher_exit, 0);
 
 	ereport(LOG, (errmsg("pg_kappa launcher started")));
@@ -695,10 +711,10 @@ KappaLauncherMain(Datum main_arg)
 		long		timeout;
 		TimestampTz now = GetCurrentTimestamp();
 
-		SpinLockAcquire(&kappa_launcher_shared->mutex);
-		rescan = kappa_launcher_shared->rescan;
-		kappa_launcher_shared->rescan = false;
-		SpinLockRelease(&kappa_launcher_shared->mutex);
+		SpinLockAcquire(&kl_shared->mutex);
+		rescan = kl_shared->rescan;
+		kl_shared->rescan = false;
+		SpinLockRelease(&kl_shared->mutex);
 
 		if (rescan || now >= next_scan)
 		{
@@ -707,11 +723,11 @@ KappaLauncherMain(Datum main_arg)
 													KAPPA_SCAN_INTERVAL_MS);
 		}
 		timeout = kl_reconcile();
-		if (timeout < 0 || timeout > 1000)
-			timeout = 1000;
+		if (timeout < 0 || timeout > KAPPA_LAUNCHER_TICK_MS)
+			timeout = KAPPA_LAUNCHER_TICK_MS;
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 Max(timeout, 10), PG_WAIT_EXTENSION);
+						 Max(timeout, KAPPA_LAUNCHER_MIN_WAIT_MS), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)

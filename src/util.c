@@ -2,7 +2,8 @@
  *
  * util.c
  *	  Small helpers shared by pg_kappa's modules: name resolution, running
- *	  generated SQL, and acting as another role.
+ *	  generated SQL, acting as another role, writing pg_kappa's catalog and
+ *	  the transactions of background workers.
  *
  * Relation names given to pg_kappa's functions are SQL identifiers, parsed
  * like regclass input: 'clicks', 'app.clicks' and '"Click Stream"' all work,
@@ -26,18 +27,27 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_namespace.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/varlena.h"
 
@@ -182,4 +192,129 @@ KappaDataRelName(const char *base, const char *suffix)
 	if (len > room)
 		len = pg_mbcliplen(base, len, room);
 	return psprintf("%.*s%s", len, base, suffix);
+}
+
+/*
+ * KappaExecCatalogSql runs one statement on pg_kappa's catalog as the
+ * extension's owner (see the file header); SPI must be connected.  The
+ * result is in SPI_processed and SPI_tuptable.  Raises an error if the
+ * statement fails.
+ */
+void
+KappaExecCatalogSql(const char *sql, int nargs, Oid *argtypes, Datum *values,
+					const char *nulls)
+{
+	KappaSavedUser saved;
+	int			rc;
+
+	KappaBecomeExtensionOwner(&saved);
+	rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
+	KappaRestoreUser(&saved);
+	if (rc < 0)
+		elog(ERROR, "pg_kappa catalog statement failed: %s", SPI_result_code_string(rc));
+}
+
+/*
+ * KappaPrepareCatalogSql prepares a statement on pg_kappa's catalog as the
+ * extension's owner and keeps the plan (SPI_keepplan) for
+ * KappaExecCatalogPlan; SPI must be connected.
+ */
+SPIPlanPtr
+KappaPrepareCatalogSql(const char *sql, int nargs, Oid *argtypes)
+{
+	KappaSavedUser saved;
+	SPIPlanPtr	plan;
+
+	KappaBecomeExtensionOwner(&saved);
+	plan = SPI_prepare(sql, nargs, argtypes);
+	KappaRestoreUser(&saved);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+/*
+ * KappaExecCatalogPlan runs a plan of KappaPrepareCatalogSql as the
+ * extension's owner and returns SPI_processed; raises an error unless SPI
+ * answers expected_rc.
+ */
+uint64
+KappaExecCatalogPlan(SPIPlanPtr plan, Datum *values, const char *nulls,
+					 int expected_rc)
+{
+	KappaSavedUser saved;
+	int			rc;
+
+	KappaBecomeExtensionOwner(&saved);
+	rc = SPI_execute_plan(plan, values, nulls, false, 0);
+	KappaRestoreUser(&saved);
+	if (rc != expected_rc)
+		elog(ERROR, "pg_kappa catalog statement failed: %s", SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+/*
+ * ut_extension_is_current tells whether the SQL objects of pg_kappa
+ * installed in this database are the version this library is built for
+ * (after the library is upgraded and before ALTER EXTENSION pg_kappa
+ * UPDATE, they are not).
+ */
+static bool
+ut_extension_is_current(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	bool		current = false;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("pg_kappa"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		version = heap_getattr(tuple, Anum_pg_extension_extversion,
+										   RelationGetDescr(rel), &isnull);
+
+		current = !isnull &&
+			strcmp(TextDatumGetCString(version), KAPPA_EXTENSION_VERSION) == 0;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return current;
+}
+
+/*
+ * KappaBeginTransaction starts a transaction in a background worker (the
+ * launcher, a scanner, a source worker), with a statement start time and an
+ * active snapshot.  With check_extension it also looks up pg_kappa in the
+ * connected database: missing, older than this library, or current;
+ * without, it answers KAPPA_EXTENSION_UNCHECKED.  KappaCommitTransaction
+ * ends the transaction; an error in between is cleaned up by its abort.
+ */
+KappaExtensionState
+KappaBeginTransaction(bool check_extension)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (!check_extension)
+		return KAPPA_EXTENSION_UNCHECKED;
+	if (!OidIsValid(get_extension_oid("pg_kappa", true)))
+		return KAPPA_EXTENSION_MISSING;
+	return ut_extension_is_current() ? KAPPA_EXTENSION_CURRENT : KAPPA_EXTENSION_OUTDATED;
+}
+
+/*
+ * KappaCommitTransaction commits a transaction of KappaBeginTransaction.
+ */
+void
+KappaCommitTransaction(void)
+{
+	PopActiveSnapshot();
+	CommitTransactionCommand();
 }

@@ -2,13 +2,15 @@
  *
  * util.h
  *	  Helpers shared by pg_kappa's modules (util.c): name resolution, running
- *	  generated SQL, and acting as another role.
+ *	  generated SQL, acting as another role, writing pg_kappa's catalog and
+ *	  the transactions of background workers.
  *
  *-------------------------------------------------------------------------
  */
 #ifndef KAPPA_UTIL_H
 #define KAPPA_UTIL_H
 
+#include "executor/spi.h"
 #include "nodes/primnodes.h"
 
 /*
@@ -32,5 +34,27 @@ extern void KappaBecomeUser(Oid role, KappaSavedUser *saved);
 extern void KappaBecomeExtensionOwner(KappaSavedUser *saved);
 extern void KappaRestoreUser(KappaSavedUser *saved);
 extern char *KappaDataRelName(const char *base, const char *suffix);
+
+/* pg_kappa's catalog, written as the extension's owner (SPI connected) */
+extern void KappaExecCatalogSql(const char *sql, int nargs, Oid *argtypes,
+								Datum *values, const char *nulls);
+extern SPIPlanPtr KappaPrepareCatalogSql(const char *sql, int nargs,
+										 Oid *argtypes);
+extern uint64 KappaExecCatalogPlan(SPIPlanPtr plan, Datum *values,
+								   const char *nulls, int expected_rc);
+
+/* What KappaBeginTransaction found of pg_kappa in the current database. */
+typedef enum KappaExtensionState
+{
+	KAPPA_EXTENSION_UNCHECKED,	/* not looked for */
+	KAPPA_EXTENSION_MISSING,	/* not installed */
+	KAPPA_EXTENSION_OUTDATED,	/* older than the library: ALTER EXTENSION
+								 * pg_kappa UPDATE is pending */
+	KAPPA_EXTENSION_CURRENT
+} KappaExtensionState;
+
+/* the transactions of background workers */
+extern KappaExtensionState KappaBeginTransaction(bool check_extension);
+extern void KappaCommitTransaction(void);
 
 #endif							/* KAPPA_UTIL_H */

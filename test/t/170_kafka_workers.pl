@@ -123,7 +123,7 @@ $node->safe_psql('postgres', q{SELECT kappa.drop_source('bl_src')});
 # Prefetching: librdkafka (2.0.2) stops fetching when its consumer queue is
 # full and, left alone, resumes only when a broker thread next wakes up, up
 # to a second later for every queueful.  The worker wakes it as it drains
-# the queue (kw_wake_fetcher).  With a 16 kB queue, 4 kB fetches and record
+# the queue (kc_wake_fetcher).  With a 16 kB queue, 4 kB fetches and record
 # batches of 200 messages, 60,000 messages of ~70 bytes are ~300 queuefuls:
 # more than 4 s here if nothing wakes the fetcher (20 ms to 1 s each), well
 # under a second if the worker does.  How long it takes is noted, not

@@ -1,0 +1,835 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka_apply.c
+ *	  One batch of a source worker in one transaction: its messages decoded
+ *	  into rows of the target, bad messages isolated as dead letters, and the
+ *	  partitions' next offsets stored.
+ *
+ * Exactly once.  The next offset of every partition lives in
+ * kappa.source_offsets.  A batch's rows (or stream rows, with every view
+ * delta), its dead letters and the new offsets are written in one
+ * transaction, and the offset rows are updated only if they still hold the
+ * offsets the batch started from -- so a crash at any instant neither loses
+ * nor duplicates a message, and a second worker on the same partitions
+ * (which the worker's session lock should already prevent) cannot commit a
+ * duplicate either.
+ *
+ * Rows.  KappaDecode (decode.c) turns a message into the values of a row of
+ * the target, which then takes one of three insert paths behind one
+ * interface (KaSink): a stream's rows go into a KappaBatch (batch.c), which
+ * applies them to the stream's views; a plain table's go through
+ * ExecSimpleRelationInsert (as logical replication's apply does); any other
+ * table's through an INSERT planned once per batch.
+ *
+ * Bad messages.  A range of messages is applied in a subtransaction.  When
+ * it fails in one message (decoding, type or constraint), that message
+ * becomes a dead letter and the messages before it are applied again; when
+ * it fails while applying a stream batch to its views, the range is bisected
+ * until the offending messages are alone.  Errors that do not belong to a
+ * message (cancel, shutdown, lack of resources, serialization failures, a
+ * lost privilege) are raised to the worker loop, which aborts the
+ * transaction and exits; the worker is restarted and starts over from the
+ * stored offsets.
+ *
+ * Whose rights.  The worker connects as the source's owner, whose INSERT
+ * privilege (and row-level security policies) apply to the target.  The
+ * target's own code -- triggers, defaults, constraints, domains -- runs as
+ * the target's owner in a security-restricted operation, and the code of
+ * continuous views as their owners (KappaBecomeUser), as logical
+ * replication's apply worker does; the catalog is written as the
+ * extension's owner.
+ *
+ * The messages belong to kafka_consumer.c, which is told when the batch
+ * committed; the counters go to kafka_status.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <librdkafka/rdkafka.h>
+
+#include "access/relation.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "nodes/params.h"
+#include "parser/analyze.h"
+#include "parser/parser.h"
+#include "parser/parsetree.h"
+#include "pgstat.h"
+#include "rewrite/rewriteHandler.h"
+#include "tcop/tcopprot.h"
+#include "tcop/utility.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "pg_kappa.h"
+#include "kafka.h"
+#include "util.h"
+
+/* How the rows of a batch go into the target. */
+typedef enum KaPath
+{
+	KA_PATH_STREAM,				/* into a KappaBatch, then the stream's views */
+	KA_PATH_DIRECT,				/* ExecSimpleRelationInsert */
+	KA_PATH_PLANNED				/* the INSERT planned for the batch */
+} KaPath;
+
+/*
+ * The insert paths behind one interface: ka_sink_open, ka_sink_put for each
+ * decoded row, ka_sink_close.  Lives for one attempt at a range of messages
+ * (one subtransaction), whose abort cleans up after an error.
+ */
+typedef struct KaSink
+{
+	KaPath		path;
+	KappaBatch *batch;			/* KA_PATH_STREAM */
+	EState	   *estate;			/* KA_PATH_DIRECT */
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;
+} KaSink;
+
+/* The apply state of this worker. */
+typedef struct KaApply
+{
+	KappaSource *source;
+	MemoryContext cxt;			/* lives as long as the worker */
+	MemoryContext target_cxt;	/* the target's shape, rebuilt on change */
+	MemoryContext batch_cxt;	/* reset after each batch */
+	MemoryContext row_cxt;		/* reset after each message */
+
+	/* the target, as of the last batch */
+	TupleDesc	tupdesc;
+	bool		is_stream;
+	KaPath		path;			/* checked again every batch */
+	bool		target_rls;		/* row-level security on the target */
+	KappaDecoder *decoder;
+	Datum	   *values;			/* the decoded message */
+	bool	   *nulls;
+	TupleTableSlot *stream_slot;	/* a stream row, for KappaBatchAdd */
+
+	/* the INSERT of KA_PATH_PLANNED */
+	char	   *insert_sql;
+	int			ncols;
+	int		   *colmap;			/* parameter i is attribute colmap[i] */
+	Oid		   *coltypes;
+	List	   *insert_plans;	/* of PlannedStmt, in batch_cxt */
+
+	/* the batch being applied (the consumer's messages) */
+	rd_kafka_message_t **msgs;
+	int			nmsgs;
+	ErrorData **dead;			/* why msgs[i] is a dead letter, or NULL */
+	int			failed_index;	/* message being processed, -1 in apply */
+
+	/* catalog plans (executed as the extension's owner) */
+	SPIPlanPtr	dead_plan;
+	SPIPlanPtr	offsets_plan;
+} KaApply;
+
+static KaApply ka_apply;
+
+/*
+ * KappaApplyInit prepares applying batches of 'source' (which must outlive
+ * them), in memory contexts under 'parent'.
+ */
+void
+KappaApplyInit(KappaSource *source, MemoryContext parent)
+{
+	ka_apply.source = source;
+	ka_apply.cxt = parent;
+	ka_apply.target_cxt = AllocSetContextCreate(parent, "pg_kappa target",
+												ALLOCSET_DEFAULT_SIZES);
+	ka_apply.batch_cxt = AllocSetContextCreate(parent, "pg_kappa batch",
+											   ALLOCSET_DEFAULT_SIZES);
+	ka_apply.row_cxt = AllocSetContextCreate(parent, "pg_kappa message",
+											 ALLOCSET_DEFAULT_SIZES);
+	ka_apply.failed_index = -1;
+}
+
+/*
+ * ka_can_insert_directly tells whether rows can go into the table through
+ * ExecSimpleRelationInsert (constraints, indexes, row triggers, generated
+ * columns -- what logical replication's apply uses) instead of a planned
+ * INSERT, about twice as fast.  Only for a plain table without what that
+ * path leaves out: row-level security, rules, statement-level or
+ * transition-table triggers, identity columns (the executor fills those),
+ * partitions (routing).  Everything else takes the planned INSERT.
+ */
+static bool
+ka_can_insert_directly(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TriggerDesc *trig = rel->trigdesc;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION ||
+		rel->rd_rel->relrowsecurity || rel->rd_rel->relhasrules)
+		return false;
+	if (trig && (trig->trig_insert_before_statement ||
+				 trig->trig_insert_after_statement ||
+				 trig->trig_insert_new_table ||
+				 trig->trig_insert_instead_row))
+		return false;
+	for (int i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped && TupleDescAttr(desc, i)->attidentity)
+			return false;
+	return true;
+}
+
+/*
+ * ka_prepare_target (re)builds the decoder and the shape of the INSERT or
+ * the stream slot for the target's current row type, and chooses the insert
+ * path.  Called in each batch transaction with the target open, as the
+ * target's owner; cheap when nothing changed.
+ */
+static void
+ka_prepare_target(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	MemoryContext old;
+	StringInfoData sql;
+
+	if (ka_apply.tupdesc == NULL || !equalTupleDescs(ka_apply.tupdesc, desc))
+	{
+		if (ka_apply.stream_slot)
+		{
+			ExecDropSingleTupleTableSlot(ka_apply.stream_slot);
+			ka_apply.stream_slot = NULL;
+		}
+		MemoryContextReset(ka_apply.target_cxt);
+		old = MemoryContextSwitchTo(ka_apply.target_cxt);
+
+		ka_apply.tupdesc = CreateTupleDescCopyConstr(desc);
+		ka_apply.is_stream = KappaIsStream(RelationGetRelid(rel));
+		ka_apply.decoder = KappaDecoderCreate(KappaParseFormat(ka_apply.source->format),
+											  ka_apply.tupdesc,
+											  KappaFormatOptions(ka_apply.source));
+		ka_apply.values = palloc0(sizeof(Datum) * desc->natts);
+		ka_apply.nulls = palloc0(sizeof(bool) * desc->natts);
+		ka_apply.colmap = palloc0(sizeof(int) * desc->natts);
+		ka_apply.coltypes = palloc0(sizeof(Oid) * desc->natts);
+		ka_apply.ncols = 0;
+		ka_apply.insert_sql = NULL;
+
+		if (ka_apply.is_stream)
+		{
+			MemoryContextSwitchTo(ka_apply.cxt);
+			ka_apply.stream_slot = MakeSingleTupleTableSlot(ka_apply.tupdesc,
+															&TTSOpsVirtual);
+		}
+		else
+		{
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "INSERT INTO %s.%s (",
+							 quote_identifier(get_namespace_name(RelationGetNamespace(rel))),
+							 quote_identifier(RelationGetRelationName(rel)));
+			for (int i = 0; i < desc->natts; i++)
+			{
+				Form_pg_attribute att = TupleDescAttr(desc, i);
+
+				if (att->attisdropped || att->attgenerated || att->attidentity)
+					continue;
+				appendStringInfo(&sql, "%s%s", ka_apply.ncols ? ", " : "",
+								 quote_identifier(NameStr(att->attname)));
+				ka_apply.coltypes[ka_apply.ncols] = att->atttypid;
+				ka_apply.colmap[ka_apply.ncols++] = i;
+			}
+			appendStringInfoString(&sql, ") VALUES (");
+			for (int i = 0; i < ka_apply.ncols; i++)
+				appendStringInfo(&sql, "%s$%d", i ? ", " : "", i + 1);
+			appendStringInfoChar(&sql, ')');
+			ka_apply.insert_sql = sql.data;
+		}
+		MemoryContextSwitchTo(old);
+	}
+
+	/* cheap, and triggers, policies or rules may come and go: every batch */
+	if (ka_apply.is_stream)
+		ka_apply.path = KA_PATH_STREAM;
+	else if (ka_can_insert_directly(rel))
+		ka_apply.path = KA_PATH_DIRECT;
+	else
+		ka_apply.path = KA_PATH_PLANNED;
+	ka_apply.target_rls = rel->rd_rel->relrowsecurity;
+}
+
+/*
+ * ka_plan_insert plans the INSERT of KA_PATH_PLANNED for this batch (in
+ * batch_cxt): the privileges and row-level security policies that apply
+ * are the source owner's (the result relation is checked as that role, as
+ * a view checks as its owner), while the INSERT runs as the current user,
+ * the target's owner.  Planned per batch, so that policies, rules and
+ * triggers added meanwhile apply.
+ */
+static void
+ka_plan_insert(void)
+{
+	MemoryContext old = MemoryContextSwitchTo(ka_apply.batch_cxt);
+	const char *sql = ka_apply.insert_sql;
+	RawStmt    *raw = linitial_node(RawStmt, raw_parser(sql, RAW_PARSE_DEFAULT));
+	Query	   *query;
+	List	   *rewritten;
+
+	query = parse_analyze_fixedparams(raw, sql, ka_apply.coltypes, ka_apply.ncols, NULL);
+	rt_fetch(query->resultRelation, query->rtable)->checkAsUser = ka_apply.source->owner;
+	rewritten = QueryRewrite(query);
+	ka_apply.insert_plans = pg_plan_queries(rewritten, sql, 0, NULL);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * ka_exec_insert runs the planned INSERT for the decoded message's values,
+ * as SPI would: a new command, with a snapshot that sees the rows inserted
+ * before.
+ */
+static void
+ka_exec_insert(void)
+{
+	ParamListInfo params = makeParamList(ka_apply.ncols);
+	ListCell   *lc;
+
+	for (int c = 0; c < ka_apply.ncols; c++)
+	{
+		params->params[c].value = ka_apply.values[ka_apply.colmap[c]];
+		params->params[c].isnull = ka_apply.nulls[ka_apply.colmap[c]];
+		params->params[c].pflags = PARAM_FLAG_CONST;
+		params->params[c].ptype = ka_apply.coltypes[c];
+	}
+	foreach(lc, ka_apply.insert_plans)
+	{
+		PlannedStmt *pstmt = lfirst_node(PlannedStmt, lc);
+		QueryDesc  *qd;
+
+		CommandCounterIncrement();
+		if (pstmt->commandType == CMD_UTILITY)
+		{
+			/* a rule's NOTIFY, say */
+			ProcessUtility(pstmt, ka_apply.insert_sql, false, PROCESS_UTILITY_QUERY,
+						   params, NULL, None_Receiver, NULL);
+			continue;
+		}
+		PushCopiedSnapshot(GetActiveSnapshot());
+		UpdateActiveSnapshotCommandId();
+		qd = CreateQueryDesc(pstmt, ka_apply.insert_sql, GetActiveSnapshot(),
+							 InvalidSnapshot, None_Receiver, params, NULL, 0);
+		ExecutorStart(qd, 0);
+		ExecutorRun(qd, ForwardScanDirection, 0, true);
+		ExecutorFinish(qd);
+		ExecutorEnd(qd);
+		FreeQueryDesc(qd);
+		PopActiveSnapshot();
+	}
+}
+
+/*
+ * ka_sink_open gets the insert path of the batch ready for rows of 'rel'.
+ */
+static void
+ka_sink_open(KaSink *sink, Relation rel)
+{
+	memset(sink, 0, sizeof(*sink));
+	sink->path = ka_apply.path;
+	if (sink->path == KA_PATH_STREAM)
+		sink->batch = KappaBatchCreate(rel, ka_apply.batch_cxt);
+	else if (sink->path == KA_PATH_DIRECT)
+	{
+		RangeTblEntry *rte = makeNode(RangeTblEntry);
+		EState	   *estate = CreateExecutorState();
+
+		rte->rtekind = RTE_RELATION;
+		rte->relid = RelationGetRelid(rel);
+		rte->relkind = rel->rd_rel->relkind;
+		rte->rellockmode = RowExclusiveLock;
+		ExecInitRangeTable(estate, list_make1(rte));
+		sink->rri = makeNode(ResultRelInfo);
+		InitResultRelInfo(sink->rri, rel, 1, NULL, 0);
+		estate->es_opened_result_relations =
+			lappend(estate->es_opened_result_relations, sink->rri);
+		estate->es_output_cid = GetCurrentCommandId(true);
+		ExecOpenIndices(sink->rri, false);
+		sink->slot = table_slot_create(rel, &estate->es_tupleTable);
+		sink->estate = estate;
+		AfterTriggerBeginQuery();
+	}
+}
+
+/*
+ * ka_sink_put stores the decoded message (ka_apply.values and nulls) as a
+ * row.  On the stream path, an error raised while the rows gathered so far
+ * are pushed into the views is not the message's: failed_index is -1 then.
+ */
+static void
+ka_sink_put(KaSink *sink)
+{
+	int			natts = ka_apply.tupdesc->natts;
+
+	switch (sink->path)
+	{
+		case KA_PATH_STREAM:
+			{
+				TupleTableSlot *slot = ka_apply.stream_slot;
+
+				ExecClearTuple(slot);
+				memcpy(slot->tts_values, ka_apply.values, sizeof(Datum) * natts);
+				memcpy(slot->tts_isnull, ka_apply.nulls, sizeof(bool) * natts);
+				ExecStoreVirtualTuple(slot);
+				KappaBatchAdd(sink->batch, slot);
+				if (KappaBatchPushDue(sink->batch))
+				{
+					ka_apply.failed_index = -1;
+					KappaBatchPush(sink->batch);
+				}
+				break;
+			}
+		case KA_PATH_DIRECT:
+			ExecClearTuple(sink->slot);
+			memcpy(sink->slot->tts_values, ka_apply.values, sizeof(Datum) * natts);
+			memcpy(sink->slot->tts_isnull, ka_apply.nulls, sizeof(bool) * natts);
+			ExecStoreVirtualTuple(sink->slot);
+			ExecSimpleRelationInsert(sink->rri, sink->estate, sink->slot);
+			ResetPerTupleExprContext(sink->estate);
+			break;
+		case KA_PATH_PLANNED:
+			ka_exec_insert();
+			break;
+	}
+}
+
+/*
+ * ka_sink_close finishes the rows: a stream's are applied to its views; a
+ * table's immediate AFTER triggers (deferred constraints) fire.
+ */
+static void
+ka_sink_close(KaSink *sink)
+{
+	if (sink->path == KA_PATH_STREAM)
+	{
+		KappaBatchApply(sink->batch);
+		KappaBatchDestroy(sink->batch);
+	}
+	else if (sink->path == KA_PATH_DIRECT)
+	{
+		AfterTriggerEndQuery(sink->estate);
+		ExecCloseIndices(sink->rri);
+		ExecResetTupleTable(sink->estate->es_tupleTable, false);
+		FreeExecutorState(sink->estate);
+	}
+}
+
+/*
+ * ka_insert_range decodes and stores messages [lo, hi) that are not dead
+ * letters yet; for a stream it then applies them.  Raises the first error;
+ * failed_index says which message raised it (-1: the stream's views).
+ */
+static void
+ka_insert_range(Relation rel, int lo, int hi)
+{
+	KaSink		sink;
+	MemoryContext old;
+	bool		use_time_and_headers = KappaDecoderUsesTimeAndHeaders(ka_apply.decoder);
+	int			max_message_bytes = ka_apply.source->max_message_bytes;
+
+	ka_apply.failed_index = -1;
+	ka_sink_open(&sink, rel);
+	for (int i = lo; i < hi; i++)
+	{
+		rd_kafka_message_t *m = ka_apply.msgs[i];
+		KappaMessageMeta meta;
+		rd_kafka_headers_t *hdrs = NULL;
+
+		if (ka_apply.dead[i])
+			continue;
+		ka_apply.failed_index = i;
+		MemoryContextReset(ka_apply.row_cxt);
+		old = MemoryContextSwitchTo(ka_apply.row_cxt);
+
+		if (m->len > (size_t) max_message_bytes)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("message of %zu bytes exceeds max_message_bytes (%d)",
+							m->len, max_message_bytes)));
+
+		meta.key = m->key;
+		meta.keylen = m->key_len;
+		meta.partition = m->partition;
+		meta.offset = m->offset;
+		meta.timestamp_ms = -1;
+		if (use_time_and_headers)
+		{
+			meta.timestamp_ms = rd_kafka_message_timestamp(m, NULL);
+			if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+				hdrs = NULL;
+		}
+		meta.headers = hdrs;
+
+		KappaDecode(ka_apply.decoder, m->payload ? (const char *) m->payload : "",
+					m->payload ? m->len : 0, &meta, ka_apply.values, ka_apply.nulls);
+		ka_sink_put(&sink);
+		MemoryContextSwitchTo(old);
+	}
+	ka_apply.failed_index = -1;
+	ka_sink_close(&sink);
+}
+
+/*
+ * ka_error_is_message_error tells whether an error belongs to the message
+ * being processed (so it becomes a dead letter) rather than to the system
+ * (then the transaction aborts and the worker starts over).
+ */
+static bool
+ka_error_is_message_error(ErrorData *edata)
+{
+	int			class = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
+
+	if (edata->elevel > ERROR)
+		return false;
+	if (class == ERRCODE_TRANSACTION_ROLLBACK ||	/* 40: serialization,
+													 * deadlock */
+		class == ERRCODE_INSUFFICIENT_RESOURCES ||	/* 53 */
+		class == ERRCODE_OPERATOR_INTERVENTION ||	/* 57: cancel, shutdown */
+		class == ERRCODE_SYSTEM_ERROR ||	/* 58 */
+		class == ERRCODE_INTERNAL_ERROR ||	/* XX */
+		edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		(edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE && !ka_apply.target_rls) ||
+		edata->sqlerrcode == ERRCODE_UNDEFINED_TABLE ||
+		edata->sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE)
+		return false;
+	/* class 54 (program limit: an oversize message or value) is the message's */
+	return true;
+}
+
+/*
+ * ka_try_range runs ka_insert_range in a subtransaction.  Returns NULL on
+ * success; on failure rolls the subtransaction back and returns the error
+ * (in batch_cxt), with *failed set to the failing message (or -1).  Errors
+ * that are not the messages' fault are rethrown.
+ */
+static ErrorData *
+ka_try_range(Relation rel, int lo, int hi, int *failed)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		ka_insert_range(rel, lo, hi);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(ka_apply.batch_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		if (!ka_error_is_message_error(edata))
+			ReThrowError(edata);
+		*failed = ka_apply.failed_index;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = oldowner;
+	return edata;
+}
+
+/* ka_live_count counts messages in [lo, hi) that are not dead letters. */
+static int
+ka_live_count(int lo, int hi)
+{
+	int			n = 0;
+
+	for (int i = lo; i < hi; i++)
+		if (!ka_apply.dead[i])
+			n++;
+	return n;
+}
+
+/*
+ * ka_process_range applies messages [lo, hi), isolating bad messages as
+ * dead letters (see the file header).
+ */
+static void
+ka_process_range(Relation rel, int lo, int hi)
+{
+	while (lo < hi)
+	{
+		int			failed = -1;
+		ErrorData  *edata;
+		int			live = ka_live_count(lo, hi);
+
+		if (live == 0)
+			return;
+		edata = ka_try_range(rel, lo, hi, &failed);
+		if (edata == NULL)
+			return;
+		if (failed >= lo && failed < hi)
+		{
+			/* the message at 'failed' is bad; those before it were fine */
+			ka_apply.dead[failed] = edata;
+			if (failed > lo)
+				ka_process_range(rel, lo, failed);
+			lo = failed + 1;
+			continue;
+		}
+		/* failed while applying to the views: bisect */
+		if (live == 1)
+		{
+			for (int i = lo; i < hi; i++)
+				if (!ka_apply.dead[i])
+					ka_apply.dead[i] = edata;
+			return;
+		}
+		{
+			int			mid = lo + (hi - lo) / 2;
+
+			ka_process_range(rel, lo, mid);
+			ka_process_range(rel, mid, hi);
+			return;
+		}
+	}
+}
+
+/*
+ * ka_dead_letter_text renders an error for kappa.errors: message, then
+ * detail.
+ */
+static char *
+ka_dead_letter_text(ErrorData *edata)
+{
+	if (edata->detail)
+		return psprintf("%s: %s", edata->message ? edata->message : "error", edata->detail);
+	return pstrdup(edata->message ? edata->message : "error");
+}
+
+/* ka_bytea copies len bytes into a new bytea. */
+static bytea *
+ka_bytea(const void *data, size_t len)
+{
+	bytea	   *b = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	if (len > 0)
+		memcpy(VARDATA(b), data, len);
+	return b;
+}
+
+/*
+ * ka_store_dead_letters writes a row of kappa.dead_letters for every message
+ * of the batch that became one (key, payload, error and SQLSTATE), and
+ * returns how many.
+ */
+static int64
+ka_store_dead_letters(void)
+{
+	KappaSource *source = ka_apply.source;
+	int64		ndead = 0;
+
+	if (ka_apply.dead_plan == NULL)
+	{
+		Oid			argtypes[8] = {INT4OID, TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID,
+		TEXTOID, TEXTOID};
+
+		ka_apply.dead_plan =
+			KappaPrepareCatalogSql("INSERT INTO kappa.dead_letters "
+								   "(source_id, topic, partition, \"offset\", key, payload, error, sqlstate) "
+								   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", 8, argtypes);
+	}
+	for (int i = 0; i < ka_apply.nmsgs; i++)
+	{
+		rd_kafka_message_t *m = ka_apply.msgs[i];
+		ErrorData  *edata = ka_apply.dead[i];
+		Datum		v[8];
+		char		n[8] = "        ";
+
+		if (!edata)
+			continue;
+		ndead++;
+		v[0] = Int32GetDatum(source->id);
+		v[1] = CStringGetTextDatum(source->topic);
+		v[2] = Int32GetDatum(m->partition);
+		v[3] = Int64GetDatum(m->offset);
+		if (m->key)
+			v[4] = PointerGetDatum(ka_bytea(m->key, m->key_len));
+		else
+			n[4] = 'n';
+		if (m->payload)
+			v[5] = PointerGetDatum(ka_bytea(m->payload, m->len));
+		else
+			n[5] = 'n';
+		v[6] = CStringGetTextDatum(ka_dead_letter_text(edata));
+		v[7] = CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode));
+		(void) KappaExecCatalogPlan(ka_apply.dead_plan, v, n, SPI_OK_INSERT);
+	}
+	return ndead;
+}
+
+/*
+ * ka_store_offsets stores the next offset of every partition the batch has
+ * messages of, with the partitions' current high watermarks -- only where
+ * the stored offset is still the one the batch started from; else it raises
+ * a serialization failure.  Returns the next offsets by partition (-1: not
+ * in the batch), in batch_cxt, for KappaConsumerBatchCommitted.
+ */
+static int64 *
+ka_store_offsets(void)
+{
+	KappaSource *source = ka_apply.source;
+	const KappaPartition *parts;
+	int			nparts;
+	int64	   *next;
+
+	if (ka_apply.offsets_plan == NULL)
+	{
+		Oid			argtypes[5] = {INT4OID, INT4OID, INT8OID, INT8OID, INT8OID};
+
+		ka_apply.offsets_plan =
+			KappaPrepareCatalogSql("UPDATE kappa.source_offsets SET next_offset = $3, "
+								   "high_watermark = coalesce($4, high_watermark), "
+								   "updated_at = pg_catalog.now() "
+								   "WHERE source_id = $1 AND partition = $2 AND next_offset = $5",
+								   5, argtypes);
+	}
+	KappaConsumerRefreshWatermarks();
+	parts = KappaConsumerPartitions(&nparts, NULL);
+	next = palloc(sizeof(int64) * Max(nparts, 1));
+	for (int p = 0; p < nparts; p++)
+		next[p] = -1;
+	for (int i = 0; i < ka_apply.nmsgs; i++)
+	{
+		int32		p = ka_apply.msgs[i]->partition;
+
+		if (next[p] < ka_apply.msgs[i]->offset + 1)
+			next[p] = ka_apply.msgs[i]->offset + 1;
+	}
+	for (int p = 0; p < nparts; p++)
+	{
+		Datum		v[5];
+		char		n[5] = "     ";
+
+		if (next[p] < 0)
+			continue;
+		v[0] = Int32GetDatum(source->id);
+		v[1] = Int32GetDatum(p);
+		v[2] = Int64GetDatum(next[p]);
+		v[3] = Int64GetDatum(parts[p].hwm);
+		if (parts[p].hwm < 0)
+			n[3] = 'n';
+		v[4] = Int64GetDatum(parts[p].committed);
+		if (KappaExecCatalogPlan(ka_apply.offsets_plan, v, n, SPI_OK_UPDATE) != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("offsets of partition %d of kafka source \"%s\" were changed concurrently",
+							p, source->name),
+					 errdetail("The source was dropped or another worker consumed the partition; this batch is discarded.")));
+	}
+	return next;
+}
+
+/*
+ * ka_check_insert_privilege raises an error unless the source's owner may
+ * INSERT into the target (into all its columns, or the table): checked per
+ * batch, since the direct path checks none and a lost privilege must stop
+ * the source rather than turn every message into a dead letter.
+ */
+static void
+ka_check_insert_privilege(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	Oid			owner = ka_apply.source->owner;
+	AclResult	aclresult = pg_class_aclcheck(relid, owner, ACL_INSERT);
+
+	if (aclresult != ACLCHECK_OK &&
+		pg_attribute_aclcheck_all(relid, owner, ACL_INSERT, ACLMASK_ALL) != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_TABLE, RelationGetRelationName(rel));
+}
+
+/*
+ * KappaApplyMessages applies the consumer's current batch, if it holds any
+ * message, in one transaction of its own: rows, dead letters, offsets and
+ * the status row; then tells the consumer and the status that it
+ * committed.  Call it outside any transaction.  An error that is not a
+ * message's fault (the target is gone, the owner lost its privilege, a
+ * serialization failure) is raised with the transaction still open: the
+ * caller aborts it and the messages stay unapplied.
+ */
+void
+KappaApplyMessages(void)
+{
+	KappaSource *source = ka_apply.source;
+	Relation	rel;
+	int64		nbytes = 0;
+	int64		ndead;
+	int64	   *next;
+	MemoryContext old;
+	KappaSavedUser saved;
+
+	ka_apply.msgs = KappaConsumerBatch(&ka_apply.nmsgs);
+	if (ka_apply.nmsgs == 0)
+		return;
+	ka_apply.dead = MemoryContextAllocZero(ka_apply.batch_cxt,
+										   sizeof(ErrorData *) * ka_apply.nmsgs);
+
+	(void) KappaBeginTransaction(false);
+	pgstat_report_activity(STATE_RUNNING, "pg_kappa: applying a batch");
+	SPI_connect();
+
+	rel = try_relation_open(source->target, RowExclusiveLock);
+	if (rel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the target of kafka source \"%s\" was dropped", source->name)));
+	ka_check_insert_privilege(rel);
+
+	/* the target's code runs as its owner (see the file header) */
+	KappaBecomeUser(rel->rd_rel->relowner, &saved);
+	ka_prepare_target(rel);
+	if (ka_apply.path == KA_PATH_PLANNED)
+		ka_plan_insert();
+
+	/*
+	 * Deferred constraints of the target would be checked at commit, where a
+	 * bad message could no longer be isolated (and would fail the batch
+	 * forever): check them at the end of each insert instead.
+	 */
+	if (!ka_apply.is_stream &&
+		SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not make constraints immediate");
+
+	old = MemoryContextSwitchTo(ka_apply.batch_cxt);
+	ka_process_range(rel, 0, ka_apply.nmsgs);
+	KappaRestoreUser(&saved);
+
+	ndead = ka_store_dead_letters();
+	next = ka_store_offsets();
+	for (int i = 0; i < ka_apply.nmsgs; i++)
+		nbytes += ka_apply.msgs[i]->len;
+	KappaStatusBatch(ka_apply.nmsgs, nbytes, ndead);
+	MemoryContextSwitchTo(old);
+
+	relation_close(rel, NoLock);
+	SPI_finish();
+	KappaCommitTransaction();
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	/* committed: advance, and let the messages go */
+	KappaConsumerBatchCommitted(next);
+	ka_apply.msgs = NULL;
+	ka_apply.nmsgs = 0;
+	ka_apply.dead = NULL;
+	ka_apply.insert_plans = NIL;
+	MemoryContextReset(ka_apply.batch_cxt);
+	KappaStatusBatchCommitted();
+}
