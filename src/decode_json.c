@@ -264,9 +264,9 @@ djson_scalar(void *state, char *token, JsonTokenType tokentype)
 }
 
 /*
- * djson_general fills the payload columns from a JSON object
- * with pg_parse_json and the callbacks above.  It takes every valid message
- * and raises the error of every invalid one.
+ * djson_general fills the payload columns from a JSON object with
+ * pg_parse_json and the callbacks above.  It takes every valid message and
+ * raises the error of every invalid one.
  */
 static void
 djson_general(KappaDecoder *d, char *data, int len,
@@ -307,11 +307,11 @@ djson_general(KappaDecoder *d, char *data, int len,
 }
 
 /*
- * djson_field_column tells what the field name 'name' ('len' bytes,
- * not NUL-terminated, no escapes) at position 'pos' of the object fills: a
+ * djson_field_column tells what the field name 'name' ('len' bytes, not
+ * NUL-terminated, no escapes) at position 'pos' of the object fills: a
  * payload column's index, DJSON_FIELD_IGNORED or DJSON_FIELD_REFUSED -- the
  * same answer djson_field_start gives.  *fname is set to the name,
- * NUL-terminated, for error details.
+ * NUL-terminated, for errors.
  */
 static int
 djson_field_column(KappaDecoder *d, int pos, const char *name, int len,
@@ -503,9 +503,9 @@ djson_flat_value(KappaDecoder *d, JsonLexContext *lex, int col,
 }
 
 /*
- * djson_flat fills the payload columns from a JSON object the
- * fast way (see the header comment).  Returns false if the general path must
- * take the message; the columns it filled until then are then filled again.
+ * djson_flat fills the payload columns from a JSON object the fast way (see
+ * the header comment).  Returns false if the general path must take the
+ * message; the columns it filled until then are then filled again.
  */
 static bool
 djson_flat(KappaDecoder *d, char *data, int len,
