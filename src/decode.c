@@ -698,6 +698,7 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 	d->cols = palloc0(sizeof(DecodeColumn) * Max(d->natts, 1));
 	d->filled = palloc0(sizeof(bool) * Max(d->natts, 1));
 	d->payload_col = -1;
+	d->cur_col = -1;
 	initStringInfo(&d->json_token);
 
 	/* option defaults */
