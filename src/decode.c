@@ -1,18 +1,19 @@
 /*-------------------------------------------------------------------------
  *
  * decode.c
- *	  Message decoders: the bytes of one Kafka message straight to the
- *	  Datums of one row of a target relation, in the formats json, csv, text
- *	  and bytea, plus kappa.decode_preview() to try a format from SQL.
+ *	  Message decoders, the driver: the bytes of one Kafka message straight
+ *	  to the Datums of one row of a target relation, in the formats json,
+ *	  csv, text and bytea, plus kappa.decode_preview() to try a format from
+ *	  SQL.
  *
  * A decoder is prepared once per target (KappaDecoderCreate) and then turns
  * each message into values/nulls arrays (KappaDecode).  Preparing resolves
- * everything that does not depend on the message: which column each JSON key
- * or CSV field goes to, the input function of every column, the columns'
- * default expressions (compiled once, evaluated per message), and which
- * columns are filled from the message's metadata.  A target that the format
- * cannot fill is refused there, so that create_kafka_source reports it at
- * once instead of a worker failing later.
+ * everything that does not depend on the message: the format options, which
+ * column each CSV field goes to, the input function of every column, the
+ * columns' default expressions (compiled once, evaluated per message), and
+ * which columns are filled from the message's metadata.  A target that the
+ * format cannot fill is refused there, so that create_kafka_source reports
+ * it at once instead of a worker failing later.
  *
  * Columns named kafka_key, kafka_partition, kafka_offset, kafka_timestamp
  * and kafka_headers are metadata columns: they are filled from the message's
@@ -20,26 +21,20 @@
  * left NULL, for the executor to fill when the row is inserted.  Every other
  * column is a payload column.
  *
- * JSON is read with PostgreSQL's own lexer and parser (common/jsonapi.h).
- * A top-level field's scalar goes through the column type's input function,
- * a nested object or array is cut out of the input as text for a json or
- * jsonb column.  No jsonb document is built per message.  Two paths share
- * that contract: the fast one (kappa_decode_json_flat) drives json_lex
- * itself over the object's fields, without de-escaping strings that need
- * none, and finds columns by the fields' positions in the previous message;
- * anything it does not handle -- invalid JSON, a value that is not an
- * object, escaped field names, errors of option strict and nested values
- * for scalar columns -- goes to the general one (pg_parse_json with
- * semantic callbacks), which decodes the message again from its start and
- * raises the error.  Both convert the fields in the order they come, so a
- * message fails with the same error whichever path sees it first.
+ * KappaDecode checks and converts the payload's encoding, stores a text or
+ * bytea message itself and hands a json or csv one to its parser
+ * (decode_json.c, decode_csv.c); both parsers and this file convert values
+ * with decode_value.c.  See decode_internal.h for the map of the four files.
  *
- * Errors: a message that cannot be decoded raises ERROR with an errcode, an
- * errmsg and an errdetail naming the field and showing a truncated sample of
- * the bad value.  Errors raised by a column type's input function keep their
- * own errcode and message and get that errdetail added.  The caller (the
- * Kafka worker) isolates such messages with a subtransaction and stores them
- * as dead letters.
+ * Errors: a message that cannot be decoded raises ERROR with an errcode and
+ * an errmsg; the decoder's own errors have an errdetail that shows a
+ * truncated sample of the bad part.  Errors raised by a column type's input
+ * function are not caught: they keep their own errcode, message and detail.
+ * While KappaDecode runs, an error context callback (DecodeErrorCallback)
+ * adds the CONTEXT line: the message's partition and offset and, while a
+ * value is being converted, its field or column and a sample of it.  The
+ * caller (the Kafka worker) isolates such messages with a subtransaction and
+ * stores them as dead letters, context line included.
  *
  * Memory: the decoder and everything it keeps live in the memory context
  * current at KappaDecoderCreate.  KappaDecode allocates the Datums it returns
@@ -50,8 +45,6 @@
  */
 #include "postgres.h"
 
-#include <math.h>
-
 #include <librdkafka/rdkafka.h>
 
 #include "access/htup_details.h"
@@ -59,7 +52,6 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/int.h"
-#include "common/jsonapi.h"
 #include "executor/executor.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -82,158 +74,14 @@
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
-#include "pg_kappa.h"
-#include "kafka.h"
+#include "decode_internal.h"
 
 PG_FUNCTION_INFO_V1(kappa_decode_preview);
 
-/* Bytes of a bad value shown in an error detail. */
-#define KAPPA_SAMPLE_BYTES	64
+static const char *const dec_format_names[] = {"json", "csv", "text", "bytea"};
 
-/* What fills a column. */
-typedef enum KappaColumnKind
-{
-	KAPPA_COL_SKIP,				/* dropped, generated or identity: NULL */
-	KAPPA_COL_PAYLOAD,			/* a value from the payload, or the default */
-	KAPPA_COL_KEY,				/* kafka_key */
-	KAPPA_COL_PARTITION,		/* kafka_partition */
-	KAPPA_COL_OFFSET,			/* kafka_offset */
-	KAPPA_COL_TIMESTAMP,		/* kafka_timestamp */
-	KAPPA_COL_HEADERS			/* kafka_headers */
-} KappaColumnKind;
-
-/* How numbers are read into timestamp columns (option time_format). */
-typedef enum KappaTimeFormat
-{
-	KAPPA_TIME_TEXT,			/* the type's input function only */
-	KAPPA_TIME_EPOCH_S,			/* numbers are seconds since 1970 */
-	KAPPA_TIME_EPOCH_MS,		/* milliseconds since 1970 */
-	KAPPA_TIME_EPOCH_US			/* microseconds since 1970 */
-} KappaTimeFormat;
-
-/* One column of the target, as the decoder fills it. */
-typedef struct KappaColumn
-{
-	const char *name;
-	KappaColumnKind kind;
-	Oid			typid;
-	int32		typmod;
-	bool		is_domain;		/* NULL must go through domain_in */
-	bool		is_json;		/* json or jsonb: takes nested JSON values */
-	bool		is_text;		/* plain text: no input function needed */
-	bool		is_timestamp;	/* timestamp or timestamptz (time_format) */
-	bool		is_bytea;		/* bytea (kafka_key) */
-	int16		typlen;
-	bool		typbyval;
-	FmgrInfo	infunc;
-	Oid			ioparam;
-	/* default, when the payload has no value for the column */
-	ExprState  *defstate;		/* non-constant default, or NULL */
-	Datum		defvalue;		/* constant default */
-	bool		defnull;
-} KappaColumn;
-
-/* Column lookup by name. */
-typedef struct KappaColumnEntry
-{
-	char		name[NAMEDATALEN];	/* hash key */
-	int			index;
-} KappaColumnEntry;
-
-/*
- * The fast JSON path remembers, for each of the first KAPPA_JSON_FIELDS
- * field positions, the name seen there last and the column it names: the
- * messages of one topic nearly always have the same keys in the same order,
- * so a field is found with one memcmp instead of a hash lookup.
- */
-#define KAPPA_JSON_FIELDS	64
-
-/* What a JSON field name resolves to, besides a column index. */
-#define KAPPA_FIELD_IGNORED	(-1)	/* no payload column: skip the value */
-#define KAPPA_FIELD_REFUSED	(-2)	/* names no column, and strict is on */
-
-typedef struct KappaJsonField
-{
-	char	   *name;			/* NUL-terminated, in the decoder's context */
-	int			len;
-	int			col;			/* column index or KAPPA_FIELD_* */
-} KappaJsonField;
-
-/* A field of a CSV record. */
-typedef struct KappaCsvField
-{
-	char	   *value;
-	int			len;
-	bool		isnull;
-} KappaCsvField;
-
-struct KappaDecoder
-{
-	KappaFormat format;
-	int			natts;
-	KappaColumn *cols;
-	HTAB	   *byname;			/* every non-dropped column */
-	ExprContext *econtext;		/* for default expressions */
-	MemoryContext scratch;		/* reset at each KappaDecode */
-	MemoryContext outcxt;		/* caller's context during KappaDecode */
-
-	/* options */
-	bool		strict;
-	int			encoding;		/* of the payload */
-	KappaTimeFormat time_format;
-	char		delimiter;
-	char		quote;
-	char		escape;
-	char	   *null_string;
-	bool		header;
-	int		   *field_cols;		/* csv without header: column per field */
-	int			nfield_cols;
-	int			payload_col;	/* text and bytea: the column */
-
-	/* per message */
-	bool	   *filled;
-	const KappaMessageMeta *meta;
-
-	/* JSON: the columns of the field names seen last, by position */
-	KappaJsonField json_fields[KAPPA_JSON_FIELDS];
-	StringInfoData json_token;	/* a scalar token, NUL-terminated */
-};
-
-/*
- * Where a value comes from, for error details.  Only formatted when an error
- * is raised (kappa_where_text), so that decoding a good message builds no
- * message text.
- */
-typedef struct KappaWhere
-{
-	const char *field;			/* JSON key or CSV header name, or NULL */
-	int			fieldno;		/* CSV field number (1-based), or 0 */
-	const char *column;			/* the column, with fieldno */
-	const char *subject;		/* else a fixed subject ("The key") */
-} KappaWhere;
-
-/* State of the JSON callbacks for one message. */
-typedef struct KappaJsonState
-{
-	KappaDecoder *decoder;
-	JsonLexContext *lex;
-	Datum	   *values;
-	bool	   *nulls;
-	int			depth;			/* 1 inside the top-level object */
-	int			col;			/* column of the current top-level field */
-	bool		unknown;		/* it names no column (and strict is on) */
-	JsonTokenType nested;		/* it is an object or array for a scalar
-								 * column (else JSON_TOKEN_INVALID) */
-	char	   *fname;			/* name of the current top-level field */
-	char	   *value_start;	/* where the field's value begins */
-} KappaJsonState;
-
-static const char *const kappa_format_names[] = {"json", "csv", "text", "bytea"};
-
-static void kappa_parse_options(KappaDecoder *d, Jsonb *options,
-								List **columns);
-static void kappa_rethrow(ErrorData *edata, const char *mine) pg_attribute_noreturn();
-static char *kappa_where_text(const KappaWhere *where);
+static void dec_parse_options(KappaDecoder *d, Jsonb *options,
+							  List **columns);
 
 /*
  * KappaParseFormat maps a format name (case-insensitive) to KappaFormat,
@@ -244,9 +92,9 @@ KappaParseFormat(const char *name)
 {
 	if (name != NULL)
 	{
-		for (int i = 0; i < lengthof(kappa_format_names); i++)
+		for (int i = 0; i < lengthof(dec_format_names); i++)
 		{
-			if (pg_strcasecmp(name, kappa_format_names[i]) == 0)
+			if (pg_strcasecmp(name, dec_format_names[i]) == 0)
 				return (KappaFormat) i;
 		}
 	}
@@ -259,32 +107,11 @@ KappaParseFormat(const char *name)
 }
 
 /*
- * kappa_sample returns 'value' quoted as a JSON string, cut to
- * KAPPA_SAMPLE_BYTES bytes (on a character boundary) with "..." appended if
- * longer: the form in which error details show bad values.  'value' must be
- * valid in the database encoding.
- */
-static char *
-kappa_sample(const char *value, int len)
-{
-	StringInfoData buf;
-	int			clip = len;
-
-	if (len > KAPPA_SAMPLE_BYTES)
-		clip = pg_mbcliplen(value, len, KAPPA_SAMPLE_BYTES);
-	initStringInfo(&buf);
-	escape_json(&buf, pnstrdup(value, clip));
-	if (clip < len)
-		appendStringInfoString(&buf, "...");
-	return buf.data;
-}
-
-/*
- * kappa_hex_sample returns up to 16 bytes of 'data' from 'offset' in hex
+ * dec_hex_sample returns up to 16 bytes of 'data' from 'offset' in hex
  * ("0xc3 0x28 ..."), for details about bytes that are not valid text.
  */
 static char *
-kappa_hex_sample(const char *data, size_t len, size_t offset)
+dec_hex_sample(const char *data, size_t len, size_t offset)
 {
 	StringInfoData buf;
 
@@ -298,15 +125,15 @@ kappa_hex_sample(const char *data, size_t len, size_t offset)
 }
 
 /*
- * kappa_to_server checks that 'data' is valid in the payload encoding and
+ * dec_to_server checks that 'data' is valid in the payload encoding and
  * returns it in the database encoding, NUL-terminated unless *outlen tells
  * otherwise ('data' itself when no conversion is needed).  'what' names the
  * part of the message for the error ("payload", "key").  Raises an error for
  * bytes that are not valid text (a NUL byte included).
  */
 static char *
-kappa_to_server(KappaDecoder *d, const char *data, size_t len,
-				const char *what, int *outlen)
+dec_to_server(KappaDecoder *d, const char *data, size_t len,
+			  const char *what, int *outlen)
 {
 	int			dbenc = GetDatabaseEncoding();
 	int			valid;
@@ -326,7 +153,7 @@ kappa_to_server(KappaDecoder *d, const char *data, size_t len,
 				 errmsg("invalid byte sequence for encoding \"%s\" in kafka message %s",
 						pg_encoding_to_char(d->encoding), what),
 				 errdetail("The bytes at offset %d are %s.",
-						   valid, kappa_hex_sample(data, len, valid)),
+						   valid, dec_hex_sample(data, len, valid)),
 				 strcmp(what, "key") == 0 ?
 				 errhint("Use a bytea kafka_key column for binary keys.") :
 				 errhint("Use format bytea for binary messages, or option \"encoding\" "
@@ -345,982 +172,17 @@ kappa_to_server(KappaDecoder *d, const char *data, size_t len,
 }
 
 /*
- * kappa_rethrow adds 'mine' (a sentence saying where the value comes from)
- * to the detail of an error raised while converting a value and throws it
- * again.  The error keeps its errcode, message and hint.
- */
-static void
-kappa_rethrow(ErrorData *edata, const char *mine)
-{
-	if (edata->detail != NULL)
-		edata->detail = psprintf("%s %s", edata->detail, mine);
-	else
-		edata->detail = pstrdup(mine);
-	/* the context is collected again when the error is thrown */
-	edata->context = NULL;
-	ReThrowError(edata);
-}
-
-/*
- * kappa_input converts 'str' (NUL-terminated, 'len' bytes, in the database
- * encoding) to a Datum of column 'col' into *result, allocated in the
- * caller's context of KappaDecode.  'where' tells where the value comes
- * from, for error details.
- */
-static void
-kappa_input(KappaDecoder *d, KappaColumn *col, char *str, int len,
-			const KappaWhere *where, Datum *result)
-{
-	MemoryContext oldcxt = MemoryContextSwitchTo(d->outcxt);
-
-	if (col->is_text)
-	{
-		*result = PointerGetDatum(cstring_to_text_with_len(str, len));
-		MemoryContextSwitchTo(oldcxt);
-		return;
-	}
-
-	PG_TRY();
-	{
-		*result = InputFunctionCall(&col->infunc, str, col->ioparam,
-									col->typmod);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(d->scratch);
-		edata = CopyErrorData();
-		FlushErrorState();
-		kappa_rethrow(edata, psprintf("%s holds %s.", kappa_where_text(where),
-									  kappa_sample(str, len)));
-	}
-	PG_END_TRY();
-
-	MemoryContextSwitchTo(oldcxt);
-}
-
-/*
- * kappa_epoch converts a number of seconds, milliseconds or microseconds
- * since 1970 (per time_format) in 'str' to a timestamp(tz) Datum.  Returns
- * false, leaving *result alone, if 'str' is not a number.
- */
-static bool
-kappa_epoch(KappaDecoder *d, KappaColumn *col, const char *str, int len,
-			const KappaWhere *where, Datum *result)
-{
-	int64		unit;
-	char	   *end;
-	double		fval;
-	long long	ival;
-	double		usecs;
-	TimestampTz ts;
-
-	switch (d->time_format)
-	{
-		case KAPPA_TIME_EPOCH_S:
-			unit = USECS_PER_SEC;
-			break;
-		case KAPPA_TIME_EPOCH_MS:
-			unit = 1000;
-			break;
-		default:
-			unit = 1;
-			break;
-	}
-
-	if (len == 0 || isspace((unsigned char) str[0]))
-		return false;
-	errno = 0;
-	ival = strtoll(str, &end, 10);
-	if (*end == '\0' && errno == 0)
-		usecs = (double) ival * (double) unit;
-	else
-	{
-		errno = 0;
-		fval = strtod(str, &end);
-		if (*end != '\0' || errno != 0 || isnan(fval) || isinf(fval))
-			return false;
-		usecs = rint(fval * (double) unit);
-	}
-
-	usecs -= (double) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY;
-	if (!(usecs >= (double) MIN_TIMESTAMP && usecs < (double) END_TIMESTAMP))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("timestamp out of range"),
-				 errdetail("%s holds %s, read as %s since 1970.",
-						   kappa_where_text(where),
-						   kappa_sample(str, len),
-						   d->time_format == KAPPA_TIME_EPOCH_S ? "seconds" :
-						   d->time_format == KAPPA_TIME_EPOCH_MS ? "milliseconds" :
-						   "microseconds")));
-	ts = (TimestampTz) usecs;
-	/* timestamp without time zone: the UTC wall clock */
-	*result = TimestampTzGetDatum(ts);
-	return true;
-}
-
-/*
- * kappa_set_value converts a payload value for column index 'i'.
- */
-static void
-kappa_set_value(KappaDecoder *d, int i, char *str, int len,
-				const KappaWhere *where, Datum *values, bool *nulls)
-{
-	KappaColumn *col = &d->cols[i];
-
-	if (col->is_timestamp && d->time_format != KAPPA_TIME_TEXT &&
-		kappa_epoch(d, col, str, len, where, &values[i]))
-		nulls[i] = false;
-	else
-	{
-		kappa_input(d, col, str, len, where, &values[i]);
-		nulls[i] = false;
-	}
-	d->filled[i] = true;
-}
-
-/*
- * kappa_set_null stores NULL for column index 'i'; for a domain type the
- * domain's constraints are checked, as an INSERT of NULL would.  'where'
- * says where the NULL comes from, for errors: NULL when the message has no
- * value for the column.
- */
-static void
-kappa_set_null(KappaDecoder *d, int i, const KappaWhere *where,
-			   Datum *values, bool *nulls)
-{
-	KappaColumn *col = &d->cols[i];
-
-	values[i] = (Datum) 0;
-	nulls[i] = true;
-	d->filled[i] = true;
-	if (col->is_domain)
-	{
-		MemoryContext oldcxt = MemoryContextSwitchTo(d->outcxt);
-
-		PG_TRY();
-		{
-			(void) InputFunctionCall(&col->infunc, NULL, col->ioparam,
-									 col->typmod);
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(d->scratch);
-			edata = CopyErrorData();
-			FlushErrorState();
-			if (where == NULL)
-				kappa_rethrow(edata,
-							  psprintf("The message has no value for column \"%s\", "
-									   "which has no default.", col->name));
-			else
-				kappa_rethrow(edata, psprintf("%s is null.", kappa_where_text(where)));
-		}
-		PG_END_TRY();
-		MemoryContextSwitchTo(oldcxt);
-	}
-}
-
-/*
- * kappa_find_column returns the index of the column named 'name', or -1.
- */
-static int
-kappa_find_column(KappaDecoder *d, const char *name)
-{
-	KappaColumnEntry *entry;
-
-	if (strlen(name) >= NAMEDATALEN)
-		return -1;
-	entry = hash_search(d->byname, name, HASH_FIND, NULL);
-	return entry ? entry->index : -1;
-}
-
-/*
- * kappa_field_where names a JSON field or CSV header field for details.
- */
-static char *
-kappa_field_where(const char *fname)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "Field ");
-	escape_json(&buf, fname);
-	return buf.data;
-}
-
-/*
- * kappa_where_text formats a KappaWhere as the subject of a sentence.
- */
-static char *
-kappa_where_text(const KappaWhere *where)
-{
-	if (where->subject != NULL)
-		return pstrdup(where->subject);
-	if (where->fieldno > 0)
-		return psprintf("CSV field %d (column \"%s\")", where->fieldno,
-						where->column);
-	return kappa_field_where(where->field);
-}
-
-/*
- * kappa_unknown_field raises the error of option strict for a field that
- * names no column.
- */
-static void
-kappa_unknown_field(const char *fname, const char *value, int len)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_UNDEFINED_COLUMN),
-			 errmsg("kafka message has field \"%s\", which names no column of the target",
-					fname),
-			 value ? errdetail("%s holds %s.", kappa_field_where(fname),
-							   kappa_sample(value, len)) :
-			 errdetail("%s names no column.", kappa_field_where(fname)),
-			 errhint("Add the column to the target, or set option \"strict\" "
-					 "to false to ignore such fields.")));
-}
-
-/*
- * kappa_json_kind names a JSON token type for messages.
- */
-static const char *
-kappa_json_kind(JsonTokenType type)
-{
-	switch (type)
-	{
-		case JSON_TOKEN_STRING:
-			return "string";
-		case JSON_TOKEN_NUMBER:
-			return "number";
-		case JSON_TOKEN_TRUE:
-		case JSON_TOKEN_FALSE:
-			return "boolean";
-		case JSON_TOKEN_NULL:
-			return "null";
-		case JSON_TOKEN_OBJECT_START:
-			return "object";
-		case JSON_TOKEN_ARRAY_START:
-			return "array";
-		default:
-			return "value";
-	}
-}
-
-/*
- * kappa_json_not_object raises the error for a message whose top-level JSON
- * value is not an object.
- */
-static void
-kappa_json_not_object(KappaJsonState *st, JsonTokenType type)
-{
-	JsonLexContext *lex = st->lex;
-
-	ereport(ERROR,
-			(errcode(ERRCODE_DATATYPE_MISMATCH),
-			 errmsg("kafka message is a JSON %s, not an object",
-					kappa_json_kind(type)),
-			 errdetail("The message begins with %s.",
-					   kappa_sample(lex->input, lex->input_length)),
-			 errhint("Format json takes one JSON object per message, whose keys name the columns.")));
-}
-
-/*
- * kappa_json_nested notes, when a nested object or array starts as the value
- * of a top-level field, whether its column cannot take it; the error is
- * raised at the end of the value, to show the whole value.
- */
-static void
-kappa_json_nested(KappaJsonState *st, JsonTokenType type)
-{
-	if (st->col >= 0 && !st->decoder->cols[st->col].is_json)
-		st->nested = type;
-}
-
-/*
- * kappa_json_nested_error raises the error for a nested value bound for a
- * scalar column.
- */
-static void
-kappa_json_nested_error(KappaJsonState *st, char *value, int len)
-{
-	KappaColumn *col = &st->decoder->cols[st->col];
-
-	ereport(ERROR,
-			(errcode(ERRCODE_DATATYPE_MISMATCH),
-			 errmsg("cannot store a JSON %s in column \"%s\" of type %s",
-					kappa_json_kind(st->nested), col->name,
-					format_type_with_typemod(col->typid, col->typmod)),
-			 errdetail("%s holds %s.", kappa_field_where(st->fname),
-					   kappa_sample(value, len)),
-			 errhint("Nested values go to json or jsonb columns.")));
-}
-
-/*
- * kappa_json_object_start tracks the depth; an object as a field's value is
- * checked against the field's column.
- */
-static void
-kappa_json_object_start(void *state)
-{
-	KappaJsonState *st = (KappaJsonState *) state;
-
-	if (st->depth == 1)
-		kappa_json_nested(st, JSON_TOKEN_OBJECT_START);
-	st->depth++;
-}
-
-/*
- * kappa_json_array_start tracks the depth; a top-level array is refused, an
- * array as a field's value is checked against the field's column.
- */
-static void
-kappa_json_array_start(void *state)
-{
-	KappaJsonState *st = (KappaJsonState *) state;
-
-	if (st->depth == 0)
-		kappa_json_not_object(st, JSON_TOKEN_ARRAY_START);
-	if (st->depth == 1)
-		kappa_json_nested(st, JSON_TOKEN_ARRAY_START);
-	st->depth++;
-}
-
-/*
- * kappa_json_struct_end tracks the depth at the end of an object or array.
- */
-static void
-kappa_json_struct_end(void *state)
-{
-	KappaJsonState *st = (KappaJsonState *) state;
-
-	st->depth--;
-}
-
-/*
- * kappa_json_field_start finds the column of a top-level field.  A field
- * naming no column is ignored (or refused with strict); one naming a
- * metadata or generated column is ignored.  JSON null stores NULL at once.
- */
-static void
-kappa_json_field_start(void *state, char *fname, bool isnull)
-{
-	KappaJsonState *st = (KappaJsonState *) state;
-	KappaDecoder *d = st->decoder;
-	int			i;
-
-	if (st->depth != 1)
-		return;
-
-	st->fname = fname;
-	st->value_start = st->lex->token_start;
-	st->col = -1;
-	st->unknown = false;
-	st->nested = JSON_TOKEN_INVALID;
-
-	i = kappa_find_column(d, fname);
-	if (i < 0)
-	{
-		st->unknown = d->strict;
-		return;
-	}
-	if (d->cols[i].kind != KAPPA_COL_PAYLOAD)
-		return;
-
-	if (isnull)
-	{
-		KappaWhere	where = {fname, 0, NULL, NULL};
-
-		kappa_set_null(d, i, &where, st->values, st->nulls);
-	}
-	else
-		st->col = i;
-}
-
-/*
- * kappa_json_field_end stores the value of a top-level field bound for a
- * json or jsonb column: its JSON text, cut out of the message.  It raises
- * the errors noted for the field (strict, nested value for a scalar column),
- * now that the whole value can be shown.
- */
-static void
-kappa_json_field_end(void *state, char *fname, bool isnull)
-{
-	KappaJsonState *st = (KappaJsonState *) state;
-	KappaDecoder *d = st->decoder;
-	int			len;
-
-	if (st->depth != 1)
-		return;
-	len = st->lex->prev_token_terminator - st->value_start;
-	if (st->unknown)
-		kappa_unknown_field(fname, st->value_start, len);
-	if (st->col < 0)
-		return;
-	if (st->nested != JSON_TOKEN_INVALID)
-		kappa_json_nested_error(st, st->value_start, len);
-	if (d->cols[st->col].is_json)
-	{
-		KappaWhere	where = {fname, 0, NULL, NULL};
-
-		kappa_set_value(d, st->col, pnstrdup(st->value_start, len), len,
-						&where, st->values, st->nulls);
-	}
-	st->col = -1;
-}
-
-/*
- * kappa_json_scalar converts the scalar value of a top-level field (strings
- * de-escaped, numbers and booleans as written) with the column type's input
- * function.
- */
-static void
-kappa_json_scalar(void *state, char *token, JsonTokenType tokentype)
-{
-	KappaJsonState *st = (KappaJsonState *) state;
-	KappaDecoder *d = st->decoder;
-	KappaWhere	where = {NULL, 0, NULL, NULL};
-
-	if (st->depth == 0)
-		kappa_json_not_object(st, tokentype);
-	if (st->depth != 1 || st->col < 0 || d->cols[st->col].is_json)
-		return;
-
-	where.field = st->fname;
-	kappa_set_value(d, st->col, token, strlen(token), &where,
-					st->values, st->nulls);
-	st->col = -1;
-}
-
-/*
- * kappa_decode_json_general fills the payload columns from a JSON object
- * with pg_parse_json and the callbacks above.  It takes every valid message
- * and raises the error of every invalid one.
- */
-static void
-kappa_decode_json_general(KappaDecoder *d, char *data, int len,
-						  Datum *values, bool *nulls)
-{
-	JsonLexContext *lex;
-	JsonSemAction sem;
-	KappaJsonState st;
-	JsonParseErrorType result;
-
-	lex = makeJsonLexContextCstringLen(data, len, GetDatabaseEncoding(), true);
-
-	memset(&st, 0, sizeof(st));
-	st.decoder = d;
-	st.lex = lex;
-	st.values = values;
-	st.nulls = nulls;
-	st.col = -1;
-
-	memset(&sem, 0, sizeof(sem));
-	sem.semstate = &st;
-	sem.object_start = kappa_json_object_start;
-	sem.object_end = kappa_json_struct_end;
-	sem.array_start = kappa_json_array_start;
-	sem.array_end = kappa_json_struct_end;
-	sem.object_field_start = kappa_json_field_start;
-	sem.object_field_end = kappa_json_field_end;
-	sem.scalar = kappa_json_scalar;
-
-	result = pg_parse_json(lex, &sem);
-	if (result != JSON_SUCCESS)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-				 errmsg("kafka message is not valid JSON"),
-				 errdetail("%s The message begins with %s.",
-						   json_errdetail(result, lex),
-						   kappa_sample(data, len))));
-}
-
-/*
- * kappa_json_field_column tells what the field name 'name' ('len' bytes,
- * not NUL-terminated, no escapes) at position 'pos' of the object fills: a
- * payload column's index, KAPPA_FIELD_IGNORED or KAPPA_FIELD_REFUSED -- the
- * same answer kappa_json_field_start gives.  *fname is set to the name,
- * NUL-terminated, for error details.
- */
-static int
-kappa_json_field_column(KappaDecoder *d, int pos, const char *name, int len,
-						char **fname)
-{
-	KappaJsonField *field = NULL;
-	char	   *copy;
-	int			i;
-	int			result;
-
-	if (pos < KAPPA_JSON_FIELDS)
-	{
-		field = &d->json_fields[pos];
-		if (field->name != NULL && field->len == len &&
-			memcmp(field->name, name, len) == 0)
-		{
-			*fname = field->name;
-			return field->col;
-		}
-	}
-
-	copy = pnstrdup(name, len);
-	i = kappa_find_column(d, copy);
-	if (i < 0)
-		result = d->strict ? KAPPA_FIELD_REFUSED : KAPPA_FIELD_IGNORED;
-	else if (d->cols[i].kind != KAPPA_COL_PAYLOAD)
-		result = KAPPA_FIELD_IGNORED;
-	else
-		result = i;
-
-	if (field != NULL)
-	{
-		if (field->name != NULL)
-			pfree(field->name);
-		field->name = MemoryContextStrdup(GetMemoryChunkContext(d), copy);
-		field->len = len;
-		field->col = result;
-		*fname = field->name;
-	}
-	else
-		*fname = copy;
-	return result;
-}
-
-/*
- * kappa_json_skip_nested moves 'lex', positioned on the start of a nested
- * object or array, to its end.  Returns true if the value is valid JSON, as
- * pg_parse_json with de-escaping checks it.
- */
-static bool
-kappa_json_skip_nested(JsonLexContext *lex)
-{
-	char	   *start = lex->token_start;
-	int			depth = 1;
-	JsonLexContext *check;
-
-	while (depth > 0)
-	{
-		if (json_lex(lex) != JSON_SUCCESS)
-			return false;
-		switch (lex->token_type)
-		{
-			case JSON_TOKEN_OBJECT_START:
-			case JSON_TOKEN_ARRAY_START:
-				depth++;
-				break;
-			case JSON_TOKEN_OBJECT_END:
-			case JSON_TOKEN_ARRAY_END:
-				depth--;
-				break;
-			case JSON_TOKEN_END:
-				return false;
-			default:
-				break;
-		}
-	}
-
-	check = makeJsonLexContextCstringLen(start, lex->token_terminator - start,
-										 lex->input_encoding, true);
-	return pg_parse_json(check, &nullSemAction) == JSON_SUCCESS;
-}
-
-/*
- * kappa_json_string sets *str and *len to the value of the string token
- * 'lex' is on: inside the message when it has no escapes, else de-escaped by
- * the lexer.  *str is NUL-terminated only if *copied is set.  Returns false
- * for an escape the general path refuses.
- */
-static bool
-kappa_json_string(JsonLexContext *lex, char **str, int *len, bool *copied)
-{
-	char	   *start = lex->token_start + 1;
-	int			rawlen = lex->token_terminator - lex->token_start - 2;
-	JsonLexContext *unescape;
-
-	if (memchr(start, '\\', rawlen) == NULL)
-	{
-		*str = start;
-		*len = rawlen;
-		*copied = false;
-		return true;
-	}
-
-	unescape = makeJsonLexContextCstringLen(lex->token_start,
-											lex->token_terminator - lex->token_start,
-											lex->input_encoding, true);
-	if (json_lex(unescape) != JSON_SUCCESS ||
-		unescape->token_type != JSON_TOKEN_STRING)
-		return false;
-	*str = unescape->strval->data;
-	*len = unescape->strval->len;
-	*copied = true;
-	return true;
-}
-
-/*
- * kappa_json_flat_value converts the value of one field, which 'lex' is on
- * (its first token), for column 'col' (or skips it for KAPPA_FIELD_IGNORED),
- * leaving 'lex' on the value's last token.  Returns false if the general path
- * must take the message.
- */
-static bool
-kappa_json_flat_value(KappaDecoder *d, JsonLexContext *lex, int col,
-					  char *fname, Datum *values, bool *nulls)
-{
-	KappaWhere	where = {fname, 0, NULL, NULL};
-	char	   *value_start = lex->token_start;
-	char	   *str;
-	int			len;
-	bool		copied;
-
-	switch (lex->token_type)
-	{
-		case JSON_TOKEN_OBJECT_START:
-		case JSON_TOKEN_ARRAY_START:
-			if (!kappa_json_skip_nested(lex))
-				return false;
-			if (col == KAPPA_FIELD_IGNORED)
-				return true;
-			if (col < 0 || !d->cols[col].is_json)
-				return false;	/* the general path raises the error */
-			break;
-		case JSON_TOKEN_NULL:
-			if (col == KAPPA_FIELD_REFUSED)
-				return false;
-			if (col >= 0)
-				kappa_set_null(d, col, &where, values, nulls);
-			return true;
-		case JSON_TOKEN_STRING:
-		case JSON_TOKEN_NUMBER:
-		case JSON_TOKEN_TRUE:
-		case JSON_TOKEN_FALSE:
-			if (col == KAPPA_FIELD_REFUSED)
-				return false;
-			if (lex->token_type == JSON_TOKEN_STRING)
-			{
-				/* the general path checks the escapes of every string */
-				if (!kappa_json_string(lex, &str, &len, &copied))
-					return false;
-			}
-			else
-			{
-				str = lex->token_start;
-				len = lex->token_terminator - lex->token_start;
-				copied = false;
-			}
-			if (col == KAPPA_FIELD_IGNORED)
-				return true;
-			if (d->cols[col].is_json)
-				break;
-			if (!copied && !d->cols[col].is_text)
-			{
-				/* input functions take NUL-terminated strings */
-				resetStringInfo(&d->json_token);
-				appendBinaryStringInfo(&d->json_token, str, len);
-				str = d->json_token.data;
-			}
-			kappa_set_value(d, col, str, len, &where, values, nulls);
-			return true;
-		default:
-			return false;
-	}
-
-	/* a json or jsonb column takes the value's text */
-	len = lex->token_terminator - value_start;
-	kappa_set_value(d, col, pnstrdup(value_start, len), len, &where,
-					values, nulls);
-	return true;
-}
-
-/*
- * kappa_decode_json_flat fills the payload columns from a JSON object the
- * fast way (see the header comment).  Returns false if the general path must
- * take the message; the columns it filled until then are then filled again.
- */
-static bool
-kappa_decode_json_flat(KappaDecoder *d, char *data, int len,
-					   Datum *values, bool *nulls)
-{
-	JsonLexContext *lex;
-	int			pos = 0;
-
-	lex = makeJsonLexContextCstringLen(data, len, GetDatabaseEncoding(), false);
-	if (json_lex(lex) != JSON_SUCCESS ||
-		lex->token_type != JSON_TOKEN_OBJECT_START ||
-		json_lex(lex) != JSON_SUCCESS)
-		return false;
-
-	if (lex->token_type != JSON_TOKEN_OBJECT_END)
-	{
-		for (;;)
-		{
-			char	   *name = lex->token_start + 1;
-			int			namelen = lex->token_terminator - lex->token_start - 2;
-			char	   *fname;
-			int			col;
-
-			if (lex->token_type != JSON_TOKEN_STRING ||
-				memchr(name, '\\', namelen) != NULL)
-				return false;
-			col = kappa_json_field_column(d, pos++, name, namelen, &fname);
-
-			if (json_lex(lex) != JSON_SUCCESS ||
-				lex->token_type != JSON_TOKEN_COLON ||
-				json_lex(lex) != JSON_SUCCESS ||
-				!kappa_json_flat_value(d, lex, col, fname, values, nulls) ||
-				json_lex(lex) != JSON_SUCCESS)
-				return false;
-
-			if (lex->token_type == JSON_TOKEN_OBJECT_END)
-				break;
-			if (lex->token_type != JSON_TOKEN_COMMA ||
-				json_lex(lex) != JSON_SUCCESS)
-				return false;
-		}
-	}
-
-	return json_lex(lex) == JSON_SUCCESS && lex->token_type == JSON_TOKEN_END;
-}
-
-/*
- * kappa_decode_json fills the payload columns from a JSON object.
- */
-static void
-kappa_decode_json(KappaDecoder *d, char *data, int len,
-				  Datum *values, bool *nulls)
-{
-	if (kappa_decode_json_flat(d, data, len, values, nulls))
-		return;
-
-	for (int i = 0; i < d->natts; i++)
-	{
-		values[i] = (Datum) 0;
-		nulls[i] = true;
-		d->filled[i] = false;
-	}
-	kappa_decode_json_general(d, data, len, values, nulls);
-}
-
-/*
- * kappa_csv_record parses one CSV record of 'data' from *pos, leaving *pos
- * after its line end, into a palloc'd array of fields (*nfields of them).
- * Quoting follows COPY's CSV format: a quoted field may hold delimiters,
- * line breaks and doubled quotes; an unquoted field equal to the null string
- * is NULL.
- */
-static KappaCsvField *
-kappa_csv_record(KappaDecoder *d, const char *data, int len, int *pos,
-				 int *nfields)
-{
-	int			p = *pos;
-	int			nalloc = 16;
-	int			n = 0;
-	KappaCsvField *fields = palloc(sizeof(KappaCsvField) * nalloc);
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (;;)
-	{
-		bool		quoted = false;
-		bool		in_quote = false;
-		int			start = p;
-
-		resetStringInfo(&buf);
-		while (p < len)
-		{
-			char		c = data[p];
-
-			if (in_quote)
-			{
-				if (c == d->escape && p + 1 < len &&
-					(data[p + 1] == d->quote ||
-					 (d->escape != d->quote && data[p + 1] == d->escape)))
-				{
-					appendStringInfoChar(&buf, data[p + 1]);
-					p += 2;
-				}
-				else if (c == d->quote)
-				{
-					in_quote = false;
-					p++;
-				}
-				else
-				{
-					appendStringInfoChar(&buf, c);
-					p++;
-				}
-			}
-			else if (c == d->delimiter || c == '\n' || c == '\r')
-				break;
-			else if (c == d->quote)
-			{
-				in_quote = quoted = true;
-				p++;
-			}
-			else
-			{
-				appendStringInfoChar(&buf, c);
-				p++;
-			}
-		}
-		if (in_quote)
-			ereport(ERROR,
-					(errcode(ERRCODE_BAD_COPY_FILE_FORMAT),
-					 errmsg("unterminated CSV quoted field in kafka message"),
-					 errdetail("Field %d begins with %s.", n + 1,
-							   kappa_sample(data + start, len - start))));
-
-		if (n == nalloc)
-		{
-			nalloc *= 2;
-			fields = repalloc(fields, sizeof(KappaCsvField) * nalloc);
-		}
-		fields[n].value = pnstrdup(buf.data, buf.len);
-		fields[n].len = buf.len;
-		fields[n].isnull = !quoted && strcmp(buf.data, d->null_string) == 0;
-		n++;
-
-		if (p < len && data[p] == d->delimiter)
-		{
-			p++;
-			continue;
-		}
-		/* end of the record */
-		if (p < len && data[p] == '\r')
-			p++;
-		if (p < len && data[p] == '\n')
-			p++;
-		break;
-	}
-
-	*pos = p;
-	*nfields = n;
-	return fields;
-}
-
-/*
- * kappa_csv_at_end tells whether only line breaks remain from 'pos'.
- */
-static bool
-kappa_csv_at_end(const char *data, int len, int pos)
-{
-	while (pos < len && (data[pos] == '\n' || data[pos] == '\r'))
-		pos++;
-	return pos >= len;
-}
-
-/*
- * kappa_decode_csv fills the payload columns from one CSV record, or from a
- * header record naming the columns followed by one record of values.
- */
-static void
-kappa_decode_csv(KappaDecoder *d, char *data, int len,
-				 Datum *values, bool *nulls)
-{
-	int			pos = 0;
-	int			nfields;
-	KappaCsvField *fields;
-	int		   *cols;
-	int			ncols;
-
-	if (d->header)
-	{
-		int			nheader;
-		KappaCsvField *header = kappa_csv_record(d, data, len, &pos, &nheader);
-
-		if (kappa_csv_at_end(data, len, pos))
-			ereport(ERROR,
-					(errcode(ERRCODE_BAD_COPY_FILE_FORMAT),
-					 errmsg("kafka message has a CSV header but no values"),
-					 errdetail("With option \"header\", each message holds a header "
-							   "record naming the columns, then one record of values. "
-							   "The message is %s.", kappa_sample(data, len))));
-
-		cols = palloc(sizeof(int) * nheader);
-		for (int i = 0; i < nheader; i++)
-		{
-			int			c;
-
-			c = header[i].isnull ? -1 : kappa_find_column(d, header[i].value);
-			if (c < 0 && d->strict)
-				kappa_unknown_field(header[i].isnull ? "" : header[i].value,
-									NULL, 0);
-			if (c >= 0 && d->cols[c].kind != KAPPA_COL_PAYLOAD)
-				c = -1;			/* metadata or generated: ignored */
-			for (int j = 0; c >= 0 && j < i; j++)
-			{
-				if (cols[j] == c)
-					ereport(ERROR,
-							(errcode(ERRCODE_DUPLICATE_COLUMN),
-							 errmsg("CSV header of kafka message names column \"%s\" twice",
-									d->cols[c].name),
-							 errdetail("The header is %s.",
-									   kappa_sample(data, pos))));
-			}
-			cols[i] = c;
-		}
-		ncols = nheader;
-	}
-	else
-	{
-		cols = d->field_cols;
-		ncols = d->nfield_cols;
-	}
-
-	fields = kappa_csv_record(d, data, len, &pos, &nfields);
-	if (!kappa_csv_at_end(data, len, pos))
-		ereport(ERROR,
-				(errcode(ERRCODE_BAD_COPY_FILE_FORMAT),
-				 errmsg("kafka message holds more than one CSV record"),
-				 errdetail("Each message is one record%s; the next record begins with %s.",
-						   d->header ? " after the header" : "",
-						   kappa_sample(data + pos, len - pos))));
-
-	if (nfields > ncols && d->strict)
-		ereport(ERROR,
-				(errcode(ERRCODE_BAD_COPY_FILE_FORMAT),
-				 errmsg("kafka message has %d CSV fields, more than the %d expected",
-						nfields, ncols),
-				 errdetail("Field %d holds %s.", ncols + 1,
-						   kappa_sample(fields[ncols].value, fields[ncols].len)),
-				 errhint("Set option \"strict\" to false to ignore extra fields.")));
-
-	for (int i = 0; i < nfields && i < ncols; i++)
-	{
-		int			c = cols[i];
-		KappaWhere	where = {NULL, 0, NULL, NULL};
-
-		if (c < 0)
-			continue;
-		if (d->header)
-			where.field = d->cols[c].name;
-		else
-		{
-			where.fieldno = i + 1;
-			where.column = d->cols[c].name;
-		}
-		if (fields[i].isnull)
-			kappa_set_null(d, c, &where, values, nulls);
-		else
-			kappa_set_value(d, c, fields[i].value, fields[i].len, &where,
-							values, nulls);
-	}
-}
-
-/*
- * kappa_headers_text converts a header name or value to text in the
+ * dec_headers_text converts a header name or value to text in the
  * database encoding: as is when valid in the payload encoding, otherwise
  * in bytea's hex form ("\x...").
  */
 static char *
-kappa_headers_text(KappaDecoder *d, const char *data, size_t len, int *outlen)
+dec_headers_text(KappaDecoder *d, const char *data, size_t len, int *outlen)
 {
 	if (len < MaxAllocSize &&
 		pg_encoding_verifymbstr(d->encoding, data, (int) len) == (int) len)
 	{
-		char	   *s = kappa_to_server(d, data, len, "header", outlen);
+		char	   *s = dec_to_server(d, data, len, "header", outlen);
 
 		return s;
 	}
@@ -1338,13 +200,13 @@ kappa_headers_text(KappaDecoder *d, const char *data, size_t len, int *outlen)
 }
 
 /*
- * kappa_headers_datum builds the kafka_headers value: a jsonb (or json)
+ * dec_headers_datum builds the kafka_headers value: a jsonb (or json)
  * object of header name to value as text (null for a header without value;
  * the last one wins when a name repeats), or NULL without headers.
  */
 static bool
-kappa_headers_datum(KappaDecoder *d, KappaColumn *col,
-					rd_kafka_headers_t *headers, Datum *result)
+dec_headers_datum(KappaDecoder *d, DecodeColumn *col,
+				  rd_kafka_headers_t *headers, Datum *result)
 {
 	JsonbParseState *state = NULL;
 	JsonbValue *res;
@@ -1367,7 +229,7 @@ kappa_headers_datum(KappaDecoder *d, KappaColumn *col,
 		int			len;
 
 		k.type = jbvString;
-		k.val.string.val = kappa_headers_text(d, name, strlen(name), &len);
+		k.val.string.val = dec_headers_text(d, name, strlen(name), &len);
 		k.val.string.len = len;
 		pushJsonbValue(&state, WJB_KEY, &k);
 
@@ -1376,7 +238,7 @@ kappa_headers_datum(KappaDecoder *d, KappaColumn *col,
 		else
 		{
 			v.type = jbvString;
-			v.val.string.val = kappa_headers_text(d, value, size, &len);
+			v.val.string.val = dec_headers_text(d, value, size, &len);
 			v.val.string.len = len;
 		}
 		pushJsonbValue(&state, WJB_VALUE, &v);
@@ -1393,19 +255,19 @@ kappa_headers_datum(KappaDecoder *d, KappaColumn *col,
 }
 
 /*
- * kappa_fill_meta fills metadata column index 'i' from the message's
+ * dec_fill_meta fills metadata column index 'i' from the message's
  * coordinates.
  */
 static void
-kappa_fill_meta(KappaDecoder *d, int i, const KappaMessageMeta *meta,
-				Datum *values, bool *nulls)
+dec_fill_meta(KappaDecoder *d, int i, const KappaMessageMeta *meta,
+			  Datum *values, bool *nulls)
 {
-	KappaColumn *col = &d->cols[i];
+	DecodeColumn *col = &d->cols[i];
 
 	nulls[i] = false;
 	switch (col->kind)
 	{
-		case KAPPA_COL_KEY:
+		case DECODE_COL_KEY:
 			if (meta->key == NULL)
 				nulls[i] = true;
 			else if (col->is_bytea)
@@ -1418,25 +280,25 @@ kappa_fill_meta(KappaDecoder *d, int i, const KappaMessageMeta *meta,
 			}
 			else
 			{
-				KappaWhere	where = {NULL, 0, NULL, "The key"};
+				DecodeWhere where = {NULL, 0, "key"};
 				int			len;
-				char	   *s = kappa_to_server(d, meta->key, meta->keylen,
-												"key", &len);
+				char	   *s = dec_to_server(d, meta->key, meta->keylen,
+											  "key", &len);
 
 				if (s == meta->key)
 					s = pnstrdup(s, len);
-				kappa_input(d, col, s, len, &where, &values[i]);
+				DecodeSetValue(d, i, s, len, &where, values, nulls);
 			}
 			break;
-		case KAPPA_COL_PARTITION:
+		case DECODE_COL_PARTITION:
 			values[i] = (col->typid == INT8OID) ?
 				Int64GetDatum((int64) meta->partition) :
 				Int32GetDatum(meta->partition);
 			break;
-		case KAPPA_COL_OFFSET:
+		case DECODE_COL_OFFSET:
 			values[i] = Int64GetDatum(meta->offset);
 			break;
-		case KAPPA_COL_TIMESTAMP:
+		case DECODE_COL_TIMESTAMP:
 			if (meta->timestamp_ms < 0)
 				nulls[i] = true;
 			else
@@ -1457,10 +319,10 @@ kappa_fill_meta(KappaDecoder *d, int i, const KappaMessageMeta *meta,
 				values[i] = TimestampTzGetDatum(ts);
 			}
 			break;
-		case KAPPA_COL_HEADERS:
-			nulls[i] = !kappa_headers_datum(d, col,
-											(rd_kafka_headers_t *) meta->headers,
-											&values[i]);
+		case DECODE_COL_HEADERS:
+			nulls[i] = !dec_headers_datum(d, col,
+										  (rd_kafka_headers_t *) meta->headers,
+										  &values[i]);
 			break;
 		default:
 			nulls[i] = true;
@@ -1473,11 +335,12 @@ kappa_fill_meta(KappaDecoder *d, int i, const KappaMessageMeta *meta,
  * target's natts), filling the kafka_* metadata columns from 'meta' (NULL:
  * no metadata).  Payload columns without a value get their default (or
  * NULL); dropped, generated and identity columns are NULL.  A message that
- * cannot be decoded raises an ERROR; the caller isolates it.  The Datums are
- * allocated in the current memory context.  When an error is raised, the
- * current memory context may be the decoder's scratch context, which the
- * next call resets: the caller's error handler must switch back to its own
- * context, as after any PG_CATCH.
+ * cannot be decoded raises an ERROR, with a context line naming the message
+ * (DecodeErrorCallback); the caller isolates it.  The Datums are allocated
+ * in the current memory context.  When an error is raised, the current
+ * memory context may be the decoder's scratch context, which the next call
+ * resets: the caller's error handler must switch back to its own context, as
+ * after any PG_CATCH.
  */
 void
 KappaDecode(KappaDecoder *d, const char *payload, size_t len,
@@ -1485,6 +348,7 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 {
 	MemoryContext outcxt = CurrentMemoryContext;
 	KappaMessageMeta nometa = {NULL, 0, -1, -1, -1, NULL};
+	ErrorContextCallback errcallback;
 
 	if (meta == NULL)
 		meta = &nometa;
@@ -1493,7 +357,14 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 	MemoryContextReset(d->scratch);
 	d->outcxt = outcxt;
 	d->meta = meta;
+	d->cur_col = -1;
 	MemoryContextSwitchTo(d->scratch);
+
+	/* an error's context line names the message and the value converted */
+	errcallback.callback = DecodeErrorCallback;
+	errcallback.arg = (void *) d;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 
 	for (int i = 0; i < d->natts; i++)
 	{
@@ -1508,7 +379,7 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 				 errmsg("kafka message is empty"),
 				 errdetail("Format %s takes one row per message; a message with an "
 						   "empty or null payload (a tombstone) has none.",
-						   kappa_format_names[d->format])));
+						   dec_format_names[d->format])));
 
 	switch (d->format)
 	{
@@ -1516,24 +387,24 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 		case KAPPA_FORMAT_CSV:
 			{
 				int			slen;
-				char	   *s = kappa_to_server(d, payload, len, "payload", &slen);
+				char	   *s = dec_to_server(d, payload, len, "payload", &slen);
 
 				if (d->format == KAPPA_FORMAT_JSON)
-					kappa_decode_json(d, s, slen, values, nulls);
+					DecodeJson(d, s, slen, values, nulls);
 				else
-					kappa_decode_csv(d, s, slen, values, nulls);
+					DecodeCsv(d, s, slen, values, nulls);
 				break;
 			}
 		case KAPPA_FORMAT_TEXT:
 			{
-				KappaWhere	where = {NULL, 0, NULL, "The message"};
+				DecodeWhere where = {NULL, 0, "payload"};
 				int			slen;
-				char	   *s = kappa_to_server(d, payload, len, "payload", &slen);
+				char	   *s = dec_to_server(d, payload, len, "payload", &slen);
 
 				if (s == payload)
 					s = pnstrdup(s, slen);
-				kappa_set_value(d, d->payload_col, s, slen, &where,
-								values, nulls);
+				DecodeSetValue(d, d->payload_col, s, slen, &where,
+							   values, nulls);
 				break;
 			}
 		case KAPPA_FORMAT_BYTEA:
@@ -1559,12 +430,12 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 	MemoryContextSwitchTo(outcxt);
 	for (int i = 0; i < d->natts; i++)
 	{
-		KappaColumn *col = &d->cols[i];
+		DecodeColumn *col = &d->cols[i];
 
-		if (col->kind == KAPPA_COL_SKIP)
+		if (col->kind == DECODE_COL_SKIP)
 			continue;
-		if (col->kind != KAPPA_COL_PAYLOAD)
-			kappa_fill_meta(d, i, meta, values, nulls);
+		if (col->kind != DECODE_COL_PAYLOAD)
+			dec_fill_meta(d, i, meta, values, nulls);
 		else if (d->filled[i])
 			continue;
 		else if (col->defstate != NULL)
@@ -1583,10 +454,12 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 		else if (col->is_domain)
 		{
 			MemoryContextSwitchTo(d->scratch);
-			kappa_set_null(d, i, NULL, values, nulls);
+			DecodeSetNull(d, i, NULL, values, nulls);
 			MemoryContextSwitchTo(outcxt);
 		}
 	}
+
+	error_context_stack = errcallback.previous;
 }
 
 /*
@@ -1597,62 +470,62 @@ KappaDecoderUsesTimeAndHeaders(KappaDecoder *d)
 {
 	for (int i = 0; i < d->natts; i++)
 	{
-		if (d->cols[i].kind == KAPPA_COL_TIMESTAMP ||
-			d->cols[i].kind == KAPPA_COL_HEADERS)
+		if (d->cols[i].kind == DECODE_COL_TIMESTAMP ||
+			d->cols[i].kind == DECODE_COL_HEADERS)
 			return true;
 	}
 	return false;
 }
 
 /*
- * kappa_meta_kind tells whether a column name is a metadata column's.
+ * dec_meta_kind tells whether a column name is a metadata column's.
  */
-static KappaColumnKind
-kappa_meta_kind(const char *name)
+static DecodeColumnKind
+dec_meta_kind(const char *name)
 {
 	if (strcmp(name, "kafka_key") == 0)
-		return KAPPA_COL_KEY;
+		return DECODE_COL_KEY;
 	if (strcmp(name, "kafka_partition") == 0)
-		return KAPPA_COL_PARTITION;
+		return DECODE_COL_PARTITION;
 	if (strcmp(name, "kafka_offset") == 0)
-		return KAPPA_COL_OFFSET;
+		return DECODE_COL_OFFSET;
 	if (strcmp(name, "kafka_timestamp") == 0)
-		return KAPPA_COL_TIMESTAMP;
+		return DECODE_COL_TIMESTAMP;
 	if (strcmp(name, "kafka_headers") == 0)
-		return KAPPA_COL_HEADERS;
-	return KAPPA_COL_PAYLOAD;
+		return DECODE_COL_HEADERS;
+	return DECODE_COL_PAYLOAD;
 }
 
 /*
- * kappa_check_meta_type refuses a metadata column whose type its value
+ * dec_check_meta_type refuses a metadata column whose type its value
  * cannot have.
  */
 static void
-kappa_check_meta_type(KappaColumn *col)
+dec_check_meta_type(DecodeColumn *col)
 {
 	const char *want = NULL;
 	bool		ok = false;
 
 	switch (col->kind)
 	{
-		case KAPPA_COL_KEY:
+		case DECODE_COL_KEY:
 			ok = col->typid == TEXTOID || col->typid == VARCHAROID ||
 				col->typid == BYTEAOID;
 			want = "text, varchar or bytea";
 			break;
-		case KAPPA_COL_PARTITION:
+		case DECODE_COL_PARTITION:
 			ok = col->typid == INT4OID || col->typid == INT8OID;
 			want = "integer or bigint";
 			break;
-		case KAPPA_COL_OFFSET:
+		case DECODE_COL_OFFSET:
 			ok = col->typid == INT8OID;
 			want = "bigint";
 			break;
-		case KAPPA_COL_TIMESTAMP:
+		case DECODE_COL_TIMESTAMP:
 			ok = col->typid == TIMESTAMPTZOID;
 			want = "timestamp with time zone";
 			break;
-		case KAPPA_COL_HEADERS:
+		case DECODE_COL_HEADERS:
 			ok = col->typid == JSONBOID || col->typid == JSONOID;
 			want = "jsonb or json";
 			break;
@@ -1674,12 +547,12 @@ kappa_check_meta_type(KappaColumn *col)
 }
 
 /*
- * kappa_prepare_defaults compiles the default expression of every payload
+ * dec_prepare_defaults compiles the default expression of every payload
  * column.  The target relation is found from the row type of 'tupdesc'; a
  * descriptor of no relation gives the types' defaults only.
  */
 static void
-kappa_prepare_defaults(KappaDecoder *d, TupleDesc tupdesc)
+dec_prepare_defaults(KappaDecoder *d, TupleDesc tupdesc)
 {
 	Oid			relid = InvalidOid;
 	Relation	rel = NULL;
@@ -1691,11 +564,11 @@ kappa_prepare_defaults(KappaDecoder *d, TupleDesc tupdesc)
 
 	for (int i = 0; i < d->natts; i++)
 	{
-		KappaColumn *col = &d->cols[i];
+		DecodeColumn *col = &d->cols[i];
 		Node	   *expr = NULL;
 
 		col->defnull = true;
-		if (col->kind != KAPPA_COL_PAYLOAD)
+		if (col->kind != DECODE_COL_PAYLOAD)
 			continue;
 
 		if (rel != NULL && i < RelationGetNumberOfAttributes(rel))
@@ -1729,14 +602,14 @@ kappa_prepare_defaults(KappaDecoder *d, TupleDesc tupdesc)
 }
 
 /*
- * kappa_payload_column picks the column that takes the whole payload in
+ * dec_payload_column picks the column that takes the whole payload in
  * formats text and bytea: the one named by option columns, or else the only
  * payload column of a suitable type.
  */
 static int
-kappa_payload_column(KappaDecoder *d, List *columns)
+dec_payload_column(KappaDecoder *d, List *columns)
 {
-	const char *fmt = kappa_format_names[d->format];
+	const char *fmt = dec_format_names[d->format];
 	const char *want = (d->format == KAPPA_FORMAT_BYTEA) ?
 	"bytea" : "text, varchar, char, json or jsonb";
 	int			found = -1;
@@ -1744,11 +617,11 @@ kappa_payload_column(KappaDecoder *d, List *columns)
 
 	for (int i = 0; i < d->natts; i++)
 	{
-		KappaColumn *col = &d->cols[i];
+		DecodeColumn *col = &d->cols[i];
 		Oid			base;
 		bool		ok;
 
-		if (col->kind != KAPPA_COL_PAYLOAD)
+		if (col->kind != DECODE_COL_PAYLOAD)
 			continue;
 		base = getBaseType(col->typid);
 		if (d->format == KAPPA_FORMAT_BYTEA)
@@ -1817,14 +690,15 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 	List	   *columns = NIL;
 	int			npayload = 0;
 
-	if ((int) format < 0 || (int) format >= lengthof(kappa_format_names))
+	if ((int) format < 0 || (int) format >= lengthof(dec_format_names))
 		elog(ERROR, "invalid Kafka message format %d", (int) format);
 
 	d->format = format;
 	d->natts = tupdesc->natts;
-	d->cols = palloc0(sizeof(KappaColumn) * Max(d->natts, 1));
+	d->cols = palloc0(sizeof(DecodeColumn) * Max(d->natts, 1));
 	d->filled = palloc0(sizeof(bool) * Max(d->natts, 1));
 	d->payload_col = -1;
+	d->cur_col = -1;
 	initStringInfo(&d->json_token);
 
 	/* option defaults */
@@ -1833,14 +707,14 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 	d->quote = '"';
 	d->escape = '\0';
 	d->null_string = "";
-	d->time_format = KAPPA_TIME_TEXT;
-	kappa_parse_options(d, options, &columns);
+	d->time_format = DECODE_TIME_TEXT;
+	dec_parse_options(d, options, &columns);
 	if (d->escape == '\0')
 		d->escape = d->quote;
 
 	memset(&hctl, 0, sizeof(hctl));
 	hctl.keysize = NAMEDATALEN;
-	hctl.entrysize = sizeof(KappaColumnEntry);
+	hctl.entrysize = sizeof(DecodeColumnEntry);
 	hctl.hcxt = CurrentMemoryContext;
 	d->byname = hash_create("kappa decoder columns", Max(d->natts, 8), &hctl,
 							HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
@@ -1848,8 +722,8 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 	for (int i = 0; i < d->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
-		KappaColumn *col = &d->cols[i];
-		KappaColumnEntry *entry;
+		DecodeColumn *col = &d->cols[i];
+		DecodeColumnEntry *entry;
 		Oid			infunc;
 		Oid			base;
 
@@ -1858,18 +732,18 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 		col->typmod = att->atttypmod;
 		if (att->attisdropped)
 		{
-			col->kind = KAPPA_COL_SKIP;
+			col->kind = DECODE_COL_SKIP;
 			continue;
 		}
 
 		entry = hash_search(d->byname, col->name, HASH_ENTER, NULL);
 		entry->index = i;
 
-		col->kind = kappa_meta_kind(col->name);
+		col->kind = dec_meta_kind(col->name);
 		if (att->attgenerated || att->attidentity)
-			col->kind = KAPPA_COL_SKIP; /* filled by the executor */
-		kappa_check_meta_type(col);
-		if (col->kind == KAPPA_COL_SKIP)
+			col->kind = DECODE_COL_SKIP;	/* filled by the executor */
+		dec_check_meta_type(col);
+		if (col->kind == DECODE_COL_SKIP)
 			continue;
 
 		base = getBaseType(col->typid);
@@ -1882,7 +756,7 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 		get_typlenbyval(col->typid, &col->typlen, &col->typbyval);
 		getTypeInputInfo(col->typid, &infunc, &col->ioparam);
 		fmgr_info(infunc, &col->infunc);
-		if (col->kind == KAPPA_COL_PAYLOAD)
+		if (col->kind == DECODE_COL_PAYLOAD)
 			npayload++;
 	}
 
@@ -1910,15 +784,15 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 				if (columns == NIL)
 				{
 					for (int i = 0; i < d->natts; i++)
-						if (d->cols[i].kind == KAPPA_COL_PAYLOAD)
+						if (d->cols[i].kind == DECODE_COL_PAYLOAD)
 							d->field_cols[n++] = i;
 				}
 				foreach(lc, columns)
 				{
 					const char *name = strVal(lfirst(lc));
-					int			c = kappa_find_column(d, name);
+					int			c = DecodeFindColumn(d, name);
 
-					if (c < 0 || d->cols[c].kind != KAPPA_COL_PAYLOAD)
+					if (c < 0 || d->cols[c].kind != DECODE_COL_PAYLOAD)
 						ereport(ERROR,
 								(errcode(ERRCODE_UNDEFINED_COLUMN),
 								 errmsg("option \"columns\" names \"%s\", which is not a payload column of the target",
@@ -1946,14 +820,14 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("option \"columns\" must name one column for format %s",
-								kappa_format_names[format]),
+								dec_format_names[format]),
 						 errdetail("Format %s stores the whole message in one column.",
-								   kappa_format_names[format])));
-			d->payload_col = kappa_payload_column(d, columns);
+								   dec_format_names[format])));
+			d->payload_col = dec_payload_column(d, columns);
 			break;
 	}
 
-	kappa_prepare_defaults(d, tupdesc);
+	dec_prepare_defaults(d, tupdesc);
 	d->econtext = CreateStandaloneExprContext();
 	d->scratch = AllocSetContextCreate(CurrentMemoryContext,
 									   "kappa decoder scratch",
@@ -1962,10 +836,10 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 }
 
 /*
- * kappa_option_error raises the error for an invalid option value.
+ * dec_option_error raises the error for an invalid option value.
  */
 static void
-kappa_option_error(const char *key, const char *want)
+dec_option_error(const char *key, const char *want)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1974,11 +848,11 @@ kappa_option_error(const char *key, const char *want)
 }
 
 /*
- * kappa_option_string returns a string option's value; numbers and booleans
+ * dec_option_string returns a string option's value; numbers and booleans
  * are taken as written.
  */
 static char *
-kappa_option_string(const char *key, JsonbValue *v)
+dec_option_string(const char *key, JsonbValue *v)
 {
 	switch (v->type)
 	{
@@ -1990,17 +864,17 @@ kappa_option_string(const char *key, JsonbValue *v)
 			return DatumGetCString(DirectFunctionCall1(numeric_out,
 													   NumericGetDatum(v->val.numeric)));
 		default:
-			kappa_option_error(key, "a string");
+			dec_option_error(key, "a string");
 			return NULL;		/* keep compiler quiet */
 	}
 }
 
 /*
- * kappa_option_bool reads a boolean option (true/false, or a string that
+ * dec_option_bool reads a boolean option (true/false, or a string that
  * parse_bool accepts).
  */
 static bool
-kappa_option_bool(const char *key, JsonbValue *v)
+dec_option_bool(const char *key, JsonbValue *v)
 {
 	bool		result;
 
@@ -2008,31 +882,31 @@ kappa_option_bool(const char *key, JsonbValue *v)
 		return v->val.boolean;
 	if (v->type != jbvString ||
 		!parse_bool_with_len(v->val.string.val, v->val.string.len, &result))
-		kappa_option_error(key, "a boolean");
+		dec_option_error(key, "a boolean");
 	return result;
 }
 
 /*
- * kappa_option_char reads a one-character option (a single-byte character
+ * dec_option_char reads a one-character option (a single-byte character
  * other than a line break).
  */
 static char
-kappa_option_char(const char *key, JsonbValue *v)
+dec_option_char(const char *key, JsonbValue *v)
 {
-	char	   *s = kappa_option_string(key, v);
+	char	   *s = dec_option_string(key, v);
 
 	if (strlen(s) != 1 || IS_HIGHBIT_SET(s[0]) || s[0] == '\n' || s[0] == '\r')
-		kappa_option_error(key, "a single one-byte character other than a line break");
+		dec_option_error(key, "a single one-byte character other than a line break");
 	return s[0];
 }
 
 /*
- * kappa_option_columns reads option columns given as one string of
+ * dec_option_columns reads option columns given as one string of
  * comma-separated names (SQL identifiers: unquoted names are folded to lower
  * case).  An array of names is read by the caller.
  */
 static List *
-kappa_option_columns(JsonbValue *v)
+dec_option_columns(JsonbValue *v)
 {
 	List	   *result = NIL;
 
@@ -2043,21 +917,21 @@ kappa_option_columns(JsonbValue *v)
 		ListCell   *lc;
 
 		if (!SplitIdentifierString(s, ',', &names))
-			kappa_option_error("columns", "a list of column names");
+			dec_option_error("columns", "a list of column names");
 		foreach(lc, names)
 			result = lappend(result, makeString((char *) lfirst(lc)));
 		return result;
 	}
-	kappa_option_error("columns", "an array of column names, or one string of comma-separated names");
+	dec_option_error("columns", "an array of column names, or one string of comma-separated names");
 	return NIL;
 }
 
 /*
- * kappa_option_column_array reads option columns given as an array of
+ * dec_option_column_array reads option columns given as an array of
  * column names (exact names).
  */
 static List *
-kappa_option_column_array(JsonbContainer *array)
+dec_option_column_array(JsonbContainer *array)
 {
 	List	   *result = NIL;
 	JsonbIterator *it = JsonbIteratorInit(array);
@@ -2069,7 +943,7 @@ kappa_option_column_array(JsonbContainer *array)
 		if (tok != WJB_ELEM)
 			continue;
 		if (v.type != jbvString)
-			kappa_option_error("columns", "an array of column names");
+			dec_option_error("columns", "an array of column names");
 		result = lappend(result, makeString(pnstrdup(v.val.string.val,
 													 v.val.string.len)));
 	}
@@ -2077,16 +951,16 @@ kappa_option_column_array(JsonbContainer *array)
 }
 
 /*
- * kappa_parse_options reads the format options from 'options' into the
+ * dec_parse_options reads the format options from 'options' into the
  * decoder.  Unknown options and options of another format are refused.
  */
 static void
-kappa_parse_options(KappaDecoder *d, Jsonb *options, List **columns)
+dec_parse_options(KappaDecoder *d, Jsonb *options, List **columns)
 {
 	JsonbIterator *it;
 	JsonbValue	v;
 	JsonbIteratorToken tok;
-	const char *fmt = kappa_format_names[d->format];
+	const char *fmt = dec_format_names[d->format];
 	bool		csv = (d->format == KAPPA_FORMAT_CSV);
 	bool		json = (d->format == KAPPA_FORMAT_JSON);
 	bool		is_text = (d->format == KAPPA_FORMAT_TEXT);
@@ -2114,46 +988,46 @@ kappa_parse_options(KappaDecoder *d, Jsonb *options, List **columns)
 		{
 			if (strcmp(key, "columns") != 0 ||
 				!JsonContainerIsArray(v.val.binary.data))
-				kappa_option_error(key, "a string, a number or a boolean");
+				dec_option_error(key, "a string, a number or a boolean");
 			valid = !json;
 			if (valid)
-				*columns = kappa_option_column_array(v.val.binary.data);
+				*columns = dec_option_column_array(v.val.binary.data);
 		}
 		else if (v.type == jbvNull)
 			valid = true;		/* null: the default */
 		else if (strcmp(key, "strict") == 0)
 		{
 			valid = json || csv;
-			d->strict = kappa_option_bool(key, &v);
+			d->strict = dec_option_bool(key, &v);
 		}
 		else if (strcmp(key, "header") == 0)
 		{
 			valid = csv;
-			d->header = kappa_option_bool(key, &v);
+			d->header = dec_option_bool(key, &v);
 		}
 		else if (strcmp(key, "delimiter") == 0)
 		{
 			valid = csv;
-			d->delimiter = kappa_option_char(key, &v);
+			d->delimiter = dec_option_char(key, &v);
 		}
 		else if (strcmp(key, "quote") == 0)
 		{
 			valid = csv;
-			d->quote = kappa_option_char(key, &v);
+			d->quote = dec_option_char(key, &v);
 		}
 		else if (strcmp(key, "escape") == 0)
 		{
 			valid = csv;
-			d->escape = kappa_option_char(key, &v);
+			d->escape = dec_option_char(key, &v);
 		}
 		else if (strcmp(key, "null") == 0)
 		{
 			valid = csv;
-			d->null_string = kappa_option_string(key, &v);
+			d->null_string = dec_option_string(key, &v);
 		}
 		else if (strcmp(key, "encoding") == 0)
 		{
-			char	   *name = kappa_option_string(key, &v);
+			char	   *name = dec_option_string(key, &v);
 			int			dbenc = GetDatabaseEncoding();
 
 			valid = json || csv || is_text;
@@ -2174,25 +1048,25 @@ kappa_parse_options(KappaDecoder *d, Jsonb *options, List **columns)
 		}
 		else if (strcmp(key, "time_format") == 0)
 		{
-			char	   *name = kappa_option_string(key, &v);
+			char	   *name = dec_option_string(key, &v);
 
 			valid = json || csv;
 			if (strcmp(name, "text") == 0)
-				d->time_format = KAPPA_TIME_TEXT;
+				d->time_format = DECODE_TIME_TEXT;
 			else if (strcmp(name, "epoch") == 0 || strcmp(name, "epoch_s") == 0)
-				d->time_format = KAPPA_TIME_EPOCH_S;
+				d->time_format = DECODE_TIME_EPOCH_S;
 			else if (strcmp(name, "epoch_ms") == 0)
-				d->time_format = KAPPA_TIME_EPOCH_MS;
+				d->time_format = DECODE_TIME_EPOCH_MS;
 			else if (strcmp(name, "epoch_us") == 0)
-				d->time_format = KAPPA_TIME_EPOCH_US;
+				d->time_format = DECODE_TIME_EPOCH_US;
 			else
-				kappa_option_error(key, "text, epoch_s, epoch_ms or epoch_us");
+				dec_option_error(key, "text, epoch_s, epoch_ms or epoch_us");
 		}
 		else if (strcmp(key, "columns") == 0)
 		{
 			valid = !json;
 			if (valid)
-				*columns = kappa_option_columns(&v);
+				*columns = dec_option_columns(&v);
 		}
 		else
 			ereport(ERROR,
@@ -2209,11 +1083,11 @@ kappa_parse_options(KappaDecoder *d, Jsonb *options, List **columns)
 }
 
 /*
- * kappa_preview_headers builds librdkafka headers from a jsonb object of
+ * dec_preview_headers builds librdkafka headers from a jsonb object of
  * name to value (null for a header without value), for decode_preview.
  */
 static rd_kafka_headers_t *
-kappa_preview_headers(Jsonb *headers)
+dec_preview_headers(Jsonb *headers)
 {
 	rd_kafka_headers_t *result;
 	JsonbIterator *it;
@@ -2238,7 +1112,7 @@ kappa_preview_headers(Jsonb *headers)
 				rd_kafka_header_add(result, name, -1, NULL, 0);
 			else
 			{
-				char	   *value = kappa_option_string(name, &v);
+				char	   *value = dec_option_string(name, &v);
 
 				rd_kafka_header_add(result, name, -1, value, strlen(value));
 			}
@@ -2317,7 +1191,7 @@ kappa_decode_preview(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		if (!PG_ARGISNULL(8))
-			headers = kappa_preview_headers(PG_GETARG_JSONB_P(8));
+			headers = dec_preview_headers(PG_GETARG_JSONB_P(8));
 		meta.headers = headers;
 		KappaDecode(d, payload ? VARDATA_ANY(payload) : NULL,
 					payload ? VARSIZE_ANY_EXHDR(payload) : 0,

@@ -603,15 +603,33 @@ ka_process_range(Relation rel, int lo, int hi)
 }
 
 /*
- * ka_dead_letter_text renders an error for kappa.errors: message, then
- * detail.
+ * ka_dead_letter_text renders an error for kappa.errors on one line:
+ * message, then detail, then the context lines in parentheses, separated by
+ * "; " (e.g. the decoder's "kafka message at partition 0, offset 7, field
+ * "id": "x"").
  */
 static char *
 ka_dead_letter_text(ErrorData *edata)
 {
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, edata->message ? edata->message : "error");
 	if (edata->detail)
-		return psprintf("%s: %s", edata->message ? edata->message : "error", edata->detail);
-	return pstrdup(edata->message ? edata->message : "error");
+		appendStringInfo(&buf, ": %s", edata->detail);
+	if (edata->context)
+	{
+		appendStringInfoString(&buf, " (");
+		for (const char *c = edata->context; *c; c++)
+		{
+			if (*c == '\n')
+				appendStringInfoString(&buf, "; ");
+			else
+				appendStringInfoChar(&buf, *c);
+		}
+		appendStringInfoChar(&buf, ')');
+	}
+	return buf.data;
 }
 
 /* ka_bytea copies len bytes into a new bytea. */

@@ -1,4 +1,4 @@
--- Mutation fuzzing of the message decoders (src/decode.c) through
+-- Mutation fuzzing of the message decoders (src/decode*.c) through
 -- kappa.decode_preview().  Not part of the pg_regress suite (the output is a
 -- summary, not a fixed expected file).  Run against a database that has
 -- pg_kappa:

@@ -109,6 +109,27 @@ like($node->safe_psql('postgres',
 	q{SELECT string_agg(error, ' | ') FROM kappa.errors WHERE error ~* 'max_message_bytes'}),
 	qr/exceeds max_message_bytes/, 'oversize message error');
 
+# a dead letter's error ends with the decoder's context line: the message's
+# partition and offset, and for a bad value the field and the value
+# (P and O stand for the dead letter's own partition and offset)
+sub dead_letter_error
+{
+	my ($key) = @_;
+	return $node->safe_psql('postgres', qq{
+SELECT replace(error, format('at partition %s, offset %s', partition, "offset"),
+               'at partition P, offset O')
+  FROM kappa.errors WHERE convert_from(key, 'UTF8') = '$key'});
+}
+is(dead_letter_error('k107'),
+	'invalid input syntax for type integer: "abc107" '
+	  . '(kafka message at partition P, offset O, field "id": "abc107")',
+	'dead letter of a bad value: the field and the value in the context line');
+is(dead_letter_error('k7'),
+	'kafka message is not valid JSON: The input string ended unexpectedly. '
+	  . 'The message begins with "{\"id\": 7, \"name\": \"n7\", \"amount\": ". '
+	  . '(kafka message at partition P, offset O)',
+	'dead letter of a malformed message: the message in the context line');
+
 # offsets: committed = high watermark on every partition
 kafka_wait($node,
 	q{SELECT sum(committed_offset) = sum(high_watermark) AND count(*) = 4
