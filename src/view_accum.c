@@ -274,7 +274,7 @@ KappaAccumCreate(KappaViewInfo *view, MemoryContext parent)
 
 /* Copy a transition value of 'merge''s type into 'cxt'. */
 static Datum
-datumCopyInto(Datum value, KappaAggMerge *merge, MemoryContext cxt)
+accum_datum_copy_into(Datum value, KappaAggMerge *merge, MemoryContext cxt)
 {
 	MemoryContext oldcxt;
 	Datum		copy;
@@ -541,7 +541,7 @@ KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge)
 
 /* Copy a key datum into 'cxt'. */
 static Datum
-datumCopyKey(Datum value, bool byval, int16 len, MemoryContext cxt)
+accum_datum_copy_key(Datum value, bool byval, int16 len, MemoryContext cxt)
 {
 	MemoryContext oldcxt;
 	Datum		copy;
@@ -568,7 +568,7 @@ accum_new_pushed_entry(KappaViewAccum *acc)
 
 		ae->noTrans[i] = ae->nulls[i] = pa->initValueIsNull;
 		ae->states[i] = pa->initValueIsNull || pa->shareWith >= 0 ? (Datum) 0 :
-			datumCopyInto(pa->initValue, &view->aggs[i], acc->statecxt);
+			accum_datum_copy_into(pa->initValue, &view->aggs[i], acc->statecxt);
 	}
 	acc->ngroups++;
 	return ae;
@@ -632,8 +632,8 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 			{
 				ae->keynulls[i] = probe->keynulls[i];
 				ae->keys[i] = probe->keynulls[i] ? (Datum) 0 :
-					datumCopyKey(probe->keys[i], acc->keyByVals[i],
-								 acc->keyLens[i], acc->statecxt);
+					accum_datum_copy_key(probe->keys[i], acc->keyByVals[i],
+										 acc->keyLens[i], acc->statecxt);
 			}
 			group->entry = ae;
 		}
@@ -721,7 +721,7 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 			if (ae->noTrans[i])
 			{
 				/* the first input is the initial state */
-				ae->states[i] = datumCopyInto(fcinfo->args[1].value, m, acc->statecxt);
+				ae->states[i] = accum_datum_copy_into(fcinfo->args[1].value, m, acc->statecxt);
 				ae->nulls[i] = false;
 				ae->noTrans[i] = false;
 				continue;
@@ -734,7 +734,7 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 		newVal = FunctionCallInvoke(fcinfo);
 		if (!m->transtypByVal && !fcinfo->isnull && !m->internalState &&
 			DatumGetPointer(newVal) != DatumGetPointer(ae->states[i]))
-			newVal = datumCopyInto(newVal, m, acc->statecxt);
+			newVal = accum_datum_copy_into(newVal, m, acc->statecxt);
 		ae->states[i] = newVal;
 		ae->nulls[i] = fcinfo->isnull;
 	}
