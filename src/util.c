@@ -113,12 +113,12 @@ KappaExecUtility(Node *stmt, const char *sourceText)
 }
 
 /*
- * KappaExtensionOwner returns the role that owns pg_kappa's schemas and
- * catalog tables (the role that ran CREATE EXTENSION).  pg_kappa writes its
- * catalog and creates the objects in kappa_data as this role.
+ * The role that owns pg_kappa's schemas and catalog tables (the role that
+ * ran CREATE EXTENSION).  pg_kappa writes its catalog and creates the
+ * objects in kappa_data as this role.
  */
-Oid
-KappaExtensionOwner(void)
+static Oid
+ut_extension_owner(void)
 {
 	Oid			nspid = get_namespace_oid(KAPPA_SCHEMA, true);
 	HeapTuple	tuple;
@@ -164,7 +164,7 @@ KappaBecomeUser(Oid role, KappaSavedUser *saved)
 void
 KappaBecomeExtensionOwner(KappaSavedUser *saved)
 {
-	KappaBecomeUser(KappaExtensionOwner(), saved);
+	KappaBecomeUser(ut_extension_owner(), saved);
 }
 
 /*

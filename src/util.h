@@ -29,7 +29,6 @@ typedef struct KappaSavedUser
 
 extern RangeVar *KappaMakeRangeVar(const char *name);
 extern void KappaExecSql(const char *sql);
-extern Oid	KappaExtensionOwner(void);
 extern void KappaBecomeUser(Oid role, KappaSavedUser *saved);
 extern void KappaBecomeExtensionOwner(KappaSavedUser *saved);
 extern void KappaRestoreUser(KappaSavedUser *saved);
