@@ -722,7 +722,7 @@ ka_store_offsets(void)
 	}
 	KappaConsumerRefreshWatermarks();
 	parts = KappaConsumerPartitions(&nparts, NULL);
-	next = palloc(sizeof(int64) * Max(nparts, 1));
+	next = MemoryContextAlloc(ka_apply.batch_cxt, sizeof(int64) * Max(nparts, 1));
 	for (int p = 0; p < nparts; p++)
 		next[p] = -1;
 	for (int i = 0; i < ka_apply.nmsgs; i++)

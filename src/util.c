@@ -198,18 +198,22 @@ KappaDataRelName(const char *base, const char *suffix)
  * KappaExecCatalogSql runs one statement on pg_kappa's catalog as the
  * extension's owner (see the file header); SPI must be connected.  The
  * result is in SPI_processed and SPI_tuptable.  Raises an error if the
- * statement fails.
+ * statement fails.  Like the other catalog helpers below, it returns in the
+ * caller's memory context (SPI itself returns in its procedure context,
+ * which SPI_finish frees).
  */
 void
 KappaExecCatalogSql(const char *sql, int nargs, Oid *argtypes, Datum *values,
 					const char *nulls)
 {
+	MemoryContext callercxt = CurrentMemoryContext;
 	KappaSavedUser saved;
 	int			rc;
 
 	KappaBecomeExtensionOwner(&saved);
 	rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
 	KappaRestoreUser(&saved);
+	MemoryContextSwitchTo(callercxt);
 	if (rc < 0)
 		elog(ERROR, "pg_kappa catalog statement failed: %s", SPI_result_code_string(rc));
 }
@@ -222,15 +226,18 @@ KappaExecCatalogSql(const char *sql, int nargs, Oid *argtypes, Datum *values,
 SPIPlanPtr
 KappaPrepareCatalogSql(const char *sql, int nargs, Oid *argtypes)
 {
+	MemoryContext callercxt = CurrentMemoryContext;
 	KappaSavedUser saved;
 	SPIPlanPtr	plan;
 
 	KappaBecomeExtensionOwner(&saved);
 	plan = SPI_prepare(sql, nargs, argtypes);
 	KappaRestoreUser(&saved);
+	MemoryContextSwitchTo(callercxt);
 	if (plan == NULL)
 		elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
+	MemoryContextSwitchTo(callercxt);
 	return plan;
 }
 
@@ -243,12 +250,14 @@ uint64
 KappaExecCatalogPlan(SPIPlanPtr plan, Datum *values, const char *nulls,
 					 int expected_rc)
 {
+	MemoryContext callercxt = CurrentMemoryContext;
 	KappaSavedUser saved;
 	int			rc;
 
 	KappaBecomeExtensionOwner(&saved);
 	rc = SPI_execute_plan(plan, values, nulls, false, 0);
 	KappaRestoreUser(&saved);
+	MemoryContextSwitchTo(callercxt);
 	if (rc != expected_rc)
 		elog(ERROR, "pg_kappa catalog statement failed: %s", SPI_result_code_string(rc));
 	return SPI_processed;

@@ -215,9 +215,12 @@ suite_prove_check() {
 }
 
 # No error any test provokes may be an internal one (SQLSTATE XX000): every
-# server logs its errors' SQLSTATEs (test/regress.conf, test/tap.conf).
+# server logs its errors' SQLSTATEs (test/regress.conf, test/tap.conf).  Nor
+# may any server process crash: tests kill processes only with SIGKILL
+# (signal 9), so any other signal in a log is a crash, even if the test
+# that met it passed after the restart.
 check_internal_errors() {
-    local found
+    local found crashed
     found=$(grep -rh --include='*.log' -e ' XX000 ' log output_iso/log tmp_check/log 2>/dev/null)
     if [ -n "$found" ]; then
         record "no XX000" 0 1
@@ -225,6 +228,15 @@ check_internal_errors() {
         printf '%s\n' "$found" | head -n 50
     else
         record "no XX000" 1 0
+    fi
+    crashed=$(grep -rH --include='*.log' -E 'terminated by signal [0-9]+' log output_iso/log tmp_check/log 2>/dev/null |
+        grep -v 'terminated by signal 9: Killed')
+    if [ -n "$crashed" ]; then
+        record "no crash" 0 1
+        echo "----- server processes that crashed -----"
+        printf '%s\n' "$crashed" | head -n 50
+    else
+        record "no crash" 1 0
     fi
 }
 
