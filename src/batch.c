@@ -158,7 +158,7 @@ KappaBatchCreate(Relation stream, MemoryContext parent)
 	batch->views = KappaStreamViewsGet(batch->streamRelid);
 	batch->feed = KappaViewFeedCreate(batch->views, batch->tupdesc, parent);
 	batch->pushesRows = KappaViewFeedPushes(batch->feed);
-	batch->keepRows = batch->views->retained ||
+	batch->keepRows = OidIsValid(batch->views->backingRelid) ||
 		KappaViewFeedNeedsRows(batch->feed);
 
 	/* the stream's NOT NULL and CHECK constraints, checked on every row */
@@ -332,7 +332,7 @@ batch_apply_rows(KappaBatch *batch, bool accumulate)
 	locked = KappaStreamViewsGetLocked(batch->streamRelid);
 	PG_TRY();
 	{
-		if (locked->retained && batch->nrows > 0)
+		if (OidIsValid(locked->backingRelid) && batch->nrows > 0)
 			batch_append_to_storage(batch, locked->backingRelid);
 		KappaViewFeedApply(batch->feed, locked, batch->rows, batch->nrows,
 						   accumulate);

@@ -138,8 +138,8 @@ typedef struct KappaViewInfo KappaViewInfo;
 struct KappaStreamViews
 {
 	Oid			relid;			/* the stream (foreign table) */
-	Oid			backingRelid;	/* heap of retained rows, or InvalidOid */
-	bool		retained;
+	Oid			backingRelid;	/* heap of retained rows, or InvalidOid if the
+								 * stream keeps none */
 	List	   *views;			/* of KappaViewInfo *, in view-OID order */
 	bool		valid;			/* false once invalidated */
 	MemoryContext cxt;			/* holds this entry and its views */

@@ -62,7 +62,7 @@ fdw_begin_insert_common(ResultRelInfo *rinfo, EState *estate)
 	st->estate = estate;
 	st->views = KappaStreamViewsGet(RelationGetRelid(rel));
 	st->checkConstraints = (RelationGetDescr(rel)->constr != NULL);
-	if (st->views->views != NIL || st->views->retained)
+	if (st->views->views != NIL || OidIsValid(st->views->backingRelid))
 		st->batch = KappaBatchCreate(rel, estate->es_query_cxt);
 	rinfo->ri_FdwState = st;
 }

@@ -130,7 +130,6 @@ stream_views_load(Oid relid)
 		Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 
 		KappaReadStreamRow(relid, snapshot, &entry->backingRelid);
-		entry->retained = OidIsValid(entry->backingRelid);
 		rows = KappaReadViewRows(relid, snapshot);
 		UnregisterSnapshot(snapshot);
 

@@ -328,7 +328,7 @@ kappa_create_view(PG_FUNCTION_ARGS)
 		KappaViewInfo *view = lfirst(lc);
 
 		if (view->viewRelid == viewRelid)
-			KappaViewBackfill(view, sviews->retained);
+			KappaViewBackfill(view, OidIsValid(sviews->backingRelid));
 	}
 	KappaStreamViewsRelease(sviews);
 
