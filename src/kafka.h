@@ -219,8 +219,9 @@ extern KappaDecoder *KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc,
  * KappaDecode decodes one message payload into values/nulls (arrays of
  * tupdesc->natts), filling the kafka_* metadata columns from 'meta'.  Missing
  * fields give the column default or NULL.  A message that cannot be decoded
- * raises an ERROR (errcode and errmsg say why); the caller isolates it.
- * Allocates in the current memory context.
+ * raises an ERROR (errcode and errmsg say why) whose CONTEXT line names the
+ * message (partition, offset) and the field and value being converted; the
+ * caller isolates it.  Allocates in the current memory context.
  */
 extern void KappaDecode(KappaDecoder *decoder, const char *payload, size_t len,
 						const KappaMessageMeta *meta,
