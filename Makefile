@@ -13,7 +13,7 @@ EXTENSION = pg_kappa
 # The install script of the current version is assembled from src/sql/*.sql
 # (one part per concern); upgrade scripts from released versions are in
 # src/sql/upgrade/.
-EXTVERSION = 0.2
+EXTVERSION = 0.3
 DATA_built = pg_kappa--$(EXTVERSION).sql
 DATA = $(wildcard src/sql/upgrade/pg_kappa--*--*.sql)
 PGFILEDESC = "pg_kappa - Kafka ingestion and continuous views for PostgreSQL"

@@ -1,12 +1,14 @@
 # Upgrading from pg_kappa 0.1: the released 0.1 library runs a database with
 # streams, continuous views, Kafka sources (one owned by a non-superuser,
-# one with a secret among its options) and dead letters; then the 0.2
+# one with a secret among its options) and dead letters; then the current
 # library replaces it (a restart), and ALTER EXTENSION pg_kappa UPDATE
-# brings the catalog to 0.2.  Everything is kept and keeps updating,
+# brings the catalog to the current version through every upgrade script
+# (0.1 -> 0.2 -> 0.3 ...).  Everything is kept and keeps updating,
 # exactly: views equal plain SQL over their rows, and every message produced
 # before, during and after the upgrade is applied once or is a dead letter.
-# The upgraded extension is the same as a fresh 0.2 install (its objects,
-# their definitions, columns, constraints and privileges).
+# The upgraded extension is the same as a fresh install of the current
+# version (its objects, their definitions, columns, constraints and
+# privileges).
 #
 # The 0.1 library comes from test/upgrade/pg_kappa-0.1.tar.gz, built into a
 # relocated copy of this machine's PostgreSQL by test/upgrade/old_install.sh.
@@ -18,6 +20,9 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 require "./test/t/100_kafka_common.pl";
+
+# the version this tree installs
+my ($current) = slurp_file('pg_kappa.control') =~ /default_version = '([^']+)'/;
 
 my $dir = PostgreSQL::Test::Utils::tempdir();
 my ($stdout, $stderr);
@@ -119,13 +124,13 @@ SELECT (SELECT count(*) FROM (
 produce(1, 300, 3);
 check_exact('0.1', 60);
 
-# ---------------------------------------------------------------- 0.2 library
+# ---------------------------------------------------------------- current library
 $node->stop;
-$node->{_install_path} = undef;    # this machine's PostgreSQL, with pg_kappa 0.2
+$node->{_install_path} = undef;    # this machine's PostgreSQL, with the current pg_kappa
 my $log_offset = -s $node->logfile;
 $node->start;
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa'}),
-	'0.1', 'the 0.2 library runs a 0.1 extension');
+	'0.1', 'the current library runs a 0.1 extension');
 
 # streams and views work before the update
 $node->safe_psql('postgres', q{
@@ -142,14 +147,14 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM t'), 300,
 # ---------------------------------------------------------------- update
 $node->safe_psql('postgres', 'ALTER EXTENSION pg_kappa UPDATE');
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa'}),
-	'0.2', 'updated to 0.2');
+	$current, "updated to $current");
 check_exact('after the update', 90);
 produce(401, 600, 2);
 $node->safe_psql('postgres', q{
 INSERT INTO s SELECT i, i FROM generate_series(1201, 1300) i;
 INSERT INTO s_shadow SELECT i, i FROM generate_series(1201, 1300) i;
 });
-check_exact('0.2, later messages', 60);
+check_exact("$current, later messages", 60);
 
 # each source now has a server of its own; secrets moved to a user mapping
 is($node->safe_psql('postgres', q{
