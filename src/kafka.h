@@ -235,4 +235,93 @@ extern void KappaDecode(KappaDecoder *decoder, const char *payload, size_t len,
  */
 extern bool KappaDecoderUsesTimeAndHeaders(KappaDecoder *decoder);
 
+/*
+ * How a source's messages change its target (create_kafka_source's
+ * envelope): 'none' appends every message as a row; 'upsert' and
+ * 'debezium' read keyed changelogs into a table with a primary key.
+ */
+typedef enum KappaEnvelope
+{
+	KAPPA_ENVELOPE_NONE,
+	KAPPA_ENVELOPE_UPSERT,		/* key = primary key, value = the row, a null
+								 * value (tombstone) deletes the key */
+	KAPPA_ENVELOPE_DEBEZIUM		/* Debezium change events (op c/r/u/d/t) */
+} KappaEnvelope;
+
+/* What one message of a keyed changelog does to the target. */
+typedef enum KappaChangeKind
+{
+	KAPPA_CHANGE_UPSERT,		/* insert the row, or replace the row with its
+								 * key */
+	KAPPA_CHANGE_DELETE,		/* delete the row with the key, if there is one */
+	KAPPA_CHANGE_TRUNCATE,		/* delete every row of the target */
+	KAPPA_CHANGE_NONE			/* nothing (the tombstone after a Debezium
+								 * delete) */
+} KappaChangeKind;
+
+/*
+ * One decoded change.  Arrays have one entry per attribute of the target
+ * (tupdesc->natts), are allocated by the decoder (in the context current at
+ * KappaDecodeChange) and are valid until the next call.
+ *
+ *	 - UPSERT: values/nulls are the whole new row (kafka_* metadata columns
+ *	   filled as for envelope 'none'; value columns absent from the message
+ *	   are NULL, or their default for 'debezium' inserts).  unavailable[i]
+ *	   is true where Debezium sent its unchanged-TOAST placeholder
+ *	   (__debezium_unavailable_value): the column keeps the value it has.
+ *	   If the change moved the row from another primary key (a Debezium 'u'
+ *	   whose 'before' has key columns that differ from the new ones),
+ *	   'moved' is set and old_values/old_nulls hold that old key.
+ *	 - DELETE: values/nulls hold the key columns; other entries are NULL.
+ *	 - position: the value of the source's order_by path (a numeric), when
+ *	   the source has one; has_position is false if the message lacks it.
+ */
+typedef struct KappaChange
+{
+	KappaChangeKind kind;
+	Datum	   *values;
+	bool	   *nulls;
+	bool	   *unavailable;	/* NULL when no column is unavailable */
+	bool		moved;
+	Datum	   *old_values;
+	bool	   *old_nulls;
+	bool		has_position;
+	Datum		position;		/* numeric */
+} KappaChange;
+
+/*
+ * KappaParseEnvelope maps an envelope name to KappaEnvelope, raising a clear
+ * error for an unknown one.
+ */
+extern KappaEnvelope KappaParseEnvelope(const char *name);
+
+/*
+ * KappaChangeDecoderCreate prepares decoding of a keyed changelog into rows
+ * of 'tupdesc', whose primary key is the attributes keyattnos[0 .. nkeys)
+ * (1-based).  'format' is the values' format (json for 'debezium'),
+ * 'key_format' the keys' (json or text; text needs a one-column key);
+ * 'order_by' is a dotted path into the message's value (for 'debezium',
+ * into the payload, e.g. "source.lsn"), or NULL.  Raises an error at
+ * creation when the combination cannot work (the check create_kafka_source
+ * runs).  Allocates in the current memory context.
+ */
+extern KappaDecoder *KappaChangeDecoderCreate(KappaFormat format,
+											  KappaEnvelope envelope,
+											  KappaFormat key_format,
+											  TupleDesc tupdesc,
+											  int nkeys, const AttrNumber *keyattnos,
+											  const char *order_by,
+											  Jsonb *options);
+
+/*
+ * KappaDecodeChange decodes one message of a keyed changelog: 'payload' is
+ * NULL for a tombstone (a message without a value), and the message's key
+ * is meta->key.  A message that cannot be applied (no key, an unknown op,
+ * a value that does not convert) raises an ERROR with the same context
+ * line as KappaDecode; the caller isolates it.
+ */
+extern void KappaDecodeChange(KappaDecoder *decoder, const char *payload,
+							  size_t len, const KappaMessageMeta *meta,
+							  KappaChange *change);
+
 #endif							/* KAPPA_KAFKA_H */
