@@ -19,7 +19,10 @@
 
 #include "access/tupdesc.h"
 #include "datatype/timestamp.h"
+#include "nodes/execnodes.h"
+#include "nodes/params.h"
 #include "utils/jsonb.h"
+#include "utils/relcache.h"
 
 /* What a worker does when the broker no longer holds unread messages. */
 typedef enum KappaDataLossPolicy
@@ -27,6 +30,19 @@ typedef enum KappaDataLossPolicy
 	KAPPA_DATA_LOSS_FAIL,		/* stop, naming the missing range */
 	KAPPA_DATA_LOSS_RECORD		/* record the gap in kappa.errors, go on */
 } KappaDataLossPolicy;
+
+/*
+ * How a source's messages change its target (create_kafka_source's
+ * envelope): 'none' appends every message as a row; 'upsert' and
+ * 'debezium' read keyed changelogs into a table with a primary key.
+ */
+typedef enum KappaEnvelope
+{
+	KAPPA_ENVELOPE_NONE,
+	KAPPA_ENVELOPE_UPSERT,		/* key = primary key, value = the row, a null
+								 * value (tombstone) deletes the key */
+	KAPPA_ENVELOPE_DEBEZIUM		/* Debezium change events (op c/r/u/d/t) */
+} KappaEnvelope;
 
 /*
  * A Kafka source as stored in kappa.source_catalog, with its options split
@@ -44,6 +60,9 @@ typedef struct KappaSource
 	char	   *server;			/* a kappa_kafka server, or NULL */
 	char	   *brokers;		/* or brokers, when server is NULL */
 	char	   *format;
+	KappaEnvelope envelope;
+	char	   *key_format;		/* keys of 'upsert' and 'debezium' */
+	char	   *order_by;		/* path of the ordering guard, or NULL */
 	char	   *start;
 	KappaDataLossPolicy onDataLoss;
 	int32		parallelism;
@@ -235,19 +254,6 @@ extern void KappaDecode(KappaDecoder *decoder, const char *payload, size_t len,
  */
 extern bool KappaDecoderUsesTimeAndHeaders(KappaDecoder *decoder);
 
-/*
- * How a source's messages change its target (create_kafka_source's
- * envelope): 'none' appends every message as a row; 'upsert' and
- * 'debezium' read keyed changelogs into a table with a primary key.
- */
-typedef enum KappaEnvelope
-{
-	KAPPA_ENVELOPE_NONE,
-	KAPPA_ENVELOPE_UPSERT,		/* key = primary key, value = the row, a null
-								 * value (tombstone) deletes the key */
-	KAPPA_ENVELOPE_DEBEZIUM		/* Debezium change events (op c/r/u/d/t) */
-} KappaEnvelope;
-
 /* What one message of a keyed changelog does to the target. */
 typedef enum KappaChangeKind
 {
@@ -323,5 +329,32 @@ extern KappaDecoder *KappaChangeDecoderCreate(KappaFormat format,
 extern void KappaDecodeChange(KappaDecoder *decoder, const char *payload,
 							  size_t len, const KappaMessageMeta *meta,
 							  KappaChange *change);
+
+/*
+ * in kafka_target.c: writing into a table target (KappaTargetIsSimple
+ * chooses between ExecSimpleRelation* and planned statements), and keyed
+ * changes applied to its primary key (KappaChangeSet*)
+ */
+/* A table opened for ExecSimpleRelation* writes (KappaSimpleTargetOpen). */
+typedef struct KappaSimpleTarget
+{
+	EState *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;	/* a row of the table, to write */
+	TupleTableSlot *found;	/* a row of the table, as found */
+	EPQState epq;
+} KappaSimpleTarget;
+
+typedef struct KappaChangeSet KappaChangeSet;
+
+extern bool KappaTargetIsSimple(Relation rel, bool changes);
+extern void KappaSimpleTargetOpen(KappaSimpleTarget *target, Relation rel);
+extern void KappaSimpleTargetClose(KappaSimpleTarget *target);
+extern List *KappaTargetPlan(const char *sql, Oid *argtypes, int nargs, Oid checkAsUser);
+extern void KappaTargetExec(List *plans, const char *sql, ParamListInfo params);
+extern KappaChangeSet *KappaChangeSetCreate(Relation rel, Oid checkAsUser,
+											MemoryContext parent);
+extern void KappaChangeSetAdd(KappaChangeSet *set, const KappaChange *change, int msg);
+extern void KappaChangeSetApply(KappaChangeSet *set, int *failed);
 
 #endif							/* KAPPA_KAFKA_H */

@@ -15,11 +15,15 @@
  * duplicate either.
  *
  * Rows.  KappaDecode (decode.c) turns a message into the values of a row of
- * the target, which then takes one of three insert paths behind one
- * interface (KaSink): a stream's rows go into a KappaBatch (batch.c), which
- * applies them to the stream's views; a plain table's go through
+ * the target, which then takes one of four paths behind one interface
+ * (KaSink): a stream's rows go into a KappaBatch (batch.c), which applies
+ * them to the stream's views; a plain table's go through
  * ExecSimpleRelationInsert (as logical replication's apply does); any other
- * table's through an INSERT planned once per batch.
+ * table's through an INSERT planned once per batch (kafka_target.c does
+ * both).  With envelope 'upsert' or 'debezium', KappaDecodeChange turns a
+ * message into a change of the row with its key instead, and the changes
+ * of a range go into a KappaChangeSet (kafka_target.c), which writes each
+ * key once.
  *
  * Bad messages.  A range of messages is applied in a subtransaction.  When
  * it fails in one message (decoding, type or constraint), that message
@@ -48,6 +52,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "access/genam.h"
 #include "access/relation.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -82,7 +87,8 @@ typedef enum KaPath
 {
 	KA_PATH_STREAM,				/* into a KappaBatch, then the stream's views */
 	KA_PATH_DIRECT,				/* ExecSimpleRelationInsert */
-	KA_PATH_PLANNED				/* the INSERT planned for the batch */
+	KA_PATH_PLANNED,			/* the INSERT planned for the batch */
+	KA_PATH_CHANGES				/* keyed changes, into a KappaChangeSet */
 } KaPath;
 
 /*
@@ -94,9 +100,8 @@ typedef struct KaSink
 {
 	KaPath		path;
 	KappaBatch *batch;			/* KA_PATH_STREAM */
-	EState	   *estate;			/* KA_PATH_DIRECT */
-	ResultRelInfo *rri;
-	TupleTableSlot *slot;
+	KappaSimpleTarget direct;	/* KA_PATH_DIRECT */
+	KappaChangeSet *changes;	/* KA_PATH_CHANGES */
 } KaSink;
 
 /* The apply state of this worker. */
@@ -116,6 +121,7 @@ typedef struct KaApply
 	KappaDecoder *decoder;
 	Datum	   *values;			/* the decoded message */
 	bool	   *nulls;
+	KappaChange change;			/* or the decoded change (envelopes) */
 	TupleTableSlot *stream_slot;	/* a stream row, for KappaBatchAdd */
 
 	/* the INSERT of KA_PATH_PLANNED */
@@ -157,32 +163,37 @@ KappaApplyInit(KappaSource *source, MemoryContext parent)
 }
 
 /*
- * ka_can_insert_directly tells whether rows can go into the table through
- * ExecSimpleRelationInsert (constraints, indexes, row triggers, generated
- * columns -- what logical replication's apply uses) instead of a planned
- * INSERT, about twice as fast.  Only for a plain table without what that
- * path leaves out: row-level security, rules, statement-level or
- * transition-table triggers, identity columns (the executor fills those),
- * partitions (routing).  Everything else takes the planned INSERT.
+ * ka_change_decoder makes the decoder of a keyed changelog for the target
+ * 'rel' and its primary key (which a stream, refused at creation, or a
+ * table whose key was dropped since, lacks: then every batch fails).
  */
-static bool
-ka_can_insert_directly(Relation rel)
+static KappaDecoder *
+ka_change_decoder(Relation rel)
 {
-	TupleDesc	desc = RelationGetDescr(rel);
-	TriggerDesc *trig = rel->trigdesc;
+	KappaSource *source = ka_apply.source;
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	AttrNumber	keyattnos[INDEX_MAX_KEYS];
+	int			nkeys = 0;
 
-	if (rel->rd_rel->relkind != RELKIND_RELATION ||
-		rel->rd_rel->relrowsecurity || rel->rd_rel->relhasrules)
-		return false;
-	if (trig && (trig->trig_insert_before_statement ||
-				 trig->trig_insert_after_statement ||
-				 trig->trig_insert_new_table ||
-				 trig->trig_insert_instead_row))
-		return false;
-	for (int i = 0; i < desc->natts; i++)
-		if (!TupleDescAttr(desc, i)->attisdropped && TupleDescAttr(desc, i)->attidentity)
-			return false;
-	return true;
+	if (ka_apply.is_stream || !OidIsValid(pkoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the target of kafka source \"%s\" has no primary key",
+						source->name),
+				 errdetail("A source with an envelope applies each change to the row with the message's key."),
+				 errhint("Add the primary key back, or drop the source.")));
+	{
+		Relation	pkrel = index_open(pkoid, AccessShareLock);
+
+		nkeys = pkrel->rd_index->indnkeyatts;
+		for (int i = 0; i < nkeys; i++)
+			keyattnos[i] = pkrel->rd_index->indkey.values[i];
+		index_close(pkrel, AccessShareLock);
+	}
+	return KappaChangeDecoderCreate(KappaParseFormat(source->format), source->envelope,
+									KappaParseFormat(source->key_format),
+									ka_apply.tupdesc, nkeys, keyattnos,
+									source->order_by, KappaFormatOptions(source));
 }
 
 /*
@@ -210,9 +221,12 @@ ka_prepare_target(Relation rel)
 
 		ka_apply.tupdesc = CreateTupleDescCopyConstr(desc);
 		ka_apply.is_stream = KappaIsStream(RelationGetRelid(rel));
-		ka_apply.decoder = KappaDecoderCreate(KappaParseFormat(ka_apply.source->format),
-											  ka_apply.tupdesc,
-											  KappaFormatOptions(ka_apply.source));
+		if (ka_apply.source->envelope == KAPPA_ENVELOPE_NONE)
+			ka_apply.decoder = KappaDecoderCreate(KappaParseFormat(ka_apply.source->format),
+												  ka_apply.tupdesc,
+												  KappaFormatOptions(ka_apply.source));
+		else
+			ka_apply.decoder = ka_change_decoder(rel);
 		ka_apply.values = palloc0(sizeof(Datum) * desc->natts);
 		ka_apply.nulls = palloc0(sizeof(bool) * desc->natts);
 		ka_apply.colmap = palloc0(sizeof(int) * desc->natts);
@@ -255,7 +269,9 @@ ka_prepare_target(Relation rel)
 	/* cheap, and triggers, policies or rules may come and go: every batch */
 	if (ka_apply.is_stream)
 		ka_apply.path = KA_PATH_STREAM;
-	else if (ka_can_insert_directly(rel))
+	else if (ka_apply.source->envelope != KAPPA_ENVELOPE_NONE)
+		ka_apply.path = KA_PATH_CHANGES;
+	else if (KappaTargetIsSimple(rel, false))
 		ka_apply.path = KA_PATH_DIRECT;
 	else
 		ka_apply.path = KA_PATH_PLANNED;
@@ -264,38 +280,25 @@ ka_prepare_target(Relation rel)
 
 /*
  * ka_plan_insert plans the INSERT of KA_PATH_PLANNED for this batch (in
- * batch_cxt): the privileges and row-level security policies that apply
- * are the source owner's (the result relation is checked as that role, as
- * a view checks as its owner), while the INSERT runs as the current user,
- * the target's owner.  Planned per batch, so that policies, rules and
- * triggers added meanwhile apply.
+ * batch_cxt), checked as the source's owner (KappaTargetPlan).
  */
 static void
 ka_plan_insert(void)
 {
 	MemoryContext old = MemoryContextSwitchTo(ka_apply.batch_cxt);
-	const char *sql = ka_apply.insert_sql;
-	RawStmt    *raw = linitial_node(RawStmt, raw_parser(sql, RAW_PARSE_DEFAULT));
-	Query	   *query;
-	List	   *rewritten;
 
-	query = parse_analyze_fixedparams(raw, sql, ka_apply.coltypes, ka_apply.ncols, NULL);
-	rt_fetch(query->resultRelation, query->rtable)->checkAsUser = ka_apply.source->owner;
-	rewritten = QueryRewrite(query);
-	ka_apply.insert_plans = pg_plan_queries(rewritten, sql, 0, NULL);
+	ka_apply.insert_plans = KappaTargetPlan(ka_apply.insert_sql, ka_apply.coltypes,
+											ka_apply.ncols, ka_apply.source->owner);
 	MemoryContextSwitchTo(old);
 }
 
 /*
- * ka_exec_insert runs the planned INSERT for the decoded message's values,
- * as SPI would: a new command, with a snapshot that sees the rows inserted
- * before.
+ * ka_exec_insert runs the planned INSERT for the decoded message's values.
  */
 static void
 ka_exec_insert(void)
 {
 	ParamListInfo params = makeParamList(ka_apply.ncols);
-	ListCell   *lc;
 
 	for (int c = 0; c < ka_apply.ncols; c++)
 	{
@@ -304,30 +307,7 @@ ka_exec_insert(void)
 		params->params[c].pflags = PARAM_FLAG_CONST;
 		params->params[c].ptype = ka_apply.coltypes[c];
 	}
-	foreach(lc, ka_apply.insert_plans)
-	{
-		PlannedStmt *pstmt = lfirst_node(PlannedStmt, lc);
-		QueryDesc  *qd;
-
-		CommandCounterIncrement();
-		if (pstmt->commandType == CMD_UTILITY)
-		{
-			/* a rule's NOTIFY, say */
-			ProcessUtility(pstmt, ka_apply.insert_sql, false, PROCESS_UTILITY_QUERY,
-						   params, NULL, None_Receiver, NULL);
-			continue;
-		}
-		PushCopiedSnapshot(GetActiveSnapshot());
-		UpdateActiveSnapshotCommandId();
-		qd = CreateQueryDesc(pstmt, ka_apply.insert_sql, GetActiveSnapshot(),
-							 InvalidSnapshot, None_Receiver, params, NULL, 0);
-		ExecutorStart(qd, 0);
-		ExecutorRun(qd, ForwardScanDirection, 0, true);
-		ExecutorFinish(qd);
-		ExecutorEnd(qd);
-		FreeQueryDesc(qd);
-		PopActiveSnapshot();
-	}
+	KappaTargetExec(ka_apply.insert_plans, ka_apply.insert_sql, params);
 }
 
 /*
@@ -341,25 +321,10 @@ ka_sink_open(KaSink *sink, Relation rel)
 	if (sink->path == KA_PATH_STREAM)
 		sink->batch = KappaBatchCreate(rel, ka_apply.batch_cxt);
 	else if (sink->path == KA_PATH_DIRECT)
-	{
-		RangeTblEntry *rte = makeNode(RangeTblEntry);
-		EState	   *estate = CreateExecutorState();
-
-		rte->rtekind = RTE_RELATION;
-		rte->relid = RelationGetRelid(rel);
-		rte->relkind = rel->rd_rel->relkind;
-		rte->rellockmode = RowExclusiveLock;
-		ExecInitRangeTable(estate, list_make1(rte));
-		sink->rri = makeNode(ResultRelInfo);
-		InitResultRelInfo(sink->rri, rel, 1, NULL, 0);
-		estate->es_opened_result_relations =
-			lappend(estate->es_opened_result_relations, sink->rri);
-		estate->es_output_cid = GetCurrentCommandId(true);
-		ExecOpenIndices(sink->rri, false);
-		sink->slot = table_slot_create(rel, &estate->es_tupleTable);
-		sink->estate = estate;
-		AfterTriggerBeginQuery();
-	}
+		KappaSimpleTargetOpen(&sink->direct, rel);
+	else if (sink->path == KA_PATH_CHANGES)
+		sink->changes = KappaChangeSetCreate(rel, ka_apply.source->owner,
+											 ka_apply.batch_cxt);
 }
 
 /*
@@ -391,22 +356,31 @@ ka_sink_put(KaSink *sink)
 				break;
 			}
 		case KA_PATH_DIRECT:
-			ExecClearTuple(sink->slot);
-			memcpy(sink->slot->tts_values, ka_apply.values, sizeof(Datum) * natts);
-			memcpy(sink->slot->tts_isnull, ka_apply.nulls, sizeof(bool) * natts);
-			ExecStoreVirtualTuple(sink->slot);
-			ExecSimpleRelationInsert(sink->rri, sink->estate, sink->slot);
-			ResetPerTupleExprContext(sink->estate);
-			break;
+			{
+				TupleTableSlot *slot = sink->direct.slot;
+
+				ExecClearTuple(slot);
+				memcpy(slot->tts_values, ka_apply.values, sizeof(Datum) * natts);
+				memcpy(slot->tts_isnull, ka_apply.nulls, sizeof(bool) * natts);
+				ExecStoreVirtualTuple(slot);
+				ExecSimpleRelationInsert(sink->direct.rri, sink->direct.estate, slot);
+				ResetPerTupleExprContext(sink->direct.estate);
+				break;
+			}
 		case KA_PATH_PLANNED:
 			ka_exec_insert();
+			break;
+		case KA_PATH_CHANGES:
+			KappaChangeSetAdd(sink->changes, &ka_apply.change, ka_apply.failed_index);
 			break;
 	}
 }
 
 /*
  * ka_sink_close finishes the rows: a stream's are applied to its views; a
- * table's immediate AFTER triggers (deferred constraints) fire.
+ * table's immediate AFTER triggers (deferred constraints) fire; keyed
+ * changes are applied, each key once -- an error then is the message of the
+ * change being applied (failed_index), or no single message's (-1).
  */
 static void
 ka_sink_close(KaSink *sink)
@@ -417,12 +391,9 @@ ka_sink_close(KaSink *sink)
 		KappaBatchDestroy(sink->batch);
 	}
 	else if (sink->path == KA_PATH_DIRECT)
-	{
-		AfterTriggerEndQuery(sink->estate);
-		ExecCloseIndices(sink->rri);
-		ExecResetTupleTable(sink->estate->es_tupleTable, false);
-		FreeExecutorState(sink->estate);
-	}
+		KappaSimpleTargetClose(&sink->direct);
+	else if (sink->path == KA_PATH_CHANGES)
+		KappaChangeSetApply(sink->changes, &ka_apply.failed_index);
 }
 
 /*
@@ -471,13 +442,18 @@ ka_insert_range(Relation rel, int lo, int hi)
 		}
 		meta.headers = hdrs;
 
-		KappaDecode(ka_apply.decoder, m->payload ? (const char *) m->payload : "",
-					m->payload ? m->len : 0, &meta, ka_apply.values, ka_apply.nulls);
+		if (sink.path == KA_PATH_CHANGES)
+			KappaDecodeChange(ka_apply.decoder, (const char *) m->payload,
+							  m->payload ? m->len : 0, &meta, &ka_apply.change);
+		else
+			KappaDecode(ka_apply.decoder, m->payload ? (const char *) m->payload : "",
+						m->payload ? m->len : 0, &meta, ka_apply.values, ka_apply.nulls);
 		ka_sink_put(&sink);
 		MemoryContextSwitchTo(old);
 	}
 	ka_apply.failed_index = -1;
 	ka_sink_close(&sink);
+	ka_apply.failed_index = -1;
 }
 
 /*
@@ -757,21 +733,29 @@ ka_store_offsets(void)
 }
 
 /*
- * ka_check_insert_privilege raises an error unless the source's owner may
- * INSERT into the target (into all its columns, or the table): checked per
- * batch, since the direct path checks none and a lost privilege must stop
- * the source rather than turn every message into a dead letter.
+ * ka_check_privileges raises an error unless the source's owner may INSERT
+ * into the target (into all its columns, or the table) and, for keyed
+ * changes, UPDATE and DELETE it too: checked per batch, since the direct
+ * paths check none and a lost privilege must stop the source rather than
+ * turn every message into a dead letter.
  */
 static void
-ka_check_insert_privilege(Relation rel)
+ka_check_privileges(Relation rel)
 {
 	Oid			relid = RelationGetRelid(rel);
 	Oid			owner = ka_apply.source->owner;
-	AclResult	aclresult = pg_class_aclcheck(relid, owner, ACL_INSERT);
+	AclMode		modes[3] = {ACL_INSERT, ACL_UPDATE, ACL_DELETE};
+	int			nmodes = ka_apply.source->envelope == KAPPA_ENVELOPE_NONE ? 1 : 3;
 
-	if (aclresult != ACLCHECK_OK &&
-		pg_attribute_aclcheck_all(relid, owner, ACL_INSERT, ACLMASK_ALL) != ACLCHECK_OK)
-		aclcheck_error(aclresult, OBJECT_TABLE, RelationGetRelationName(rel));
+	for (int i = 0; i < nmodes; i++)
+	{
+		AclResult	aclresult = pg_class_aclcheck(relid, owner, modes[i]);
+
+		if (aclresult != ACLCHECK_OK &&
+			(modes[i] == ACL_DELETE ||
+			 pg_attribute_aclcheck_all(relid, owner, modes[i], ACLMASK_ALL) != ACLCHECK_OK))
+			aclcheck_error(aclresult, OBJECT_TABLE, RelationGetRelationName(rel));
+	}
 }
 
 /*
@@ -809,7 +793,7 @@ KappaApplyMessages(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("the target of kafka source \"%s\" was dropped", source->name)));
-	ka_check_insert_privilege(rel);
+	ka_check_privileges(rel);
 
 	/* the target's code runs as its owner (see the file header) */
 	KappaBecomeUser(rel->rd_rel->relowner, &saved);

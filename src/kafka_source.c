@@ -25,6 +25,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/xact.h"
@@ -47,6 +48,7 @@
 #include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
@@ -57,6 +59,7 @@
 
 PG_FUNCTION_INFO_V1(kappa_create_kafka_source);
 PG_FUNCTION_INFO_V1(kappa_create_kafka_source_0_2);
+PG_FUNCTION_INFO_V1(kappa_create_kafka_source_0_3);
 PG_FUNCTION_INFO_V1(kappa_pause_source);
 PG_FUNCTION_INFO_V1(kappa_resume_source);
 PG_FUNCTION_INFO_V1(kappa_resume_source_0_2);
@@ -171,7 +174,7 @@ ksrc_apply_own_options(KappaSource *source)
  */
 #define KAPPA_SOURCE_COLUMNS \
 	"id, name, owner, target::oid, topic, server, brokers, format, start, " \
-	"on_data_loss, parallelism, options, paused"
+	"on_data_loss, parallelism, options, paused, envelope, key_format, order_by"
 
 static KappaSource *
 ksrc_source_from_spi(HeapTuple tup, TupleDesc desc)
@@ -195,6 +198,9 @@ ksrc_source_from_spi(HeapTuple tup, TupleDesc desc)
 	s->parallelism = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
 	s->options = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 12, &isnull));
 	s->paused = DatumGetBool(SPI_getbinval(tup, desc, 13, &isnull));
+	s->envelope = KappaParseEnvelope(SPI_getvalue(tup, desc, 14));
+	s->key_format = SPI_getvalue(tup, desc, 15);
+	s->order_by = SPI_getvalue(tup, desc, 16);
 	ksrc_apply_own_options(s);
 	return s;
 }
@@ -394,8 +400,9 @@ ksrc_normalize_start(const char *start)
 
 /*
  * kappa_create_kafka_source and kappa_resume_source are the C functions of
- * version 0.1's kappa.create_kafka_source and kappa.resume_source, whose
- * catalog this library no longer writes: they ask for the update.
+ * version 0.1's kappa.create_kafka_source and kappa.resume_source, and
+ * kappa_create_kafka_source_0_2 that of version 0.2's: this library no
+ * longer writes their catalogs, so they ask for the update.
  */
 Datum
 kappa_create_kafka_source(PG_FUNCTION_ARGS)
@@ -410,6 +417,12 @@ kappa_create_kafka_source(PG_FUNCTION_ARGS)
 
 Datum
 kappa_resume_source(PG_FUNCTION_ARGS)
+{
+	return kappa_create_kafka_source(fcinfo);
+}
+
+Datum
+kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 {
 	return kappa_create_kafka_source(fcinfo);
 }
@@ -445,13 +458,65 @@ ksrc_check_server_usage(ForeignServer *server, Oid role)
 }
 
 /*
+ * ksrc_check_changelog_target checks that a source with an envelope other
+ * than 'none' can apply changes to its target: a table (not a stream) with
+ * a primary key, which the caller may also UPDATE and DELETE, and whose key
+ * and value the decoder can read.
+ */
+static void
+ksrc_check_changelog_target(KappaSource *source, Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	const char *relname = RelationGetRelationName(rel);
+	Oid			pkoid;
+	Relation	pkrel;
+	AttrNumber	keyattnos[INDEX_MAX_KEYS];
+	int			nkeys;
+	AclResult	aclresult;
+
+	if (KappaIsStream(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("envelope '%s' needs a table, but \"%s\" is a stream",
+						source->envelope == KAPPA_ENVELOPE_UPSERT ? "upsert" : "debezium",
+						relname),
+				 errdetail("A stream is append-only: its rows are never updated or deleted."),
+				 errhint("Create a table with a primary key as the target, and continuous views over that table.")));
+	pkoid = RelationGetPrimaryKeyIndex(rel);
+	if (!OidIsValid(pkoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+				 errmsg("table \"%s\" has no primary key", relname),
+				 errdetail("A source with envelope '%s' applies each change to the row with the message's key.",
+						   source->envelope == KAPPA_ENVELOPE_UPSERT ? "upsert" : "debezium"),
+				 errhint("Add a primary key on the columns of the message key: ALTER TABLE %s ADD PRIMARY KEY (...).",
+						 relname)));
+	pkrel = index_open(pkoid, AccessShareLock);
+	nkeys = pkrel->rd_index->indnkeyatts;
+	for (int i = 0; i < nkeys; i++)
+		keyattnos[i] = pkrel->rd_index->indkey.values[i];
+	index_close(pkrel, AccessShareLock);
+
+	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE);
+	if (aclresult == ACLCHECK_OK)
+		aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_DELETE);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_TABLE, relname);
+
+	(void) KappaChangeDecoderCreate(KappaParseFormat(source->format), source->envelope,
+									KappaParseFormat(source->key_format),
+									RelationGetDescr(rel), nkeys, keyattnos,
+									source->order_by, KappaFormatOptions(source));
+}
+
+/*
  * kappa.create_kafka_source(name, target, topic, server, brokers, format,
- * start, on_data_loss, parallelism, options) checks everything that can be
- * checked without a broker, records the source and arranges for its
- * workers to run.
+ * start, on_data_loss, parallelism, options, envelope, key_format,
+ * order_by) checks everything that can be checked without a broker,
+ * records the source and arranges for its workers to run.
  */
 Datum
-kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
+kappa_create_kafka_source_0_3(PG_FUNCTION_ARGS)
 {
 	KappaSource *source = palloc0(sizeof(KappaSource));
 	char	   *target = ksrc_text_arg(fcinfo, 1, "target");
@@ -460,10 +525,10 @@ kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 	AclResult	aclresult;
 	rd_kafka_conf_t *conf;
 	KappaSavedUser saved;
-	Oid			argtypes[11] = {TEXTOID, OIDOID, OIDOID, TEXTOID, TEXTOID, TEXTOID,
-	TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID};
-	Datum		values[11];
-	char		nulls[11] = "           ";
+	Oid			argtypes[14] = {TEXTOID, OIDOID, OIDOID, TEXTOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[14];
+	char		nulls[14] = "              ";
 	int			rc;
 	HeapTuple	roletup;
 	ForeignServer *server = NULL;
@@ -478,6 +543,11 @@ kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 											  ksrc_text_arg(fcinfo, 7, "on_data_loss"));
 	source->parallelism = PG_ARGISNULL(8) ? 1 : PG_GETARG_INT32(8);
 	source->options = PG_ARGISNULL(9) ? NULL : PG_GETARG_JSONB_P_COPY(9);
+	source->envelope = KappaParseEnvelope(PG_ARGISNULL(10) ? "none" :
+										  ksrc_text_arg(fcinfo, 10, "envelope"));
+	source->key_format = PG_ARGISNULL(11) ? pstrdup("json") :
+		ksrc_text_arg(fcinfo, 11, "key_format");
+	source->order_by = PG_ARGISNULL(12) ? NULL : ksrc_text_arg(fcinfo, 12, "order_by");
 	source->owner = GetUserId();
 
 	if (source->name[0] == '\0' || strlen(source->name) >= NAMEDATALEN)
@@ -570,10 +640,20 @@ kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 	conf = KappaKafkaConfBuild(source);
 	rd_kafka_conf_destroy(conf);
 
-	/* the format, and whether it can fill the target's columns */
+	/* the format and envelope, and whether they can fill the target */
 	rel = relation_open(source->target, AccessShareLock);
-	(void) KappaDecoderCreate(KappaParseFormat(source->format),
-							  RelationGetDescr(rel), KappaFormatOptions(source));
+	if (source->envelope == KAPPA_ENVELOPE_NONE)
+	{
+		if (source->order_by != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("order_by needs envelope 'upsert' or 'debezium'"),
+					 errdetail("The ordering guard compares changes of the same key; envelope 'none' appends every message.")));
+		(void) KappaDecoderCreate(KappaParseFormat(source->format),
+								  RelationGetDescr(rel), KappaFormatOptions(source));
+	}
+	else
+		ksrc_check_changelog_target(source, rel);
 	relation_close(rel, AccessShareLock);
 
 	/* record it */
@@ -596,6 +676,14 @@ kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 	values[9] = Int32GetDatum(source->parallelism);
 	values[10] = source->options ? JsonbPGetDatum(source->options)
 		: DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
+	values[11] = CStringGetTextDatum(source->envelope == KAPPA_ENVELOPE_UPSERT ? "upsert" :
+									 source->envelope == KAPPA_ENVELOPE_DEBEZIUM ? "debezium" :
+									 "none");
+	values[12] = CStringGetTextDatum(source->key_format);
+	if (source->order_by)
+		values[13] = CStringGetTextDatum(source->order_by);
+	else
+		nulls[13] = 'n';
 
 	KappaBecomeExtensionOwner(&saved);
 	SPI_connect();
@@ -611,10 +699,11 @@ kappa_create_kafka_source_0_2(PG_FUNCTION_ARGS)
 	{
 		rc = SPI_execute_with_args("INSERT INTO kappa.source_catalog "
 								   "(name, owner, target, topic, server, brokers, format, start, "
-								   " on_data_loss, parallelism, options) "
-								   "VALUES ($1, $2, $3::pg_catalog.regclass, $4, $5, $6, $7, $8, $9, $10, $11) "
+								   " on_data_loss, parallelism, options, envelope, key_format, order_by) "
+								   "VALUES ($1, $2, $3::pg_catalog.regclass, $4, $5, $6, $7, $8, $9, $10, $11, "
+								   "$12, $13, $14) "
 								   "RETURNING id",
-								   11, argtypes, values, nulls, false, 1);
+								   14, argtypes, values, nulls, false, 1);
 	}
 	PG_FINALLY();
 	{

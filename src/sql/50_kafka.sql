@@ -53,7 +53,13 @@ CREATE TABLE kappa.source_catalog (
     options     jsonb NOT NULL DEFAULT '{}',
     paused      boolean NOT NULL DEFAULT false,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    CHECK ((server IS NULL) <> (brokers IS NULL))
+    CHECK ((server IS NULL) <> (brokers IS NULL)),
+    -- keyed changelogs (docs/cdc.md): none appends, upsert and debezium apply
+    -- changes to the target's primary key
+    envelope    text NOT NULL DEFAULT 'none'
+                CHECK (envelope IN ('none', 'upsert', 'debezium')),
+    key_format  text NOT NULL DEFAULT 'json',
+    order_by    text                        -- the ordering guard's path
 );
 
 -- The next offset to consume per partition.  A worker updates its rows in the
@@ -152,12 +158,15 @@ CREATE FUNCTION kappa.create_kafka_source(name text,
                                           start text DEFAULT 'earliest',
                                           on_data_loss text DEFAULT 'fail',
                                           parallelism integer DEFAULT 1,
-                                          options jsonb DEFAULT '{}')
+                                          options jsonb DEFAULT '{}',
+                                          envelope text DEFAULT 'none',
+                                          key_format text DEFAULT 'json',
+                                          order_by text DEFAULT NULL)
 RETURNS void
-AS 'MODULE_PATHNAME', 'kappa_create_kafka_source_0_2'
+AS 'MODULE_PATHNAME', 'kappa_create_kafka_source_0_3'
 LANGUAGE C CALLED ON NULL INPUT VOLATILE;
 
-COMMENT ON FUNCTION kappa.create_kafka_source(text, text, text, text, text, text, text, text, integer, jsonb) IS
+COMMENT ON FUNCTION kappa.create_kafka_source(text, text, text, text, text, text, text, text, integer, jsonb, text, text, text) IS
   'create a Kafka source: background workers consume a topic into a stream or table, exactly once';
 
 CREATE FUNCTION kappa.pause_source(name text)
@@ -271,7 +280,10 @@ SELECT s.name AS source,
        END AS last_error,
        st.last_error_at,
        kappa.mask_options(s.options, s.owner) AS options,
-       s.created_at
+       s.created_at,
+       s.envelope,
+       s.key_format,
+       s.order_by
   FROM kappa.source_catalog s
   LEFT JOIN LATERAL (
     SELECT array_agg(next_offset ORDER BY partition) AS committed_offsets,

@@ -77,7 +77,8 @@ END
 # kafka_produce($broker, $topic, \@messages, %opts): produce with kcat.
 # Messages are lines (no newline inside); opts: key_delim => '|' (each
 # message is "key|value"), partition => N, headers => ['name=value', ...],
-# batch => N (at most N messages per record batch).
+# batch => N (at most N messages per record batch), null_empty => 1 (an
+# empty key or value is sent as none: "k|" is a tombstone).
 sub kafka_produce
 {
 	my ($broker, $topic, $msgs, %opts) = @_;
@@ -86,6 +87,7 @@ sub kafka_produce
 	push @cmd, '-p', $opts{partition} if defined $opts{partition};
 	push @cmd, map { ('-H', $_) } @{ $opts{headers} // [] };
 	push @cmd, '-X', "batch.num.messages=$opts{batch}" if defined $opts{batch};
+	push @cmd, '-Z' if $opts{null_empty};
 	# spread keyless messages over the partitions one by one (librdkafka's
 	# sticky partitioner would fill one partition per batch, and the mock
 	# cluster keeps only ~5 MiB per partition)

@@ -10,3 +10,136 @@
 \echo Use "ALTER EXTENSION pg_kappa UPDATE TO '0.3'" to load this file. \quit
 
 SET LOCAL search_path = pg_catalog, pg_temp;
+
+--
+-- Kafka sources: envelopes for keyed changelogs
+--
+ALTER TABLE kappa.source_catalog
+  ADD COLUMN envelope text NOT NULL DEFAULT 'none'
+      CHECK (envelope IN ('none', 'upsert', 'debezium')),
+  ADD COLUMN key_format text NOT NULL DEFAULT 'json',
+  ADD COLUMN order_by text;
+
+DROP FUNCTION kappa.create_kafka_source(text, text, text, text, text, text, text, text, integer, jsonb);
+CREATE FUNCTION kappa.create_kafka_source(name text,
+                                          target text,
+                                          topic text,
+                                          server text DEFAULT NULL,
+                                          brokers text DEFAULT NULL,
+                                          format text DEFAULT 'json',
+                                          start text DEFAULT 'earliest',
+                                          on_data_loss text DEFAULT 'fail',
+                                          parallelism integer DEFAULT 1,
+                                          options jsonb DEFAULT '{}',
+                                          envelope text DEFAULT 'none',
+                                          key_format text DEFAULT 'json',
+                                          order_by text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'kappa_create_kafka_source_0_3'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE;
+
+COMMENT ON FUNCTION kappa.create_kafka_source(text, text, text, text, text, text, text, text, integer, jsonb, text, text, text) IS
+  'create a Kafka source: background workers consume a topic into a stream or table, exactly once';
+
+CREATE OR REPLACE VIEW kappa.sources WITH (security_barrier) AS
+SELECT s.name AS source,
+       CASE
+         WHEN s.paused THEN 'paused'
+         WHEN st.live = 0 AND st.last_state = 'failed' THEN 'failed'
+         WHEN st.live = 0 THEN 'stopped'
+         WHEN st.state = 'failed' THEN 'failed'
+         WHEN st.assigned < st.in_topic THEN 'degraded'
+         WHEN st.dead_letter_share > kappa.dead_letter_alert() THEN 'degraded'
+         ELSE st.state
+       END AS state,
+       s.owner::regrole AS owner,
+       s.target,
+       s.topic,
+       s.server,
+       s.brokers,
+       s.format,
+       s.start,
+       s.on_data_loss,
+       s.parallelism,
+       st.live AS workers,
+       st.assigned AS partitions,
+       st.in_topic AS partitions_in_topic,
+       o.committed_offsets,
+       o.high_watermarks,
+       o.lag,
+       st.messages,
+       st.bytes,
+       st.messages_per_sec,
+       st.bytes_per_sec,
+       st.dead_letters,
+       st.dead_letters_per_sec,
+       st.dead_letter_share,
+       st.recorded_gaps,
+       st.lost_messages,
+       st.last_batch_at,
+       CASE
+         WHEN NOT s.paused AND st.live > 0 AND st.state <> 'failed'
+              AND st.assigned < st.in_topic
+           THEN format('%s of %s partitions of topic "%s" are not being read%s',
+                       st.in_topic - st.assigned, st.in_topic, s.topic,
+                       coalesce(': ' || lp.problem, ''))
+         WHEN NOT s.paused AND st.live > 0 AND st.state <> 'failed'
+              AND st.dead_letter_share > kappa.dead_letter_alert()
+           THEN format('%s%% of the messages of the last minute went to kappa.errors (kappa.dead_letter_alert is %s%%)%s',
+                       round((100 * st.dead_letter_share)::numeric, 1),
+                       round((100 * kappa.dead_letter_alert())::numeric, 1),
+                       coalesce('; the last one: ' ||
+                                (SELECT d.error FROM kappa.dead_letters d
+                                  WHERE d.source_id = s.id AND d.kind = 'dead_letter'
+                                  ORDER BY d.id DESC LIMIT 1), ''))
+         WHEN NOT s.paused AND st.live = 0 AND lp.problem IS NOT NULL
+           THEN lp.problem
+         ELSE st.last_error
+       END AS last_error,
+       st.last_error_at,
+       kappa.mask_options(s.options, s.owner) AS options,
+       s.created_at,
+       s.envelope,
+       s.key_format,
+       s.order_by
+  FROM kappa.source_catalog s
+  LEFT JOIN LATERAL (
+    SELECT array_agg(next_offset ORDER BY partition) AS committed_offsets,
+           array_agg(high_watermark ORDER BY partition) AS high_watermarks,
+           sum(greatest(high_watermark - next_offset, 0))::bigint AS lag
+      FROM kappa.source_offsets WHERE source_id = s.id) o ON true
+  LEFT JOIN LATERAL (
+    SELECT string_agg(format('worker %s: %s', l.slot, l.problem), '; ' ORDER BY l.slot) AS problem
+      FROM kappa.launcher_problems() l WHERE l.source_id = s.id) lp ON true
+  LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE a.pid IS NOT NULL)::integer AS live,
+           -- the worst state among live workers
+           (array_agg(ss.state ORDER BY
+                        CASE ss.state WHEN 'running' THEN 3 WHEN 'idle' THEN 4
+                                      WHEN 'starting' THEN 2 WHEN 'failed' THEN 0
+                                      ELSE 1 END)
+              FILTER (WHERE a.pid IS NOT NULL))[1] AS state,
+           (array_agg(ss.state ORDER BY ss.updated_at DESC))[1] AS last_state,
+           coalesce(sum(cardinality(ss.partitions)) FILTER (WHERE a.pid IS NOT NULL), 0)::integer
+             AS assigned,
+           max(ss.partitions_in_topic) FILTER (WHERE a.pid IS NOT NULL) AS in_topic,
+           coalesce(sum(ss.messages), 0)::bigint AS messages,
+           coalesce(sum(ss.bytes), 0)::bigint AS bytes,
+           coalesce(sum(ss.messages_per_sec) FILTER (WHERE a.pid IS NOT NULL), 0) AS messages_per_sec,
+           coalesce(sum(ss.bytes_per_sec) FILTER (WHERE a.pid IS NOT NULL), 0) AS bytes_per_sec,
+           (SELECT count(*) FROM kappa.dead_letters d
+             WHERE d.source_id = s.id AND d.kind = 'dead_letter') AS dead_letters,
+           coalesce(sum(ss.dead_letters_per_sec) FILTER (WHERE a.pid IS NOT NULL), 0)
+             AS dead_letters_per_sec,
+           max(ss.dead_letter_share) FILTER (WHERE a.pid IS NOT NULL) AS dead_letter_share,
+           (SELECT count(*) FROM kappa.dead_letters d
+             WHERE d.source_id = s.id AND d.kind = 'gap') AS recorded_gaps,
+           (SELECT coalesce(sum(d.last_offset - d."offset" + 1), 0)::bigint FROM kappa.dead_letters d
+             WHERE d.source_id = s.id AND d.kind = 'gap') AS lost_messages,
+           max(ss.last_batch_at) AS last_batch_at,
+           (array_agg(ss.last_error ORDER BY ss.last_error_at DESC NULLS LAST))[1] AS last_error,
+           max(ss.last_error_at) AS last_error_at
+      FROM kappa.source_status ss
+      -- by pid only: other roles see no backend_type of the owner's workers
+      LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = ss.pid
+     WHERE ss.source_id = s.id) st ON true;

@@ -1,0 +1,853 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka_target.c
+ *	  Writing into the table a Kafka source feeds: rows through the
+ *	  executor's simple path or through statements checked as the source's
+ *	  owner, and keyed changes (envelopes 'upsert' and 'debezium') applied
+ *	  to the table's primary key.
+ *
+ * Two ways to write.  A plain table without statement-level triggers,
+ * transition tables, rules, row-level security or identity columns is
+ * written through ExecSimpleRelationInsert/Update/Delete, as logical
+ * replication's apply worker does: constraints, indexes and row triggers,
+ * nothing else to plan.  Every other table (partitioned, with policies, or
+ * with the triggers continuous views put on the tables they aggregate) is
+ * written by planned statements whose result relation is checked as the
+ * source's owner, so that its privileges and policies apply and statement
+ * triggers fire.
+ *
+ * Keyed changes.  A KappaChangeSet gathers the changes of a range of
+ * messages, then applies them in one go: sorted by primary key (the order
+ * concurrent writers take row locks in), each key's changes folded in offset
+ * order into one final change -- the last one wins, and Debezium's
+ * unchanged-TOAST placeholder takes the value set earlier in the batch, or
+ * the one the row has -- so the batch writes each key once.  A 't'
+ * (truncate) discards the changes before it and deletes every row first.
+ * Deletes of absent keys do nothing; upserts of present keys update them.
+ * Applying the same messages again therefore leaves the table as it is,
+ * which is what makes a replay after a crash harmless (the offsets commit
+ * with the rows anyway).
+ *
+ * Errors.  On the simple path an error while applying a key's change is
+ * that change's last message's (KappaChangeSetApply says which), so the
+ * caller makes it a dead letter and applies the range again without it,
+ * which lets the key's earlier changes apply.  The planned statements write
+ * many keys at once: an error there belongs to no single message, and the
+ * caller bisects the range.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/nbtree.h"
+#include "access/relation.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_opclass.h"
+#include "catalog/pg_operator.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "nodes/makefuncs.h"
+#include "nodes/params.h"
+#include "parser/analyze.h"
+#include "parser/parser.h"
+#include "parser/parsetree.h"
+#include "rewrite/rewriteHandler.h"
+#include "tcop/tcopprot.h"
+#include "tcop/utility.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/ruleutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+
+#include "kafka.h"
+
+/*
+ * KappaTargetIsSimple tells whether rows can go into the table through
+ * ExecSimpleRelationInsert/Update/Delete (constraints, indexes, row
+ * triggers, generated columns -- what logical replication's apply uses)
+ * instead of planned statements, about twice as fast.  Only for a plain
+ * table without what that path leaves out: row-level security, rules,
+ * statement-level or transition-table triggers of the commands it runs
+ * ('changes': also UPDATE and DELETE), identity columns (the executor
+ * fills those), partitions (routing).
+ */
+bool
+KappaTargetIsSimple(Relation rel, bool changes)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TriggerDesc *trig = rel->trigdesc;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION ||
+		rel->rd_rel->relrowsecurity || rel->rd_rel->relhasrules)
+		return false;
+	if (trig && (trig->trig_insert_before_statement ||
+				 trig->trig_insert_after_statement ||
+				 trig->trig_insert_new_table ||
+				 trig->trig_insert_instead_row))
+		return false;
+	if (changes && trig && (trig->trig_update_before_statement ||
+							trig->trig_update_after_statement ||
+							trig->trig_update_old_table ||
+							trig->trig_update_new_table ||
+							trig->trig_delete_before_statement ||
+							trig->trig_delete_after_statement ||
+							trig->trig_delete_old_table ||
+							trig->trig_truncate_before_statement ||
+							trig->trig_truncate_after_statement))
+		return false;
+	for (int i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped && TupleDescAttr(desc, i)->attidentity)
+			return false;
+	return true;
+}
+
+/*
+ * KappaSimpleTargetOpen gets 'rel' ready for ExecSimpleRelation* writes in
+ * the current command: an executor state with the table as its result
+ * relation, its indexes open, a slot of its row type, and an after-trigger
+ * query level (KappaSimpleTargetClose fires the queued AFTER triggers).
+ */
+void
+KappaSimpleTargetOpen(KappaSimpleTarget *target, Relation rel)
+{
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
+	EState	   *estate = CreateExecutorState();
+
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(rel);
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(estate, list_make1(rte));
+	target->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(target->rri, rel, 1, NULL, 0);
+	estate->es_opened_result_relations =
+		lappend(estate->es_opened_result_relations, target->rri);
+	estate->es_output_cid = GetCurrentCommandId(true);
+	ExecOpenIndices(target->rri, false);
+	target->slot = table_slot_create(rel, &estate->es_tupleTable);
+	target->found = table_slot_create(rel, &estate->es_tupleTable);
+	target->estate = estate;
+	EvalPlanQualInit(&target->epq, estate, NULL, NIL, -1);
+	AfterTriggerBeginQuery();
+}
+
+/*
+ * KappaSimpleTargetClose fires the immediate AFTER triggers of the writes
+ * (deferred constraints are made immediate by the caller) and frees the
+ * executor state.
+ */
+void
+KappaSimpleTargetClose(KappaSimpleTarget *target)
+{
+	AfterTriggerEndQuery(target->estate);
+	EvalPlanQualEnd(&target->epq);
+	ExecCloseIndices(target->rri);
+	ExecResetTupleTable(target->estate->es_tupleTable, false);
+	FreeExecutorState(target->estate);
+	target->estate = NULL;
+}
+
+/*
+ * KappaTargetPlan plans a statement on the target with parameters of
+ * 'argtypes', in the current memory context: the privileges and row-level
+ * security policies that apply to its result relation are those of
+ * 'checkAsUser' (the source's owner: checked as that role, as a view checks
+ * as its owner), while the statement runs as the current user, the
+ * target's owner.  Plan per batch, so that policies, rules and triggers
+ * added meanwhile apply.
+ */
+List *
+KappaTargetPlan(const char *sql, Oid *argtypes, int nargs, Oid checkAsUser)
+{
+	RawStmt    *raw = linitial_node(RawStmt, raw_parser(sql, RAW_PARSE_DEFAULT));
+	Query	   *query;
+	List	   *rewritten;
+
+	query = parse_analyze_fixedparams(raw, sql, argtypes, nargs, NULL);
+	rt_fetch(query->resultRelation, query->rtable)->checkAsUser = checkAsUser;
+	rewritten = QueryRewrite(query);
+	return pg_plan_queries(rewritten, sql, 0, NULL);
+}
+
+/*
+ * KappaTargetExec runs plans made by KappaTargetPlan with 'params', as SPI
+ * would: each a new command, with a snapshot that sees what was written
+ * before.
+ */
+void
+KappaTargetExec(List *plans, const char *sql, ParamListInfo params)
+{
+	ListCell   *lc;
+
+	foreach(lc, plans)
+	{
+		PlannedStmt *pstmt = lfirst_node(PlannedStmt, lc);
+		QueryDesc  *qd;
+
+		CommandCounterIncrement();
+		if (pstmt->commandType == CMD_UTILITY)
+		{
+			/* a rule's NOTIFY, say */
+			ProcessUtility(pstmt, sql, false, PROCESS_UTILITY_QUERY,
+						   params, NULL, None_Receiver, NULL);
+			continue;
+		}
+		PushCopiedSnapshot(GetActiveSnapshot());
+		UpdateActiveSnapshotCommandId();
+		qd = CreateQueryDesc(pstmt, sql, GetActiveSnapshot(),
+							 InvalidSnapshot, None_Receiver, params, NULL, 0);
+		ExecutorStart(qd, 0);
+		ExecutorRun(qd, ForwardScanDirection, 0, true);
+		ExecutorFinish(qd);
+		ExecutorEnd(qd);
+		FreeQueryDesc(qd);
+		PopActiveSnapshot();
+	}
+	CommandCounterIncrement();
+}
+
+/* ---------------------------------------------------------------- changes */
+
+/* One change of a KappaChangeSet. */
+typedef struct KtChange
+{
+	int			msg;			/* the message it came from */
+	int			seq;			/* order of arrival */
+	KappaChangeKind kind;		/* UPSERT or DELETE */
+	HeapTuple	row;			/* the new row, or the key (DELETE) */
+	bool	   *unavailable;	/* columns to keep as they are, or NULL */
+	Datum	   *key;			/* the key columns' values, in row */
+} KtChange;
+
+struct KappaChangeSet
+{
+	Relation	rel;
+	TupleDesc	desc;
+	Oid			checkAsUser;
+	MemoryContext cxt;
+	bool		simple;			/* ExecSimpleRelation*, else statements */
+
+	/* the primary key */
+	Oid			pkoid;
+	int			nkeys;
+	AttrNumber	keyattnos[INDEX_MAX_KEYS];
+	FmgrInfo	keycmp[INDEX_MAX_KEYS]; /* btree order procs */
+	Oid			keycoll[INDEX_MAX_KEYS];
+	Oid			keyeqop[INDEX_MAX_KEYS];	/* equality, for statements */
+
+	/* checking new rows against NOT NULL and CHECK constraints, if any */
+	EState	   *check_estate;
+	ResultRelInfo *check_rri;
+	TupleTableSlot *check_slot;
+
+	bool		truncate;		/* delete every row first */
+	KtChange   *changes;
+	int			nchanges;
+	int			maxchanges;
+	int			seq;
+};
+
+/*
+ * KappaChangeSetCreate starts gathering keyed changes for 'rel' (a table
+ * with a primary key, open), to be applied as the current user with
+ * statements checked as 'checkAsUser'.  Everything lives in a memory
+ * context under 'parent' that KappaChangeSetApply deletes.
+ */
+KappaChangeSet *
+KappaChangeSetCreate(Relation rel, Oid checkAsUser, MemoryContext parent)
+{
+	MemoryContext cxt = AllocSetContextCreate(parent, "pg_kappa changes",
+											  ALLOCSET_DEFAULT_SIZES);
+	KappaChangeSet *set = MemoryContextAllocZero(cxt, sizeof(KappaChangeSet));
+	Relation	pkrel;
+
+	set->rel = rel;
+	set->desc = RelationGetDescr(rel);
+	set->checkAsUser = checkAsUser;
+	set->cxt = cxt;
+	set->simple = KappaTargetIsSimple(rel, true);
+	set->pkoid = RelationGetPrimaryKeyIndex(rel);
+	if (!OidIsValid(set->pkoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+				 errmsg("table \"%s\" has no primary key", RelationGetRelationName(rel)),
+				 errhint("A source with envelope 'upsert' or 'debezium' applies each change to the row with the message's key.")));
+	pkrel = index_open(set->pkoid, AccessShareLock);
+	set->nkeys = pkrel->rd_index->indnkeyatts;
+	for (int i = 0; i < set->nkeys; i++)
+	{
+		Oid			opfamily = pkrel->rd_opfamily[i];
+		Oid			opcintype = pkrel->rd_opcintype[i];
+
+		set->keyattnos[i] = pkrel->rd_index->indkey.values[i];
+		set->keycoll[i] = pkrel->rd_indcollation[i];
+		fmgr_info_cxt(index_getprocid(pkrel, i + 1, BTORDER_PROC),
+					  &set->keycmp[i], cxt);
+		set->keyeqop[i] = get_opfamily_member(opfamily, opcintype, opcintype,
+											  BTEqualStrategyNumber);
+		if (!OidIsValid(set->keyeqop[i]))
+			elog(ERROR, "no equality operator for key column %d of \"%s\"",
+				 set->keyattnos[i], RelationGetRelationName(rel));
+	}
+	index_close(pkrel, AccessShareLock);
+
+	if (set->desc->constr &&
+		(set->desc->constr->has_not_null || set->desc->constr->num_check > 0))
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		set->check_estate = CreateExecutorState();
+		set->check_rri = makeNode(ResultRelInfo);
+		InitResultRelInfo(set->check_rri, rel, 0, NULL, 0);
+		set->check_slot = MakeSingleTupleTableSlot(set->desc, &TTSOpsVirtual);
+		MemoryContextSwitchTo(old);
+	}
+	return set;
+}
+
+/*
+ * kt_check_row raises the executor's error if the new row of an upsert
+ * violates a NOT NULL or CHECK constraint -- when the message arrives, so
+ * that such a message is a dead letter even if a later change of its key
+ * in the same batch replaces it.  A row with unavailable columns is
+ * checked when it is written.
+ */
+static void
+kt_check_row(KappaChangeSet *set, Datum *values, bool *nulls)
+{
+	TupleTableSlot *slot = set->check_slot;
+
+	ExecClearTuple(slot);
+	memcpy(slot->tts_values, values, sizeof(Datum) * set->desc->natts);
+	memcpy(slot->tts_isnull, nulls, sizeof(bool) * set->desc->natts);
+	ExecStoreVirtualTuple(slot);
+	ExecConstraints(set->check_rri, slot, set->check_estate);
+	ResetPerTupleExprContext(set->check_estate);
+	ExecClearTuple(slot);
+}
+
+/*
+ * kt_add stores one UPSERT or DELETE of 'values'/'nulls' (in the target's
+ * row type) coming from message 'msg'.
+ */
+static void
+kt_add(KappaChangeSet *set, KappaChangeKind kind, Datum *values, bool *nulls,
+	   const bool *unavailable, int msg)
+{
+	MemoryContext old = MemoryContextSwitchTo(set->cxt);
+	KtChange   *c;
+	bool		isnull;
+
+	for (int i = 0; i < set->nkeys; i++)
+		if (nulls[set->keyattnos[i] - 1])
+			ereport(ERROR,
+					(errcode(ERRCODE_NOT_NULL_VIOLATION),
+					 errmsg("the message has no value for key column \"%s\"",
+							NameStr(TupleDescAttr(set->desc, set->keyattnos[i] - 1)->attname)),
+					 errdetail("A change is applied to the row with the message's primary key.")));
+	if (set->nchanges == set->maxchanges)
+	{
+		set->maxchanges = Max(64, set->maxchanges * 2);
+		set->changes = set->changes ?
+			repalloc(set->changes, sizeof(KtChange) * set->maxchanges) :
+			palloc(sizeof(KtChange) * set->maxchanges);
+	}
+	c = &set->changes[set->nchanges++];
+	c->msg = msg;
+	c->seq = set->seq++;
+	c->kind = kind;
+	c->row = heap_form_tuple(set->desc, values, nulls);
+	c->unavailable = NULL;
+	if (unavailable)
+	{
+		c->unavailable = palloc(sizeof(bool) * set->desc->natts);
+		memcpy(c->unavailable, unavailable, sizeof(bool) * set->desc->natts);
+	}
+	c->key = palloc(sizeof(Datum) * set->nkeys);
+	for (int i = 0; i < set->nkeys; i++)
+		c->key[i] = heap_getattr(c->row, set->keyattnos[i], set->desc, &isnull);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * KappaChangeSetAdd adds the decoded change of message 'msg' (see
+ * KappaChange in kafka.h).  Raises an error, which is the message's, if a
+ * key column is null.
+ */
+void
+KappaChangeSetAdd(KappaChangeSet *set, const KappaChange *change, int msg)
+{
+	switch (change->kind)
+	{
+		case KAPPA_CHANGE_NONE:
+			break;
+		case KAPPA_CHANGE_TRUNCATE:
+			/* what came before is deleted anyway */
+			set->truncate = true;
+			set->nchanges = 0;
+			break;
+		case KAPPA_CHANGE_DELETE:
+			kt_add(set, KAPPA_CHANGE_DELETE, change->values, change->nulls, NULL, msg);
+			break;
+		case KAPPA_CHANGE_UPSERT:
+			if (change->moved)
+			{
+				Datum	   *values = palloc0(sizeof(Datum) * set->desc->natts);
+				bool	   *nulls = palloc(sizeof(bool) * set->desc->natts);
+
+				memset(nulls, true, sizeof(bool) * set->desc->natts);
+				for (int i = 0; i < set->nkeys; i++)
+				{
+					int			a = set->keyattnos[i] - 1;
+
+					values[a] = change->old_values[a];
+					nulls[a] = change->old_nulls[a];
+				}
+				kt_add(set, KAPPA_CHANGE_DELETE, values, nulls, NULL, msg);
+			}
+			if (set->check_rri && change->unavailable == NULL)
+				kt_check_row(set, change->values, change->nulls);
+			kt_add(set, KAPPA_CHANGE_UPSERT, change->values, change->nulls,
+				   change->unavailable, msg);
+			break;
+	}
+}
+
+/* kt_compare_keys orders changes by key, then by arrival. */
+static int
+kt_compare_keys(const void *a, const void *b, void *arg)
+{
+	const KtChange *ca = a;
+	const KtChange *cb = b;
+	KappaChangeSet *set = arg;
+
+	for (int i = 0; i < set->nkeys; i++)
+	{
+		int32		r = DatumGetInt32(FunctionCall2Coll(&set->keycmp[i], set->keycoll[i],
+														ca->key[i], cb->key[i]));
+
+		if (r != 0)
+			return r;
+	}
+	return ca->seq < cb->seq ? -1 : ca->seq > cb->seq ? 1 : 0;
+}
+
+/* kt_same_key tells whether two changes have the same key. */
+static bool
+kt_same_key(KappaChangeSet *set, const KtChange *a, const KtChange *b)
+{
+	for (int i = 0; i < set->nkeys; i++)
+		if (DatumGetInt32(FunctionCall2Coll(&set->keycmp[i], set->keycoll[i],
+											a->key[i], b->key[i])) != 0)
+			return false;
+	return true;
+}
+
+/*
+ * kt_fold folds changes [lo, hi) of one key, in arrival order, into the
+ * last one (returned): an UPSERT with unavailable columns takes their
+ * values from the UPSERT before it, or NULL after a DELETE; only what no
+ * earlier change of the batch decides stays unavailable.
+ */
+static KtChange *
+kt_fold(KappaChangeSet *set, int lo, int hi)
+{
+	KtChange   *prev = NULL;
+	int			natts = set->desc->natts;
+
+	for (int i = lo; i < hi; i++)
+	{
+		KtChange   *c = &set->changes[i];
+
+		if (c->kind == KAPPA_CHANGE_UPSERT && c->unavailable && prev)
+		{
+			Datum	   *values = palloc(sizeof(Datum) * natts);
+			bool	   *nulls = palloc(sizeof(bool) * natts);
+			Datum	   *pvalues = palloc(sizeof(Datum) * natts);
+			bool	   *pnulls = palloc(sizeof(bool) * natts);
+
+			heap_deform_tuple(c->row, set->desc, values, nulls);
+			heap_deform_tuple(prev->row, set->desc, pvalues, pnulls);
+			for (int a = 0; a < natts; a++)
+			{
+				if (!c->unavailable[a])
+					continue;
+				if (prev->kind == KAPPA_CHANGE_UPSERT &&
+					!(prev->unavailable && prev->unavailable[a]))
+				{
+					values[a] = pvalues[a];
+					nulls[a] = pnulls[a];
+					c->unavailable[a] = false;
+				}
+				else if (prev->kind == KAPPA_CHANGE_DELETE)
+				{
+					nulls[a] = true;
+					c->unavailable[a] = false;
+				}
+				/* else still unknown: the row's value decides */
+			}
+			c->row = heap_form_tuple(set->desc, values, nulls);
+		}
+		prev = c;
+	}
+	return prev;
+}
+
+/*
+ * kt_apply_simple applies the final change of every key through
+ * ExecSimpleRelation*.  Sets *failed to the message of a change that is
+ * being applied, for the caller's error handling.
+ */
+static void
+kt_apply_simple(KappaChangeSet *set, KtChange **finals, int nfinals, int *failed)
+{
+	KappaSimpleTarget target;
+	int			natts = set->desc->natts;
+
+	KappaSimpleTargetOpen(&target, set->rel);
+	for (int f = 0; f < nfinals; f++)
+	{
+		KtChange   *c = finals[f];
+		TupleTableSlot *slot = target.slot;
+		bool		found;
+
+		*failed = c->msg;
+		ExecClearTuple(slot);
+		heap_deform_tuple(c->row, set->desc, slot->tts_values, slot->tts_isnull);
+		ExecStoreVirtualTuple(slot);
+		found = RelationFindReplTupleByIndex(set->rel, set->pkoid, LockTupleExclusive,
+											 slot, target.found);
+		if (c->kind == KAPPA_CHANGE_DELETE)
+		{
+			if (found)
+				ExecSimpleRelationDelete(target.rri, target.estate, &target.epq,
+										 target.found);
+		}
+		else
+		{
+			if (c->unavailable)
+			{
+				slot_getallattrs(target.found);
+				for (int a = 0; a < natts; a++)
+				{
+					if (!c->unavailable[a])
+						continue;
+					slot->tts_values[a] = found ? target.found->tts_values[a] : (Datum) 0;
+					slot->tts_isnull[a] = found ? target.found->tts_isnull[a] : true;
+				}
+			}
+			if (found)
+				ExecSimpleRelationUpdate(target.rri, target.estate, &target.epq,
+										 target.found, slot);
+			else
+				ExecSimpleRelationInsert(target.rri, target.estate, slot);
+		}
+		ResetPerTupleExprContext(target.estate);
+	}
+	*failed = -1;
+	KappaSimpleTargetClose(&target);
+}
+
+/*
+ * kt_key_condition appends "l.k1 OPERATOR(s.=) r.k1 AND ..." for the
+ * primary key, with every operator schema-qualified (as the foreign-key
+ * triggers write theirs).
+ */
+static void
+kt_key_condition(KappaChangeSet *set, StringInfo sql, const char *left,
+				 const char *right)
+{
+	for (int i = 0; i < set->nkeys; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(set->desc, set->keyattnos[i] - 1);
+		const char *col = quote_identifier(NameStr(att->attname));
+		char	   *l = psprintf("%s.%s", left, col);
+		char	   *r = psprintf("%s.%s", right, col);
+
+		if (i > 0)
+			appendStringInfoString(sql, " AND ");
+		generate_operator_clause(sql, l, att->atttypid, set->keyeqop[i],
+								 r, att->atttypid);
+	}
+}
+
+/*
+ * kt_rows_param makes a parameter of the rows of 'changes' as an array of
+ * the table's row type.
+ */
+static void
+kt_rows_param(KappaChangeSet *set, KtChange **changes, int n, ParamExternData *param)
+{
+	Oid			rowtype = RelationGetForm(set->rel)->reltype;
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	for (int i = 0; i < n; i++)
+		elems[i] = heap_copy_tuple_as_datum(changes[i]->row, set->desc);
+	get_typlenbyvalalign(rowtype, &typlen, &typbyval, &typalign);
+	param->value = PointerGetDatum(construct_array(elems, n, rowtype, typlen,
+												   typbyval, typalign));
+	param->isnull = false;
+	param->pflags = PARAM_FLAG_CONST;
+	param->ptype = get_array_type(rowtype);
+}
+
+/* kt_table_name is the table's schema-qualified, quoted name. */
+static char *
+kt_table_name(Relation rel)
+{
+	return quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+									  RelationGetRelationName(rel));
+}
+
+/*
+ * kt_exec_rows plans 'sql' (whose $1 is an array of the table's row type)
+ * as the source's owner and runs it for 'changes'.
+ */
+static void
+kt_exec_rows(KappaChangeSet *set, const char *sql, KtChange **changes, int n)
+{
+	ParamListInfo params = makeParamList(1);
+	Oid			argtype = get_array_type(RelationGetForm(set->rel)->reltype);
+
+	kt_rows_param(set, changes, n, &params->params[0]);
+	KappaTargetExec(KappaTargetPlan(sql, &argtype, 1, set->checkAsUser), sql, params);
+}
+
+/*
+ * kt_resolve_unavailable fills the columns of upserts that are still
+ * unavailable (TOAST placeholders no earlier change of the batch decides)
+ * from the rows the table has, or NULL where it has none.  Reads as the
+ * current user, the target's owner.
+ */
+static void
+kt_resolve_unavailable(KappaChangeSet *set, KtChange **finals, int nfinals)
+{
+	KtChange  **pending = palloc(sizeof(KtChange *) * Max(nfinals, 1));
+	int			npending = 0;
+	int			natts = set->desc->natts;
+	StringInfoData sql;
+	ParamListInfo params;
+	Oid			argtype = get_array_type(RelationGetForm(set->rel)->reltype);
+	Portal		portal;
+	SPIPlanPtr	plan;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	for (int f = 0; f < nfinals; f++)
+		if (finals[f]->kind == KAPPA_CHANGE_UPSERT && finals[f]->unavailable)
+			pending[npending++] = finals[f];
+	if (npending == 0)
+		return;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT t.* FROM %s AS t, pg_catalog.unnest($1) AS d WHERE ",
+					 kt_table_name(set->rel));
+	kt_key_condition(set, &sql, "t", "d");
+	params = makeParamList(1);
+	kt_rows_param(set, pending, npending, &params->params[0]);
+
+	plan = SPI_prepare(sql.data, 1, &argtype);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\": %s", sql.data,
+			 SPI_result_code_string(SPI_result));
+	portal = SPI_cursor_open_with_paramlist(NULL, plan, params, true);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 1000);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	cur = SPI_tuptable->vals[r];
+			Datum	   *cvalues = palloc(sizeof(Datum) * natts);
+			bool	   *cnulls = palloc(sizeof(bool) * natts);
+			KtChange	probe;
+			bool		isnull;
+
+			probe.key = palloc(sizeof(Datum) * set->nkeys);
+			for (int i = 0; i < set->nkeys; i++)
+				probe.key[i] = SPI_getbinval(cur, SPI_tuptable->tupdesc,
+											 set->keyattnos[i], &isnull);
+			heap_deform_tuple(cur, SPI_tuptable->tupdesc, cvalues, cnulls);
+			for (int p = 0; p < npending; p++)
+			{
+				KtChange   *c = pending[p];
+				Datum	   *values;
+				bool	   *nulls;
+				MemoryContext old;
+
+				if (c->unavailable == NULL || !kt_same_key(set, c, &probe))
+					continue;
+				old = MemoryContextSwitchTo(cxt);
+				values = palloc(sizeof(Datum) * natts);
+				nulls = palloc(sizeof(bool) * natts);
+				heap_deform_tuple(c->row, set->desc, values, nulls);
+				for (int a = 0; a < natts; a++)
+					if (c->unavailable[a])
+					{
+						values[a] = cvalues[a];
+						nulls[a] = cnulls[a];
+					}
+				c->row = heap_form_tuple(set->desc, values, nulls);
+				c->unavailable = NULL;
+				MemoryContextSwitchTo(old);
+				break;
+			}
+		}
+	}
+	SPI_cursor_close(portal);
+	SPI_freeplan(plan);
+
+	/* no row: the columns are NULL (the row's form already says so) */
+	for (int p = 0; p < npending; p++)
+		pending[p]->unavailable = NULL;
+}
+
+/*
+ * kt_apply_statements applies the final changes with two statements
+ * planned as the source's owner: one DELETE of the deleted keys, one
+ * INSERT ... ON CONFLICT DO UPDATE of the others.
+ */
+static void
+kt_apply_statements(KappaChangeSet *set, KtChange **finals, int nfinals)
+{
+	KtChange  **deletes = palloc(sizeof(KtChange *) * Max(nfinals, 1));
+	KtChange  **upserts = palloc(sizeof(KtChange *) * Max(nfinals, 1));
+	int			ndeletes = 0;
+	int			nupserts = 0;
+	StringInfoData sql;
+	TupleDesc	desc = set->desc;
+	bool		first;
+
+	kt_resolve_unavailable(set, finals, nfinals);
+	for (int f = 0; f < nfinals; f++)
+	{
+		if (finals[f]->kind == KAPPA_CHANGE_DELETE)
+			deletes[ndeletes++] = finals[f];
+		else
+			upserts[nupserts++] = finals[f];
+	}
+
+	initStringInfo(&sql);
+	if (ndeletes > 0)
+	{
+		appendStringInfo(&sql, "DELETE FROM %s AS t USING pg_catalog.unnest($1) AS d WHERE ",
+						 kt_table_name(set->rel));
+		kt_key_condition(set, &sql, "t", "d");
+		kt_exec_rows(set, sql.data, deletes, ndeletes);
+	}
+	if (nupserts > 0)
+	{
+		StringInfoData cols;
+		StringInfoData sets;
+
+		initStringInfo(&cols);
+		initStringInfo(&sets);
+		first = true;
+		for (int a = 0; a < desc->natts; a++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, a);
+			const char *name = quote_identifier(NameStr(att->attname));
+			bool		iskey = false;
+
+			if (att->attisdropped || att->attgenerated)
+				continue;
+			appendStringInfo(&cols, "%s%s", first ? "" : ", ", name);
+			for (int i = 0; i < set->nkeys; i++)
+				iskey |= (set->keyattnos[i] == a + 1);
+			if (!iskey)
+				appendStringInfo(&sets, "%s%s = EXCLUDED.%s", sets.len ? ", " : "",
+								 name, name);
+			first = false;
+		}
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE SELECT ",
+						 kt_table_name(set->rel), cols.data);
+		first = true;
+		for (int a = 0; a < desc->natts; a++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, a);
+
+			if (att->attisdropped || att->attgenerated)
+				continue;
+			appendStringInfo(&sql, "%sd.%s", first ? "" : ", ",
+							 quote_identifier(NameStr(att->attname)));
+			first = false;
+		}
+		appendStringInfoString(&sql, " FROM pg_catalog.unnest($1) AS d ON CONFLICT (");
+		for (int i = 0; i < set->nkeys; i++)
+			appendStringInfo(&sql, "%s%s", i ? ", " : "",
+							 quote_identifier(NameStr(TupleDescAttr(desc, set->keyattnos[i] - 1)->attname)));
+		if (sets.len > 0)
+			appendStringInfo(&sql, ") DO UPDATE SET %s", sets.data);
+		else
+			appendStringInfoString(&sql, ") DO NOTHING");
+		kt_exec_rows(set, sql.data, upserts, nupserts);
+	}
+}
+
+/*
+ * kt_truncate deletes every row of the target (a Debezium 't'), as a
+ * DELETE checked as the source's owner: readers are not blocked, and the
+ * target's delete triggers (and the views over it) see the rows go.
+ */
+static void
+kt_truncate(KappaChangeSet *set)
+{
+	char	   *sql = psprintf("DELETE FROM %s", kt_table_name(set->rel));
+
+	KappaTargetExec(KappaTargetPlan(sql, NULL, 0, set->checkAsUser), sql, NULL);
+}
+
+/*
+ * KappaChangeSetApply applies the changes gathered (see the file header)
+ * and frees the set.  While the simple path applies a key's change,
+ * *failed is the message the change came from; otherwise -1.
+ */
+void
+KappaChangeSetApply(KappaChangeSet *set, int *failed)
+{
+	MemoryContext old = MemoryContextSwitchTo(set->cxt);
+	KtChange  **finals;
+	int			nfinals = 0;
+
+	*failed = -1;
+	if (set->truncate)
+		kt_truncate(set);
+
+	qsort_arg(set->changes, set->nchanges, sizeof(KtChange), kt_compare_keys, set);
+	finals = palloc(sizeof(KtChange *) * Max(set->nchanges, 1));
+	for (int lo = 0; lo < set->nchanges;)
+	{
+		int			hi = lo + 1;
+
+		while (hi < set->nchanges &&
+			   kt_same_key(set, &set->changes[lo], &set->changes[hi]))
+			hi++;
+		finals[nfinals++] = kt_fold(set, lo, hi);
+		lo = hi;
+	}
+	if (nfinals > 0 && set->simple)
+		kt_apply_simple(set, finals, nfinals, failed);
+	else if (nfinals > 0)
+		kt_apply_statements(set, finals, nfinals);
+	MemoryContextSwitchTo(old);
+	if (set->check_estate)
+	{
+		ExecDropSingleTupleTableSlot(set->check_slot);
+		FreeExecutorState(set->check_estate);
+	}
+	MemoryContextDelete(set->cxt);
+}
