@@ -24,7 +24,7 @@
  * KappaDecode checks and converts the payload's encoding, stores a text or
  * bytea message itself and hands a json or csv one to its parser
  * (decode_json.c, decode_csv.c); both parsers and this file convert values
- * with decode_value.c.  See decode_internal.h for the map of the four files.
+ * with decode_value.c.  See decode_internal.h for the map of the decoder's files.
  *
  * Errors: a message that cannot be decoded raises ERROR with an errcode and
  * an errmsg; the decoder's own errors have an errdetail that shows a
@@ -125,15 +125,15 @@ dec_hex_sample(const char *data, size_t len, size_t offset)
 }
 
 /*
- * dec_to_server checks that 'data' is valid in the payload encoding and
+ * DecodeToServer checks that 'data' is valid in the payload encoding and
  * returns it in the database encoding, NUL-terminated unless *outlen tells
  * otherwise ('data' itself when no conversion is needed).  'what' names the
  * part of the message for the error ("payload", "key").  Raises an error for
  * bytes that are not valid text (a NUL byte included).
  */
-static char *
-dec_to_server(KappaDecoder *d, const char *data, size_t len,
-			  const char *what, int *outlen)
+char *
+DecodeToServer(KappaDecoder *d, const char *data, size_t len,
+			   const char *what, int *outlen)
 {
 	int			dbenc = GetDatabaseEncoding();
 	int			valid;
@@ -182,7 +182,7 @@ dec_headers_text(KappaDecoder *d, const char *data, size_t len, int *outlen)
 	if (len < MaxAllocSize &&
 		pg_encoding_verifymbstr(d->encoding, data, (int) len) == (int) len)
 	{
-		char	   *s = dec_to_server(d, data, len, "header", outlen);
+		char	   *s = DecodeToServer(d, data, len, "header", outlen);
 
 		return s;
 	}
@@ -282,7 +282,7 @@ dec_fill_meta(KappaDecoder *d, int i, const KappaMessageMeta *meta,
 			{
 				DecodeWhere where = {NULL, 0, "key"};
 				int			len;
-				char	   *s = dec_to_server(d, meta->key, meta->keylen,
+				char	   *s = DecodeToServer(d, meta->key, meta->keylen,
 											  "key", &len);
 
 				if (s == meta->key)
@@ -387,7 +387,7 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 		case KAPPA_FORMAT_CSV:
 			{
 				int			slen;
-				char	   *s = dec_to_server(d, payload, len, "payload", &slen);
+				char	   *s = DecodeToServer(d, payload, len, "payload", &slen);
 
 				if (d->format == KAPPA_FORMAT_JSON)
 					DecodeJson(d, s, slen, values, nulls);
@@ -399,7 +399,7 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 			{
 				DecodeWhere where = {NULL, 0, "payload"};
 				int			slen;
-				char	   *s = dec_to_server(d, payload, len, "payload", &slen);
+				char	   *s = DecodeToServer(d, payload, len, "payload", &slen);
 
 				if (s == payload)
 					s = pnstrdup(s, slen);
@@ -426,8 +426,25 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 			}
 	}
 
-	/* metadata, and defaults for payload columns without a value */
 	MemoryContextSwitchTo(outcxt);
+	DecodeFinishRow(d, meta, values, nulls);
+
+	error_context_stack = errcallback.previous;
+}
+
+/*
+ * DecodeFinishRow completes a row decoded from a message, in the caller's
+ * memory context: the metadata columns from 'meta', and for each payload
+ * column the message had no value for, its default (or NULL; only NULL, and
+ * its domain's check, with d->absent_null).  Used by KappaDecode and by the
+ * keyed changelogs (decode_change.c), under their error context callback.
+ */
+void
+DecodeFinishRow(KappaDecoder *d, const KappaMessageMeta *meta,
+				Datum *values, bool *nulls)
+{
+	MemoryContext outcxt = CurrentMemoryContext;
+
 	for (int i = 0; i < d->natts; i++)
 	{
 		DecodeColumn *col = &d->cols[i];
@@ -438,6 +455,15 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 			dec_fill_meta(d, i, meta, values, nulls);
 		else if (d->filled[i])
 			continue;
+		else if (d->absent_null)
+		{
+			if (col->is_domain)
+			{
+				MemoryContextSwitchTo(d->scratch);
+				DecodeSetNull(d, i, NULL, values, nulls);
+				MemoryContextSwitchTo(outcxt);
+			}
+		}
 		else if (col->defstate != NULL)
 		{
 			Datum		v = ExecEvalExprSwitchContext(col->defstate, d->econtext,
@@ -458,8 +484,6 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 			MemoryContextSwitchTo(outcxt);
 		}
 	}
-
-	error_context_stack = errcallback.previous;
 }
 
 /*
@@ -685,6 +709,19 @@ dec_payload_column(KappaDecoder *d, List *columns)
 KappaDecoder *
 KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 {
+	return DecodeCreate(format, tupdesc, options, false);
+}
+
+/*
+ * DecodeCreate is KappaDecoderCreate; with 'keyed', identity columns are
+ * payload columns (a keyed changelog carries the source's values of them,
+ * the primary key's above all) and payload columns without a value are
+ * NULL, not their default (d->absent_null).
+ */
+KappaDecoder *
+DecodeCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options,
+			 bool keyed)
+{
 	KappaDecoder *d = palloc0(sizeof(KappaDecoder));
 	HASHCTL		hctl;
 	List	   *columns = NIL;
@@ -694,6 +731,7 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 		elog(ERROR, "invalid Kafka message format %d", (int) format);
 
 	d->format = format;
+	d->absent_null = keyed;
 	d->natts = tupdesc->natts;
 	d->cols = palloc0(sizeof(DecodeColumn) * Max(d->natts, 1));
 	d->filled = palloc0(sizeof(bool) * Max(d->natts, 1));
@@ -740,7 +778,7 @@ KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options)
 		entry->index = i;
 
 		col->kind = dec_meta_kind(col->name);
-		if (att->attgenerated || att->attidentity)
+		if (att->attgenerated || (att->attidentity && !keyed))
 			col->kind = DECODE_COL_SKIP;	/* filled by the executor */
 		dec_check_meta_type(col);
 		if (col->kind == DECODE_COL_SKIP)

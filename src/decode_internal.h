@@ -2,7 +2,7 @@
  *
  * decode_internal.h
  *	  Private declarations of the message decoders: the state of a decoder
- *	  and the functions its four files call one another with.  The public
+ *	  and the functions its five files call one another with.  The public
  *	  API (KappaDecoderCreate, KappaDecode) is in kafka.h.
  *
  * The decoders are split the way COPY FROM is split into copyfrom.c and
@@ -12,6 +12,11 @@
  *					KappaDecode (text and bytea itself, json and csv by the
  *					parsers below), the kafka_* metadata columns and
  *					kappa.decode_preview()
+ *	decode_change.c	keyed changelogs (envelopes upsert and debezium):
+ *					KappaChangeDecoderCreate, KappaDecodeChange, the
+ *					Debezium value encodings and
+ *					kappa.decode_change_preview(); it calls decode.c
+ *					for the row of an upsert and for the metadata
  *	decode_json.c	JSON messages
  *	decode_csv.c	CSV messages
  *	decode_value.c	what both parsers share: a field's text to the Datum
@@ -19,8 +24,9 @@
  *					NULLs, column lookup by name, samples of bad values and
  *					the error context line
  *
- * Calls go one way: decode.c calls decode_json.c and decode_csv.c, and all
- * three call decode_value.c; none calls back up.
+ * Calls go one way: decode_change.c calls decode.c, decode.c calls
+ * decode_json.c and decode_csv.c, and all of them call decode_value.c;
+ * none calls back up.
  *
  *-------------------------------------------------------------------------
  */
@@ -137,6 +143,10 @@ struct KappaDecoder
 	int		   *field_cols;		/* csv without header: column per field */
 	int			nfield_cols;
 	int			payload_col;	/* text and bytea: the column */
+	bool		absent_null;	/* payload columns without a value are NULL,
+								 * not their default (keyed changelogs) */
+	struct DecodeChange *change;	/* keyed changelogs: decode_change.c's
+									 * state, else NULL */
 
 	/* per message */
 	bool	   *filled;
@@ -156,6 +166,14 @@ struct KappaDecoder
 	DecodeJsonField json_fields[DECODE_JSON_FIELDS];
 	StringInfoData json_token;	/* a scalar token, NUL-terminated */
 };
+
+/* in decode.c */
+extern KappaDecoder *DecodeCreate(KappaFormat format, TupleDesc tupdesc,
+								  Jsonb *options, bool keyed);
+extern char *DecodeToServer(KappaDecoder *d, const char *data, size_t len,
+							const char *what, int *outlen);
+extern void DecodeFinishRow(KappaDecoder *d, const KappaMessageMeta *meta,
+							Datum *values, bool *nulls);
 
 /* in decode_json.c */
 extern void DecodeJson(KappaDecoder *d, char *data, int len,
