@@ -928,6 +928,12 @@ dchg_set(KappaDecoder *d, int col, char *fname, DchgValue *v,
 			DecodeSetValue(d, col, v->str, v->slen, &where, values, nulls);
 			return;
 		case DCHG_ENC_DECIMAL:
+			if (scale < -NUMERIC_MAX_DISPLAY_SCALE || scale > NUMERIC_MAX_DISPLAY_SCALE)
+				ereport(ERROR,
+						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+						 errmsg("scale %d of field \"%s\" is out of range", scale, fname),
+						 errdetail("The schema's Decimal scale must be between %d and %d.",
+								   -NUMERIC_MAX_DISPLAY_SCALE, NUMERIC_MAX_DISPLAY_SCALE)));
 			bytes = dchg_base64(fname, v, &len);
 			text = dchg_decimal_text(bytes, len, scale);
 
