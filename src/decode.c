@@ -283,7 +283,7 @@ dec_fill_meta(KappaDecoder *d, int i, const KappaMessageMeta *meta,
 				DecodeWhere where = {NULL, 0, "key"};
 				int			len;
 				char	   *s = DecodeToServer(d, meta->key, meta->keylen,
-											  "key", &len);
+											   "key", &len);
 
 				if (s == meta->key)
 					s = pnstrdup(s, len);

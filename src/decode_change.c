@@ -183,12 +183,12 @@ dchg_json_error(JsonLexContext *lex, JsonParseErrorType err, const char *what)
  * JSON.
  */
 static void
-dchg_lex(JsonLexContext *lex)
+dchg_lex(JsonLexContext *lex, const char *what)
 {
 	JsonParseErrorType err = json_lex(lex);
 
 	if (err != JSON_SUCCESS)
-		dchg_json_error(lex, err, "part");
+		dchg_json_error(lex, err, what);
 }
 
 /*
@@ -196,7 +196,7 @@ dchg_lex(JsonLexContext *lex)
  * token, checking the grammar of nested objects and arrays.
  */
 static void
-dchg_skip(JsonLexContext *lex)
+dchg_skip(JsonLexContext *lex, const char *what)
 {
 	JsonTokenType t = lex->token_type;
 
@@ -209,7 +209,7 @@ dchg_skip(JsonLexContext *lex)
 
 		for (;;)
 		{
-			dchg_lex(lex);
+			dchg_lex(lex, what);
 			if (lex->token_type == end && first)
 				return;
 			if (!first)
@@ -217,25 +217,25 @@ dchg_skip(JsonLexContext *lex)
 				if (lex->token_type == end)
 					return;
 				if (lex->token_type != JSON_TOKEN_COMMA)
-					dchg_json_error(lex, JSON_SUCCESS, "part");
-				dchg_lex(lex);
+					dchg_json_error(lex, JSON_SUCCESS, what);
+				dchg_lex(lex, what);
 			}
 			first = false;
 			if (obj)
 			{
 				if (lex->token_type != JSON_TOKEN_STRING)
-					dchg_json_error(lex, JSON_SUCCESS, "part");
-				dchg_lex(lex);
+					dchg_json_error(lex, JSON_SUCCESS, what);
+				dchg_lex(lex, what);
 				if (lex->token_type != JSON_TOKEN_COLON)
-					dchg_json_error(lex, JSON_SUCCESS, "part");
-				dchg_lex(lex);
+					dchg_json_error(lex, JSON_SUCCESS, what);
+				dchg_lex(lex, what);
 			}
-			dchg_skip(lex);
+			dchg_skip(lex, what);
 		}
 	}
 	if (t != JSON_TOKEN_STRING && t != JSON_TOKEN_NUMBER &&
 		t != JSON_TOKEN_TRUE && t != JSON_TOKEN_FALSE && t != JSON_TOKEN_NULL)
-		dchg_json_error(lex, JSON_SUCCESS, "part");
+		dchg_json_error(lex, JSON_SUCCESS, what);
 }
 
 /*
@@ -261,7 +261,7 @@ dchg_value(JsonLexContext *lex, DchgValue *v)
 		v->str = pnstrdup(lex->token_start, v->slen);
 	}
 	else
-		dchg_skip(lex);
+		dchg_skip(lex, "message");
 	v->len = lex->token_terminator - v->start;
 }
 
@@ -276,7 +276,7 @@ dchg_open(char *data, int len, DchgValue *v, const char *what)
 	JsonLexContext *lex;
 
 	lex = makeJsonLexContextCstringLen(data, len, GetDatabaseEncoding(), true);
-	dchg_lex(lex);
+	dchg_lex(lex, what);
 	if (lex->token_type == JSON_TOKEN_END)
 		dchg_json_error(lex, JSON_SUCCESS, what);
 	{
@@ -290,9 +290,9 @@ dchg_open(char *data, int len, DchgValue *v, const char *what)
 																 GetDatabaseEncoding(),
 																 false);
 
-			dchg_lex(check);
-			dchg_skip(check);
-			dchg_lex(check);
+			dchg_lex(check, what);
+			dchg_skip(check, what);
+			dchg_lex(check, what);
 			if (check->token_type != JSON_TOKEN_END)
 				dchg_json_error(check, JSON_SUCCESS, what);
 			v->type = lex->token_type;
@@ -302,7 +302,7 @@ dchg_open(char *data, int len, DchgValue *v, const char *what)
 			return lex;
 		}
 		dchg_value(lex, v);
-		dchg_lex(lex);
+		dchg_lex(lex, what);
 		if (lex->token_type != JSON_TOKEN_END)
 			dchg_json_error(lex, JSON_SUCCESS, what);
 	}
@@ -320,7 +320,7 @@ dchg_sub(DchgValue *v)
 
 	lex = makeJsonLexContextCstringLen(v->start, v->len, GetDatabaseEncoding(),
 									   true);
-	dchg_lex(lex);
+	dchg_lex(lex, "message");
 	return lex;
 }
 
@@ -344,26 +344,26 @@ dchg_walk_next(DchgWalk *w, char **name, DchgValue *v)
 	JsonLexContext *lex = w->lex;
 	JsonTokenType end = w->array ? JSON_TOKEN_ARRAY_END : JSON_TOKEN_OBJECT_END;
 
-	dchg_lex(lex);
+	dchg_lex(lex, "message");
 	if (lex->token_type == end)
 		return false;
 	if (!w->first)
 	{
 		if (lex->token_type != JSON_TOKEN_COMMA)
-			dchg_json_error(lex, JSON_SUCCESS, "part");
-		dchg_lex(lex);
+			dchg_json_error(lex, JSON_SUCCESS, "message");
+		dchg_lex(lex, "message");
 	}
 	w->first = false;
 	*name = NULL;
 	if (!w->array)
 	{
 		if (lex->token_type != JSON_TOKEN_STRING)
-			dchg_json_error(lex, JSON_SUCCESS, "part");
+			dchg_json_error(lex, JSON_SUCCESS, "message");
 		*name = pstrdup(lex->strval->data);
-		dchg_lex(lex);
+		dchg_lex(lex, "message");
 		if (lex->token_type != JSON_TOKEN_COLON)
-			dchg_json_error(lex, JSON_SUCCESS, "part");
-		dchg_lex(lex);
+			dchg_json_error(lex, JSON_SUCCESS, "message");
+		dchg_lex(lex, "message");
 	}
 	dchg_value(lex, v);
 	return true;
@@ -525,7 +525,7 @@ dchg_schema(KappaDecoder *d, DchgSchema *s, DchgValue *schema, bool after)
 
 	if (schema->type != JSON_TOKEN_OBJECT_START)
 	{
-		if (s->text != NULL)
+		if (s->text !=NULL)
 		{
 			pfree(s->text);
 			s->text = NULL;
@@ -533,11 +533,11 @@ dchg_schema(KappaDecoder *d, DchgSchema *s, DchgValue *schema, bool after)
 		}
 		return;
 	}
-	if (s->text != NULL && s->len == schema->len &&
+	if (s->text !=NULL && s->len == schema->len &&
 		memcmp(s->text, schema->start, schema->len) == 0)
 		return;
 
-	if (s->text != NULL)
+	if (s->text !=NULL)
 		pfree(s->text);
 	s->text = NULL;
 	memset(s->enc, 0, sizeof(DchgEncoding) * d->natts);
@@ -901,6 +901,7 @@ dchg_set(KappaDecoder *d, int col, char *fname, DchgValue *v,
 									   DecodeSample(v->start, v->len)),
 							 errhint("Nested values go to json or jsonb columns.")));
 				text = pnstrdup(v->start, v->len);
+
 				DecodeSetValue(d, col, text, v->len, &where, values, nulls);
 				return;
 			}
@@ -908,6 +909,7 @@ dchg_set(KappaDecoder *d, int col, char *fname, DchgValue *v,
 			{
 				/* a scalar into a json column: its JSON text */
 				text = pnstrdup(v->start, v->len);
+
 				DecodeSetValue(d, col, text, v->len, &where, values, nulls);
 				return;
 			}
@@ -926,8 +928,15 @@ dchg_set(KappaDecoder *d, int col, char *fname, DchgValue *v,
 			DecodeSetValue(d, col, v->str, v->slen, &where, values, nulls);
 			return;
 		case DCHG_ENC_DECIMAL:
+			if (scale < -NUMERIC_MAX_DISPLAY_SCALE || scale > NUMERIC_MAX_DISPLAY_SCALE)
+				ereport(ERROR,
+						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+						 errmsg("scale %d of field \"%s\" is out of range", scale, fname),
+						 errdetail("The schema's Decimal scale must be between %d and %d.",
+								   -NUMERIC_MAX_DISPLAY_SCALE, NUMERIC_MAX_DISPLAY_SCALE)));
 			bytes = dchg_base64(fname, v, &len);
 			text = dchg_decimal_text(bytes, len, scale);
+
 			break;
 		case DCHG_ENC_VSDECIMAL:
 			if (v->type != JSON_TOKEN_OBJECT_START)
@@ -940,19 +949,23 @@ dchg_set(KappaDecoder *d, int col, char *fname, DchgValue *v,
 							 errdetail("Field %s holds %s.", DecodeFieldName(fname),
 									   DecodeSample(v->start, v->len))));
 				text = v->str;
+
 				break;
 			}
 			text = dchg_vsdecimal_text(fname, v);
+
 			break;
 		case DCHG_ENC_BYTES:
 			if (v->type != JSON_TOKEN_STRING)
 				dchg_base64(fname, v, &len);	/* raises the error */
 			bytes = dchg_base64(fname, v, &len);
 			text = palloc(len * 2 + 3);
-			text[0] = '\\';
-			text[1] = 'x';
-			hex_encode((char *) bytes, len, text + 2);
-			text[len * 2 + 2] = '\0';
+			text[		0] = '\\';
+			text[		1] = 'x';
+
+			hex_encode((char *) bytes, len, text +2);
+			text[		len * 2 + 2] = '\0';
+
 			break;
 		case DCHG_ENC_DATE_DAYS:
 			{
@@ -962,6 +975,7 @@ dchg_set(KappaDecoder *d, int col, char *fname, DchgValue *v,
 				dchg_ymd(&buf, dchg_int64(fname, v, "days since 1970") +
 						 UNIX_EPOCH_JDATE, fname);
 				text = buf.data;
+
 				break;
 			}
 		case DCHG_ENC_TIME_MS:
@@ -970,7 +984,7 @@ dchg_set(KappaDecoder *d, int col, char *fname, DchgValue *v,
 			{
 				StringInfoData buf;
 				int64		persec = enc == DCHG_ENC_TIME_MS ? 1000 :
-					enc == DCHG_ENC_TIME_US ? 1000000 : 1000000000;
+				enc == DCHG_ENC_TIME_US ? 1000000 : 1000000000;
 				int64		units = dchg_int64(fname, v, "time since midnight");
 
 				if (units < 0 || units > persec * SECS_PER_DAY)
@@ -985,6 +999,7 @@ dchg_set(KappaDecoder *d, int col, char *fname, DchgValue *v,
 						   enc == DCHG_ENC_TIME_MS ? 3 :
 						   enc == DCHG_ENC_TIME_US ? 6 : 9);
 				text = buf.data;
+
 				break;
 			}
 		case DCHG_ENC_TS_MS:
@@ -999,6 +1014,7 @@ dchg_set(KappaDecoder *d, int col, char *fname, DchgValue *v,
 									   enc == DCHG_ENC_TS_MS ? 3 :
 									   enc == DCHG_ENC_TS_US ? 6 : 9,
 									   fname);
+
 				break;
 			}
 	}
@@ -1284,6 +1300,7 @@ dchg_debezium(KappaDecoder *d, char *s, int slen,
 				 op.type == JSON_TOKEN_INVALID ?
 				 errmsg("kafka message is not a Debezium change event: it has no \"op\"") :
 				 errmsg("kafka message has an unknown Debezium op %s",
+						op.str ? DecodeSample(op.str, op.slen) :
 						DecodeSample(op.start, op.len)),
 				 errdetail("The message begins with %s.", DecodeSample(s, slen)),
 				 errhint("The ops of a Debezium change event are \"c\", \"r\", \"u\", \"d\" and \"t\".")));
