@@ -1701,6 +1701,51 @@ dchg_push_jsonb(JsonbParseState **state, Jsonb *jb)
 }
 
 /*
+ * KappaTablePrimaryKey puts the attribute numbers of the primary key of
+ * 'rel' in keyattnos (room for INDEX_MAX_KEYS) and returns how many there
+ * are; a table without a primary key cannot take keyed changes, and gets
+ * the error that says so.
+ */
+int
+KappaTablePrimaryKey(Relation rel, AttrNumber *keyattnos)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	Relation	idx;
+	int			nkeys;
+
+	if (!OidIsValid(pkoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+				 errmsg("table \"%s\" has no primary key", RelationGetRelationName(rel)),
+				 errdetail("Envelopes 'upsert' and 'debezium' apply each change to the row with the message's key."),
+				 errhint("Add a primary key on the columns of the message key: ALTER TABLE %s ADD PRIMARY KEY (...).",
+						 RelationGetRelationName(rel))));
+	idx = index_open(pkoid, AccessShareLock);
+	nkeys = idx->rd_index->indnkeyatts;
+	for (int k = 0; k < nkeys; k++)
+		keyattnos[k] = idx->rd_index->indkey.values[k];
+	index_close(idx, AccessShareLock);
+	return nkeys;
+}
+
+/*
+ * KappaParseKeyFormat maps the name of a format of message keys to
+ * KappaFormat (json or text; KappaChangeDecoderCreate refuses the others),
+ * with a clear error for avro, which comes with Avro support.
+ */
+KappaFormat
+KappaParseKeyFormat(const char *name)
+{
+	if (pg_strcasecmp(name, "avro") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("key format avro is not supported yet"),
+				 errdetail("Key format avro comes with Avro support."),
+				 errhint("Use key format json or text.")));
+	return KappaParseFormat(name);
+}
+
+/*
  * kappa_decode_change_preview(target regclass, envelope text, payload
  * bytea, key bytea, format text, key_format text, order_by text, options
  * jsonb) decodes one message of a keyed changelog as a source with this
@@ -1720,10 +1765,8 @@ kappa_decode_change_preview(PG_FUNCTION_ARGS)
 	KappaChange change;
 	bytea	   *payload;
 	bytea	   *key;
-	Oid			pkoid;
-	int			nkeys = 0;
-	AttrNumber *keyattnos = NULL;
-	const char *key_format;
+	int			nkeys;
+	AttrNumber *keyattnos;
 	KappaFormat kf;
 	JsonbParseState *state = NULL;
 	JsonbValue	v;
@@ -1744,26 +1787,9 @@ kappa_decode_change_preview(PG_FUNCTION_ARGS)
 				 errdetail("Keyed changelogs write into tables with a primary key.")));
 	tupdesc = RelationGetDescr(rel);
 
-	pkoid = RelationGetPrimaryKeyIndex(rel);
-	if (OidIsValid(pkoid))
-	{
-		Relation	idx = index_open(pkoid, AccessShareLock);
-
-		nkeys = idx->rd_index->indnkeyatts;
-		keyattnos = palloc(sizeof(AttrNumber) * Max(nkeys, 1));
-		for (int k = 0; k < nkeys; k++)
-			keyattnos[k] = idx->rd_index->indkey.values[k];
-		index_close(idx, AccessShareLock);
-	}
-
-	key_format = text_to_cstring(PG_GETARG_TEXT_PP(5));
-	if (pg_strcasecmp(key_format, "avro") == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("key format avro is not supported yet"),
-				 errdetail("Key format avro comes with Avro support."),
-				 errhint("Use key format json or text.")));
-	kf = KappaParseFormat(key_format);
+	keyattnos = palloc(sizeof(AttrNumber) * INDEX_MAX_KEYS);
+	nkeys = KappaTablePrimaryKey(rel, keyattnos);
+	kf = KappaParseKeyFormat(text_to_cstring(PG_GETARG_TEXT_PP(5)));
 
 	d = KappaChangeDecoderCreate(KappaParseFormat(text_to_cstring(PG_GETARG_TEXT_PP(4))),
 								 KappaParseEnvelope(text_to_cstring(PG_GETARG_TEXT_PP(1))),

@@ -272,7 +272,8 @@ typedef enum KappaChangeKind
  *
  *	 - UPSERT: values/nulls are the whole new row (kafka_* metadata columns
  *	   filled as for envelope 'none'; value columns absent from the message
- *	   are NULL, or their default for 'debezium' inserts).  unavailable[i]
+ *	   are NULL, never their default, so that a message gives the same row
+ *	   whether it inserts or replaces).  unavailable[i]
  *	   is true where Debezium sent its unchanged-TOAST placeholder
  *	   (__debezium_unavailable_value): the column keeps the value it has.
  *	   If the change moved the row from another primary key (a Debezium 'u'
@@ -300,6 +301,8 @@ typedef struct KappaChange
  * error for an unknown one.
  */
 extern KappaEnvelope KappaParseEnvelope(const char *name);
+extern KappaFormat KappaParseKeyFormat(const char *name);
+extern int	KappaTablePrimaryKey(Relation rel, AttrNumber *keyattnos);
 
 /*
  * KappaChangeDecoderCreate prepares decoding of a keyed changelog into rows

@@ -164,34 +164,18 @@ KappaApplyInit(KappaSource *source, MemoryContext parent)
 
 /*
  * ka_change_decoder makes the decoder of a keyed changelog for the target
- * 'rel' and its primary key (which a stream, refused at creation, or a
- * table whose key was dropped since, lacks: then every batch fails).
+ * 'rel' and its primary key (if the key was dropped since the source was
+ * created, every batch fails, and the source shows why).
  */
 static KappaDecoder *
 ka_change_decoder(Relation rel)
 {
 	KappaSource *source = ka_apply.source;
-	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
 	AttrNumber	keyattnos[INDEX_MAX_KEYS];
-	int			nkeys = 0;
+	int			nkeys = KappaTablePrimaryKey(rel, keyattnos);
 
-	if (ka_apply.is_stream || !OidIsValid(pkoid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the target of kafka source \"%s\" has no primary key",
-						source->name),
-				 errdetail("A source with an envelope applies each change to the row with the message's key."),
-				 errhint("Add the primary key back, or drop the source.")));
-	{
-		Relation	pkrel = index_open(pkoid, AccessShareLock);
-
-		nkeys = pkrel->rd_index->indnkeyatts;
-		for (int i = 0; i < nkeys; i++)
-			keyattnos[i] = pkrel->rd_index->indkey.values[i];
-		index_close(pkrel, AccessShareLock);
-	}
 	return KappaChangeDecoderCreate(KappaParseFormat(source->format), source->envelope,
-									KappaParseFormat(source->key_format),
+									KappaParseKeyFormat(source->key_format),
 									ka_apply.tupdesc, nkeys, keyattnos,
 									source->order_by, KappaFormatOptions(source));
 }

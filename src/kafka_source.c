@@ -468,8 +468,6 @@ ksrc_check_changelog_target(KappaSource *source, Relation rel)
 {
 	Oid			relid = RelationGetRelid(rel);
 	const char *relname = RelationGetRelationName(rel);
-	Oid			pkoid;
-	Relation	pkrel;
 	AttrNumber	keyattnos[INDEX_MAX_KEYS];
 	int			nkeys;
 	AclResult	aclresult;
@@ -482,20 +480,7 @@ ksrc_check_changelog_target(KappaSource *source, Relation rel)
 						relname),
 				 errdetail("A stream is append-only: its rows are never updated or deleted."),
 				 errhint("Create a table with a primary key as the target, and continuous views over that table.")));
-	pkoid = RelationGetPrimaryKeyIndex(rel);
-	if (!OidIsValid(pkoid))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
-				 errmsg("table \"%s\" has no primary key", relname),
-				 errdetail("A source with envelope '%s' applies each change to the row with the message's key.",
-						   source->envelope == KAPPA_ENVELOPE_UPSERT ? "upsert" : "debezium"),
-				 errhint("Add a primary key on the columns of the message key: ALTER TABLE %s ADD PRIMARY KEY (...).",
-						 relname)));
-	pkrel = index_open(pkoid, AccessShareLock);
-	nkeys = pkrel->rd_index->indnkeyatts;
-	for (int i = 0; i < nkeys; i++)
-		keyattnos[i] = pkrel->rd_index->indkey.values[i];
-	index_close(pkrel, AccessShareLock);
+	nkeys = KappaTablePrimaryKey(rel, keyattnos);
 
 	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE);
 	if (aclresult == ACLCHECK_OK)
@@ -504,7 +489,7 @@ ksrc_check_changelog_target(KappaSource *source, Relation rel)
 		aclcheck_error(aclresult, OBJECT_TABLE, relname);
 
 	(void) KappaChangeDecoderCreate(KappaParseFormat(source->format), source->envelope,
-									KappaParseFormat(source->key_format),
+									KappaParseKeyFormat(source->key_format),
 									RelationGetDescr(rel), nkeys, keyattnos,
 									source->order_by, KappaFormatOptions(source));
 }

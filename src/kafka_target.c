@@ -276,20 +276,14 @@ KappaChangeSetCreate(Relation rel, Oid checkAsUser, MemoryContext parent)
 	set->checkAsUser = checkAsUser;
 	set->cxt = cxt;
 	set->simple = KappaTargetIsSimple(rel, true);
+	set->nkeys = KappaTablePrimaryKey(rel, set->keyattnos);
 	set->pkoid = RelationGetPrimaryKeyIndex(rel);
-	if (!OidIsValid(set->pkoid))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
-				 errmsg("table \"%s\" has no primary key", RelationGetRelationName(rel)),
-				 errhint("A source with envelope 'upsert' or 'debezium' applies each change to the row with the message's key.")));
 	pkrel = index_open(set->pkoid, AccessShareLock);
-	set->nkeys = pkrel->rd_index->indnkeyatts;
 	for (int i = 0; i < set->nkeys; i++)
 	{
 		Oid			opfamily = pkrel->rd_opfamily[i];
 		Oid			opcintype = pkrel->rd_opcintype[i];
 
-		set->keyattnos[i] = pkrel->rd_index->indkey.values[i];
 		set->keycoll[i] = pkrel->rd_indcollation[i];
 		fmgr_info_cxt(index_getprocid(pkrel, i + 1, BTORDER_PROC),
 					  &set->keycmp[i], cxt);
@@ -537,7 +531,8 @@ kt_apply_simple(KappaChangeSet *set, KtChange **finals, int nfinals, int *failed
 		{
 			if (c->unavailable)
 			{
-				slot_getallattrs(target.found);
+				if (found)
+					slot_getallattrs(target.found);
 				for (int a = 0; a < natts; a++)
 				{
 					if (!c->unavailable[a])
