@@ -14,6 +14,20 @@
  * waited for and the merge retried, so no update is lost; groups arrive in
  * key order, so writers do not deadlock.
  *
+ * Views over an ordinary table also get rows that left the table
+ * (KappaMergeChangesReceiver; the accumulator that flushes into it tells
+ * which groups lost rows).  Such a group's row is locked first.  If every
+ * aggregate of the view has an inverse transition function over its plain
+ * state (agg_state.c), the leaving rows are taken out of the stored states
+ * (KappaAccumRetractInto) and the new rows' states combined in; otherwise,
+ * or if an inverse function cannot undo a row, the group is recomputed from
+ * the table with the view's delta query restricted to the group's keys,
+ * run with a snapshot taken after the lock: in READ COMMITTED it sees every
+ * change committed before, and changes still in flight are merged by their
+ * writers after we commit.  With a transaction snapshot, a group row our
+ * snapshot does not see is a serialization failure.  A group whose count(*)
+ * reaches zero is deleted (the one row of a view without GROUP BY stays).
+ *
  * The caller runs the receiver as the view's owner, in a
  * security-restricted operation (view_apply.c).
  *
