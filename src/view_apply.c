@@ -25,6 +25,12 @@
  * hash_mem_multiplier: past that it is merged early (apply_check_memory, the
  * one place that checks).
  *
+ * A view over an ordinary table takes the table's changes as signed rows
+ * (KappaViewFeedChanges, called by table_capture.c): entering rows are
+ * pushed, leaving rows retracted (view_accum.c), and each touched group is
+ * merged once (view_merge.c); TRUNCATE empties the views
+ * (KappaViewTruncate).
+ *
  * The rows a delta query scans are handed to the stream's scan explicitly
  * (KappaScanSourcePush, stream_scan.c) and popped in PG_FINALLY.  Every
  * piece of a view's code -- the delta query, the push path's expressions

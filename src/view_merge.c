@@ -83,7 +83,7 @@ typedef struct RecomputeReceiver
 {
 	DestReceiver pub;
 	MergeReceiver *merge;
-}			RecomputeReceiver;
+} RecomputeReceiver;
 
 /*
  * Find the stored row of a group and wait out concurrent writers of it.

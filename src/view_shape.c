@@ -5,7 +5,9 @@
  *	  maintenance: its "shape".
  *
  * A view query is a SELECT over exactly one stream, optionally joined to
- * ordinary tables, with aggregates that have combine functions.  Everything
+ * ordinary tables, or over one ordinary table alone (a view over a table,
+ * maintained from the table's changes: table_capture.c), with aggregates
+ * that have combine functions.  Everything
  * that cannot be maintained from per-batch partial states is refused here
  * with its own SQLSTATE (kappa_errcodes.h), a message naming the construct
  * and a hint with the alternative.
