@@ -62,7 +62,7 @@ INSERT INTO cases (construct, query) VALUES
  ('set operation', 'SELECT url, count(*) FROM clicks GROUP BY url UNION ALL SELECT url, count(*) FROM clicks GROUP BY url'),
  ('set operation', 'SELECT count(*) FROM clicks EXCEPT SELECT 0'),
  -- no stream, or one that does not exist
- ('no stream', 'SELECT url, count(*) FROM dim_url GROUP BY url'),
+ ('no stream', 'SELECT url, count(*) FROM (VALUES (''a'')) v(url) GROUP BY url'),
  ('no stream', 'SELECT count(*)'),
  ('stream does not exist', 'SELECT url, count(*) FROM no_such_stream GROUP BY url'),
  -- outer joins with the stream on the nullable side

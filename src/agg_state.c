@@ -81,6 +81,33 @@ agg_combinefn_expr(Oid transtype, Oid collation, Oid combinefn)
 }
 
 /*
+ * Can a row be retracted from this aggregate's (plain) transition state in
+ * place?  Only if its moving-aggregate support (CREATE AGGREGATE's MSFUNC,
+ * MINVFUNC, MSTYPE, MINITCOND) has an inverse transition function and
+ * moves the very state the plain aggregate keeps: same transition
+ * function, type and initial value.  PostgreSQL's catalog decides; there is
+ * no list of aggregate names.
+ */
+static bool
+agg_has_same_inverse(HeapTuple tuple, Form_pg_aggregate aggform)
+{
+	Datum		init;
+	Datum		minit;
+	bool		initNull;
+	bool		minitNull;
+
+	if (!OidIsValid(aggform->aggminvtransfn) ||
+		aggform->aggmtransfn != aggform->aggtransfn ||
+		aggform->aggmtranstype != aggform->aggtranstype)
+		return false;
+	init = SysCacheGetAttr(AGGFNOID, tuple, Anum_pg_aggregate_agginitval, &initNull);
+	minit = SysCacheGetAttr(AGGFNOID, tuple, Anum_pg_aggregate_aggminitval, &minitNull);
+	if (initNull || minitNull)
+		return initNull == minitNull;
+	return strcmp(TextDatumGetCString(init), TextDatumGetCString(minit)) == 0;
+}
+
+/*
  * KappaAggMergeInit fills 'merge' for one aggregate call: the function
  * lookups needed to combine and finalize its states.  FmgrInfo's extra
  * memory goes to CurrentMemoryContext, which must live as long as 'merge'.
@@ -135,6 +162,8 @@ KappaAggMergeInit(KappaAggMerge *merge, Aggref *aggref)
 		fmgr_info(aggform->aggdeserialfn, &merge->deserialfn);
 		fmgr_info_set_expr((Node *) deserialfnexpr, &merge->deserialfn);
 	}
+
+	merge->invertible = agg_has_same_inverse(tuple, aggform);
 
 	if (OidIsValid(aggform->aggfinalfn))
 	{
@@ -206,10 +235,14 @@ agg_call_support(FmgrInfo *flinfo, AggState *aggcontext, Oid collation, int narg
 	return result;
 }
 
-/* Turn a stored (or delta) state into the in-memory transition value. */
-static Datum
-agg_state_from_stored(KappaAggMerge *merge, AggState *aggcontext,
-					  Datum stored, bool storedNull, bool *isnull)
+/*
+ * KappaAggStateFromStored turns a stored (or delta) state into the in-memory
+ * transition value, allocated in the current memory context: deserialized
+ * for internal states, a copy otherwise (functions may modify it in place).
+ */
+Datum
+KappaAggStateFromStored(KappaAggMerge *merge, AggState *aggcontext,
+						Datum stored, bool storedNull, bool *isnull)
 {
 	if (storedNull)
 	{
@@ -244,7 +277,7 @@ KappaAggCombineAndFinalize(KappaAggMerge *merge, AggState *aggcontext,
 
 	if (!haveStored)
 	{
-		trans = agg_state_from_stored(merge, aggcontext, delta, deltaNull, &transNull);
+		trans = KappaAggStateFromStored(merge, aggcontext, delta, deltaNull, &transNull);
 		*newState = delta;
 		*newStateNull = deltaNull;
 	}
@@ -255,8 +288,8 @@ KappaAggCombineAndFinalize(KappaAggMerge *merge, AggState *aggcontext,
 		bool		aNull,
 					bNull;
 
-		a = agg_state_from_stored(merge, aggcontext, stored, storedNull, &aNull);
-		b = agg_state_from_stored(merge, aggcontext, delta, deltaNull, &bNull);
+		a = KappaAggStateFromStored(merge, aggcontext, stored, storedNull, &aNull);
+		b = KappaAggStateFromStored(merge, aggcontext, delta, deltaNull, &bNull);
 		if (merge->combinefn.fn_strict && (aNull || bNull))
 		{
 			/* as the executor does: a null state takes the other one */
@@ -326,14 +359,14 @@ KappaAggCombineInMemory(KappaAggMerge *merge, AggState *aggcontext,
 	{
 		/* the delta becomes the value: build it where the value lives */
 		oldcxt = MemoryContextSwitchTo(statecxt);
-		*state = agg_state_from_stored(merge, aggcontext, delta, deltaNull, isnull);
+		*state = KappaAggStateFromStored(merge, aggcontext, delta, deltaNull, isnull);
 		MemoryContextSwitchTo(oldcxt);
 		return;
 	}
 	if (deltaNull && merge->combinefn.fn_strict)
 		return;
 
-	b = agg_state_from_stored(merge, aggcontext, delta, deltaNull, &bNull);
+	b = KappaAggStateFromStored(merge, aggcontext, delta, deltaNull, &bNull);
 	result = agg_call_support(&merge->combinefn, aggcontext, merge->inputCollid, 2,
 							  *state, *isnull, b, bNull, isnull);
 	if (!*isnull && !merge->transtypByVal &&
@@ -406,6 +439,17 @@ KappaPushAggInit(KappaPushAgg *push, KappaAggMerge *merge, Aggref *aggref)
 								 &transfnexpr, NULL);
 	fmgr_info(aggform->aggtransfn, &push->transfn);
 	fmgr_info_set_expr((Node *) transfnexpr, &push->transfn);
+	if (merge->invertible)
+	{
+		Expr	   *invtransfnexpr;
+
+		build_aggregate_transfn_expr(inputTypes, numArgs, 0, aggref->aggvariadic,
+									 merge->transtype, aggref->inputcollid,
+									 aggform->aggtransfn, aggform->aggminvtransfn,
+									 &transfnexpr, &invtransfnexpr);
+		fmgr_info(aggform->aggminvtransfn, &push->invtransfn);
+		fmgr_info_set_expr((Node *) invtransfnexpr, &push->invtransfn);
+	}
 
 	textInitVal = SysCacheGetAttr(AGGFNOID, tuple, Anum_pg_aggregate_agginitval,
 								  &initValueIsNull);

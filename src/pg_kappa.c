@@ -37,6 +37,7 @@ _PG_init(void)
 	KappaDefineGucs();
 	KappaCatalogInit();
 	KappaStreamViewsInit();
+	KappaTableCaptureInit();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

@@ -19,7 +19,8 @@
  *		sources' SQL functions), launcher.c, kafka_worker.c (a worker's loop)
  *	 2. Kafka worker parts: kafka_consumer.c, kafka_apply.c, kafka_status.c
  *		(kafka.h)
- *	 3. batch: batch.c (rows and retained storage), retention.c
+ *	 3. batch: batch.c (rows and retained storage), retention.c,
+ *		table_capture.c (changes of tables that views aggregate)
  *	 4. view runtime: view_apply.c (how each view takes rows; backfill),
  *		stream_views.c (the per-backend cache of a stream's views)
  *	 5. view machinery: view_plan.c (loading and planning a view),
@@ -127,6 +128,11 @@ KappaBatchPushDue(KappaBatch *batch)
 /* in retention.c */
 extern int64 KappaExpireRetainedRows(void);
 
+/* in table_capture.c */
+extern void KappaTableCaptureInit(void);
+extern void KappaTableCaptureInstall(Oid relid);
+extern void KappaTableCaptureRemove(Oid relid);
+
 /* ---------------------------------------------------------------- layer 4 */
 
 typedef struct KappaViewInfo KappaViewInfo;
@@ -137,7 +143,8 @@ typedef struct KappaViewInfo KappaViewInfo;
  */
 struct KappaStreamViews
 {
-	Oid			relid;			/* the stream (foreign table) */
+	Oid			relid;			/* the stream (foreign table), or the ordinary
+								 * table the views aggregate */
 	Oid			backingRelid;	/* heap of retained rows, or InvalidOid if the
 								 * stream keeps none */
 	List	   *views;			/* of KappaViewInfo *, in view-OID order */
@@ -165,6 +172,23 @@ extern void KappaViewFeedApply(KappaViewFeed *feed, KappaStreamViews *locked,
 extern void KappaViewFeedFlush(KappaViewFeed *feed, KappaStreamViews *locked);
 extern void KappaViewFeedDestroy(KappaViewFeed *feed);
 extern void KappaViewBackfill(KappaViewInfo *view, bool retained);
+
+/*
+ * Rows that entered (sign +1) or left (sign -1) an ordinary table that
+ * continuous views aggregate: a trigger's transition table, or copies of
+ * its rows (table_capture.c).
+ */
+typedef struct KappaTableChanges
+{
+	int			sign;
+	struct Tuplestorestate *store;	/* or NULL */
+	MinimalTuple *rows;			/* copies, when store is NULL */
+	int			nrows;
+}			KappaTableChanges;
+
+extern void KappaViewFeedChanges(KappaStreamViews *locked, TupleDesc rowtype,
+								 List *changes);
+extern void KappaViewTruncate(KappaStreamViews *locked);
 
 /* ---------------------------------------------------------------- layer 6 */
 

@@ -321,12 +321,15 @@ kappa_drop_stream(PG_FUNCTION_ARGS)
 PG_FUNCTION_INFO_V1(kappa_stream_changed);
 
 /*
- * kappa.stream_changed(stream) makes every backend reload what it knows of
- * a stream; used by the event trigger after plain DDL.
+ * kappa.stream_changed(relation) makes every backend reload what it knows of
+ * a stream, or of a table that continuous views aggregate; a table whose
+ * last view went also loses its capturing triggers.  Used by the event
+ * trigger after plain DDL.
  */
 Datum
 kappa_stream_changed(PG_FUNCTION_ARGS)
 {
+	KappaTableCaptureRemove(PG_GETARG_OID(0));
 	KappaStreamViewsInvalidate(PG_GETARG_OID(0));
 	PG_RETURN_VOID();
 }

@@ -45,7 +45,9 @@
 typedef struct KappaViewShape
 {
 	Query	   *query;			/* analyzed and rewritten view query */
-	Oid			streamRelid;
+	Oid			streamRelid;	/* the relation aggregated: a stream, or an
+								 * ordinary table (factIsTable) */
+	bool		factIsTable;
 	int			nkeys;
 	List	   *keyExprs;		/* GROUP BY expressions, groupClause order */
 	List	   *aggrefs;		/* distinct Aggrefs; the first is count(*) */
@@ -76,6 +78,14 @@ typedef struct KappaAggMerge
 	Oid			resultType;
 	int16		resultTypLen;
 	bool		resultTypByVal;
+
+	/*
+	 * Retraction in place: the aggregate's moving-aggregate support has an
+	 * inverse transition function over the same transition as the plain one
+	 * (pg_aggregate.aggminvtransfn with aggmtransfn = aggtransfn,
+	 * aggmtranstype = aggtranstype and the same initial value).
+	 */
+	bool		invertible;
 } KappaAggMerge;
 
 /*
@@ -96,6 +106,9 @@ typedef struct KappaPushAgg
 	ExprState  *filterState;	/* NULL without FILTER */
 	Datum		initValue;
 	bool		initValueIsNull;
+	/* views over tables, invertible aggregates: retracting a row */
+	FmgrInfo	invtransfn;
+	FunctionCallInfo invFcinfo; /* for calling invtransfn, set up once */
 } KappaPushAgg;
 
 /*
@@ -148,6 +161,13 @@ struct KappaViewInfo
 	bool	   *keyNullsFirst;
 	bool	   *keyHashable;
 	KappaPushInfo *push;		/* NULL if rows must go through the delta */
+	/* views over an ordinary table (view_merge.c, retraction) */
+	bool		factIsTable;
+	bool		invertible;		/* every aggregate retracts in place */
+	PlannedStmt *recomputePlan; /* one group's states from the table, keys as
+								 * parameters $1..$n compared with = */
+	PlannedStmt *recomputeNullPlan; /* the same with IS NOT DISTINCT FROM, for
+									 * groups with a NULL key */
 	/* evaluation of outputs from the finals tuple */
 	TupleDesc	finalsDesc;
 	ExprState **outStates;
@@ -170,11 +190,15 @@ extern KappaViewInfo *KappaViewInfoLoad(Oid viewRelid, Oid matRelid,
 extern void KappaViewInfoFree(KappaViewInfo *view);
 extern void KappaViewLockRelations(KappaViewInfo *view);
 
+typedef struct KappaViewAccum KappaViewAccum;
+
 /* in view_merge.c */
 extern DestReceiver *KappaMergeReceiver(KappaViewInfo *view);
+extern DestReceiver *KappaMergeChangesReceiver(KappaViewInfo *view,
+											   KappaViewAccum *changes);
+extern void KappaMergeEmpty(KappaViewInfo *view);
 
 /* in view_accum.c */
-typedef struct KappaViewAccum KappaViewAccum;
 
 extern KappaViewAccum *KappaAccumCreate(KappaViewInfo *view, MemoryContext parent);
 extern DestReceiver *KappaAccumReceiver(KappaViewAccum *acc);
@@ -182,6 +206,10 @@ extern Size KappaAccumMemory(KappaViewAccum *acc);
 extern int64 KappaAccumGroups(KappaViewAccum *acc);
 extern void KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge);
 extern void KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row);
+extern void KappaAccumRetractRow(KappaViewAccum *acc, TupleTableSlot *row);
+extern bool KappaAccumCurrentGroup(KappaViewAccum *acc, bool *hasAdded);
+extern bool KappaAccumRetractInto(KappaViewAccum *acc, AggState *aggcontext,
+								  Datum *states, bool *nulls);
 
 /* in view_shape.c */
 extern KappaViewShape *KappaBuildViewShape(Query *query, const char *sql);
@@ -203,5 +231,7 @@ extern void KappaAggCombineInMemory(KappaAggMerge *merge, AggState *aggcontext,
 									Datum delta, bool deltaNull);
 extern Datum KappaAggStoredForm(KappaAggMerge *merge, AggState *aggcontext,
 								Datum state, bool isnull, bool *resultNull);
+extern Datum KappaAggStateFromStored(KappaAggMerge *merge, AggState *aggcontext,
+									 Datum stored, bool storedNull, bool *isnull);
 
 #endif							/* KAPPA_VIEW_H */

@@ -62,6 +62,9 @@ struct KappaViewAccum
 	struct AccumEntry *probe;	/* keys of the row being looked up */
 	int16	   *keyLens;
 	bool	   *keyByVals;
+	/* retracted rows (views over tables) */
+	TupleTableSlot *retractSlot;	/* a retracted row being evaluated */
+	struct AccumEntry *current; /* the group KappaAccumFlush is handing on */
 };
 
 /* Combined states of one group, in memory (deserialized) form. */
@@ -73,6 +76,12 @@ typedef struct AccumEntry
 								 * transition function without initial value */
 	Datum	   *keys;			/* filled when sorting for a flush */
 	bool	   *keynulls;
+	/* changes of a table (KappaAccumRetractRow) */
+	bool		hasAdded;		/* some row was pushed into the states */
+	bool		hasRetracted;	/* some row was retracted from the group */
+	MinimalTuple *retracted;	/* those rows, kept for invertible views */
+	int			nretracted;
+	int			maxretracted;
 } AccumEntry;
 
 /*
@@ -523,7 +532,9 @@ KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge)
 								   &slot->tts_isnull[view->nkeys + k]);
 		ExecStoreVirtualTuple(slot);
 		MemoryContextSwitchTo(oldcxt);
+		acc->current = ae;
 		merge->receiveSlot(slot, merge);
+		acc->current = NULL;
 		MemoryContextReset(tmpcxt);
 	}
 	ExecDropSingleTupleTableSlot(slot);
@@ -575,13 +586,12 @@ accum_new_pushed_entry(KappaViewAccum *acc)
 }
 
 /*
- * KappaAccumPushRow applies one stream row to a view that reads the stream
- * alone, without a delta query: WHERE, group key, FILTER and the aggregates'
- * transition functions, as nodeAgg.c's advance_transition_function does,
- * into the group's in-memory state.  KappaAccumFlush writes the result.
+ * The group of a pushed row (made if new), or NULL if the row fails the
+ * view's WHERE; the row's expressions are evaluated in the push path's
+ * per-row memory, which the caller resets.
  */
-void
-KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
+static AccumEntry *
+accum_row_group(KappaViewAccum *acc, TupleTableSlot *row)
 {
 	KappaViewInfo *view = acc->view;
 	KappaPushInfo *push = view->push;
@@ -589,15 +599,11 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 	TupleHashEntry entry;
 	AccumEntry *ae;
 	bool		isnew;
-	MemoryContext oldcxt;
 	int			i;
 
 	econtext->ecxt_scantuple = row;
 	if (push->qual != NULL && !ExecQual(push->qual, econtext))
-	{
-		ResetExprContext(econtext);
-		return;
-	}
+		return NULL;
 
 	if (push->maxAttno > 0)
 		slot_getsomeattrs(row, push->maxAttno);
@@ -679,6 +685,32 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 		else
 			ae = entry->additional;
 	}
+	return ae;
+}
+
+/*
+ * KappaAccumPushRow applies one stream row to a view that reads the stream
+ * alone, without a delta query: WHERE, group key, FILTER and the aggregates'
+ * transition functions, as nodeAgg.c's advance_transition_function does,
+ * into the group's in-memory state.  KappaAccumFlush writes the result.
+ */
+void
+KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
+{
+	KappaViewInfo *view = acc->view;
+	KappaPushInfo *push = view->push;
+	ExprContext *econtext = push->econtext;
+	AccumEntry *ae;
+	MemoryContext oldcxt;
+	int			i;
+
+	ae = accum_row_group(acc, row);
+	if (ae == NULL)
+	{
+		ResetExprContext(econtext);
+		return;
+	}
+	ae->hasAdded = true;
 
 	oldcxt = MemoryContextSwitchTo(acc->tempcxt);
 	for (i = 0; i < view->naggs; i++)
@@ -756,4 +788,154 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 		MemoryContextReset(acc->tempcxt);
 	if (!econtext->ecxt_per_tuple_memory->isReset)
 		ResetExprContext(econtext);
+}
+
+/*
+ * KappaAccumRetractRow records that a row left a view over a table (a
+ * deleted row, or the old version of an updated one): its group is marked,
+ * and for a view whose aggregates all retract in place, a copy of the row is
+ * kept for KappaAccumRetractInto.  A row that fails the view's WHERE is
+ * ignored.
+ */
+void
+KappaAccumRetractRow(KappaViewAccum *acc, TupleTableSlot *row)
+{
+	KappaViewInfo *view = acc->view;
+	AccumEntry *ae;
+
+	ae = accum_row_group(acc, row);
+	ResetExprContext(view->push->econtext);
+	if (ae == NULL)
+		return;
+	ae->hasRetracted = true;
+	if (!view->invertible)
+		return;
+	if (ae->nretracted == ae->maxretracted)
+	{
+		int			newmax = Max(4, ae->maxretracted * 2);
+
+		ae->retracted = ae->retracted == NULL ?
+			MemoryContextAlloc(acc->statecxt, sizeof(MinimalTuple) * newmax) :
+			repalloc_huge(ae->retracted, sizeof(MinimalTuple) * newmax);
+		ae->maxretracted = newmax;
+	}
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(acc->statecxt);
+
+		ae->retracted[ae->nretracted++] = ExecCopySlotMinimalTuple(row);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	if (acc->retractSlot == NULL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(acc->cxt);
+
+		acc->retractSlot = MakeSingleTupleTableSlot(CreateTupleDescCopy(row->tts_tupleDescriptor),
+													&TTSOpsMinimalTuple);
+		MemoryContextSwitchTo(oldcxt);
+	}
+}
+
+/*
+ * KappaAccumCurrentGroup tells, while KappaAccumFlush hands a group to its
+ * receiver, whether rows were retracted from the group (the result) and
+ * whether rows were added to it (*hasAdded; if not, the states handed on are
+ * the initial ones and must not be combined).
+ */
+bool
+KappaAccumCurrentGroup(KappaViewAccum *acc, bool *hasAdded)
+{
+	if (acc->current == NULL)
+	{
+		*hasAdded = true;
+		return false;
+	}
+	*hasAdded = acc->current->hasAdded;
+	return acc->current->hasRetracted;
+}
+
+/*
+ * KappaAccumRetractInto removes the current group's retracted rows (see
+ * KappaAccumCurrentGroup) from the in-memory transition values
+ * states[]/nulls[] (one per aggregate, as KappaAggStateFromStored gives
+ * them), calling each aggregate's inverse transition function as
+ * nodeWindowAgg.c does for moving aggregates: FILTER and strict inputs
+ * skip a row as they would have skipped it going in.  Returns false if some
+ * inverse function could not undo a row (returned NULL, PostgreSQL's
+ * moving-aggregate contract for "recompute"); the values are then
+ * meaningless.  Runs in the caller's per-group memory; 'aggcontext' is the
+ * Agg node the functions see.
+ */
+bool
+KappaAccumRetractInto(KappaViewAccum *acc, AggState *aggcontext,
+					  Datum *states, bool *nulls)
+{
+	KappaViewInfo *view = acc->view;
+	KappaPushInfo *push = view->push;
+	ExprContext *econtext = push->econtext;
+	AccumEntry *ae = acc->current;
+	bool		ok = true;
+	int			r;
+
+	if (ae == NULL || !view->invertible)
+		return false;
+	for (r = 0; ok && r < ae->nretracted; r++)
+	{
+		TupleTableSlot *row = acc->retractSlot;
+		int			i;
+
+		ExecStoreMinimalTuple(ae->retracted[r], row, false);
+		slot_getallattrs(row);
+		econtext->ecxt_scantuple = row;
+		for (i = 0; ok && i < view->naggs; i++)
+		{
+			KappaPushAgg *pa = &push->aggs[i];
+			FunctionCallInfo fcinfo = pa->invFcinfo;
+			bool		anynull = false;
+			Datum		newVal;
+			int			k;
+
+			if (pa->filterState != NULL)
+			{
+				bool		fnull;
+				Datum		pass = ExecEvalExpr(pa->filterState, econtext, &fnull);
+
+				if (fnull || !DatumGetBool(pass))
+					continue;
+			}
+			for (k = 0; k < pa->numInputs; k++)
+			{
+				if (pa->inputStates[k] == NULL)
+				{
+					fcinfo->args[k + 1].value = row->tts_values[pa->inputAttnos[k] - 1];
+					fcinfo->args[k + 1].isnull = row->tts_isnull[pa->inputAttnos[k] - 1];
+				}
+				else
+					fcinfo->args[k + 1].value = ExecEvalExpr(pa->inputStates[k], econtext,
+															 &fcinfo->args[k + 1].isnull);
+				anynull |= fcinfo->args[k + 1].isnull;
+			}
+			if (pa->transfn.fn_strict && anynull)
+				continue;		/* the row never went in */
+			if (nulls[i] && pa->invtransfn.fn_strict)
+			{
+				ok = false;		/* nothing to take the row out of */
+				break;
+			}
+			fcinfo->context = (Node *) aggcontext;
+			fcinfo->isnull = false;
+			fcinfo->args[0].value = states[i];
+			fcinfo->args[0].isnull = nulls[i];
+			newVal = FunctionCallInvoke(fcinfo);
+			if (fcinfo->isnull)
+			{
+				ok = false;		/* the function cannot undo this row */
+				break;
+			}
+			states[i] = newVal;
+			nulls[i] = false;
+		}
+		ExecClearTuple(row);
+	}
+	econtext->ecxt_scantuple = NULL;
+	return ok;
 }

@@ -25,6 +25,12 @@
  * hash_mem_multiplier: past that it is merged early (apply_check_memory, the
  * one place that checks).
  *
+ * A view over an ordinary table takes the table's changes as signed rows
+ * (KappaViewFeedChanges, called by table_capture.c): entering rows are
+ * pushed, leaving rows retracted (view_accum.c), and each touched group is
+ * merged once (view_merge.c); TRUNCATE empties the views
+ * (KappaViewTruncate).
+ *
  * The rows a delta query scans are handed to the stream's scan explicitly
  * (KappaScanSourcePush, stream_scan.c) and popped in PG_FINALLY.  Every
  * piece of a view's code -- the delta query, the push path's expressions
@@ -40,8 +46,10 @@
 #include "executor/executor.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/tuplestore.h"
 
 #include "pg_kappa.h"
 #include "util.h"
@@ -399,4 +407,116 @@ KappaViewBackfill(KappaViewInfo *view, bool retained)
 	source.streamRelid = view->shape->streamRelid;
 	source.retained = retained;
 	apply_delta(view, &source, NULL, GetLatestSnapshot());
+}
+
+/*
+ * Merge what a view over a table accumulated from a table's changes: groups
+ * with retracted rows go through the retraction merge (view_merge.c).
+ */
+static void
+apply_flush_changes(KappaViewInfo *view, KappaViewAccum *acc)
+{
+	DestReceiver *merge;
+	KappaSavedUser saved;
+
+	if (KappaAccumGroups(acc) == 0)
+		return;
+	apply_begin_view_work(view, GetTransactionSnapshot(), &saved);
+	merge = KappaMergeChangesReceiver(view, acc);
+	merge->rStartup(merge, CMD_SELECT, NULL);
+	KappaAccumFlush(acc, merge);
+	merge->rShutdown(merge);
+	merge->rDestroy(merge);
+	apply_end_view_work(&saved);
+}
+
+/*
+ * KappaViewFeedChanges applies the changes of an ordinary table -- a list
+ * of KappaTableChanges, rows of row type 'rowtype' entering (+1) or leaving
+ * (-1) the table -- to every view of 'locked' (the table's views, locked),
+ * in view-OID order, in the current transaction.  Each view takes the rows
+ * through its push path as its owner: added rows advance its groups' states
+ * in memory, retracted rows mark their groups; then each touched group is
+ * merged once, in key order (KappaMergeChangesReceiver).  Every change of
+ * the table since the views last saw it must be in 'changes': a group that
+ * is recomputed reads the table as it is now.
+ */
+void
+KappaViewFeedChanges(KappaStreamViews *locked, TupleDesc rowtype, List *changes)
+{
+	MemoryContext cxt;
+	MemoryContext oldcxt;
+	TupleTableSlot *slot;
+	ListCell   *lc;
+
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "pg_kappa table changes",
+								ALLOCSET_DEFAULT_SIZES);
+	oldcxt = MemoryContextSwitchTo(cxt);
+	slot = MakeSingleTupleTableSlot(rowtype, &TTSOpsMinimalTuple);
+	foreach(lc, locked->views)
+	{
+		KappaViewInfo *view = lfirst(lc);
+		KappaViewAccum *acc = KappaAccumCreate(view, cxt);
+		KappaSavedUser saved;
+		ListCell   *lc2;
+
+		if (acc == NULL || view->push == NULL)
+			elog(ERROR, "continuous view \"%s\" over a table cannot take changed rows",
+				 get_rel_name(view->viewRelid));
+		KappaBecomeUser(view->ownerId, &saved);
+		foreach(lc2, changes)
+		{
+			KappaTableChanges *ch = lfirst(lc2);
+			int			i;
+
+			if (ch->store != NULL)
+			{
+				tuplestore_rescan(ch->store);
+				while (tuplestore_gettupleslot(ch->store, true, false, slot))
+				{
+					if (ch->sign > 0)
+						KappaAccumPushRow(acc, slot);
+					else
+						KappaAccumRetractRow(acc, slot);
+					CHECK_FOR_INTERRUPTS();
+				}
+			}
+			for (i = 0; i < ch->nrows; i++)
+			{
+				ExecStoreMinimalTuple(ch->rows[i], slot, false);
+				if (ch->sign > 0)
+					KappaAccumPushRow(acc, slot);
+				else
+					KappaAccumRetractRow(acc, slot);
+			}
+			ExecClearTuple(slot);
+		}
+		KappaRestoreUser(&saved);
+		apply_flush_changes(view, acc);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(cxt);
+}
+
+/*
+ * KappaViewTruncate empties every view of 'locked' (its table was
+ * truncated) and applies the table as it is now, which gives a view without
+ * GROUP BY its one row.  The caller holds the table's ACCESS EXCLUSIVE lock.
+ */
+void
+KappaViewTruncate(KappaStreamViews *locked)
+{
+	ListCell   *lc;
+
+	foreach(lc, locked->views)
+	{
+		KappaViewInfo *view = lfirst(lc);
+		KappaSavedUser saved;
+
+		apply_begin_view_work(view, GetLatestSnapshot(), &saved);
+		KappaMergeEmpty(view);
+		apply_end_view_work(&saved);
+		KappaViewBackfill(view, false);
+	}
 }

@@ -276,8 +276,25 @@ kappa_create_view(PG_FUNCTION_ARGS)
 	define_check_read_permissions(query);
 	deftext = define_deparse_qualified(KappaParseViewQuery(sql, false));
 
-	/* wait for running inserts, and block new ones until we commit */
-	streamRel = table_open(shape->streamRelid, ShareLock);
+	/*
+	 * A view over a table gives the table triggers, which needs its owner's
+	 * consent as CREATE TRIGGER does: the TRIGGER privilege.
+	 */
+	if (shape->factIsTable &&
+		pg_class_aclcheck(shape->streamRelid, GetUserId(), ACL_TRIGGER) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to create a continuous view over table %s",
+						get_rel_name(shape->streamRelid)),
+				 errdetail("A continuous view over a table installs triggers on it that apply every change of the table to the view."),
+				 errhint("The table's owner can grant the TRIGGER privilege on it, or create the view.")));
+
+	/*
+	 * Wait for running writers, and block new ones until we commit (a table's
+	 * lock also serializes the creation of its triggers).
+	 */
+	streamRel = table_open(shape->streamRelid,
+						   shape->factIsTable ? ShareRowExclusiveLock : ShareLock);
 
 	/* definition and materialization live in kappa_data */
 	KappaBecomeExtensionOwner(&saved);
@@ -320,8 +337,16 @@ kappa_create_view(PG_FUNCTION_ARGS)
 	/* every backend, this one included at the next command, reloads */
 	KappaStreamViewsInvalidate(shape->streamRelid);
 	CommandCounterIncrement();
+	if (shape->factIsTable)
+	{
+		KappaTableCaptureInstall(shape->streamRelid);
+		CommandCounterIncrement();
+	}
 
-	/* backfill: retained rows, or the one row of a global aggregate */
+	/*
+	 * backfill: retained rows, or the one row of a global aggregate; for a
+	 * table, the delta query over the table is the whole table
+	 */
 	sviews = KappaStreamViewsGet(shape->streamRelid);
 	foreach(lc, sviews->views)
 	{
@@ -370,8 +395,10 @@ kappa_drop_view(PG_FUNCTION_ARGS)
 	Oid			relid = define_lookup_view(name, &streamRelid);
 	Relation	streamRel;
 
-	/* wait for running inserts so that none applies to a dropped view */
-	streamRel = table_open(streamRelid, ShareLock);
+	/* wait for running writers so that none applies to a dropped view */
+	streamRel = table_open(streamRelid,
+						   get_rel_relkind(streamRelid) == RELKIND_RELATION ?
+						   ShareRowExclusiveLock : ShareLock);
 	KappaExecSql(psprintf("DROP VIEW %s",
 						  quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 													 get_rel_name(relid))));

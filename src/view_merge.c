@@ -14,6 +14,20 @@
  * waited for and the merge retried, so no update is lost; groups arrive in
  * key order, so writers do not deadlock.
  *
+ * Views over an ordinary table also get rows that left the table
+ * (KappaMergeChangesReceiver; the accumulator that flushes into it tells
+ * which groups lost rows).  Such a group's row is locked first.  If every
+ * aggregate of the view has an inverse transition function over its plain
+ * state (agg_state.c), the leaving rows are taken out of the stored states
+ * (KappaAccumRetractInto) and the new rows' states combined in; otherwise,
+ * or if an inverse function cannot undo a row, the group is recomputed from
+ * the table with the view's delta query restricted to the group's keys,
+ * run with a snapshot taken after the lock: in READ COMMITTED it sees every
+ * change committed before, and changes still in flight are merged by their
+ * writers after we commit.  With a transaction snapshot, a group row our
+ * snapshot does not see is a serialization failure.  A group whose count(*)
+ * reaches zero is deleted (the one row of a view without GROUP BY stays).
+ *
  * The caller runs the receiver as the view's owner, in a
  * security-restricted operation (view_apply.c).
  *
@@ -58,7 +72,18 @@ typedef struct MergeReceiver
 	TimestampTz now;
 	uint64		groups;
 	MemoryContext scancxt;		/* lives as long as the index scan */
+	/* changes of a table: retracted rows and recomputed groups */
+	KappaViewAccum *changes;	/* NULL when merging deltas of a stream */
+	TupleTableSlot *recomputed; /* a group's states read from the table */
+	bool		haveRecomputed;
 } MergeReceiver;
+
+/* Receives the one row of a group's recompute query (merge_recompute). */
+typedef struct RecomputeReceiver
+{
+	DestReceiver pub;
+	MergeReceiver *merge;
+} RecomputeReceiver;
 
 /*
  * Find the stored row of a group and wait out concurrent writers of it.
@@ -108,6 +133,361 @@ merge_lookup_group(MergeReceiver *r, Datum *keys, bool *keynulls)
 }
 
 /*
+ * Fill r->newslot with a group's row: its keys, its new states -- 'delta'
+ * combined into 'base' if 'haveBase', else 'delta' itself (both arrays of
+ * stored-form states, one per aggregate) -- and the outputs computed from
+ * the final values.  Allocates in the current (per-group) memory context.
+ */
+static void
+merge_build_row(MergeReceiver *r, Datum *keys, bool *keynulls, bool haveBase,
+				Datum *base, bool *baseNulls, Datum *delta, bool *deltaNulls)
+{
+	KappaViewInfo *view = r->view;
+	ExprContext *econtext = view->econtext;
+	TupleTableSlot *finals = r->finalsSlot;
+	TupleTableSlot *newslot = r->newslot;
+	Datum	   *values;
+	bool	   *nulls;
+	int			i;
+
+	ExecClearTuple(newslot);
+	values = newslot->tts_values;
+	nulls = newslot->tts_isnull;
+	memset(nulls, true, sizeof(bool) * view->matNatts);
+
+	ExecClearTuple(finals);
+	for (i = 0; i < view->nkeys; i++)
+	{
+		finals->tts_values[i] = keys[i];
+		finals->tts_isnull[i] = keynulls[i];
+	}
+	for (i = 0; i < Max(view->nkeys, 1); i++)
+	{
+		if (view->globalView && i == 0)
+		{
+			values[view->keyAttnos[0] - 1] = keys[0];
+			nulls[view->keyAttnos[0] - 1] = false;
+			break;
+		}
+		values[view->keyAttnos[i] - 1] = keys[i];
+		nulls[view->keyAttnos[i] - 1] = keynulls[i];
+	}
+	for (i = 0; i < view->naggs; i++)
+	{
+		AttrNumber	sattno = view->stateAttnos[i];
+
+		KappaAggCombineAndFinalize(&view->aggs[i], view->aggContext, haveBase,
+								   haveBase ? base[i] : (Datum) 0,
+								   haveBase ? baseNulls[i] : true,
+								   delta[i], deltaNulls[i],
+								   &values[sattno - 1], &nulls[sattno - 1],
+								   &finals->tts_values[view->nkeys + i],
+								   &finals->tts_isnull[view->nkeys + i]);
+	}
+	ExecStoreVirtualTuple(finals);
+
+	econtext->ecxt_scantuple = finals;
+	for (i = 0; i < list_length(view->shape->outExprs); i++)
+		values[view->outAttnos[i] - 1] =
+			ExecEvalExpr(view->outStates[i], econtext, &nulls[view->outAttnos[i] - 1]);
+	if (view->havingState)
+		values[view->havingAttno - 1] =
+			ExecEvalExpr(view->havingState, econtext, &nulls[view->havingAttno - 1]);
+	for (i = 0; i < list_length(view->shape->sortExprs); i++)
+		values[view->sortAttnos[i] - 1] =
+			ExecEvalExpr(view->sortStates[i], econtext, &nulls[view->sortAttnos[i] - 1]);
+	values[view->updatedAttno - 1] = TimestampTzGetDatum(r->now);
+	nulls[view->updatedAttno - 1] = false;
+	ExecStoreVirtualTuple(newslot);
+}
+
+/*
+ * Write r->newslot over the stored row r->oldslot.  Returns false if a
+ * concurrent writer updated or deleted the row first (merge into its
+ * version then).
+ */
+static bool
+merge_update_row(MergeReceiver *r)
+{
+	TM_FailureData tmfd;
+	LockTupleMode lockmode;
+	bool		updateIndexes;
+	TM_Result	result;
+
+	result = table_tuple_update(r->mat, &r->oldslot->tts_tid, r->newslot,
+								r->cid, r->estate->es_snapshot,
+								InvalidSnapshot, true, &tmfd,
+								&lockmode, &updateIndexes);
+	if (result == TM_Ok)
+	{
+		if (updateIndexes)
+			ExecInsertIndexTuples(r->rri, r->newslot, r->estate, true, false,
+								  NULL, NIL);
+		return true;
+	}
+	if (result != TM_Updated && result != TM_Deleted)
+		elog(ERROR, "unexpected result %d updating continuous view \"%s\"",
+			 (int) result, get_rel_name(r->view->viewRelid));
+	return false;
+}
+
+/*
+ * Insert r->newslot as a new group, speculatively as INSERT ... ON CONFLICT
+ * does.  Returns false if another writer inserted the group meanwhile.
+ */
+static bool
+merge_insert_row(MergeReceiver *r)
+{
+	ItemPointerData conflictTid;
+	uint32		specToken;
+	bool		specConflict = false;
+
+	if (!ExecCheckIndexConstraints(r->rri, r->newslot, r->estate, &conflictTid,
+								   r->arbiterIndexes))
+		return false;
+	specToken = SpeculativeInsertionLockAcquire(GetCurrentTransactionId());
+	table_tuple_insert_speculative(r->mat, r->newslot, r->cid, 0, NULL, specToken);
+	ExecInsertIndexTuples(r->rri, r->newslot, r->estate, false, true,
+						  &specConflict, r->arbiterIndexes);
+	table_tuple_complete_speculative(r->mat, r->newslot, specToken, !specConflict);
+	SpeculativeInsertionLockRelease(GetCurrentTransactionId());
+	return !specConflict;
+}
+
+/*
+ * Lock the stored row of a group found by merge_lookup_group, so that no
+ * other writer changes the group until we commit.  In READ COMMITTED the
+ * latest version is locked (r->oldslot then holds it); with a transaction
+ * snapshot (REPEATABLE READ, SERIALIZABLE), a newer version means a
+ * concurrent change to the group: a serialization failure (the caller also
+ * checks that the version it locked is the one its snapshot sees).  Returns
+ * false if the row was deleted meanwhile (look it up again).
+ */
+static bool
+merge_lock_group(MergeReceiver *r)
+{
+	bool		xactSnapshot = IsolationUsesXactSnapshot();
+	TM_FailureData tmfd;
+	TM_Result	result;
+
+	result = table_tuple_lock(r->mat, &r->oldslot->tts_tid, r->estate->es_snapshot,
+							  r->oldslot, r->cid, LockTupleExclusive, LockWaitBlock,
+							  xactSnapshot ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
+							  &tmfd);
+	if (result == TM_Updated || result == TM_Deleted)
+	{
+		if (xactSnapshot)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent update"),
+					 errdetail("A concurrent transaction changed a group of continuous view \"%s\".",
+							   get_rel_name(r->view->viewRelid))));
+		return false;
+	}
+	if (result != TM_Ok)
+		elog(ERROR, "unexpected result %d locking a group of continuous view \"%s\"",
+			 (int) result, get_rel_name(r->view->viewRelid));
+	ExecMaterializeSlot(r->oldslot);
+	return true;
+}
+
+static bool
+recompute_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	MergeReceiver *r = ((RecomputeReceiver *) self)->merge;
+
+	ExecCopySlot(r->recomputed, slot);
+	r->haveRecomputed = true;
+	return true;
+}
+
+static void
+recompute_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+}
+
+static void
+recompute_shutdown(DestReceiver *self)
+{
+}
+
+static void
+recompute_destroy(DestReceiver *self)
+{
+}
+
+/*
+ * Recompute one group of a view over a table from the table itself: the
+ * view's delta query restricted to the group's keys, run with 'snapshot'
+ * (taken after the group's row was locked).  Returns true with the keys
+ * and states in r->recomputed, false if no row of the table is in the group.
+ */
+static bool
+merge_recompute(MergeReceiver *r, Datum *keys, bool *keynulls, Snapshot snapshot)
+{
+	KappaViewInfo *view = r->view;
+	PlannedStmt *plan = view->recomputePlan;
+	ParamListInfo params = NULL;
+	RecomputeReceiver dest;
+	QueryDesc  *qd;
+	int			i;
+
+	if (view->nkeys > 0)
+	{
+		params = makeParamList(view->nkeys);
+		for (i = 0; i < view->nkeys; i++)
+		{
+			params->params[i].value = keys[i];
+			params->params[i].isnull = keynulls[i];
+			params->params[i].pflags = PARAM_FLAG_CONST;
+			params->params[i].ptype = TupleDescAttr(view->finalsDesc, i)->atttypid;
+			if (keynulls[i])
+				plan = view->recomputeNullPlan;
+		}
+	}
+	memset(&dest, 0, sizeof(dest));
+	dest.pub.receiveSlot = recompute_receive;
+	dest.pub.rStartup = recompute_startup;
+	dest.pub.rShutdown = recompute_shutdown;
+	dest.pub.rDestroy = recompute_destroy;
+	dest.pub.mydest = DestNone;
+	dest.merge = r;
+
+	ExecClearTuple(r->recomputed);
+	r->haveRecomputed = false;
+	qd = CreateQueryDesc(plan, view->sql, snapshot, InvalidSnapshot,
+						 (DestReceiver *) &dest, params, NULL, 0);
+	ExecutorStart(qd, 0);
+	ExecutorRun(qd, ForwardScanDirection, 0, true);
+	ExecutorFinish(qd);
+	ExecutorEnd(qd);
+	FreeQueryDesc(qd);
+	if (r->haveRecomputed)
+		slot_getallattrs(r->recomputed);
+	return r->haveRecomputed;
+}
+
+/*
+ * Merge a group of a view over a table from which rows were retracted (see
+ * the file header): lock its row, then either take the rows out of the
+ * stored states with the aggregates' inverse transition functions and add
+ * the new rows' states, or recompute the group from the table with a
+ * snapshot taken after the lock.  A group left without rows is deleted
+ * (the one row of a view without GROUP BY stays).  'delta' holds the added
+ * rows' states if 'hasAdded'.
+ */
+static void
+merge_changed_group(MergeReceiver *r, TupleTableSlot *delta, Datum *keys,
+					bool *keynulls, bool hasAdded)
+{
+	KappaViewInfo *view = r->view;
+	int			naggs = view->naggs;
+	Datum	   *states = palloc(sizeof(Datum) * naggs);
+	bool	   *snulls = palloc(sizeof(bool) * naggs);
+	int			i;
+
+	for (;;)
+	{
+		bool		found = merge_lookup_group(r, keys, keynulls);
+		bool		recompute;
+		bool		empty;
+		bool		done;
+		Snapshot	snapshot;
+		TupleTableSlot *newslot = r->newslot;
+		AttrNumber	countAttno = view->stateAttnos[0];
+
+		if (found && !merge_lock_group(r))
+			continue;
+
+		/*
+		 * what a recompute reads the table with: a snapshot taken after the
+		 * lock
+		 */
+		PushActiveSnapshot(IsolationUsesXactSnapshot() ?
+						   GetTransactionSnapshot() : GetLatestSnapshot());
+		UpdateActiveSnapshotCommandId();
+		snapshot = GetActiveSnapshot();
+		if (found && IsolationUsesXactSnapshot() &&
+			!table_tuple_satisfies_snapshot(r->mat, r->oldslot, snapshot))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent update"),
+					 errdetail("A concurrent transaction changed a group of continuous view \"%s\".",
+							   get_rel_name(view->viewRelid))));
+		if (found)
+			slot_getallattrs(r->oldslot);
+
+		recompute = !found || !view->invertible;
+		if (!recompute)
+		{
+			for (i = 0; i < naggs; i++)
+				states[i] = KappaAggStateFromStored(&view->aggs[i], view->aggContext,
+													r->oldslot->tts_values[view->stateAttnos[i] - 1],
+													r->oldslot->tts_isnull[view->stateAttnos[i] - 1],
+													&snulls[i]);
+			recompute = !KappaAccumRetractInto(r->changes, view->aggContext,
+											   states, snulls);
+		}
+		if (recompute)
+		{
+			if (merge_recompute(r, keys, keynulls, snapshot))
+				merge_build_row(r, keys, keynulls, false, NULL, NULL,
+								r->recomputed->tts_values + view->nkeys,
+								r->recomputed->tts_isnull + view->nkeys);
+			else
+			{
+				/* no row left in the group */
+				ExecClearTuple(newslot);
+				memset(newslot->tts_isnull, true, sizeof(bool) * view->matNatts);
+				newslot->tts_values[countAttno - 1] = Int64GetDatum(0);
+				newslot->tts_isnull[countAttno - 1] = false;
+			}
+		}
+		else
+		{
+			for (i = 0; i < naggs; i++)
+				states[i] = KappaAggStoredForm(&view->aggs[i], view->aggContext,
+											   states[i], snulls[i], &snulls[i]);
+			if (hasAdded)
+				merge_build_row(r, keys, keynulls, true, states, snulls,
+								delta->tts_values + view->nkeys,
+								delta->tts_isnull + view->nkeys);
+			else
+				merge_build_row(r, keys, keynulls, false, NULL, NULL,
+								states, snulls);
+		}
+		PopActiveSnapshot();
+
+		empty = !view->globalView &&
+			!newslot->tts_isnull[countAttno - 1] &&
+			DatumGetInt64(newslot->tts_values[countAttno - 1]) == 0;
+		if (empty)
+		{
+			if (found)
+			{
+				TM_FailureData tmfd;
+				TM_Result	result;
+
+				result = table_tuple_delete(r->mat, &r->oldslot->tts_tid, r->cid,
+											r->estate->es_snapshot, InvalidSnapshot,
+											true, &tmfd, false);
+				if (result != TM_Ok)
+					elog(ERROR, "unexpected result %d deleting a group of continuous view \"%s\"",
+						 (int) result, get_rel_name(view->viewRelid));
+			}
+			done = true;
+		}
+		else if (found)
+			done = merge_update_row(r);
+		else
+			done = merge_insert_row(r);
+		if (done)
+			break;
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
  * Merge one delta row (keys + partial states) into the materialization.
  * Runs in the view's per-group memory context, reset at the end.
  */
@@ -120,8 +500,7 @@ merge_receive(TupleTableSlot *slot, DestReceiver *self)
 	MemoryContext oldcxt;
 	Datum		keys[INDEX_MAX_KEYS];
 	bool		keynulls[INDEX_MAX_KEYS];
-	Datum	   *values;
-	bool	   *nulls;
+	bool		hasAdded = true;
 	int			i;
 
 	slot_getallattrs(slot);
@@ -137,110 +516,35 @@ merge_receive(TupleTableSlot *slot, DestReceiver *self)
 		keynulls[i] = slot->tts_isnull[i];
 	}
 
-	for (;;)
+	if (r->changes != NULL && KappaAccumCurrentGroup(r->changes, &hasAdded))
+		merge_changed_group(r, slot, keys, keynulls, hasAdded);
+	else
 	{
-		bool		found = merge_lookup_group(r, keys, keynulls);
-		TupleTableSlot *finals = r->finalsSlot;
-		TupleTableSlot *newslot = r->newslot;
-
-		if (found)
-			slot_getallattrs(r->oldslot);
-
-		ExecClearTuple(newslot);
-		values = newslot->tts_values;
-		nulls = newslot->tts_isnull;
-		memset(nulls, true, sizeof(bool) * view->matNatts);
-
-		ExecClearTuple(finals);
-		for (i = 0; i < view->nkeys; i++)
+		for (;;)
 		{
-			finals->tts_values[i] = keys[i];
-			finals->tts_isnull[i] = keynulls[i];
-		}
-		for (i = 0; i < Max(view->nkeys, 1); i++)
-		{
-			if (view->globalView && i == 0)
+			bool		found = merge_lookup_group(r, keys, keynulls);
+			Datum	   *stored = NULL;
+			bool	   *storedNulls = NULL;
+
+			if (found)
 			{
-				values[view->keyAttnos[0] - 1] = keys[0];
-				nulls[view->keyAttnos[0] - 1] = false;
-				break;
+				slot_getallattrs(r->oldslot);
+				stored = palloc(sizeof(Datum) * view->naggs);
+				storedNulls = palloc(sizeof(bool) * view->naggs);
+				for (i = 0; i < view->naggs; i++)
+				{
+					stored[i] = r->oldslot->tts_values[view->stateAttnos[i] - 1];
+					storedNulls[i] = r->oldslot->tts_isnull[view->stateAttnos[i] - 1];
+				}
 			}
-			values[view->keyAttnos[i] - 1] = keys[i];
-			nulls[view->keyAttnos[i] - 1] = keynulls[i];
-		}
-		for (i = 0; i < view->naggs; i++)
-		{
-			AttrNumber	sattno = view->stateAttnos[i];
-
-			KappaAggCombineAndFinalize(&view->aggs[i], view->aggContext, found,
-									   found ? r->oldslot->tts_values[sattno - 1] : (Datum) 0,
-									   found ? r->oldslot->tts_isnull[sattno - 1] : true,
-									   slot->tts_values[view->nkeys + i],
-									   slot->tts_isnull[view->nkeys + i],
-									   &values[sattno - 1], &nulls[sattno - 1],
-									   &finals->tts_values[view->nkeys + i],
-									   &finals->tts_isnull[view->nkeys + i]);
-		}
-		ExecStoreVirtualTuple(finals);
-
-		econtext->ecxt_scantuple = finals;
-		for (i = 0; i < list_length(view->shape->outExprs); i++)
-			values[view->outAttnos[i] - 1] =
-				ExecEvalExpr(view->outStates[i], econtext, &nulls[view->outAttnos[i] - 1]);
-		if (view->havingState)
-			values[view->havingAttno - 1] =
-				ExecEvalExpr(view->havingState, econtext, &nulls[view->havingAttno - 1]);
-		for (i = 0; i < list_length(view->shape->sortExprs); i++)
-			values[view->sortAttnos[i] - 1] =
-				ExecEvalExpr(view->sortStates[i], econtext, &nulls[view->sortAttnos[i] - 1]);
-		values[view->updatedAttno - 1] = TimestampTzGetDatum(r->now);
-		nulls[view->updatedAttno - 1] = false;
-		ExecStoreVirtualTuple(newslot);
-
-		if (found)
-		{
-			TM_FailureData tmfd;
-			LockTupleMode lockmode;
-			bool		updateIndexes;
-			TM_Result	result;
-
-			result = table_tuple_update(r->mat, &r->oldslot->tts_tid, newslot,
-										r->cid, r->estate->es_snapshot,
-										InvalidSnapshot, true, &tmfd,
-										&lockmode, &updateIndexes);
-			if (result == TM_Ok)
-			{
-				if (updateIndexes)
-					ExecInsertIndexTuples(r->rri, newslot, r->estate, true, false,
-										  NULL, NIL);
+			merge_build_row(r, keys, keynulls, found, stored, storedNulls,
+							slot->tts_values + view->nkeys,
+							slot->tts_isnull + view->nkeys);
+			if (found ? merge_update_row(r) : merge_insert_row(r))
 				break;
-			}
-			if (result != TM_Updated && result != TM_Deleted)
-				elog(ERROR, "unexpected result %d updating continuous view \"%s\"",
-					 (int) result, get_rel_name(view->viewRelid));
 			/* a concurrent writer got there first: merge into its version */
+			CHECK_FOR_INTERRUPTS();
 		}
-		else
-		{
-			ItemPointerData conflictTid;
-			uint32		specToken;
-			bool		specConflict = false;
-
-			if (ExecCheckIndexConstraints(r->rri, newslot, r->estate, &conflictTid,
-										  r->arbiterIndexes))
-			{
-				specToken = SpeculativeInsertionLockAcquire(GetCurrentTransactionId());
-				table_tuple_insert_speculative(r->mat, newslot, r->cid, 0, NULL, specToken);
-				ExecInsertIndexTuples(r->rri, newslot, r->estate, false, true,
-									  &specConflict, r->arbiterIndexes);
-				table_tuple_complete_speculative(r->mat, newslot, specToken, !specConflict);
-				SpeculativeInsertionLockRelease(GetCurrentTransactionId());
-				if (!specConflict)
-					break;
-			}
-			/* someone inserted the group meanwhile: merge into theirs */
-		}
-		CHECK_FOR_INTERRUPTS();
 	}
 
 	r->groups++;
@@ -280,6 +584,9 @@ merge_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
 	r->oldslot = table_slot_create(r->mat, NULL);
 	r->newslot = MakeSingleTupleTableSlot(RelationGetDescr(r->mat), &TTSOpsVirtual);
 	r->finalsSlot = MakeSingleTupleTableSlot(view->finalsDesc, &TTSOpsVirtual);
+	if (r->changes != NULL)
+		r->recomputed = MakeSingleTupleTableSlot(ExecTypeFromTL(view->recomputePlan->planTree->targetlist),
+												 &TTSOpsMinimalTuple);
 }
 
 static void
@@ -291,6 +598,8 @@ merge_shutdown(DestReceiver *self)
 	ExecDropSingleTupleTableSlot(r->oldslot);
 	ExecDropSingleTupleTableSlot(r->newslot);
 	ExecDropSingleTupleTableSlot(r->finalsSlot);
+	if (r->recomputed != NULL)
+		ExecDropSingleTupleTableSlot(r->recomputed);
 	ExecCloseIndices(r->rri);
 	FreeExecutorState(r->estate);
 	table_close(r->mat, NoLock);
@@ -321,4 +630,51 @@ KappaMergeReceiver(KappaViewInfo *view)
 	receiver->cid = GetCurrentCommandId(true);
 	receiver->now = GetCurrentTimestamp();
 	return (DestReceiver *) receiver;
+}
+
+/*
+ * KappaMergeChangesReceiver is KappaMergeReceiver for the changes of a view
+ * over a table: 'changes' is the accumulator whose flush feeds it, which
+ * tells for each group whether rows were retracted from it (they are taken
+ * out with the inverse transition functions, or the group is recomputed
+ * from the table).
+ */
+DestReceiver *
+KappaMergeChangesReceiver(KappaViewInfo *view, KappaViewAccum *changes)
+{
+	MergeReceiver *receiver = (MergeReceiver *) KappaMergeReceiver(view);
+
+	receiver->changes = changes;
+	return (DestReceiver *) receiver;
+}
+
+/*
+ * KappaMergeEmpty deletes every group of the view's materialization (its
+ * table was truncated), as of the active snapshot and command.  The caller
+ * holds a lock that keeps other writers of the view out.
+ */
+void
+KappaMergeEmpty(KappaViewInfo *view)
+{
+	Relation	mat = table_open(view->matRelid, RowExclusiveLock);
+	Snapshot	snapshot = GetActiveSnapshot();
+	CommandId	cid = GetCurrentCommandId(true);
+	TableScanDesc scan = table_beginscan(mat, snapshot, 0, NULL);
+	TupleTableSlot *slot = table_slot_create(mat, NULL);
+
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		TM_FailureData tmfd;
+		TM_Result	result;
+
+		result = table_tuple_delete(mat, &slot->tts_tid, cid, snapshot,
+									InvalidSnapshot, true, &tmfd, false);
+		if (result != TM_Ok)
+			elog(ERROR, "unexpected result %d emptying continuous view \"%s\"",
+				 (int) result, get_rel_name(view->viewRelid));
+		CHECK_FOR_INTERRUPTS();
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	table_close(mat, NoLock);
 }

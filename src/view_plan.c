@@ -47,6 +47,7 @@
 #include "utils/syscache.h"
 
 #include "pg_kappa.h"
+#include "kappa_errcodes.h"
 #include "util.h"
 #include "view.h"
 
@@ -132,9 +133,13 @@ plan_make_partial(Plan *plan)
 	}
 }
 
-/* Build and plan the delta query of a view. */
+/*
+ * Build and plan the delta query of a view; with 'groupQual', restricted to
+ * one group (a view over a table recomputing a group, see
+ * plan_group_qual).
+ */
 static PlannedStmt *
-plan_delta_query(KappaViewShape *shape, const char *sql)
+plan_delta_query(KappaViewShape *shape, const char *sql, Node *groupQual)
 {
 	Query	   *query = shape->query;
 	Query	   *delta = copyObject(query);
@@ -168,6 +173,8 @@ plan_delta_query(KappaViewShape *shape, const char *sql)
 	delta->limitCount = NULL;
 	delta->limitOffset = NULL;
 	delta->limitOption = LIMIT_OPTION_DEFAULT;
+	if (groupQual != NULL)
+		delta->jointree->quals = make_and_qual(delta->jointree->quals, groupQual);
 
 	pstmt = pg_plan_query(delta, sql, 0, NULL);
 	plan_make_partial(pstmt->planTree);
@@ -183,11 +190,11 @@ static PlannedStmt *
 plan_delta_query_for(KappaViewShape *shape, const char *sql, double rows)
 {
 	double		saved = KappaScanSetPlannedRows(rows);
-	PlannedStmt *pstmt;
+	PlannedStmt *volatile pstmt = NULL;
 
 	PG_TRY();
 	{
-		pstmt = plan_delta_query(shape, sql);
+		pstmt = plan_delta_query(shape, sql, NULL);
 	}
 	PG_FINALLY();
 	{
@@ -195,6 +202,80 @@ plan_delta_query_for(KappaViewShape *shape, const char *sql, double rows)
 	}
 	PG_END_TRY();
 	return pstmt;
+}
+
+/*
+ * The condition that restricts a view over a table to one group: each group
+ * key compared with parameter $i by the key's equality operator, or, with
+ * 'nullSafe', by IS NOT DISTINCT FROM (which finds NULL keys but no index).
+ */
+static Node *
+plan_group_qual(KappaViewShape *shape, bool nullSafe)
+{
+	List	   *quals = NIL;
+	ListCell   *lc;
+	int			i = 0;
+
+	foreach(lc, shape->query->groupClause)
+	{
+		SortGroupClause *sgc = lfirst(lc);
+		TargetEntry *tle = get_sortgroupclause_tle(sgc, shape->query->targetList);
+		Node	   *key = (Node *) copyObject(tle->expr);
+		Param	   *param = makeNode(Param);
+		Expr	   *cmp;
+
+		param->paramkind = PARAM_EXTERN;
+		param->paramid = ++i;
+		param->paramtype = exprType(key);
+		param->paramtypmod = exprTypmod(key);
+		param->paramcollid = exprCollation(key);
+		param->location = -1;
+		cmp = make_opclause(sgc->eqop, BOOLOID, false, (Expr *) key,
+							(Expr *) param, InvalidOid, exprCollation(key));
+		if (nullSafe)
+		{
+			NodeSetTag(cmp, T_DistinctExpr);
+			cmp = makeBoolExpr(NOT_EXPR, list_make1(cmp), -1);
+		}
+		quals = lappend(quals, cmp);
+	}
+	if (quals == NIL)
+		return NULL;
+	return (Node *) make_ands_explicit(quals);
+}
+
+/*
+ * A view over a table: check that its rows can be pushed (view_accum.c),
+ * the only way changes reach it, and plan the queries that recompute one
+ * group from the table (in the current memory context, as the owner).
+ */
+static void
+plan_table_view(KappaViewInfo *view, KappaViewShape *shape, const char *sql,
+				PlannedStmt **eqPlan, PlannedStmt **nullPlan)
+{
+	int			i;
+
+	if (view->push == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
+				 errmsg("this aggregate call is not supported in a continuous view over a table"),
+				 errdetail("A continuous view over a table takes each changed row through its aggregates' transition functions; VARIADIC calls and direct arguments are not supported."),
+				 errhint("Call the aggregate with plain arguments.")));
+	for (i = 0; i < view->nkeys; i++)
+	{
+		if (!view->keyHashable[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
+					 errmsg("group key %d of a continuous view over a table cannot be hashed", i + 1),
+					 errdetail("A continuous view over a table groups changed rows in a hash table."),
+					 errhint("Group by an expression of a type with a hash operator class, such as a cast to text.")));
+	}
+	view->invertible = true;
+	for (i = 0; i < view->naggs; i++)
+		view->invertible &= view->aggs[i].invertible;
+	*eqPlan = plan_delta_query(shape, sql, plan_group_qual(shape, false));
+	*nullPlan = view->nkeys == 0 ? *eqPlan :
+		plan_delta_query(shape, sql, plan_group_qual(shape, true));
 }
 
 static AttrNumber
@@ -288,6 +369,13 @@ plan_push_info(KappaViewInfo *view, KappaViewShape *shape)
 		pa->fcinfo = palloc0(SizeForFunctionCallInfo(pa->numInputs + 1));
 		InitFunctionCallInfoData(*pa->fcinfo, &pa->transfn, pa->numInputs + 1,
 								 view->aggs[i].inputCollid, NULL, NULL);
+		if (view->aggs[i].invertible)
+		{
+			pa->invFcinfo = palloc0(SizeForFunctionCallInfo(pa->numInputs + 1));
+			InitFunctionCallInfoData(*pa->invFcinfo, &pa->invtransfn,
+									 pa->numInputs + 1,
+									 view->aggs[i].inputCollid, NULL, NULL);
+		}
 
 		/*
 		 * Like nodeAgg.c, let aggregates with the same transition (sum and
@@ -533,6 +621,18 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	view->econtext = CreateStandaloneExprContext();
 	view->aggContext = KappaMakeAggContext(view->econtext);
 	view->push = plan_push_info(view, shape);
+	view->factIsTable = shape->factIsTable;
+	if (view->factIsTable)
+	{
+		PlannedStmt *eqPlan;
+		PlannedStmt *nullPlan;
+
+		MemoryContextSwitchTo(tmpcxt);
+		plan_table_view(view, shape, sql, &eqPlan, &nullPlan);
+		MemoryContextSwitchTo(cxt);
+		view->recomputePlan = copyObject(eqPlan);
+		view->recomputeNullPlan = copyObject(nullPlan);
+	}
 
 	KappaRestoreUser(&saved);
 	MemoryContextSwitchTo(oldcxt);

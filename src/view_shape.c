@@ -5,7 +5,9 @@
  *	  maintenance: its "shape".
  *
  * A view query is a SELECT over exactly one stream, optionally joined to
- * ordinary tables, with aggregates that have combine functions.  Everything
+ * ordinary tables, or over one ordinary table alone (a view over a table,
+ * maintained from the table's changes: table_capture.c), with aggregates
+ * that have combine functions.  Everything
  * that cannot be maintained from per-batch partial states is refused here
  * with its own SQLSTATE (kappa_errcodes.h), a message naming the construct
  * and a hint with the alternative.
@@ -22,6 +24,8 @@
 
 #include "catalog/pg_aggregate.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
@@ -326,11 +330,111 @@ shape_check_aggref(Aggref *aggref, ParseState *pstate)
 }
 
 /*
+ * A query that reads no stream aggregates an ordinary table: the first
+ * relation of its FROM clause (its "fact" relation).  Returns its range
+ * table index, or refuses what a view over a table cannot maintain: other
+ * kinds of relations, and anything besides the one table (joins,
+ * subqueries, functions in FROM), whose changes would not reach the view.
+ */
+static Index
+shape_check_table_fact(Query *query, ParseState *pstate)
+{
+	Node	   *first;
+	RangeTblEntry *rte;
+	Form_pg_class classForm;
+	HeapTuple	tuple;
+	char		relkind;
+	char		persistence;
+	bool		rls;
+	char	   *relname;
+
+	if (query->jointree == NULL || query->jointree->fromlist == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_NO_STREAM),
+				 errmsg("the query of a continuous view must read from a stream or a table"),
+				 errhint("Name a stream (kappa.create_stream()) or an ordinary table in the FROM clause.")));
+	first = linitial(query->jointree->fromlist);
+	while (IsA(first, JoinExpr))
+		first = ((JoinExpr *) first)->larg;
+	rte = IsA(first, RangeTblRef) ?
+		rt_fetch(((RangeTblRef *) first)->rtindex, query->rtable) : NULL;
+	if (rte == NULL || rte->rtekind != RTE_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_NO_STREAM),
+				 errmsg("the query of a continuous view must read from a stream or a table"),
+				 errdetail("The first item of its FROM clause is a subquery, a view, a function or a join."),
+				 errhint("Name a stream or an ordinary table first in the FROM clause; a plain view cannot be maintained incrementally.")));
+
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(rte->relid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", rte->relid);
+	classForm = (Form_pg_class) GETSTRUCT(tuple);
+	relkind = classForm->relkind;
+	persistence = classForm->relpersistence;
+	rls = classForm->relrowsecurity;
+	ReleaseSysCache(tuple);
+	relname = get_rel_name(rte->relid);
+
+	if (relkind == RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_UNSUPPORTED_RELATION),
+				 errmsg("a continuous view over partitioned table \"%s\" is not supported", relname),
+				 errdetail("Changes made directly to its partitions would not reach the view."),
+				 errhint("Create one continuous view per partition and combine them in a plain view, or aggregate an ordinary table.")));
+	if (relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_UNSUPPORTED_RELATION),
+				 errmsg("\"%s\" is neither a stream nor an ordinary table", relname),
+				 errdetail("A continuous view aggregates a stream or an ordinary table, whose changes pg_kappa can capture."),
+				 errhint("Create a stream with kappa.create_stream(), or aggregate an ordinary table.")));
+	if (persistence == RELPERSISTENCE_TEMP)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_UNSUPPORTED_RELATION),
+				 errmsg("a continuous view over temporary table \"%s\" is not supported", relname),
+				 errhint("Use a plain view, or aggregate a permanent or unlogged table.")));
+	if (rls)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_UNSUPPORTED_RELATION),
+				 errmsg("a continuous view over table \"%s\" with row-level security is not supported", relname),
+				 errdetail("The view would aggregate every row, including rows its readers may not see."),
+				 errhint("Disable row-level security on the table, or use a plain view.")));
+
+	if (has_superclass(rte->relid) || has_subclass(rte->relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_UNSUPPORTED_RELATION),
+				 errmsg("a continuous view over table \"%s\" in an inheritance hierarchy is not supported", relname),
+				 errdetail("Changes made through its parent or to its children would not reach the view."),
+				 errhint("Aggregate a table without inheritance.")));
+
+	/* the table alone (joins are a later step) */
+	if (list_length(query->rtable) != 1 ||
+		list_length(query->jointree->fromlist) != 1 ||
+		!IsA(linitial(query->jointree->fromlist), RangeTblRef))
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
+				 errmsg("joins are not supported in a continuous view over a table"),
+				 errdetail("The view aggregates table \"%s\"; changes to the other relations of its FROM clause would not reach the view.", relname),
+				 errhint("Aggregate the table alone, and join the continuous view to the other tables when reading it.")));
+	if (query->hasSubLinks)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
+				 errmsg("subqueries are not supported in a continuous view over a table"),
+				 errdetail("Changes to the relations a subquery reads would not reach the view."),
+				 errhint("Express the filter over the table's own columns, or apply it when reading the view.")));
+	if (rte->tablesample != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
+				 errmsg("TABLESAMPLE is not supported in a continuous view over a table"),
+				 errhint("Remove the TABLESAMPLE clause.")));
+	return ((RangeTblRef *) linitial(query->jointree->fromlist))->rtindex;
+}
+
+/*
  * Refuse everything that cannot be maintained incrementally; returns the
  * range table index of the stream.
  */
 static Index
-shape_check_query(Query *query, ParseState *pstate)
+shape_check_query(Query *query, ParseState *pstate, bool *isTable)
 {
 	CheckContext ctx = {pstate, 0};
 	int			direct = 0;
@@ -368,10 +472,10 @@ shape_check_query(Query *query, ParseState *pstate)
 				 errdetail("A continuous view reads its stream directly in its FROM clause."),
 				 errhint("Move the stream into the main FROM clause and express the subquery's filter in WHERE, or define a continuous view over the stream and query that.")));
 	if (direct == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_NO_STREAM),
-				 errmsg("the query of a continuous view must read from a stream"),
-				 errhint("Create a stream with kappa.create_stream(), or use a plain or materialized view for queries over tables.")));
+	{
+		streamIndex = shape_check_table_fact(query, pstate);
+		*isTable = true;
+	}
 	if (direct > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_KAPPA_MULTIPLE_STREAMS),
@@ -574,7 +678,7 @@ KappaBuildViewShape(Query *query, const char *sql)
 	error_context_stack = &errcallback;
 
 	pstate->p_sourcetext = sql;
-	streamIndex = shape_check_query(query, pstate);
+	streamIndex = shape_check_query(query, pstate, &shape->factIsTable);
 
 	/*
 	 * Columns merged by JOIN ... USING refer to the join; compare keys and

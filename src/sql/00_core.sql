@@ -195,6 +195,19 @@ AS 'MODULE_PATHNAME', 'kappa_stream_changed'
 LANGUAGE C STRICT VOLATILE;
 REVOKE ALL ON FUNCTION kappa.stream_changed(regclass) FROM PUBLIC;
 
+-- Continuous views over tables
+-- The trigger that captures the changes of an ordinary table that continuous
+-- views aggregate (src/table_capture.c); pg_kappa creates it on such a table
+-- as kappa_capture_before/_insert/_update/_delete/_truncate and drops it with
+-- the table's last view.
+CREATE FUNCTION kappa.capture_table_change()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'kappa_capture_table_change'
+LANGUAGE C;
+
+COMMENT ON COLUMN kappa.view_catalog.stream IS
+  'the relation the view aggregates: a stream, or an ordinary table';
+
 CREATE EVENT TRIGGER kappa_sql_drop ON sql_drop
   EXECUTE FUNCTION kappa.on_sql_drop();
 

@@ -10,8 +10,14 @@
 # a relative 1e-9, and the read-time ORDER BY/LIMIT giving the same rows in
 # the same order.
 #
+# Then a table mode: the same views over an ordinary table that random steps
+# insert into, update (values, WHERE columns and group keys), delete from,
+# truncate, COPY into and MERGE into, with rollbacks, savepoints and errors;
+# after every step each view equals its query over the table itself.
+#
 # Seeded and repeatable: KAPPA_SEED=<n> replays a run (the seed is printed);
-# KAPPA_STEPS=<n> changes the number of steps (default 40).  Every run does
+# KAPPA_STEPS=<n> changes the number of steps (default 40), KAPPA_TSTEPS=<n>
+# those of the table mode (default 30).  Every run does
 # all its steps, however slow the machine (about 70 s on 2 idle cores): what
 # is checked never depends on timing.
 
@@ -217,11 +223,14 @@ for my $v (@views)
 # the keys are the same).
 sub compare_sql
 {
+	my ($vs, $rel) = @_;
+	$vs //= \@views;
+	$rel //= 'shadow';
 	my (@create, @parts, @drop);
-	for my $v (@views)
+	for my $v (@$vs)
 	{
 		my $name = $v->{name};
-		my $plain = view_sql($v, 'shadow');
+		my $plain = view_sql($v, $rel);
 		my %isfloat = map { $_ => 1 } @{ $v->{floats} };
 		my $cols = $s->{cols}{$name};
 		my $exact = join(', ', grep { !$isfloat{$_} } @$cols);
@@ -264,11 +273,11 @@ my $compare = compare_sql();
 # Show what differs (the exactly compared columns), for the log.
 sub diff_detail
 {
-	my ($v) = @_;
+	my ($v, $rel) = @_;
 	my $name = $v->{name};
 	my %isfloat = map { $_ => 1 } @{ $v->{floats} };
 	my $exact = join(', ', grep { !$isfloat{$_} } @{ $s->{cols}{$name} });
-	my $plain = view_sql($v, 'shadow');
+	my $plain = view_sql($v, $rel // 'shadow');
 	return $s->query_safe(qq{
 SELECT 'view only:  ' || t::text FROM (SELECT $exact FROM $name EXCEPT ALL SELECT $exact FROM ($plain) p) t
 UNION ALL
@@ -281,13 +290,13 @@ my $all_ok = 1;
 
 sub check_views
 {
-	my ($label) = @_;
-	my $out = $s->query_safe($compare);
+	my ($label, $cmp, $vs, $rel) = @_;
+	my $out = $s->query_safe($cmp // $compare);
 	my $ok = 1;
 	for my $line (split /\n/, $out)
 	{
 		my ($name, $n, $np, $extra, $lacking, $badfloat, $order) = split /\|/, $line;
-		my ($v) = grep { $_->{name} eq $name } @views;
+		my ($v) = grep { $_->{name} eq $name } @{ $vs // \@views };
 		my @why;
 		push @why, "$extra rows only in the view" if $extra;
 		push @why, "$lacking rows only in the plain query" if $lacking;
@@ -297,14 +306,14 @@ sub check_views
 		if (@why)
 		{
 			$ok = 0;
-			diag "after $label: $name: " . join('; ', @why) . "\n" . diff_detail($v);
+			diag "after $label: $name: " . join('; ', @why) . "\n" . diff_detail($v, $rel);
 		}
 	}
 	$nchecks++;
 	if (!$ok)
 	{
 		$all_ok = 0;
-		fail("views equal plain SQL over the shadow after $label (seed $seed)");
+		fail("views equal plain SQL over " . ($rel // 'the shadow') . " after $label (seed $seed)");
 	}
 	return $ok;
 }
@@ -599,6 +608,134 @@ ok($all_ok, "views equal plain SQL over the shadow after each of $step steps ($n
 ok($done{COPY}, 'at least one 100,000-row COPY was applied');
 note "steps done: " . join(', ', map { "$_ x$done{$_}" } sort keys %done);
 note "$errors_seen steps raised the expected error";
+
+# ---------------------------------------------------------------- table mode
+# The same views (but the join) over an ordinary table "tbl", which random
+# steps change with INSERT, UPDATE (values, WHERE columns and group keys),
+# DELETE, TRUNCATE, COPY and MERGE, in transactions that commit or roll
+# back, with savepoints and errors.  After every step each view must equal
+# its query run as plain SQL over tbl itself.
+my $tsteps = $ENV{KAPPA_TSTEPS} // 30;
+my @tviews = map { { %$_, name => "t$_->{name}" } } grep { $_->{name} ne 'v_join' } @views;
+$s->query_safe(qq{
+CREATE TABLE tbl ($columns);
+CREATE INDEX ON tbl (g);
+CREATE INDEX ON tbl (k);
+});
+# rows before the views: their backfill
+$s->query_safe(series_sql('tbl', 3000, rnd_mode()));
+for my $v (@tviews)
+{
+	my $q = view_sql($v, 'tbl');
+	$s->query_safe("SELECT kappa.create_view('$v->{name}', \$kq\$$q\$kq\$)");
+	my $cols = $s->query_safe(
+		"SELECT string_agg(quote_ident(attname), ' ' ORDER BY attnum) FROM pg_attribute "
+		  . "WHERE attrelid = '$v->{name}'::regclass AND attnum > 0 AND NOT attisdropped");
+	$s->{cols}{ $v->{name} } = [ split / /, $cols ];
+}
+my $tcompare = compare_sql(\@tviews, 'tbl');
+my $tok = check_views('table backfill', $tcompare, \@tviews, 'tbl');
+
+# a random change of tbl, as SQL
+sub table_change
+{
+	my $r = rand();
+	my $m = 2 + int(rand(9));
+	my $c = int(rand($m));
+	my $pick = "abs(hashint4(coalesce(k, 0) + " . int(rand(1000)) . ")) % $m = $c";
+	my @updates = (
+		"UPDATE tbl SET x = x + 1.5, f = f * 0.5 WHERE $pick",
+		"UPDATE tbl SET g = 'g' || (abs(coalesce(k, 0)) % 7) WHERE $pick",
+		"UPDATE tbl SET k = k + " . (int(rand(40)) - 20) . " WHERE $pick",
+		"UPDATE tbl SET ts = ts + interval '50 minutes', flag = NOT flag WHERE $pick",
+		"UPDATE tbl SET g = NULL, x = NULL WHERE $pick AND k % 3 = 0",
+	);
+	return ('INSERT', series_sql('tbl', 100 + int(rand(1500)), rnd_mode())) if $r < 0.22;
+	return ('UPDATE', $updates[ int(rand(@updates)) ]) if $r < 0.52;
+	return ('DELETE', "DELETE FROM tbl WHERE $pick") if $r < 0.68;
+	return ('DELETE a group', "DELETE FROM tbl WHERE g IS NOT DISTINCT FROM (SELECT g FROM tbl ORDER BY k NULLS FIRST LIMIT 1)")
+	  if $r < 0.74;
+	return ('MERGE', "MERGE INTO tbl t USING (SELECT i FROM generate_series(1, 60) i) s "
+		  . "ON t.k = s.i * $m "
+		  . "WHEN MATCHED AND s.i % 3 = 0 THEN DELETE "
+		  . "WHEN MATCHED THEN UPDATE SET x = coalesce(t.x, 0) + s.i, g = 'm' || (s.i % 4) "
+		  . "WHEN NOT MATCHED THEN INSERT VALUES (s.i * $m, 'm' || (s.i % 5), s.i, s.i * 0.25, "
+		  . "timestamptz '2024-01-01 00:00:00+00' + s.i * interval '7 minutes', s.i % 2 = 0)")
+	  if $r < 0.84;
+	if ($r < 0.94)
+	{
+		my $file = "$datadir/tcopy_" . (++$copyno) . '.txt';
+		my $mode = rnd_mode();
+		open(my $fh, '>', $file) or die "cannot write $file: $!";
+		print $fh copy_line(rnd_row($mode), 0) for 1 .. 5000;
+		close $fh;
+		return ('COPY', "COPY tbl FROM '$file'");
+	}
+	return ('TRUNCATE', "TRUNCATE tbl;\n" . series_sql('tbl', 500, rnd_mode()));
+}
+
+my %tdone;
+for my $tstep (1 .. $tsteps)
+{
+	my $r = rand();
+	my ($kind, $sql, $expect_error);
+	my @ch = map { [ table_change() ] } 1 .. 3;
+	if ($r < 0.45)
+	{
+		$kind = $ch[0][0];
+		$sql = "BEGIN;\n$ch[0][1];\nCOMMIT;";
+	}
+	elsif ($r < 0.60)
+	{
+		$kind = "$ch[0][0], $ch[1][0] in one transaction";
+		$sql = "BEGIN;\n$ch[0][1];\n$ch[1][1];\nCOMMIT;";
+	}
+	elsif ($r < 0.72)
+	{
+		$kind = "$ch[0][0], ROLLBACK";
+		$sql = "BEGIN;\n$ch[0][1];\n$ch[1][1];\nROLLBACK;";
+	}
+	elsif ($r < 0.88)
+	{
+		$kind = "$ch[0][0], SAVEPOINT, $ch[1][0], ROLLBACK TO, $ch[2][0]";
+		$sql = "BEGIN;\n$ch[0][1];\nSAVEPOINT a;\n$ch[1][1];\nROLLBACK TO SAVEPOINT a;\n"
+		  . "$ch[2][1];\nCOMMIT;";
+	}
+	else
+	{
+		$kind = "$ch[0][0], error inside a savepoint, ROLLBACK TO";
+		$sql = "BEGIN;\n$ch[0][1];\nSAVEPOINT a;\n$ch[1][1];\n"
+		  . "UPDATE tbl SET k = k + 1 / (k - k) WHERE k IS NOT NULL;\n"
+		  . "ROLLBACK TO SAVEPOINT a;\n$ch[2][1];\nCOMMIT;";
+		$expect_error = qr/division by zero/;
+	}
+	my $ts = time;
+	my ($out, $err) = $s->query($sql);
+	if ($expect_error)
+	{
+		if ($err !~ $expect_error)
+		{
+			fail("table step $tstep ($kind): expected an error matching $expect_error, got: $err");
+			$tok = 0;
+		}
+		$err = join("\n", grep { !/$expect_error|current transaction is aborted/ } split /\n/, $err);
+	}
+	if ($err ne '')
+	{
+		fail("table step $tstep ($kind) failed: $err");
+		$tok = 0;
+		$s->query('ROLLBACK');
+	}
+	my $tapply = time - $ts;
+	my $ok = check_views("table step $tstep: $kind", $tcompare, \@tviews, 'tbl');
+	$tok &&= $ok;
+	$tdone{$_->[0]}++ for @ch[ 0 .. ($kind =~ /SAVEPOINT|one transaction|ROLLBACK/ ? 2 : 0) ];
+	note sprintf('table step %d: %s: %.2fs%s', $tstep, $kind, $tapply, $ok ? '' : ' MISMATCH');
+	last if !$ok && !$ENV{KAPPA_CONTINUE};
+}
+my $ntbl = $s->query_safe('SELECT count(*) FROM tbl');
+ok($tok, "views over a table equal plain SQL over it after each of $tsteps steps (seed $seed, $ntbl rows left)");
+note "table steps done: " . join(', ', map { "$_ x$tdone{$_}" } sort keys %tdone);
 
 $s->quit;
 $node->stop;

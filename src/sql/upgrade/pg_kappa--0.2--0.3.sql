@@ -168,3 +168,16 @@ LANGUAGE C CALLED ON NULL INPUT VOLATILE;
 COMMENT ON FUNCTION kappa.decode_change_preview(regclass, text, bytea, bytea,
                                                 text, text, text, jsonb) IS
   'decode one message of a keyed changelog (upsert, debezium) for a target as a source would, returning the change as jsonb';
+
+-- Continuous views over tables
+-- The trigger that captures the changes of an ordinary table that continuous
+-- views aggregate (src/table_capture.c); pg_kappa creates it on such a table
+-- as kappa_capture_before/_insert/_update/_delete/_truncate and drops it with
+-- the table's last view.
+CREATE FUNCTION kappa.capture_table_change()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'kappa_capture_table_change'
+LANGUAGE C;
+
+COMMENT ON COLUMN kappa.view_catalog.stream IS
+  'the relation the view aggregates: a stream, or an ordinary table';
