@@ -8,7 +8,8 @@
 # worker is killed with SIGKILL and the postmaster itself is killed.  The
 # expected table is computed independently: the same changes applied by
 # plain SQL statements to a shadow table.  At the end the table equals the
-# shadow, and every message was applied once or is a dead letter.
+# shadow, every message was applied once or is a dead letter, and the
+# continuous views over the table equal their queries as plain SQL.
 
 use strict;
 use warnings;
@@ -31,6 +32,12 @@ my $columns = q{id int PRIMARY KEY, name text NOT NULL, balance numeric(12,2), b
 $node->safe_psql('postgres', qq{
 CREATE TABLE customers ($columns);
 CREATE TABLE shadow ($columns);
+-- continuous views over the table: one whose aggregates retract in place,
+-- one whose groups are recomputed (min, max)
+SELECT kappa.create_view('by_year', \$\$SELECT extract(year FROM born)::int AS y, count(*) AS n,
+    sum(balance) AS total, avg(balance) AS mean FROM customers GROUP BY 1\$\$);
+SELECT kappa.create_view('by_digit', \$\$SELECT id % 10 AS g, min(balance) AS lo, max(seen) AS last_seen,
+    count(bio) AS with_bio FROM customers GROUP BY 1\$\$);
 SELECT kappa.create_kafka_source('dbz_src', target => 'customers', topic => 'dbz',
     brokers => '$bs', envelope => 'debezium', options => '{"batch_size": 2000}');
 });
@@ -272,6 +279,16 @@ is($node->safe_psql('postgres', q{
 SELECT count(*) FROM ((TABLE customers EXCEPT ALL TABLE shadow)
                       UNION ALL (TABLE shadow EXCEPT ALL TABLE customers)) d}), 0,
 	'the table equals the shadow');
+for my $view ([ 'by_year', q{SELECT extract(year FROM born)::int AS y, count(*) AS n,
+    sum(balance) AS total, avg(balance) AS mean FROM customers GROUP BY 1} ],
+	[ 'by_digit', q{SELECT id % 10 AS g, min(balance) AS lo, max(seen) AS last_seen,
+    count(bio) AS with_bio FROM customers GROUP BY 1} ])
+{
+	my ($name, $q) = @$view;
+	is($node->safe_psql('postgres', qq{
+SELECT count(*) FROM ((TABLE $name EXCEPT ALL ($q)) UNION ALL (($q) EXCEPT ALL TABLE $name)) d}),
+		0, "view $name equals its query as plain SQL");
+}
 is($node->safe_psql('postgres', q{SELECT count(*) FROM customers WHERE bio IS NOT NULL}),
 	$node->safe_psql('postgres', q{SELECT count(*) FROM shadow WHERE bio IS NOT NULL}),
 	'TOAST placeholders kept the values');
