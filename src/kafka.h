@@ -190,7 +190,8 @@ extern void KappaStatusSetState(KappaWorkerState state);
 extern void KappaStatusSetError(KappaWorkerState state, const char *fmt,...)
 			pg_attribute_printf(2, 3);
 extern void KappaStatusForgetError(void);
-extern void KappaStatusBatch(int64 messages, int64 bytes, int64 dead);
+extern void KappaStatusBatch(int64 messages, int64 bytes, int64 dead,
+							 int64 out_of_order);
 extern void KappaStatusBatchCommitted(void);
 extern bool KappaStatusFlushDue(TimestampTz now);
 extern void KappaStatusFlush(const KappaPartition *parts, int nparts,
@@ -356,8 +357,9 @@ extern void KappaSimpleTargetClose(KappaSimpleTarget *target);
 extern List *KappaTargetPlan(const char *sql, Oid *argtypes, int nargs, Oid checkAsUser);
 extern void KappaTargetExec(List *plans, const char *sql, ParamListInfo params);
 extern KappaChangeSet *KappaChangeSetCreate(Relation rel, Oid checkAsUser,
+											int32 ordered_source,
 											MemoryContext parent);
 extern void KappaChangeSetAdd(KappaChangeSet *set, const KappaChange *change, int msg);
-extern void KappaChangeSetApply(KappaChangeSet *set, int *failed);
+extern int64 KappaChangeSetApply(KappaChangeSet *set, int *failed);
 
 #endif							/* KAPPA_KAFKA_H */

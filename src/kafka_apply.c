@@ -102,6 +102,7 @@ typedef struct KaSink
 	KappaBatch *batch;			/* KA_PATH_STREAM */
 	KappaSimpleTarget direct;	/* KA_PATH_DIRECT */
 	KappaChangeSet *changes;	/* KA_PATH_CHANGES */
+	int64		out_of_order;	/* changes the ordering guard dropped */
 } KaSink;
 
 /* The apply state of this worker. */
@@ -135,6 +136,7 @@ typedef struct KaApply
 	rd_kafka_message_t **msgs;
 	int			nmsgs;
 	ErrorData **dead;			/* why msgs[i] is a dead letter, or NULL */
+	int64		out_of_order;	/* changes the ordering guard dropped */
 	int			failed_index;	/* message being processed, -1 in apply */
 
 	/* catalog plans (executed as the extension's owner) */
@@ -308,6 +310,7 @@ ka_sink_open(KaSink *sink, Relation rel)
 		KappaSimpleTargetOpen(&sink->direct, rel);
 	else if (sink->path == KA_PATH_CHANGES)
 		sink->changes = KappaChangeSetCreate(rel, ka_apply.source->owner,
+											 ka_apply.source->order_by ? ka_apply.source->id : 0,
 											 ka_apply.batch_cxt);
 }
 
@@ -377,15 +380,16 @@ ka_sink_close(KaSink *sink)
 	else if (sink->path == KA_PATH_DIRECT)
 		KappaSimpleTargetClose(&sink->direct);
 	else if (sink->path == KA_PATH_CHANGES)
-		KappaChangeSetApply(sink->changes, &ka_apply.failed_index);
+		sink->out_of_order = KappaChangeSetApply(sink->changes, &ka_apply.failed_index);
 }
 
 /*
  * ka_insert_range decodes and stores messages [lo, hi) that are not dead
  * letters yet; for a stream it then applies them.  Raises the first error;
  * failed_index says which message raised it (-1: the stream's views).
+ * Returns how many changes the ordering guard dropped.
  */
-static void
+static int64
 ka_insert_range(Relation rel, int lo, int hi)
 {
 	KaSink		sink;
@@ -438,6 +442,7 @@ ka_insert_range(Relation rel, int lo, int hi)
 	ka_apply.failed_index = -1;
 	ka_sink_close(&sink);
 	ka_apply.failed_index = -1;
+	return sink.out_of_order;
 }
 
 /*
@@ -484,8 +489,10 @@ ka_try_range(Relation rel, int lo, int hi, int *failed)
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		ka_insert_range(rel, lo, hi);
+		int64		out_of_order = ka_insert_range(rel, lo, hi);
+
 		ReleaseCurrentSubTransaction();
+		ka_apply.out_of_order += out_of_order;
 	}
 	PG_CATCH();
 	{
@@ -767,6 +774,7 @@ KappaApplyMessages(void)
 		return;
 	ka_apply.dead = MemoryContextAllocZero(ka_apply.batch_cxt,
 										   sizeof(ErrorData *) * ka_apply.nmsgs);
+	ka_apply.out_of_order = 0;
 
 	(void) KappaBeginTransaction(false);
 	pgstat_report_activity(STATE_RUNNING, "pg_kappa: applying a batch");
@@ -802,7 +810,7 @@ KappaApplyMessages(void)
 	next = ka_store_offsets();
 	for (int i = 0; i < ka_apply.nmsgs; i++)
 		nbytes += ka_apply.msgs[i]->len;
-	KappaStatusBatch(ka_apply.nmsgs, nbytes, ndead);
+	KappaStatusBatch(ka_apply.nmsgs, nbytes, ndead, ka_apply.out_of_order);
 	MemoryContextSwitchTo(old);
 
 	relation_close(rel, NoLock);

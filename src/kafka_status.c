@@ -222,27 +222,29 @@ ks_window_totals(int64 *messages, int64 *dead)
 
 /*
  * KappaStatusBatch counts a batch of 'messages' messages (of 'bytes' bytes
- * of payload), 'dead' of which became dead letters, into the rates and
+ * of payload), 'dead' of which became dead letters and 'out_of_order' of
+ * which were changes the ordering guard dropped, into the rates and
  * into the worker's row of kappa.source_status, with state running.  Runs
  * in the batch's transaction, SPI connected.
  */
 void
-KappaStatusBatch(int64 messages, int64 bytes, int64 dead)
+KappaStatusBatch(int64 messages, int64 bytes, int64 dead, int64 out_of_order)
 {
-	Datum		values[8];
+	Datum		values[9];
 
 	if (ks_status.batch_plan == NULL)
 	{
-		Oid			argtypes[8] = {INT4OID, INT4OID, INT8OID, INT8OID, INT8OID,
-		FLOAT8OID, FLOAT8OID, TEXTOID};
+		Oid			argtypes[9] = {INT4OID, INT4OID, INT8OID, INT8OID, INT8OID,
+		FLOAT8OID, FLOAT8OID, TEXTOID, INT8OID};
 
 		ks_status.batch_plan =
 			KappaPrepareCatalogSql("UPDATE kappa.source_status SET messages = messages + $3, "
 								   "bytes = bytes + $4, dead_letters = dead_letters + $5, "
 								   "batches = batches + 1, messages_per_sec = $6, bytes_per_sec = $7, "
 								   "state = $8, last_batch_at = pg_catalog.clock_timestamp(), "
+								   "out_of_order = out_of_order + $9, "
 								   "updated_at = pg_catalog.now() "
-								   "WHERE source_id = $1 AND slot = $2", 8, argtypes);
+								   "WHERE source_id = $1 AND slot = $2", 9, argtypes);
 	}
 	ks_update_rates(messages, bytes, dead);
 	values[0] = Int32GetDatum(ks_status.source->id);
@@ -253,6 +255,7 @@ KappaStatusBatch(int64 messages, int64 bytes, int64 dead)
 	values[5] = Float8GetDatum(ks_status.msgs_per_sec);
 	values[6] = Float8GetDatum(ks_status.bytes_per_sec);
 	values[7] = CStringGetTextDatum(ks_state_names[KAPPA_WORKER_RUNNING]);
+	values[8] = Int64GetDatum(out_of_order);
 	(void) KappaExecCatalogPlan(ks_status.batch_plan, values, NULL, SPI_OK_UPDATE);
 }
 

@@ -62,6 +62,9 @@
 #include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/json.h"
+#include "utils/numeric.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -70,6 +73,7 @@
 #include "utils/syscache.h"
 
 #include "kafka.h"
+#include "util.h"
 
 /*
  * KappaTargetIsSimple tells whether rows can go into the table through
@@ -118,7 +122,7 @@ KappaTargetIsSimple(Relation rel, bool changes)
  * query level (KappaSimpleTargetClose fires the queued AFTER triggers).
  */
 void
-KappaSimpleTargetOpen(KappaSimpleTarget *target, Relation rel)
+KappaSimpleTargetOpen(KappaSimpleTarget * target, Relation rel)
 {
 	RangeTblEntry *rte = makeNode(RangeTblEntry);
 	EState	   *estate = CreateExecutorState();
@@ -147,7 +151,7 @@ KappaSimpleTargetOpen(KappaSimpleTarget *target, Relation rel)
  * executor state.
  */
 void
-KappaSimpleTargetClose(KappaSimpleTarget *target)
+KappaSimpleTargetClose(KappaSimpleTarget * target)
 {
 	AfterTriggerEndQuery(target->estate);
 	EvalPlanQualEnd(&target->epq);
@@ -227,15 +231,21 @@ typedef struct KtChange
 	HeapTuple	row;			/* the new row, or the key (DELETE) */
 	bool	   *unavailable;	/* columns to keep as they are, or NULL */
 	Datum	   *key;			/* the key columns' values, in row */
-} KtChange;
+	bool		has_position;	/* ordering guard: the change's position */
+	Datum		position;		/* (numeric) */
+	char	   *keytext;		/* the key as kappa.source_key_positions has
+								 * it */
+}			KtChange;
 
 struct KappaChangeSet
 {
 	Relation	rel;
 	TupleDesc	desc;
 	Oid			checkAsUser;
+	int32		ordered_source; /* the source, if it has an ordering guard */
 	MemoryContext cxt;
-	bool		simple;			/* ExecSimpleRelation*, else statements */
+	bool simple;				/* ExecSimpleRelation*, else statements */
+	FmgrInfo	keyout[INDEX_MAX_KEYS]; /* output functions (ordering guard) */
 
 	/* the primary key */
 	Oid			pkoid;
@@ -260,11 +270,15 @@ struct KappaChangeSet
 /*
  * KappaChangeSetCreate starts gathering keyed changes for 'rel' (a table
  * with a primary key, open), to be applied as the current user with
- * statements checked as 'checkAsUser'.  Everything lives in a memory
- * context under 'parent' that KappaChangeSetApply deletes.
+ * statements checked as 'checkAsUser'.  'ordered_source' is the id of the
+ * source if it has an ordering guard (order_by), else 0: then a change
+ * older than the one applied last for its key is dropped.  Everything
+ * lives in a memory context under 'parent' that KappaChangeSetApply
+ * deletes.
  */
 KappaChangeSet *
-KappaChangeSetCreate(Relation rel, Oid checkAsUser, MemoryContext parent)
+KappaChangeSetCreate(Relation rel, Oid checkAsUser, int32 ordered_source,
+					 MemoryContext parent)
 {
 	MemoryContext cxt = AllocSetContextCreate(parent, "pg_kappa changes",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -274,6 +288,7 @@ KappaChangeSetCreate(Relation rel, Oid checkAsUser, MemoryContext parent)
 	set->rel = rel;
 	set->desc = RelationGetDescr(rel);
 	set->checkAsUser = checkAsUser;
+	set->ordered_source = ordered_source;
 	set->cxt = cxt;
 	set->simple = KappaTargetIsSimple(rel, true);
 	set->nkeys = KappaTablePrimaryKey(rel, set->keyattnos);
@@ -285,6 +300,15 @@ KappaChangeSetCreate(Relation rel, Oid checkAsUser, MemoryContext parent)
 		Oid			opcintype = pkrel->rd_opcintype[i];
 
 		set->keycoll[i] = pkrel->rd_indcollation[i];
+		if (ordered_source)
+		{
+			Oid			outfunc;
+			bool		isvarlena;
+
+			getTypeOutputInfo(TupleDescAttr(set->desc, set->keyattnos[i] - 1)->atttypid,
+							  &outfunc, &isvarlena);
+			fmgr_info_cxt(outfunc, &set->keyout[i], cxt);
+		}
 		fmgr_info_cxt(index_getprocid(pkrel, i + 1, BTORDER_PROC),
 					  &set->keycmp[i], cxt);
 		set->keyeqop[i] = get_opfamily_member(opfamily, opcintype, opcintype,
@@ -317,7 +341,7 @@ KappaChangeSetCreate(Relation rel, Oid checkAsUser, MemoryContext parent)
  * checked when it is written.
  */
 static void
-kt_check_row(KappaChangeSet *set, Datum *values, bool *nulls)
+kt_check_row(KappaChangeSet * set, Datum *values, bool *nulls)
 {
 	TupleTableSlot *slot = set->check_slot;
 
@@ -335,8 +359,8 @@ kt_check_row(KappaChangeSet *set, Datum *values, bool *nulls)
  * row type) coming from message 'msg'.
  */
 static void
-kt_add(KappaChangeSet *set, KappaChangeKind kind, Datum *values, bool *nulls,
-	   const bool *unavailable, int msg)
+kt_add(KappaChangeSet * set, KappaChangeKind kind, Datum *values, bool *nulls,
+	   const bool *unavailable, const KappaChange *change, int msg)
 {
 	MemoryContext old = MemoryContextSwitchTo(set->cxt);
 	KtChange   *c;
@@ -370,6 +394,9 @@ kt_add(KappaChangeSet *set, KappaChangeKind kind, Datum *values, bool *nulls,
 	c->key = palloc(sizeof(Datum) * set->nkeys);
 	for (int i = 0; i < set->nkeys; i++)
 		c->key[i] = heap_getattr(c->row, set->keyattnos[i], set->desc, &isnull);
+	c->has_position = set->ordered_source != 0 && change->has_position;
+	c->position = c->has_position ? datumCopy(change->position, false, -1) : (Datum) 0;
+	c->keytext = NULL;
 	MemoryContextSwitchTo(old);
 }
 
@@ -379,7 +406,7 @@ kt_add(KappaChangeSet *set, KappaChangeKind kind, Datum *values, bool *nulls,
  * key column is null.
  */
 void
-KappaChangeSetAdd(KappaChangeSet *set, const KappaChange *change, int msg)
+KappaChangeSetAdd(KappaChangeSet * set, const KappaChange *change, int msg)
 {
 	switch (change->kind)
 	{
@@ -391,7 +418,7 @@ KappaChangeSetAdd(KappaChangeSet *set, const KappaChange *change, int msg)
 			set->nchanges = 0;
 			break;
 		case KAPPA_CHANGE_DELETE:
-			kt_add(set, KAPPA_CHANGE_DELETE, change->values, change->nulls, NULL, msg);
+			kt_add(set, KAPPA_CHANGE_DELETE, change->values, change->nulls, NULL, change, msg);
 			break;
 		case KAPPA_CHANGE_UPSERT:
 			if (change->moved)
@@ -407,12 +434,12 @@ KappaChangeSetAdd(KappaChangeSet *set, const KappaChange *change, int msg)
 					values[a] = change->old_values[a];
 					nulls[a] = change->old_nulls[a];
 				}
-				kt_add(set, KAPPA_CHANGE_DELETE, values, nulls, NULL, msg);
+				kt_add(set, KAPPA_CHANGE_DELETE, values, nulls, NULL, change, msg);
 			}
 			if (set->check_rri && change->unavailable == NULL)
 				kt_check_row(set, change->values, change->nulls);
 			kt_add(set, KAPPA_CHANGE_UPSERT, change->values, change->nulls,
-				   change->unavailable, msg);
+				   change->unavailable, change, msg);
 			break;
 	}
 }
@@ -421,8 +448,8 @@ KappaChangeSetAdd(KappaChangeSet *set, const KappaChange *change, int msg)
 static int
 kt_compare_keys(const void *a, const void *b, void *arg)
 {
-	const KtChange *ca = a;
-	const KtChange *cb = b;
+	const		KtChange *ca = a;
+	const		KtChange *cb = b;
 	KappaChangeSet *set = arg;
 
 	for (int i = 0; i < set->nkeys; i++)
@@ -438,7 +465,7 @@ kt_compare_keys(const void *a, const void *b, void *arg)
 
 /* kt_same_key tells whether two changes have the same key. */
 static bool
-kt_same_key(KappaChangeSet *set, const KtChange *a, const KtChange *b)
+kt_same_key(KappaChangeSet * set, const KtChange * a, const KtChange * b)
 {
 	for (int i = 0; i < set->nkeys; i++)
 		if (DatumGetInt32(FunctionCall2Coll(&set->keycmp[i], set->keycoll[i],
@@ -451,10 +478,11 @@ kt_same_key(KappaChangeSet *set, const KtChange *a, const KtChange *b)
  * kt_fold folds changes [lo, hi) of one key, in arrival order, into the
  * last one (returned): an UPSERT with unavailable columns takes their
  * values from the UPSERT before it, or NULL after a DELETE; only what no
- * earlier change of the batch decides stays unavailable.
+ * earlier change of the batch decides stays unavailable.  Changes the
+ * ordering guard dropped (kind NONE) do not count; NULL if all were.
  */
 static KtChange *
-kt_fold(KappaChangeSet *set, int lo, int hi)
+kt_fold(KappaChangeSet * set, int lo, int hi)
 {
 	KtChange   *prev = NULL;
 	int			natts = set->desc->natts;
@@ -462,6 +490,9 @@ kt_fold(KappaChangeSet *set, int lo, int hi)
 	for (int i = lo; i < hi; i++)
 	{
 		KtChange   *c = &set->changes[i];
+
+		if (c->kind == KAPPA_CHANGE_NONE)
+			continue;
 
 		if (c->kind == KAPPA_CHANGE_UPSERT && c->unavailable && prev)
 		{
@@ -503,7 +534,7 @@ kt_fold(KappaChangeSet *set, int lo, int hi)
  * being applied, for the caller's error handling.
  */
 static void
-kt_apply_simple(KappaChangeSet *set, KtChange **finals, int nfinals, int *failed)
+kt_apply_simple(KappaChangeSet * set, KtChange * *finals, int nfinals, int *failed)
 {
 	KappaSimpleTarget target;
 	int			natts = set->desc->natts;
@@ -559,7 +590,7 @@ kt_apply_simple(KappaChangeSet *set, KtChange **finals, int nfinals, int *failed
  * triggers write theirs).
  */
 static void
-kt_key_condition(KappaChangeSet *set, StringInfo sql, const char *left,
+kt_key_condition(KappaChangeSet * set, StringInfo sql, const char *left,
 				 const char *right)
 {
 	for (int i = 0; i < set->nkeys; i++)
@@ -581,7 +612,7 @@ kt_key_condition(KappaChangeSet *set, StringInfo sql, const char *left,
  * the table's row type.
  */
 static void
-kt_rows_param(KappaChangeSet *set, KtChange **changes, int n, ParamExternData *param)
+kt_rows_param(KappaChangeSet * set, KtChange * *changes, int n, ParamExternData *param)
 {
 	Oid			rowtype = RelationGetForm(set->rel)->reltype;
 	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
@@ -612,7 +643,7 @@ kt_table_name(Relation rel)
  * as the source's owner and runs it for 'changes'.
  */
 static void
-kt_exec_rows(KappaChangeSet *set, const char *sql, KtChange **changes, int n)
+kt_exec_rows(KappaChangeSet * set, const char *sql, KtChange * *changes, int n)
 {
 	ParamListInfo params = makeParamList(1);
 	Oid			argtype = get_array_type(RelationGetForm(set->rel)->reltype);
@@ -628,7 +659,7 @@ kt_exec_rows(KappaChangeSet *set, const char *sql, KtChange **changes, int n)
  * current user, the target's owner.
  */
 static void
-kt_resolve_unavailable(KappaChangeSet *set, KtChange **finals, int nfinals)
+kt_resolve_unavailable(KappaChangeSet * set, KtChange * *finals, int nfinals)
 {
 	KtChange  **pending = palloc(sizeof(KtChange *) * Max(nfinals, 1));
 	int			npending = 0;
@@ -716,7 +747,7 @@ kt_resolve_unavailable(KappaChangeSet *set, KtChange **finals, int nfinals)
  * INSERT ... ON CONFLICT DO UPDATE of the others.
  */
 static void
-kt_apply_statements(KappaChangeSet *set, KtChange **finals, int nfinals)
+kt_apply_statements(KappaChangeSet * set, KtChange * *finals, int nfinals)
 {
 	KtChange  **deletes = palloc(sizeof(KtChange *) * Max(nfinals, 1));
 	KtChange  **upserts = palloc(sizeof(KtChange *) * Max(nfinals, 1));
@@ -799,7 +830,7 @@ kt_apply_statements(KappaChangeSet *set, KtChange **finals, int nfinals)
  * target's delete triggers (and the views over it) see the rows go.
  */
 static void
-kt_truncate(KappaChangeSet *set)
+kt_truncate(KappaChangeSet * set)
 {
 	char	   *sql = psprintf("DELETE FROM %s", kt_table_name(set->rel));
 
@@ -807,22 +838,184 @@ kt_truncate(KappaChangeSet *set)
 }
 
 /*
+ * kt_key_text renders a change's key as kappa.source_key_positions keeps
+ * it: a JSON array of its columns' text.
+ */
+static char *
+kt_key_text(KappaChangeSet * set, KtChange * c)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	for (int i = 0; i < set->nkeys; i++)
+	{
+		if (i > 0)
+			appendStringInfoString(&buf, ", ");
+		escape_json(&buf, OutputFunctionCall(&set->keyout[i], c->key[i]));
+	}
+	appendStringInfoChar(&buf, ']');
+	return buf.data;
+}
+
+/* kt_guard's statements on kappa.source_key_positions, prepared once */
+static SPIPlanPtr kt_positions_read = NULL;
+static SPIPlanPtr kt_positions_write = NULL;
+
+/* A key's stored position, for kt_guard's binary search. */
+typedef struct KtStoredPosition
+{
+	char	   *key;
+	Datum		position;
+}			KtStoredPosition;
+
+static int
+kt_compare_stored(const void *a, const void *b)
+{
+	return strcmp(((const KtStoredPosition *) a)->key,
+				  ((const KtStoredPosition *) b)->key);
+}
+
+/*
+ * kt_guard is the ordering guard, on changes sorted by key: each key's
+ * changes with a position, in arrival order, are compared with the
+ * position applied last for the key (stored, or earlier in the batch); one
+ * older than that becomes kind NONE (dropped).  The keys' new positions
+ * are stored.  Returns how many changes were dropped.  Reads and writes
+ * kappa.source_key_positions as the extension's owner (SPI connected).
+ */
+static int64
+kt_guard(KappaChangeSet * set)
+{
+	Datum	   *keys = palloc(sizeof(Datum) * Max(set->nchanges, 1));
+	int			nkeys = 0;
+	KtStoredPosition *stored;
+	int			nstored;
+	Datum	   *newkeys;
+	Datum	   *newpositions;
+	int			nnew = 0;
+	int64		dropped = 0;
+	Datum		args[3];
+	Oid			argtypes[3] = {INT4OID, TEXTARRAYOID, NUMERICARRAYOID};
+	uint64		nrows;
+
+	/* the distinct keys, and their stored positions */
+	for (int i = 0; i < set->nchanges; i++)
+	{
+		KtChange   *c = &set->changes[i];
+
+		if (i > 0 && kt_same_key(set, c, &set->changes[i - 1]))
+			c->keytext = set->changes[i - 1].keytext;
+		else
+		{
+			c->keytext = kt_key_text(set, c);
+			keys[nkeys++] = CStringGetTextDatum(c->keytext);
+		}
+	}
+	args[0] = Int32GetDatum(set->ordered_source);
+	args[1] = PointerGetDatum(construct_array(keys, nkeys, TEXTOID, -1, false, TYPALIGN_INT));
+	if (kt_positions_read == NULL)
+		kt_positions_read =
+			KappaPrepareCatalogSql("SELECT key, position FROM kappa.source_key_positions "
+								   "WHERE source_id OPERATOR(pg_catalog.=) $1 "
+								   "AND key OPERATOR(pg_catalog.=) ANY ($2)",
+								   2, argtypes);
+	nrows = KappaExecCatalogPlan(kt_positions_read, args, NULL, SPI_OK_SELECT);
+	stored = palloc(sizeof(KtStoredPosition) * Max(nrows, 1));
+	nstored = (int) nrows;
+	for (uint64 r = 0; r < nrows; r++)
+	{
+		bool		isnull;
+
+		stored[r].key = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[r],
+														  SPI_tuptable->tupdesc, 1, &isnull));
+		stored[r].position = datumCopy(SPI_getbinval(SPI_tuptable->vals[r],
+													 SPI_tuptable->tupdesc, 2, &isnull),
+									   false, -1);
+	}
+	qsort(stored, nstored, sizeof(KtStoredPosition), kt_compare_stored);
+
+	/* each key's changes in arrival order (the sort's second key) */
+	newkeys = palloc(sizeof(Datum) * Max(nkeys, 1));
+	newpositions = palloc(sizeof(Datum) * Max(nkeys, 1));
+	for (int lo = 0; lo < set->nchanges;)
+	{
+		int			hi = lo + 1;
+		KtStoredPosition probe = {.key = set->changes[lo].keytext};
+		KtStoredPosition *found;
+		bool		have = false;
+		bool		moved = false;
+		Datum		cur = (Datum) 0;
+
+		while (hi < set->nchanges && set->changes[hi].keytext == set->changes[lo].keytext)
+			hi++;
+		found = bsearch(&probe, stored, nstored, sizeof(KtStoredPosition), kt_compare_stored);
+		if (found)
+		{
+			have = true;
+			cur = found->position;
+		}
+		for (int i = lo; i < hi; i++)
+		{
+			KtChange   *c = &set->changes[i];
+
+			if (!c->has_position)
+				continue;
+			if (have && DatumGetInt32(DirectFunctionCall2(numeric_cmp, c->position, cur)) < 0)
+			{
+				c->kind = KAPPA_CHANGE_NONE;
+				dropped++;
+				continue;
+			}
+			have = moved = true;
+			cur = c->position;
+		}
+		if (moved)
+		{
+			newkeys[nnew] = CStringGetTextDatum(set->changes[lo].keytext);
+			newpositions[nnew++] = cur;
+		}
+		lo = hi;
+	}
+	if (nnew > 0)
+	{
+		args[1] = PointerGetDatum(construct_array(newkeys, nnew, TEXTOID, -1, false, TYPALIGN_INT));
+		args[2] = PointerGetDatum(construct_array(newpositions, nnew, NUMERICOID, -1, false,
+												  TYPALIGN_INT));
+		if (kt_positions_write == NULL)
+			kt_positions_write =
+				KappaPrepareCatalogSql("INSERT INTO kappa.source_key_positions AS p "
+									   "(source_id, key, position) "
+									   "SELECT $1, u.k, u.p FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(k, p) "
+									   "ON CONFLICT (source_id, key) DO UPDATE "
+									   "SET position = EXCLUDED.position",
+									   3, argtypes);
+		(void) KappaExecCatalogPlan(kt_positions_write, args, NULL, SPI_OK_INSERT);
+	}
+	return dropped;
+}
+
+/*
  * KappaChangeSetApply applies the changes gathered (see the file header)
  * and frees the set.  While the simple path applies a key's change,
- * *failed is the message the change came from; otherwise -1.
+ * *failed is the message the change came from; otherwise -1.  Returns how
+ * many changes the ordering guard dropped.
  */
-void
-KappaChangeSetApply(KappaChangeSet *set, int *failed)
+int64
+KappaChangeSetApply(KappaChangeSet * set, int *failed)
 {
 	MemoryContext old = MemoryContextSwitchTo(set->cxt);
 	KtChange  **finals;
 	int			nfinals = 0;
+	int64		dropped = 0;
 
 	*failed = -1;
 	if (set->truncate)
 		kt_truncate(set);
 
 	qsort_arg(set->changes, set->nchanges, sizeof(KtChange), kt_compare_keys, set);
+	if (set->ordered_source)
+		dropped = kt_guard(set);
 	finals = palloc(sizeof(KtChange *) * Max(set->nchanges, 1));
 	for (int lo = 0; lo < set->nchanges;)
 	{
@@ -831,7 +1024,8 @@ KappaChangeSetApply(KappaChangeSet *set, int *failed)
 		while (hi < set->nchanges &&
 			   kt_same_key(set, &set->changes[lo], &set->changes[hi]))
 			hi++;
-		finals[nfinals++] = kt_fold(set, lo, hi);
+		if ((finals[nfinals] = kt_fold(set, lo, hi)) != NULL)
+			nfinals++;
 		lo = hi;
 	}
 	if (nfinals > 0 && set->simple)
@@ -845,4 +1039,5 @@ KappaChangeSetApply(KappaChangeSet *set, int *failed)
 		FreeExecutorState(set->check_estate);
 	}
 	MemoryContextDelete(set->cxt);
+	return dropped;
 }

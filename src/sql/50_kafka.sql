@@ -95,7 +95,21 @@ CREATE TABLE kappa.source_status (
     last_error_at   timestamptz,
     started_at      timestamptz,
     updated_at      timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (source_id, slot)
+    PRIMARY KEY (source_id, slot),
+    -- changes the ordering guard (order_by) dropped as older than the one
+    -- applied for their key
+    out_of_order    bigint NOT NULL DEFAULT 0
+);
+
+-- The ordering guard of sources with order_by: per key (its columns' values
+-- as a JSON array of their text), the position of the change applied last
+-- -- also after a delete, so that an older change cannot bring the row
+-- back.  Written in the same transaction as the changes.
+CREATE TABLE kappa.source_key_positions (
+    source_id   integer NOT NULL REFERENCES kappa.source_catalog (id) ON DELETE CASCADE,
+    key         text NOT NULL,
+    position    numeric NOT NULL,
+    PRIMARY KEY (source_id, key)
 );
 
 -- Dead letters and recorded gaps.  A dead letter is a message that could not
@@ -136,13 +150,15 @@ CREATE TRIGGER restored_sources_arrive_paused
 SELECT pg_catalog.pg_extension_config_dump('kappa.source_catalog', '');
 SELECT pg_catalog.pg_extension_config_dump('kappa.source_catalog_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('kappa.source_offsets', '');
+SELECT pg_catalog.pg_extension_config_dump('kappa.source_key_positions', '');
 SELECT pg_catalog.pg_extension_config_dump('kappa.dead_letters', '');
 SELECT pg_catalog.pg_extension_config_dump('kappa.dead_letters_id_seq', '');
 
 REVOKE ALL ON kappa.source_catalog, kappa.source_offsets, kappa.source_status,
-              kappa.dead_letters FROM PUBLIC;
+              kappa.dead_letters, kappa.source_key_positions FROM PUBLIC;
 -- pg_dump dumps these tables and sequences: the database owner may
-GRANT SELECT ON kappa.source_catalog, kappa.source_offsets, kappa.dead_letters
+GRANT SELECT ON kappa.source_catalog, kappa.source_offsets, kappa.dead_letters,
+                kappa.source_key_positions
   TO pg_database_owner;
 GRANT SELECT ON SEQUENCE kappa.source_catalog_id_seq, kappa.dead_letters_id_seq
   TO pg_database_owner;
@@ -283,7 +299,8 @@ SELECT s.name AS source,
        s.created_at,
        s.envelope,
        s.key_format,
-       s.order_by
+       s.order_by,
+       st.out_of_order
   FROM kappa.source_catalog s
   LEFT JOIN LATERAL (
     SELECT array_agg(next_offset ORDER BY partition) AS committed_offsets,
@@ -319,6 +336,7 @@ SELECT s.name AS source,
            (SELECT coalesce(sum(d.last_offset - d."offset" + 1), 0)::bigint FROM kappa.dead_letters d
              WHERE d.source_id = s.id AND d.kind = 'gap') AS lost_messages,
            max(ss.last_batch_at) AS last_batch_at,
+           coalesce(sum(ss.out_of_order), 0)::bigint AS out_of_order,
            (array_agg(ss.last_error ORDER BY ss.last_error_at DESC NULLS LAST))[1] AS last_error,
            max(ss.last_error_at) AS last_error_at
       FROM kappa.source_status ss

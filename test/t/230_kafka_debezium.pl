@@ -23,7 +23,7 @@ require "./test/t/100_kafka_common.pl";
 
 my $total = $ENV{KAPPA_DBZ_CHANGES} // 100_000;
 my $chunks = 10;
-my $broker = kafka_start_broker(dbz => 8, dbz_one => 1);
+my $broker = kafka_start_broker(dbz => 8, dbz_one => 1, dbz_order => 1);
 my $bs = $broker->{bootstrap};
 my $node = kafka_node('kafka_debezium', conf => "restart_after_crash = on\n");
 
@@ -312,6 +312,43 @@ kafka_produce($broker, 'dbz_one', \@msgs, key_delim => '|', null_empty => 1);
 kafka_wait($node, q{SELECT sum(next_offset) FROM kappa.source_offsets o JOIN kappa.source_catalog c
                      ON c.id = o.source_id WHERE c.name = 'dbz_one'}, 4, 'truncate consumed');
 is($node->safe_psql('postgres', 'SELECT id FROM one'), '3', 'a truncate deletes the rows before it');
+
+# ------------------------------------------------------------ ordering guard
+# order_by => 'source.lsn': a change older than the one applied last for its
+# key is dropped and counted, within a batch and across batches (batches
+# of 2 here), also after a delete
+$node->safe_psql('postgres', qq{
+CREATE TABLE ordered ($columns);
+SELECT kappa.create_kafka_source('dbz_order', target => 'ordered', topic => 'dbz_order',
+    brokers => '$bs', envelope => 'debezium', order_by => 'source.lsn',
+    options => '{"batch_size": 2}');
+});
+@msgs = ();
+my %at;
+my @script = ([ 'c', 1, 10 ], [ 'u', 1, 30 ], [ 'u', 1, 20 ], [ 'd', 1, 15 ], [ 'u', 1, 40 ],
+	[ 'c', 2, 50 ], [ 'd', 2, 60 ], [ 'c', 2, 55 ], [ 'u', 3, 7 ], [ 'u', 3, 7 ]);
+for my $step (@script)
+{
+	my ($op, $id, $at) = @$step;
+	$lsn = $at - 1;    # event() adds 1 .. 300: set it exactly below
+	my $r = random_row($id);
+	$r->{name} = "at$at";
+	my $before = $op eq 'd' ? qq({"id":$id}) : 'null';
+	my $source = sprintf($source_block, 1, 'false', 1, $at);
+	push @msgs, key_json($id) . qq(|{"before":$before,"after":) . ($op eq 'd' ? 'null' : row_json($r, 0, 0))
+	  . qq(,"source":$source,"op":"$op","ts_ms":1});
+}
+kafka_produce($broker, 'dbz_order', \@msgs, key_delim => '|');
+kafka_wait($node, q{SELECT messages FROM kappa.sources WHERE source = 'dbz_order'},
+	scalar(@script), 'ordering guard: every change consumed')
+  or diag $node->safe_psql('postgres', q{SELECT * FROM kappa.sources WHERE source = 'dbz_order'});
+is($node->safe_psql('postgres', q{SELECT string_agg(id || '=' || name, ',' ORDER BY id) FROM ordered}),
+	'1=at40,3=at7', 'older changes dropped, equal positions applied again, a delete not undone');
+is($node->safe_psql('postgres', q{SELECT out_of_order FROM kappa.sources WHERE source = 'dbz_order'}),
+	3, 'dropped changes counted in kappa.sources');
+is($node->safe_psql('postgres', q{
+SELECT string_agg(key || '@' || position, ',' ORDER BY key) FROM kappa.source_key_positions}),
+	'["1"]@40,["2"]@60,["3"]@7', 'the positions applied last, per key');
 
 $node->stop;
 done_testing();

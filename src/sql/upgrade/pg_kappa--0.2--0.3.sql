@@ -41,6 +41,22 @@ LANGUAGE C CALLED ON NULL INPUT VOLATILE;
 COMMENT ON FUNCTION kappa.create_kafka_source(text, text, text, text, text, text, text, text, integer, jsonb, text, text, text) IS
   'create a Kafka source: background workers consume a topic into a stream or table, exactly once';
 
+ALTER TABLE kappa.source_status ADD COLUMN out_of_order bigint NOT NULL DEFAULT 0;
+
+-- The ordering guard of sources with order_by: per key (its columns' values
+-- as a JSON array of their text), the position of the change applied last
+-- -- also after a delete, so that an older change cannot bring the row
+-- back.  Written in the same transaction as the changes.
+CREATE TABLE kappa.source_key_positions (
+    source_id   integer NOT NULL REFERENCES kappa.source_catalog (id) ON DELETE CASCADE,
+    key         text NOT NULL,
+    position    numeric NOT NULL,
+    PRIMARY KEY (source_id, key)
+);
+SELECT pg_catalog.pg_extension_config_dump('kappa.source_key_positions', '');
+REVOKE ALL ON kappa.source_key_positions FROM PUBLIC;
+GRANT SELECT ON kappa.source_key_positions TO pg_database_owner;
+
 CREATE OR REPLACE VIEW kappa.sources WITH (security_barrier) AS
 SELECT s.name AS source,
        CASE
@@ -101,7 +117,8 @@ SELECT s.name AS source,
        s.created_at,
        s.envelope,
        s.key_format,
-       s.order_by
+       s.order_by,
+       st.out_of_order
   FROM kappa.source_catalog s
   LEFT JOIN LATERAL (
     SELECT array_agg(next_offset ORDER BY partition) AS committed_offsets,
@@ -137,6 +154,7 @@ SELECT s.name AS source,
            (SELECT coalesce(sum(d.last_offset - d."offset" + 1), 0)::bigint FROM kappa.dead_letters d
              WHERE d.source_id = s.id AND d.kind = 'gap') AS lost_messages,
            max(ss.last_batch_at) AS last_batch_at,
+           coalesce(sum(ss.out_of_order), 0)::bigint AS out_of_order,
            (array_agg(ss.last_error ORDER BY ss.last_error_at DESC NULLS LAST))[1] AS last_error,
            max(ss.last_error_at) AS last_error_at
       FROM kappa.source_status ss
