@@ -793,7 +793,8 @@ kt_apply_statements(KappaChangeSet * set, KtChange * *finals, int nfinals)
 			appendStringInfo(&cols, "%s%s", first ? "" : ", ", name);
 			for (int i = 0; i < set->nkeys; i++)
 				iskey |= (set->keyattnos[i] == a + 1);
-			if (!iskey)
+			/* (an identity column GENERATED ALWAYS cannot be updated) */
+			if (!iskey && att->attidentity != ATTRIBUTE_IDENTITY_ALWAYS)
 				appendStringInfo(&sets, "%s%s = EXCLUDED.%s", sets.len ? ", " : "",
 								 name, name);
 			first = false;
