@@ -32,6 +32,17 @@ CREATE FUNCTION count_statements() RETURNS trigger LANGUAGE plpgsql AS
   $$BEGIN INSERT INTO public.kv_statements VALUES (1); RETURN NULL; END$$;
 CREATE TRIGGER counted AFTER INSERT OR UPDATE OR DELETE ON kv_planned
   FOR EACH STATEMENT EXECUTE FUNCTION count_statements();
+
+-- trojans on the search_path of the source's owner (which the workers
+-- connect as): an = for the key's type and an unnest; neither may run
+CREATE TABLE trojan_log (who text, what text);
+CREATE FUNCTION public.trojan_eq(int, int) RETURNS bool LANGUAGE plpgsql AS
+  $$BEGIN INSERT INTO public.trojan_log VALUES (current_user, '='); RETURN $1 OPERATOR(pg_catalog.=) $2; END$$;
+CREATE OPERATOR public.= (leftarg = int, rightarg = int, function = public.trojan_eq);
+CREATE FUNCTION public.unnest(anyarray) RETURNS SETOF anyelement LANGUAGE plpgsql AS
+  $$BEGIN INSERT INTO public.trojan_log VALUES (current_user, 'unnest');
+          RETURN QUERY SELECT * FROM pg_catalog.unnest($1); END$$;
+ALTER ROLE CURRENT_USER SET search_path = public, pg_catalog;
 });
 
 # 3000 changes over 300 keys: values (some with absent columns), tombstones,
@@ -105,6 +116,8 @@ cmp_ok($node->safe_psql('postgres', 'SELECT count(*) FROM kv_statements'), '<', 
 	'planned path: statements per batch, not per message');
 is($node->safe_psql('postgres', q{
 SELECT count(*) FROM kv WHERE kafka_offset IS NULL}), 0, 'metadata columns filled');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM trojan_log}), 0,
+	'no trojan operator or function on the owner\'s search_path ran');
 like($node->safe_psql('postgres', q{
 SELECT string_agg(DISTINCT error, ' | ') FROM kappa.errors
  WHERE source = 'kv_src' AND convert_from(key, 'UTF8') = '{"other": 1}'}),
