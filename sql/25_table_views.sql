@@ -227,6 +227,17 @@ SELECT kappa.create_view('tv_bad', 'SELECT cust, count(*) FROM orders_tmp GROUP 
 SELECT kappa.create_view('tv_bad', 'SELECT region, count(*) FROM customers GROUP BY region');
 \set VERBOSITY terse
 
+-- What would make the views silently stale is refused while they exist.
+\set VERBOSITY default
+ALTER TABLE orders DISABLE TRIGGER kappa_capture_update;
+ALTER TABLE orders DISABLE TRIGGER ALL;
+DROP TRIGGER kappa_capture_insert ON orders;
+ALTER TRIGGER kappa_capture_delete ON orders RENAME TO kappa_other;
+ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
+CREATE TABLE orders_heir () INHERITS (orders);
+\set VERBOSITY terse
+SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND tgenabled = 'O';
+
 -- DROP TABLE needs CASCADE while views depend on the table; the last view
 -- to go takes the capturing triggers with it.
 DROP TABLE orders;

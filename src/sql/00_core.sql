@@ -289,6 +289,68 @@ $$;
 CREATE EVENT TRIGGER kappa_ddl_command_end ON ddl_command_end
   EXECUTE FUNCTION kappa.on_ddl_command_end();
 
+-- The tables continuous views aggregate keep what the views rely on: their
+-- capture triggers present and enabled (DISABLE TRIGGER, DROP TRIGGER or a
+-- rename would make the views silently stale), no row-level security and no
+-- inheritance or partitions (refused at create_view too).  Checked after
+-- each command that could change that; a violation rolls the command back.
+CREATE FUNCTION kappa.on_table_capture_ddl()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t record;
+    missing text;
+BEGIN
+    IF to_regclass('kappa.view_catalog') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR t IN SELECT c.oid::regclass AS rel, c.relrowsecurity,
+                    min(vc.view::text) AS some_view
+               FROM kappa.view_catalog vc
+               JOIN pg_class c ON c.oid OPERATOR(pg_catalog.=) vc.stream
+              WHERE c.relkind OPERATOR(pg_catalog.=) 'r'
+              GROUP BY c.oid, c.relrowsecurity
+    LOOP
+        SELECT string_agg(n, ', ' ORDER BY n) INTO missing
+          FROM unnest(ARRAY['kappa_capture_before', 'kappa_capture_insert',
+                            'kappa_capture_update', 'kappa_capture_delete',
+                            'kappa_capture_truncate']) AS n
+         WHERE NOT EXISTS (SELECT FROM pg_trigger tg
+                            WHERE tg.tgrelid OPERATOR(pg_catalog.=) t.rel
+                              AND tg.tgname OPERATOR(pg_catalog.=) n
+                              AND tg.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::"char"[]));
+        IF missing IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot drop, disable or rename the triggers of table % that continuous views depend on', t.rel
+                  USING ERRCODE = 'dependent_objects_still_exist',
+                        DETAIL = format('Continuous views over the table (such as %s) see its changes through them; missing or disabled: %s.',
+                                        t.some_view, missing),
+                        HINT = 'Drop the continuous views over the table first (kappa.drop_view); the triggers go with the last one.';
+        END IF;
+        IF t.relrowsecurity THEN
+            RAISE EXCEPTION 'cannot enable row-level security on table %', t.rel
+                  USING ERRCODE = 'dependent_objects_still_exist',
+                        DETAIL = format('Continuous views over the table (such as %s) aggregate all of its rows.', t.some_view),
+                        HINT = 'Drop the continuous views over the table first (kappa.drop_view).';
+        END IF;
+        IF EXISTS (SELECT FROM pg_inherits i
+                    WHERE i.inhrelid OPERATOR(pg_catalog.=) t.rel
+                       OR i.inhparent OPERATOR(pg_catalog.=) t.rel) THEN
+            RAISE EXCEPTION 'cannot make table % a parent, child or partition', t.rel
+                  USING ERRCODE = 'dependent_objects_still_exist',
+                        DETAIL = format('Continuous views over the table (such as %s) see only its own rows'' changes.', t.some_view),
+                        HINT = 'Drop the continuous views over the table first (kappa.drop_view).';
+        END IF;
+    END LOOP;
+END;
+$$;
+
+CREATE EVENT TRIGGER kappa_table_capture_ddl ON ddl_command_end
+  WHEN TAG IN ('ALTER TABLE', 'DROP TRIGGER', 'ALTER TRIGGER', 'CREATE TABLE',
+               'CREATE TABLE AS')
+  EXECUTE FUNCTION kappa.on_table_capture_ddl();
+
 -- Catalog views.
 CREATE VIEW kappa.streams AS
 SELECT s.stream,
