@@ -335,6 +335,21 @@ INSERT INTO sales VALUES (400, 2, 6, 4, 1);
 COMMIT;
 SELECT differences();
 
+-- a function in FROM over the table's rows, a whole-row reference, and a
+-- dropped column of the table (attribute numbers keep their places)
+ALTER TABLE sales ADD COLUMN tags text[], ADD COLUMN note text;
+UPDATE sales SET tags = ARRAY['t' || (id % 3), 't' || (id % 2)] WHERE id % 5 <> 0;
+ALTER TABLE sales DROP COLUMN note;
+INSERT INTO checks VALUES
+ ('tj_tags', $$SELECT tag, h.kind, count(*) AS n, max(s.amount) AS top, count(s) AS rows
+      FROM sales s JOIN shops h ON h.id = s.shop, unnest(s.tags) tag GROUP BY tag, h.kind$$);
+SELECT kappa.create_view('tj_tags', query) IS NOT NULL FROM checks WHERE view = 'tj_tags';
+INSERT INTO sales VALUES (700, 2, 1, 70, 0.5, '{t9,t0}'), (701, 9, 1, 71, 0.5, '{t9}');
+UPDATE sales SET tags = tags || '{t8}'::text[] WHERE id % 7 = 0;
+DELETE FROM sales WHERE 't1' = ANY (tags) AND id % 2 = 0;
+SELECT differences();
+SELECT * FROM tj_tags WHERE tag IN ('t8', 't9') ORDER BY 1, 2;
+
 -- Hostile: a trojan operator and function on the writer's search_path do
 -- not run (the view's = over int and lower() are pg_catalog's)
 SELECT kappa.create_view('tj_lower',
