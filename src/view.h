@@ -48,6 +48,7 @@ typedef struct KappaViewShape
 	Oid			streamRelid;	/* the relation aggregated: a stream, or an
 								 * ordinary table (factIsTable) */
 	bool		factIsTable;
+	Index		factIndex;		/* its range table index */
 	int			nkeys;
 	List	   *keyExprs;		/* GROUP BY expressions, groupClause order */
 	List	   *aggrefs;		/* distinct Aggrefs; the first is count(*) */
@@ -168,6 +169,11 @@ struct KappaViewInfo
 								 * parameters $1..$n compared with = */
 	PlannedStmt *recomputeNullPlan; /* the same with IS NOT DISTINCT FROM, for
 									 * groups with a NULL key */
+	PlannedStmt *changesPlan;	/* views without a push path (joins): the
+								 * delta query over changed rows, the table
+								 * read from the tuplestore KAPPA_CHANGES_ENR
+								 * of the query environment */
+	PlannedStmt *smallChangesPlan;	/* the same, planned for a few rows */
 	/* evaluation of outputs from the finals tuple */
 	TupleDesc	finalsDesc;
 	ExprState **outStates;
@@ -183,6 +189,14 @@ struct KappaViewInfo
  * batches of at most this many rows, its plan for large batches otherwise.
  */
 #define KAPPA_SMALL_BATCH_LIMIT 1000
+
+/*
+ * The name under which a view over a table without a push path (a join)
+ * finds the changed rows of its table: an ephemeral named relation of the
+ * query environment its changes plan runs in (view_apply.c).  No user query
+ * runs in that environment, so the name cannot clash.
+ */
+#define KAPPA_CHANGES_ENR "pg_kappa changed rows"
 
 /* in view_plan.c */
 extern KappaViewInfo *KappaViewInfoLoad(Oid viewRelid, Oid matRelid,
@@ -202,6 +216,7 @@ extern void KappaMergeEmpty(KappaViewInfo *view);
 
 extern KappaViewAccum *KappaAccumCreate(KappaViewInfo *view, MemoryContext parent);
 extern DestReceiver *KappaAccumReceiver(KappaViewAccum *acc);
+extern DestReceiver *KappaAccumRetractReceiver(KappaViewAccum *acc);
 extern Size KappaAccumMemory(KappaViewAccum *acc);
 extern int64 KappaAccumGroups(KappaViewAccum *acc);
 extern void KappaAccumFlush(KappaViewAccum *acc, DestReceiver *merge);

@@ -333,19 +333,19 @@ KappaAccumGroups(KappaViewAccum *acc)
 	return acc->ngroups;
 }
 
-/* Combine one delta row into its group's entry. */
-static bool
-accum_receive(TupleTableSlot *slot, DestReceiver *self)
+/*
+ * The entry of the group of a delta row (keys, then states; its attributes
+ * fetched), made if new: with no states yet (all NULL, hasAdded false).
+ */
+static AccumEntry *
+accum_delta_group(KappaViewAccum *acc, TupleTableSlot *slot)
 {
-	KappaViewAccum *acc = ((AccumReceiver *) self)->acc;
 	KappaViewInfo *view = acc->view;
 	TupleHashEntry entry;
 	AccumEntry *ae;
 	bool		isnew;
-	MemoryContext oldcxt;
 	int			i;
 
-	slot_getallattrs(slot);
 	ExecClearTuple(acc->keySlot);
 	if (view->nkeys == 0)
 	{
@@ -363,21 +363,54 @@ accum_receive(TupleTableSlot *slot, DestReceiver *self)
 	if (isnew)
 	{
 		ae = accum_new_entry(acc, false);
+		memset(ae->nulls, true, sizeof(bool) * view->naggs);
 		entry->additional = ae;
 		acc->ngroups++;
 	}
 	else
 		ae = entry->additional;
+	return ae;
+}
+
+/* Combine one delta row into its group's entry. */
+static bool
+accum_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	KappaViewAccum *acc = ((AccumReceiver *) self)->acc;
+	KappaViewInfo *view = acc->view;
+	AccumEntry *ae;
+	MemoryContext oldcxt;
+	int			i;
+
+	slot_getallattrs(slot);
+	ae = accum_delta_group(acc, slot);
 
 	/* scratch memory of the combine step, reset per row */
 	oldcxt = MemoryContextSwitchTo(acc->tempcxt);
 	for (i = 0; i < view->naggs; i++)
-		KappaAggCombineInMemory(&view->aggs[i], acc->aggContext, !isnew,
+		KappaAggCombineInMemory(&view->aggs[i], acc->aggContext, ae->hasAdded,
 								&ae->states[i], &ae->nulls[i],
 								slot->tts_values[view->nkeys + i],
 								slot->tts_isnull[view->nkeys + i]);
+	ae->hasAdded = true;
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(acc->tempcxt);
+	return true;
+}
+
+/*
+ * Mark the group of one delta row as one rows left (a view over a table
+ * without a push path: the delta query ran over the leaving rows).  Its
+ * states are not touched: KappaAccumCurrentGroup tells the merge to
+ * recompute the group.
+ */
+static bool
+accum_retract_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	KappaViewAccum *acc = ((AccumReceiver *) self)->acc;
+
+	slot_getallattrs(slot);
+	accum_delta_group(acc, slot)->hasRetracted = true;
 	return true;
 }
 
@@ -395,6 +428,20 @@ static void
 accum_destroy(DestReceiver *self)
 {
 	pfree(self);
+}
+
+/*
+ * KappaAccumRetractReceiver returns a receiver that takes delta rows of rows
+ * that left a view over a table (its delta query run over them) and marks
+ * their groups in 'acc' as losing rows, for KappaAccumCurrentGroup.
+ */
+DestReceiver *
+KappaAccumRetractReceiver(KappaViewAccum *acc)
+{
+	DestReceiver *r = KappaAccumReceiver(acc);
+
+	r->receiveSlot = accum_retract_receive;
+	return r;
 }
 
 /* KappaAccumReceiver returns a receiver that combines delta rows into 'acc'. */

@@ -26,10 +26,14 @@
  * one place that checks).
  *
  * A view over an ordinary table takes the table's changes as signed rows
- * (KappaViewFeedChanges, called by table_capture.c): entering rows are
- * pushed, leaving rows retracted (view_accum.c), and each touched group is
- * merged once (view_merge.c); TRUNCATE empties the views
- * (KappaViewTruncate).
+ * (KappaViewFeedChanges, called by table_capture.c).  A view over the table
+ * alone pushes entering rows and retracts leaving ones (view_accum.c); a
+ * view that joins other tables runs its changes plan (view_plan.c) over
+ * each set of changed rows, handed to it as an ephemeral named relation of
+ * the query's environment (no SQL-callable function returns them):
+ * entering rows' partial states are combined, leaving rows mark the groups
+ * they fall in, which are recomputed.  Each touched group is merged once
+ * (view_merge.c); TRUNCATE empties the views (KappaViewTruncate).
  *
  * The rows a delta query scans are handed to the stream's scan explicitly
  * (KappaScanSourcePush, stream_scan.c) and popped in PG_FINALLY.  Every
@@ -48,6 +52,7 @@
 #include "miscadmin.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/queryenvironment.h"
 #include "utils/snapmgr.h"
 #include "utils/tuplestore.h"
 
@@ -431,15 +436,169 @@ apply_flush_changes(KappaViewInfo *view, KappaViewAccum *acc)
 }
 
 /*
+ * Run the changes plan of 'view' (a view over a table without a push path)
+ * over 'nrows' changed rows of its table in 'store', of row type 'rowtype',
+ * into 'dest': the rows are the ephemeral named relation KAPPA_CHANGES_ENR
+ * of a query environment made for this run, which only this plan sees.
+ * Runs with the active snapshot, as the current user (the view's owner).
+ */
+static void
+apply_run_changes(KappaViewInfo *view, TupleDesc rowtype,
+				  Tuplestorestate *store, int64 nrows, DestReceiver *dest)
+{
+	QueryEnvironment *env = create_queryEnv();
+	EphemeralNamedRelation enr = palloc0(sizeof(EphemeralNamedRelationData));
+	PlannedStmt *plan = view->changesPlan;
+	QueryDesc  *qd;
+
+	if (nrows <= KAPPA_SMALL_BATCH_LIMIT)
+		plan = view->smallChangesPlan;
+
+	enr->md.name = pstrdup(KAPPA_CHANGES_ENR);
+	enr->md.reliddesc = InvalidOid;
+	enr->md.tupdesc = rowtype;
+	enr->md.enrtype = ENR_NAMED_TUPLESTORE;
+	enr->md.enrtuples = (double) nrows;
+	enr->reldata = store;
+	register_ENR(env, enr);
+
+	qd = CreateQueryDesc(plan, view->sql, GetActiveSnapshot(), InvalidSnapshot,
+						 dest, NULL, env, 0);
+	ExecutorStart(qd, 0);
+	ExecutorRun(qd, ForwardScanDirection, 0, true);
+	ExecutorFinish(qd);
+	ExecutorEnd(qd);
+	FreeQueryDesc(qd);
+}
+
+/*
+ * Take a table's changes into the accumulator 'acc' of a view with a push
+ * path (the table alone): entering rows advance their groups' states,
+ * leaving rows mark their groups (view_accum.c), as the view's owner.
+ */
+static void
+apply_push_changes(KappaViewInfo *view, KappaViewAccum *acc,
+				   TupleTableSlot *slot, List *changes)
+{
+	KappaSavedUser saved;
+	ListCell   *lc;
+
+	KappaBecomeUser(view->ownerId, &saved);
+	foreach(lc, changes)
+	{
+		KappaTableChanges *ch = lfirst(lc);
+		int			i;
+
+		if (ch->store != NULL)
+		{
+			tuplestore_rescan(ch->store);
+			while (tuplestore_gettupleslot(ch->store, true, false, slot))
+			{
+				if (ch->sign > 0)
+					KappaAccumPushRow(acc, slot);
+				else
+					KappaAccumRetractRow(acc, slot);
+				CHECK_FOR_INTERRUPTS();
+			}
+		}
+		for (i = 0; i < ch->nrows; i++)
+		{
+			ExecStoreMinimalTuple(ch->rows[i], slot, false);
+			if (ch->sign > 0)
+				KappaAccumPushRow(acc, slot);
+			else
+				KappaAccumRetractRow(acc, slot);
+		}
+		ExecClearTuple(slot);
+	}
+	KappaRestoreUser(&saved);
+}
+
+/*
+ * Take a table's changes into the accumulator 'acc' of a view without a
+ * push path (joins): its changes plan runs over each set of changed rows
+ * ('stores', one tuplestore per element of 'changes'), as the view's owner
+ * with a snapshot of now, so the other tables are read as they are.
+ * Entering rows' partial states are combined in; leaving rows mark the
+ * groups they fall in now, which the merge recomputes from the tables.
+ */
+static void
+apply_delta_changes(KappaViewInfo *view, KappaViewAccum *acc,
+					TupleDesc rowtype, List *changes, Tuplestorestate **stores)
+{
+	KappaSavedUser saved;
+	ListCell   *lc;
+	int			n = 0;
+
+	apply_begin_view_work(view, GetTransactionSnapshot(), &saved);
+	foreach(lc, changes)
+	{
+		KappaTableChanges *ch = lfirst(lc);
+		Tuplestorestate *store = stores[n++];
+		DestReceiver *dest;
+
+		dest = ch->sign > 0 ? KappaAccumReceiver(acc) :
+			KappaAccumRetractReceiver(acc);
+		apply_run_changes(view, rowtype, store, tuplestore_tuple_count(store),
+						  dest);
+		dest->rDestroy(dest);
+	}
+	apply_end_view_work(&saved);
+}
+
+/*
+ * The changed rows of each element of 'changes' as a tuplestore: a
+ * trigger's transition table itself, or the kept copies put into a new one
+ * (in the current memory context; *made tells which to end).
+ */
+static Tuplestorestate **
+apply_change_stores(List *changes, TupleTableSlot *slot, bool **made)
+{
+	Tuplestorestate **stores = palloc(sizeof(Tuplestorestate *) * Max(list_length(changes), 1));
+	ListCell   *lc;
+	int			n = 0;
+
+	*made = palloc0(sizeof(bool) * Max(list_length(changes), 1));
+	foreach(lc, changes)
+	{
+		KappaTableChanges *ch = lfirst(lc);
+		int			i;
+
+		if (ch->store != NULL && ch->nrows == 0)
+		{
+			stores[n++] = ch->store;
+			continue;
+		}
+		stores[n] = tuplestore_begin_heap(false, false, work_mem);
+		(*made)[n] = true;
+		if (ch->store != NULL)
+		{
+			tuplestore_rescan(ch->store);
+			while (tuplestore_gettupleslot(ch->store, true, false, slot))
+				tuplestore_puttupleslot(stores[n], slot);
+		}
+		for (i = 0; i < ch->nrows; i++)
+		{
+			ExecStoreMinimalTuple(ch->rows[i], slot, false);
+			tuplestore_puttupleslot(stores[n], slot);
+		}
+		ExecClearTuple(slot);
+		n++;
+	}
+	return stores;
+}
+
+/*
  * KappaViewFeedChanges applies the changes of an ordinary table -- a list
  * of KappaTableChanges, rows of row type 'rowtype' entering (+1) or leaving
  * (-1) the table -- to every view of 'locked' (the table's views, locked),
  * in view-OID order, in the current transaction.  Each view takes the rows
- * through its push path as its owner: added rows advance its groups' states
- * in memory, retracted rows mark their groups; then each touched group is
- * merged once, in key order (KappaMergeChangesReceiver).  Every change of
- * the table since the views last saw it must be in 'changes': a group that
- * is recomputed reads the table as it is now.
+ * as its owner, through its push path (the table alone) or its changes
+ * plan (joins): added rows advance its groups' states in memory, retracted
+ * rows mark their groups; then each touched group is merged once, in key
+ * order (KappaMergeChangesReceiver).  Every change of the table since the
+ * views last saw it must be in 'changes': a group that is recomputed reads
+ * the table as it is now.
  */
 void
 KappaViewFeedChanges(KappaStreamViews *locked, TupleDesc rowtype, List *changes)
@@ -447,7 +606,10 @@ KappaViewFeedChanges(KappaStreamViews *locked, TupleDesc rowtype, List *changes)
 	MemoryContext cxt;
 	MemoryContext oldcxt;
 	TupleTableSlot *slot;
+	Tuplestorestate **stores = NULL;
+	bool	   *made = NULL;
 	ListCell   *lc;
+	int			i;
 
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "pg_kappa table changes",
 								ALLOCSET_DEFAULT_SIZES);
@@ -457,42 +619,24 @@ KappaViewFeedChanges(KappaStreamViews *locked, TupleDesc rowtype, List *changes)
 	{
 		KappaViewInfo *view = lfirst(lc);
 		KappaViewAccum *acc = KappaAccumCreate(view, cxt);
-		KappaSavedUser saved;
-		ListCell   *lc2;
 
-		if (acc == NULL || view->push == NULL)
+		if (acc == NULL || (view->push == NULL && view->changesPlan == NULL))
 			elog(ERROR, "continuous view \"%s\" over a table cannot take changed rows",
 				 get_rel_name(view->viewRelid));
-		KappaBecomeUser(view->ownerId, &saved);
-		foreach(lc2, changes)
+		if (view->push != NULL)
+			apply_push_changes(view, acc, slot, changes);
+		else
 		{
-			KappaTableChanges *ch = lfirst(lc2);
-			int			i;
-
-			if (ch->store != NULL)
-			{
-				tuplestore_rescan(ch->store);
-				while (tuplestore_gettupleslot(ch->store, true, false, slot))
-				{
-					if (ch->sign > 0)
-						KappaAccumPushRow(acc, slot);
-					else
-						KappaAccumRetractRow(acc, slot);
-					CHECK_FOR_INTERRUPTS();
-				}
-			}
-			for (i = 0; i < ch->nrows; i++)
-			{
-				ExecStoreMinimalTuple(ch->rows[i], slot, false);
-				if (ch->sign > 0)
-					KappaAccumPushRow(acc, slot);
-				else
-					KappaAccumRetractRow(acc, slot);
-			}
-			ExecClearTuple(slot);
+			if (stores == NULL)
+				stores = apply_change_stores(changes, slot, &made);
+			apply_delta_changes(view, acc, rowtype, changes, stores);
 		}
-		KappaRestoreUser(&saved);
 		apply_flush_changes(view, acc);
+	}
+	for (i = 0; stores != NULL && i < list_length(changes); i++)
+	{
+		if (made[i])
+			tuplestore_end(stores[i]);
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	MemoryContextSwitchTo(oldcxt);

@@ -16,9 +16,10 @@
  *
  * Views over an ordinary table also get rows that left the table
  * (KappaMergeChangesReceiver; the accumulator that flushes into it tells
- * which groups lost rows).  Such a group's row is locked first.  If every
- * aggregate of the view has an inverse transition function over its plain
- * state (agg_state.c), the leaving rows are taken out of the stored states
+ * which groups lost rows).  Such a group's row is locked first.  If the
+ * view reads the table alone and every aggregate of the view has an
+ * inverse transition function over its plain state (agg_state.c), the
+ * leaving rows are taken out of the stored states
  * (KappaAccumRetractInto) and the new rows' states combined in; otherwise,
  * or if an inverse function cannot undo a row, the group is recomputed from
  * the table with the view's delta query restricted to the group's keys,

@@ -17,6 +17,13 @@
  * aggregate inputs compiled over the stream row, so that rows go straight
  * into an accumulator (view_accum.c) without a delta query.
  *
+ * A view over an ordinary table also gets the queries that recompute one
+ * group from the tables (its delta query restricted to the group's keys)
+ * and, if it has no push path (it joins other tables), a "changes plan":
+ * its delta query with the table's range table entry turned into the
+ * ephemeral named relation KAPPA_CHANGES_ENR, which view_apply.c fills with
+ * the table's changed rows -- the way PL/pgSQL reads a transition table.
+ *
  * Everything is parsed, checked (view_shape.c) and planned as the view's
  * owner, in a security-restricted operation: the planner may run the
  * view's immutable functions.  The result lives in the cache of the
@@ -36,6 +43,7 @@
 #include "nodes/nodeFuncs.h"
 #include "optimizer/optimizer.h"
 #include "parser/parse_relation.h"
+#include "parser/parsetree.h"
 #include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
@@ -58,6 +66,9 @@
  */
 #define KAPPA_SMALL_BATCH_ROWS 10
 #define KAPPA_LARGE_BATCH_ROWS 100000
+
+static PlannedStmt *plan_delta_query_over(KappaViewShape *shape, Query *query,
+										  const char *sql, Node *groupQual);
 
 /* Set partial-aggregation mode on an Aggref of the delta plan. */
 static bool
@@ -141,7 +152,68 @@ plan_make_partial(Plan *plan)
 static PlannedStmt *
 plan_delta_query(KappaViewShape *shape, const char *sql, Node *groupQual)
 {
-	Query	   *query = shape->query;
+	return plan_delta_query_over(shape, shape->query, sql, groupQual);
+}
+
+/*
+ * The view's query with its table read from changed rows instead (a view
+ * over a table without a push path): the fact relation's range table entry
+ * becomes the ephemeral named relation KAPPA_CHANGES_ENR, of the table's
+ * row type and estimated at 'rows' rows, as a trigger's transition table
+ * is in PL/pgSQL.  Vars keep their attribute numbers: dropped columns keep
+ * their places.  Allocates in the current memory context.
+ */
+static Query *
+plan_changes_query(KappaViewShape *shape, double rows)
+{
+	Query	   *query = copyObject(shape->query);
+	RangeTblEntry *rte = rt_fetch(shape->factIndex, query->rtable);
+	Relation	rel = table_open(rte->relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+
+	rte->rtekind = RTE_NAMEDTUPLESTORE;
+	rte->relid = InvalidOid;
+	rte->relkind = 0;
+	rte->rellockmode = NoLock;
+	rte->tablesample = NULL;
+	rte->inh = false;
+	rte->enrname = pstrdup(KAPPA_CHANGES_ENR);
+	rte->enrtuples = rows;
+	rte->coltypes = NIL;
+	rte->coltypmods = NIL;
+	rte->colcollations = NIL;
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		rte->coltypes = lappend_oid(rte->coltypes,
+									att->attisdropped ? InvalidOid : att->atttypid);
+		rte->coltypmods = lappend_int(rte->coltypmods,
+									  att->attisdropped ? 0 : att->atttypmod);
+		rte->colcollations = lappend_oid(rte->colcollations,
+										 att->attisdropped ? InvalidOid : att->attcollation);
+	}
+	/* the owner's right to read the table was checked at creation */
+	rte->requiredPerms = 0;
+	rte->checkAsUser = InvalidOid;
+	rte->selectedCols = NULL;
+	rte->insertedCols = NULL;
+	rte->updatedCols = NULL;
+	rte->extraUpdatedCols = NULL;
+	table_close(rel, AccessShareLock);
+	return query;
+}
+
+/*
+ * Build and plan the delta query of a view over 'query' (the view's query,
+ * or its changes query); with 'groupQual', restricted to one group (a view
+ * over a table recomputing a group, see plan_group_qual).
+ */
+static PlannedStmt *
+plan_delta_query_over(KappaViewShape *shape, Query *query, const char *sql,
+					  Node *groupQual)
+{
 	Query	   *delta = copyObject(query);
 	List	   *tlist = NIL;
 	AttrNumber	resno = 0;
@@ -245,22 +317,20 @@ plan_group_qual(KappaViewShape *shape, bool nullSafe)
 }
 
 /*
- * A view over a table: check that its rows can be pushed (view_accum.c),
- * the only way changes reach it, and plan the queries that recompute one
- * group from the table (in the current memory context, as the owner).
+ * A view over a table: check that its changed rows can be grouped in a hash
+ * table (view_accum.c), and plan the queries that recompute one group from
+ * the table (*eqPlan, *nullPlan) and, for a view without a push path (one
+ * with joins), the delta query over changed rows (*changesPlan for many,
+ * *smallChangesPlan for a few; NULL otherwise).  In the current memory
+ * context, as the owner.
  */
 static void
 plan_table_view(KappaViewInfo *view, KappaViewShape *shape, const char *sql,
-				PlannedStmt **eqPlan, PlannedStmt **nullPlan)
+				PlannedStmt **eqPlan, PlannedStmt **nullPlan,
+				PlannedStmt **changesPlan, PlannedStmt **smallChangesPlan)
 {
 	int			i;
 
-	if (view->push == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
-				 errmsg("this aggregate call is not supported in a continuous view over a table"),
-				 errdetail("A continuous view over a table takes each changed row through its aggregates' transition functions; VARIADIC calls and direct arguments are not supported."),
-				 errhint("Call the aggregate with plain arguments.")));
 	for (i = 0; i < view->nkeys; i++)
 	{
 		if (!view->keyHashable[i])
@@ -270,12 +340,29 @@ plan_table_view(KappaViewInfo *view, KappaViewShape *shape, const char *sql,
 					 errdetail("A continuous view over a table groups changed rows in a hash table."),
 					 errhint("Group by an expression of a type with a hash operator class, such as a cast to text.")));
 	}
-	view->invertible = true;
-	for (i = 0; i < view->naggs; i++)
-		view->invertible &= view->aggs[i].invertible;
 	*eqPlan = plan_delta_query(shape, sql, plan_group_qual(shape, false));
 	*nullPlan = view->nkeys == 0 ? *eqPlan :
 		plan_delta_query(shape, sql, plan_group_qual(shape, true));
+	*changesPlan = NULL;
+	*smallChangesPlan = NULL;
+	if (view->push == NULL)
+	{
+		/*
+		 * Rows leaving such a view mark the groups the delta query puts them
+		 * in, which are recomputed: a partial state cannot be subtracted.
+		 */
+		view->invertible = false;
+		*changesPlan = plan_delta_query_over(shape,
+											 plan_changes_query(shape, KAPPA_LARGE_BATCH_ROWS),
+											 sql, NULL);
+		*smallChangesPlan = plan_delta_query_over(shape,
+												  plan_changes_query(shape, KAPPA_SMALL_BATCH_ROWS),
+												  sql, NULL);
+		return;
+	}
+	view->invertible = true;
+	for (i = 0; i < view->naggs; i++)
+		view->invertible &= view->aggs[i].invertible;
 }
 
 static AttrNumber
@@ -626,12 +713,17 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	{
 		PlannedStmt *eqPlan;
 		PlannedStmt *nullPlan;
+		PlannedStmt *changesPlan;
+		PlannedStmt *smallChangesPlan;
 
 		MemoryContextSwitchTo(tmpcxt);
-		plan_table_view(view, shape, sql, &eqPlan, &nullPlan);
+		plan_table_view(view, shape, sql, &eqPlan, &nullPlan, &changesPlan,
+						&smallChangesPlan);
 		MemoryContextSwitchTo(cxt);
 		view->recomputePlan = copyObject(eqPlan);
 		view->recomputeNullPlan = copyObject(nullPlan);
+		view->changesPlan = copyObject(changesPlan);
+		view->smallChangesPlan = copyObject(smallChangesPlan);
 	}
 
 	KappaRestoreUser(&saved);

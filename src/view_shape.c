@@ -4,10 +4,10 @@
  *	  What a view query may contain, and what it means for incremental
  *	  maintenance: its "shape".
  *
- * A view query is a SELECT over exactly one stream, optionally joined to
- * ordinary tables, or over one ordinary table alone (a view over a table,
- * maintained from the table's changes: table_capture.c), with aggregates
- * that have combine functions.  Everything
+ * A view query is a SELECT over exactly one stream or one ordinary table
+ * (a view over a table, maintained from the table's changes:
+ * table_capture.c), the first relation of its FROM clause, optionally
+ * joined to other tables, with aggregates that have combine functions.  Everything
  * that cannot be maintained from per-batch partial states is refused here
  * with its own SQLSTATE (kappa_errcodes.h), a message naming the construct
  * and a hint with the alternative.
@@ -329,12 +329,105 @@ shape_check_aggref(Aggref *aggref, ParseState *pstate)
 	ReleaseSysCache(tuple);
 }
 
+/* Looks for a system column of the fact table of a view over a table. */
+typedef struct SystemColumnContext
+{
+	Index		factIndex;
+	Var		   *var;			/* the first one found */
+} SystemColumnContext;
+
+static bool
+shape_system_column_walker(Node *node, SystemColumnContext *ctx)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Var))
+	{
+		Var		   *var = (Var *) node;
+
+		if (var->varlevelsup == 0 && var->varno == ctx->factIndex &&
+			var->varattno < 0)
+		{
+			ctx->var = var;
+			return true;
+		}
+		return false;
+	}
+	if (IsA(node, Query))
+		return false;			/* subqueries are refused anyway */
+	return expression_tree_walker(node, shape_system_column_walker, ctx);
+}
+
+/*
+ * Check the FROM clause of a view over table 'relname' (range table index
+ * 'factIndex', the first relation of FROM): the other relations are
+ * dimensions, read as of each change, whose own changes do not reach the
+ * view.  Refuses the fact table read twice (a self-join, which would need
+ * the changes of both sides), subqueries, plain views and WITH queries in
+ * FROM, and TABLESAMPLE.
+ */
+static void
+shape_check_table_from(Query *query, Index factIndex, const char *relname)
+{
+	Oid			factRelid = rt_fetch(factIndex, query->rtable)->relid;
+	ListCell   *lc;
+	Index		rti = 0;
+
+	foreach(lc, query->rtable)
+	{
+		RangeTblEntry *rte = lfirst(lc);
+
+		rti++;
+		if (rte->tablesample != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
+					 errmsg("TABLESAMPLE is not supported in a continuous view over a table"),
+					 errdetail("A sample can differ each time a group is recomputed."),
+					 errhint("Remove the TABLESAMPLE clause.")));
+		switch (rte->rtekind)
+		{
+			case RTE_RELATION:
+				if (rti != factIndex && rte->relid == factRelid)
+					ereport(ERROR,
+							(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
+							 errmsg("table \"%s\" appears more than once in a continuous view over it", relname),
+							 errdetail("A continuous view over a table follows the changes of the first relation of its FROM clause only; a self-join would also need the changes of its other occurrences."),
+							 errhint("Aggregate the table once, and join the continuous view to the table when reading it.")));
+				break;
+			case RTE_JOIN:
+			case RTE_FUNCTION:
+			case RTE_TABLEFUNC:
+			case RTE_VALUES:
+				break;
+			case RTE_SUBQUERY:
+				ereport(ERROR,
+						(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
+						 errmsg("subqueries and views in FROM are not supported in a continuous view over a table"),
+						 errdetail("The view aggregates table \"%s\"; the other relations of its FROM clause must be tables, read as of each change.", relname),
+						 errhint("Join the tables the subquery or view reads directly, or apply it when reading the continuous view.")));
+				break;
+			case RTE_CTE:
+				ereport(ERROR,
+						(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
+						 errmsg("WITH queries are not supported in a continuous view over a table"),
+						 errdetail("The view aggregates table \"%s\"; the other relations of its FROM clause must be tables, read as of each change.", relname),
+						 errhint("Join the tables the WITH query reads directly, or apply it when reading the continuous view.")));
+				break;
+			default:
+				ereport(ERROR,
+						(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
+						 errmsg("this kind of FROM item is not supported in a continuous view over a table"),
+						 errhint("Join ordinary tables to table \"%s\".", relname)));
+		}
+	}
+}
+
 /*
  * A query that reads no stream aggregates an ordinary table: the first
- * relation of its FROM clause (its "fact" relation).  Returns its range
+ * relation of its FROM clause (its "fact" relation), possibly joined to
+ * other tables (dimensions, see shape_check_table_from).  Returns its range
  * table index, or refuses what a view over a table cannot maintain: other
- * kinds of relations, and anything besides the one table (joins,
- * subqueries, functions in FROM), whose changes would not reach the view.
+ * kinds of relations, subqueries, system columns of the table.
  */
 static Index
 shape_check_table_fact(Query *query, ParseState *pstate)
@@ -347,6 +440,8 @@ shape_check_table_fact(Query *query, ParseState *pstate)
 	char		persistence;
 	bool		rls;
 	char	   *relname;
+	Index		factIndex;
+	SystemColumnContext sysctx;
 
 	if (query->jointree == NULL || query->jointree->fromlist == NIL)
 		ereport(ERROR,
@@ -406,27 +501,25 @@ shape_check_table_fact(Query *query, ParseState *pstate)
 				 errdetail("Changes made through its parent or to its children would not reach the view."),
 				 errhint("Aggregate a table without inheritance.")));
 
-	/* the table alone (joins are a later step) */
-	if (list_length(query->rtable) != 1 ||
-		list_length(query->jointree->fromlist) != 1 ||
-		!IsA(linitial(query->jointree->fromlist), RangeTblRef))
-		ereport(ERROR,
-				(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
-				 errmsg("joins are not supported in a continuous view over a table"),
-				 errdetail("The view aggregates table \"%s\"; changes to the other relations of its FROM clause would not reach the view.", relname),
-				 errhint("Aggregate the table alone, and join the continuous view to the other tables when reading it.")));
+	factIndex = ((RangeTblRef *) first)->rtindex;
+	shape_check_table_from(query, factIndex, relname);
 	if (query->hasSubLinks)
 		ereport(ERROR,
 				(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
 				 errmsg("subqueries are not supported in a continuous view over a table"),
 				 errdetail("Changes to the relations a subquery reads would not reach the view."),
-				 errhint("Express the filter over the table's own columns, or apply it when reading the view.")));
-	if (rte->tablesample != NULL)
+				 errhint("Express the filter over the table's own columns or as a join to the other table, or apply it when reading the view.")));
+	sysctx.factIndex = factIndex;
+	sysctx.var = NULL;
+	if (query_tree_walker(query, shape_system_column_walker, &sysctx, 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT),
-				 errmsg("TABLESAMPLE is not supported in a continuous view over a table"),
-				 errhint("Remove the TABLESAMPLE clause.")));
-	return ((RangeTblRef *) linitial(query->jointree->fromlist))->rtindex;
+				 errmsg("system column %s of table \"%s\" is not supported in a continuous view over a table",
+						get_rte_attribute_name(rte, sysctx.var->varattno), relname),
+				 errdetail("The changed rows a view over a table takes have no system columns."),
+				 errhint("Use the table's own columns."),
+				 parser_errposition(pstate, sysctx.var->location)));
+	return factIndex;
 }
 
 /*
@@ -482,6 +575,12 @@ shape_check_query(Query *query, ParseState *pstate, bool *isTable)
 				 errmsg("a continuous view can read only one stream"),
 				 errdetail("The query reads streams %d times.", direct),
 				 errhint("Create one continuous view per stream; join streams upstream before they reach PostgreSQL.")));
+	if (*isTable && shape_rte_is_nullable((Node *) query->jointree, streamIndex, false))
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_OUTER_JOIN_STREAM),
+				 errmsg("the aggregated table on the nullable side of an outer join is not supported in a continuous view"),
+				 errdetail("The view aggregates the first relation of its FROM clause, and follows its changes only."),
+				 errhint("Join the table with an inner join or as the left side of a LEFT JOIN, with the table first in FROM.")));
 	if (shape_rte_is_nullable((Node *) query->jointree, streamIndex, false))
 		ereport(ERROR,
 				(errcode(ERRCODE_KAPPA_OUTER_JOIN_STREAM),
@@ -696,6 +795,7 @@ KappaBuildViewShape(Query *query, const char *sql)
 	}
 	shape->query = query;
 	shape->streamRelid = rt_fetch(streamIndex, query->rtable)->relid;
+	shape->factIndex = streamIndex;
 
 	foreach(lc, query->groupClause)
 	{

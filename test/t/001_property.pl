@@ -610,13 +610,24 @@ note "steps done: " . join(', ', map { "$_ x$done{$_}" } sort keys %done);
 note "$errors_seen steps raised the expected error";
 
 # ---------------------------------------------------------------- table mode
-# The same views (but the join) over an ordinary table "tbl", which random
+# The same views (the join too, with "dim" read as of each change), and a
+# LEFT JOIN, over an ordinary table "tbl", which random
 # steps change with INSERT, UPDATE (values, WHERE columns and group keys),
 # DELETE, TRUNCATE, COPY and MERGE, in transactions that commit or roll
 # back, with savepoints and errors.  After every step each view must equal
 # its query run as plain SQL over tbl itself.
 my $tsteps = $ENV{KAPPA_TSTEPS} // 30;
-my @tviews = map { { %$_, name => "t$_->{name}" } } grep { $_->{name} ne 'v_join' } @views;
+my @tviews = map { { %$_, name => "t$_->{name}" } } @views;
+push @tviews,
+  {
+	name => 'tv_ljoin',
+	keys => [qw(name)],
+	floats => [],
+	query => q{SELECT d.name, count(*) AS n, count(d.k) AS nd, sum(s.x) AS sx,
+		min(s.ts) AS mints, max(d.weight) AS mw
+	FROM {S} s LEFT JOIN dim d ON d.k = s.k % 50
+	GROUP BY d.name},
+  };
 $s->query_safe(qq{
 CREATE TABLE tbl ($columns);
 CREATE INDEX ON tbl (g);
