@@ -481,6 +481,17 @@ SELECT try($$SELECT kappa.decode_change_preview('kv', 'upsert', convert_to('0,he
 -- order_by into the value
 SELECT kappa.decode_change_preview('kv', 'upsert', convert_to('{"n": 5, "v": {"seq": 12.5}}', 'UTF8'),
                                    convert_to('1', 'UTF8'), order_by => 'v.seq');
+-- a value in the JsonConverter's schema wrapper (detected per message): the
+-- payload is the row, and order_by looks into it; a wrapped null is Kafka
+-- Connect's rendering of a tombstone when schemas are enabled
+SELECT kappa.decode_change_preview('kv', 'upsert',
+       convert_to('{"schema": {"type": "struct", "fields": [{"type": "int32", "optional": true, "field": "n"}], "optional": false}, "payload": {"n": 5, "seq": 3}}', 'UTF8'),
+       convert_to('1', 'UTF8'), order_by => 'seq');
+SELECT kappa.decode_change_preview('kv', 'upsert', convert_to('{"schema": null, "payload": null}', 'UTF8'),
+                                   convert_to('1', 'UTF8'));
+-- an object that only looks like a wrapper is a row
+SELECT kappa.decode_change_preview('kv', 'upsert', convert_to('{"payload": null, "n": 2}', 'UTF8'),
+                                   convert_to('1', 'UTF8'));
 
 -- Messages that cannot be applied: each is a dead letter, with its error.
 -- no key (upsert), and a key without the key column

@@ -1388,6 +1388,50 @@ dchg_debezium(KappaDecoder *d, char *s, int slen,
 }
 
 /*
+ * dchg_upsert_unwrap takes the JsonConverter schema wrapper off the JSON
+ * value of an 'upsert' message, if it has one ({"schema": ..., "payload":
+ * ...}, detected per message): *payload and *len become the wrapped value.
+ * Returns true if the wrapped value is null (Kafka Connect's rendering of a
+ * tombstone when schemas are enabled).  Only when the payload needs no
+ * conversion to the server encoding (the value is then decoded again from
+ * the same bytes); the result is allocated in the current memory context
+ * (KappaDecode resets the scratch context).
+ */
+static bool
+dchg_upsert_unwrap(KappaDecoder *d, const char **payload, size_t *len)
+{
+	const char *p = *payload;
+	const char *end = p + *len;
+	DchgValue	value;
+	DchgValue	schema;
+	char	   *copy;
+
+	if (d->format != KAPPA_FORMAT_JSON || d->encoding != GetDatabaseEncoding())
+		return false;
+	/* cheap test first: an object whose first key is "schema" or "payload" */
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	if (p == end || *p != '{')
+		return false;
+	p++;
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	if (!((end - p >= 8 && memcmp(p, "\"schema\"", 8) == 0) ||
+		  (end - p >= 9 && memcmp(p, "\"payload\"", 9) == 0)))
+		return false;
+
+	copy = pnstrdup(*payload, *len);
+	dchg_unwrap(copy, (int) *len, "payload", &value, &schema);
+	if (schema.type == JSON_TOKEN_INVALID)
+		return false;
+	if (value.type == JSON_TOKEN_NULL)
+		return true;
+	*payload = value.start;
+	*len = value.len;
+	return false;
+}
+
+/*
  * KappaDecodeChange: see kafka.h.  The arrays of 'change' are allocated in
  * the current memory context; parse temporaries go to the decoder's scratch
  * context, reset at every call.  As with KappaDecode, the caller's error
@@ -1411,6 +1455,12 @@ KappaDecodeChange(KappaDecoder *d, const char *payload, size_t len,
 	change->values = palloc(sizeof(Datum) * Max(d->natts, 1));
 	change->nulls = palloc(sizeof(bool) * Max(d->natts, 1));
 
+	if (c->envelope == KAPPA_ENVELOPE_UPSERT && payload != NULL &&
+		dchg_upsert_unwrap(d, &payload, &len))
+	{
+		/* the wrapper of a null value: a tombstone */
+		payload = NULL;
+	}
 	if (c->envelope == KAPPA_ENVELOPE_UPSERT && payload != NULL)
 	{
 		/* the row, as format json/csv/text/bytea decodes it */
