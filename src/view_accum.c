@@ -612,6 +612,39 @@ accum_datum_copy_key(Datum value, bool byval, int16 len, MemoryContext cxt)
 	return copy;
 }
 
+/*
+ * accum_row_inputs evaluates an aggregate's FILTER over the row in 'row'
+ * (econtext's scan tuple) and, if the row passes, its inputs into
+ * fcinfo->args[1 ..] (for its transition or inverse transition function),
+ * setting *anynull if one is null.  Returns false if FILTER rejects the row.
+ */
+static bool
+accum_row_inputs(KappaPushAgg *pa, FunctionCallInfo fcinfo, TupleTableSlot *row,
+				 ExprContext *econtext, bool *anynull)
+{
+	if (pa->filterState != NULL)
+	{
+		bool		fnull;
+		Datum		pass = ExecEvalExpr(pa->filterState, econtext, &fnull);
+
+		if (fnull || !DatumGetBool(pass))
+			return false;
+	}
+	for (int k = 0; k < pa->numInputs; k++)
+	{
+		if (pa->inputStates[k] == NULL)
+		{
+			fcinfo->args[k + 1].value = row->tts_values[pa->inputAttnos[k] - 1];
+			fcinfo->args[k + 1].isnull = row->tts_isnull[pa->inputAttnos[k] - 1];
+		}
+		else
+			fcinfo->args[k + 1].value = ExecEvalExpr(pa->inputStates[k], econtext,
+													 &fcinfo->args[k + 1].isnull);
+		*anynull |= fcinfo->args[k + 1].isnull;
+	}
+	return true;
+}
+
 /* A new group for pushed rows, its states at the initial values. */
 static AccumEntry *
 accum_new_pushed_entry(KappaViewAccum *acc)
@@ -767,32 +800,13 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 		FunctionCallInfo fcinfo = pa->fcinfo;
 		bool		anynull = false;
 		Datum		newVal;
-		int			k;
 
 		if (pa->shareWith >= 0)
 			continue;			/* advanced with the one it shares */
-		if (pa->filterState != NULL)
-		{
-			bool		fnull;
-			Datum		pass = ExecEvalExpr(pa->filterState, econtext, &fnull);
-
-			if (fnull || !DatumGetBool(pass))
-				continue;
-		}
+		if (!accum_row_inputs(pa, fcinfo, row, econtext, &anynull))
+			continue;
 		fcinfo->context = (Node *) acc->aggContext;
 		fcinfo->isnull = false;
-		for (k = 0; k < pa->numInputs; k++)
-		{
-			if (pa->inputStates[k] == NULL)
-			{
-				fcinfo->args[k + 1].value = row->tts_values[pa->inputAttnos[k] - 1];
-				fcinfo->args[k + 1].isnull = row->tts_isnull[pa->inputAttnos[k] - 1];
-			}
-			else
-				fcinfo->args[k + 1].value = ExecEvalExpr(pa->inputStates[k], econtext,
-														 &fcinfo->args[k + 1].isnull);
-			anynull |= fcinfo->args[k + 1].isnull;
-		}
 		if (pa->transfn.fn_strict)
 		{
 			if (anynull)
@@ -939,28 +953,9 @@ KappaAccumRetractInto(KappaViewAccum *acc, AggState *aggcontext,
 			FunctionCallInfo fcinfo = pa->invFcinfo;
 			bool		anynull = false;
 			Datum		newVal;
-			int			k;
 
-			if (pa->filterState != NULL)
-			{
-				bool		fnull;
-				Datum		pass = ExecEvalExpr(pa->filterState, econtext, &fnull);
-
-				if (fnull || !DatumGetBool(pass))
-					continue;
-			}
-			for (k = 0; k < pa->numInputs; k++)
-			{
-				if (pa->inputStates[k] == NULL)
-				{
-					fcinfo->args[k + 1].value = row->tts_values[pa->inputAttnos[k] - 1];
-					fcinfo->args[k + 1].isnull = row->tts_isnull[pa->inputAttnos[k] - 1];
-				}
-				else
-					fcinfo->args[k + 1].value = ExecEvalExpr(pa->inputStates[k], econtext,
-															 &fcinfo->args[k + 1].isnull);
-				anynull |= fcinfo->args[k + 1].isnull;
-			}
+			if (!accum_row_inputs(pa, fcinfo, row, econtext, &anynull))
+				continue;
 			if (pa->transfn.fn_strict && anynull)
 				continue;		/* the row never went in */
 			if (nulls[i] && pa->invtransfn.fn_strict)

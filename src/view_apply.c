@@ -167,10 +167,12 @@ apply_delta(KappaViewInfo *view, KappaScanSource *source, KappaViewAccum *acc,
 
 /*
  * Merge every group accumulated in 'acc' into the view's materialization,
- * once per group and in key order, and empty it.
+ * once per group and in key order, and empty it.  'changes': what a view
+ * over a table accumulated from the table's changes, whose groups with
+ * retracted rows go through the retraction merge (view_merge.c).
  */
 static void
-apply_flush(KappaViewInfo *view, KappaViewAccum *acc)
+apply_flush(KappaViewInfo *view, KappaViewAccum *acc, bool changes)
 {
 	DestReceiver *merge;
 	KappaSavedUser saved;
@@ -178,7 +180,7 @@ apply_flush(KappaViewInfo *view, KappaViewAccum *acc)
 	if (KappaAccumGroups(acc) == 0)
 		return;
 	apply_begin_view_work(view, GetTransactionSnapshot(), &saved);
-	merge = KappaMergeReceiver(view);
+	merge = changes ? KappaMergeChangesReceiver(view, acc) : KappaMergeReceiver(view);
 	merge->rStartup(merge, CMD_SELECT, NULL);
 	KappaAccumFlush(acc, merge);
 	merge->rShutdown(merge);
@@ -191,7 +193,7 @@ static void
 apply_check_memory(FeedView *fv)
 {
 	if (KappaAccumMemory(fv->acc) > get_hash_memory_limit())
-		apply_flush(fv->view, fv->acc);
+		apply_flush(fv->view, fv->acc, false);
 }
 
 /*
@@ -379,7 +381,7 @@ KappaViewFeedFlush(KappaViewFeed *feed, KappaStreamViews *locked)
 		{
 			if (((KappaViewInfo *) lfirst(lc2))->viewRelid == fv->viewRelid)
 			{
-				apply_flush(fv->view, fv->acc);
+				apply_flush(fv->view, fv->acc, false);
 				break;
 			}
 		}
@@ -412,27 +414,6 @@ KappaViewBackfill(KappaViewInfo *view, bool retained)
 	source.streamRelid = view->shape->streamRelid;
 	source.retained = retained;
 	apply_delta(view, &source, NULL, GetLatestSnapshot());
-}
-
-/*
- * Merge what a view over a table accumulated from a table's changes: groups
- * with retracted rows go through the retraction merge (view_merge.c).
- */
-static void
-apply_flush_changes(KappaViewInfo *view, KappaViewAccum *acc)
-{
-	DestReceiver *merge;
-	KappaSavedUser saved;
-
-	if (KappaAccumGroups(acc) == 0)
-		return;
-	apply_begin_view_work(view, GetTransactionSnapshot(), &saved);
-	merge = KappaMergeChangesReceiver(view, acc);
-	merge->rStartup(merge, CMD_SELECT, NULL);
-	KappaAccumFlush(acc, merge);
-	merge->rShutdown(merge);
-	merge->rDestroy(merge);
-	apply_end_view_work(&saved);
 }
 
 /*
@@ -631,7 +612,7 @@ KappaViewFeedChanges(KappaStreamViews *locked, TupleDesc rowtype, List *changes)
 				stores = apply_change_stores(changes, slot, &made);
 			apply_delta_changes(view, acc, rowtype, changes, stores);
 		}
-		apply_flush_changes(view, acc);
+		apply_flush(view, acc, true);
 	}
 	for (i = 0; stores != NULL && i < list_length(changes); i++)
 	{
