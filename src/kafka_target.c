@@ -67,6 +67,7 @@
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
 #include "utils/snapmgr.h"
+#include "utils/sortsupport.h"
 #include "utils/syscache.h"
 
 #include "kafka.h"
@@ -241,8 +242,7 @@ struct KappaChangeSet
 	Oid			pkoid;
 	int			nkeys;
 	AttrNumber	keyattnos[INDEX_MAX_KEYS];
-	FmgrInfo	keycmp[INDEX_MAX_KEYS]; /* btree order procs */
-	Oid			keycoll[INDEX_MAX_KEYS];
+	SortSupportData keysort[INDEX_MAX_KEYS];	/* the index's order */
 	Oid			keyeqop[INDEX_MAX_KEYS];	/* equality, for statements */
 
 	/* checking new rows against NOT NULL and CHECK constraints, if any */
@@ -283,10 +283,14 @@ KappaChangeSetCreate(Relation rel, Oid checkAsUser, MemoryContext parent)
 	{
 		Oid			opfamily = pkrel->rd_opfamily[i];
 		Oid			opcintype = pkrel->rd_opcintype[i];
+		SortSupport ssup = &set->keysort[i];
 
-		set->keycoll[i] = pkrel->rd_indcollation[i];
-		fmgr_info_cxt(index_getprocid(pkrel, i + 1, BTORDER_PROC),
-					  &set->keycmp[i], cxt);
+		/* sort support: int4's comparator is inlined, not called by fmgr */
+		ssup->ssup_cxt = cxt;
+		ssup->ssup_collation = pkrel->rd_indcollation[i];
+		ssup->ssup_nulls_first = false;
+		ssup->ssup_attno = i + 1;
+		PrepareSortSupportFromIndexRel(pkrel, BTLessStrategyNumber, ssup);
 		set->keyeqop[i] = get_opfamily_member(opfamily, opcintype, opcintype,
 											  BTEqualStrategyNumber);
 		if (!OidIsValid(set->keyeqop[i]))
@@ -427,8 +431,8 @@ kt_compare_keys(const void *a, const void *b, void *arg)
 
 	for (int i = 0; i < set->nkeys; i++)
 	{
-		int32		r = DatumGetInt32(FunctionCall2Coll(&set->keycmp[i], set->keycoll[i],
-														ca->key[i], cb->key[i]));
+		int			r = ApplySortComparator(ca->key[i], false, cb->key[i], false,
+											&set->keysort[i]);
 
 		if (r != 0)
 			return r;
@@ -441,8 +445,8 @@ static bool
 kt_same_key(KappaChangeSet *set, const KtChange *a, const KtChange *b)
 {
 	for (int i = 0; i < set->nkeys; i++)
-		if (DatumGetInt32(FunctionCall2Coll(&set->keycmp[i], set->keycoll[i],
-											a->key[i], b->key[i])) != 0)
+		if (ApplySortComparator(a->key[i], false, b->key[i], false,
+								&set->keysort[i]) != 0)
 			return false;
 	return true;
 }
