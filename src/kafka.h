@@ -260,7 +260,8 @@ typedef enum KappaChangeKind
 {
 	KAPPA_CHANGE_UPSERT,		/* insert the row, or replace the row with its
 								 * key */
-	KAPPA_CHANGE_DELETE,		/* delete the row with the key, if there is one */
+	KAPPA_CHANGE_DELETE,		/* delete the row with the key, if there is
+								 * one */
 	KAPPA_CHANGE_TRUNCATE,		/* delete every row of the target */
 	KAPPA_CHANGE_NONE			/* nothing (the tombstone after a Debezium
 								 * delete) */
@@ -342,11 +343,11 @@ extern void KappaDecodeChange(KappaDecoder *decoder, const char *payload,
 /* A table opened for ExecSimpleRelation* writes (KappaSimpleTargetOpen). */
 typedef struct KappaSimpleTarget
 {
-	EState *estate;
+	EState	   *estate;
 	ResultRelInfo *rri;
-	TupleTableSlot *slot;	/* a row of the table, to write */
-	TupleTableSlot *found;	/* a row of the table, as found */
-	EPQState epq;
+	TupleTableSlot *slot;		/* a row of the table, to write */
+	TupleTableSlot *found;		/* a row of the table, as found */
+	EPQState	epq;
 } KappaSimpleTarget;
 
 typedef struct KappaChangeSet KappaChangeSet;

@@ -70,6 +70,7 @@
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
 #include "utils/snapmgr.h"
+#include "utils/sortsupport.h"
 #include "utils/syscache.h"
 
 #include "kafka.h"
@@ -122,7 +123,7 @@ KappaTargetIsSimple(Relation rel, bool changes)
  * query level (KappaSimpleTargetClose fires the queued AFTER triggers).
  */
 void
-KappaSimpleTargetOpen(KappaSimpleTarget * target, Relation rel)
+KappaSimpleTargetOpen(KappaSimpleTarget *target, Relation rel)
 {
 	RangeTblEntry *rte = makeNode(RangeTblEntry);
 	EState	   *estate = CreateExecutorState();
@@ -151,7 +152,7 @@ KappaSimpleTargetOpen(KappaSimpleTarget * target, Relation rel)
  * executor state.
  */
 void
-KappaSimpleTargetClose(KappaSimpleTarget * target)
+KappaSimpleTargetClose(KappaSimpleTarget *target)
 {
 	AfterTriggerEndQuery(target->estate);
 	EvalPlanQualEnd(&target->epq);
@@ -235,7 +236,7 @@ typedef struct KtChange
 	Datum		position;		/* (numeric) */
 	char	   *keytext;		/* the key as kappa.source_key_positions has
 								 * it */
-}			KtChange;
+} KtChange;
 
 struct KappaChangeSet
 {
@@ -251,8 +252,7 @@ struct KappaChangeSet
 	Oid			pkoid;
 	int			nkeys;
 	AttrNumber	keyattnos[INDEX_MAX_KEYS];
-	FmgrInfo	keycmp[INDEX_MAX_KEYS]; /* btree order procs */
-	Oid			keycoll[INDEX_MAX_KEYS];
+	SortSupportData keysort[INDEX_MAX_KEYS];	/* the index's order */
 	Oid			keyeqop[INDEX_MAX_KEYS];	/* equality, for statements */
 
 	/* checking new rows against NOT NULL and CHECK constraints, if any */
@@ -298,8 +298,8 @@ KappaChangeSetCreate(Relation rel, Oid checkAsUser, int32 ordered_source,
 	{
 		Oid			opfamily = pkrel->rd_opfamily[i];
 		Oid			opcintype = pkrel->rd_opcintype[i];
+		SortSupport ssup = &set->keysort[i];
 
-		set->keycoll[i] = pkrel->rd_indcollation[i];
 		if (ordered_source)
 		{
 			Oid			outfunc;
@@ -309,8 +309,12 @@ KappaChangeSetCreate(Relation rel, Oid checkAsUser, int32 ordered_source,
 							  &outfunc, &isvarlena);
 			fmgr_info_cxt(outfunc, &set->keyout[i], cxt);
 		}
-		fmgr_info_cxt(index_getprocid(pkrel, i + 1, BTORDER_PROC),
-					  &set->keycmp[i], cxt);
+		/* sort support: int4's comparator is inlined, not called by fmgr */
+		ssup->ssup_cxt = cxt;
+		ssup->ssup_collation = pkrel->rd_indcollation[i];
+		ssup->ssup_nulls_first = false;
+		ssup->ssup_attno = i + 1;
+		PrepareSortSupportFromIndexRel(pkrel, BTLessStrategyNumber, ssup);
 		set->keyeqop[i] = get_opfamily_member(opfamily, opcintype, opcintype,
 											  BTEqualStrategyNumber);
 		if (!OidIsValid(set->keyeqop[i]))
@@ -341,7 +345,7 @@ KappaChangeSetCreate(Relation rel, Oid checkAsUser, int32 ordered_source,
  * checked when it is written.
  */
 static void
-kt_check_row(KappaChangeSet * set, Datum *values, bool *nulls)
+kt_check_row(KappaChangeSet *set, Datum *values, bool *nulls)
 {
 	TupleTableSlot *slot = set->check_slot;
 
@@ -359,7 +363,7 @@ kt_check_row(KappaChangeSet * set, Datum *values, bool *nulls)
  * row type) coming from message 'msg'.
  */
 static void
-kt_add(KappaChangeSet * set, KappaChangeKind kind, Datum *values, bool *nulls,
+kt_add(KappaChangeSet *set, KappaChangeKind kind, Datum *values, bool *nulls,
 	   const bool *unavailable, const KappaChange *change, int msg)
 {
 	MemoryContext old = MemoryContextSwitchTo(set->cxt);
@@ -406,7 +410,7 @@ kt_add(KappaChangeSet * set, KappaChangeKind kind, Datum *values, bool *nulls,
  * key column is null.
  */
 void
-KappaChangeSetAdd(KappaChangeSet * set, const KappaChange *change, int msg)
+KappaChangeSetAdd(KappaChangeSet *set, const KappaChange *change, int msg)
 {
 	switch (change->kind)
 	{
@@ -448,14 +452,14 @@ KappaChangeSetAdd(KappaChangeSet * set, const KappaChange *change, int msg)
 static int
 kt_compare_keys(const void *a, const void *b, void *arg)
 {
-	const		KtChange *ca = a;
-	const		KtChange *cb = b;
+	const KtChange *ca = a;
+	const KtChange *cb = b;
 	KappaChangeSet *set = arg;
 
 	for (int i = 0; i < set->nkeys; i++)
 	{
-		int32		r = DatumGetInt32(FunctionCall2Coll(&set->keycmp[i], set->keycoll[i],
-														ca->key[i], cb->key[i]));
+		int			r = ApplySortComparator(ca->key[i], false, cb->key[i], false,
+											&set->keysort[i]);
 
 		if (r != 0)
 			return r;
@@ -465,11 +469,11 @@ kt_compare_keys(const void *a, const void *b, void *arg)
 
 /* kt_same_key tells whether two changes have the same key. */
 static bool
-kt_same_key(KappaChangeSet * set, const KtChange * a, const KtChange * b)
+kt_same_key(KappaChangeSet *set, const KtChange *a, const KtChange *b)
 {
 	for (int i = 0; i < set->nkeys; i++)
-		if (DatumGetInt32(FunctionCall2Coll(&set->keycmp[i], set->keycoll[i],
-											a->key[i], b->key[i])) != 0)
+		if (ApplySortComparator(a->key[i], false, b->key[i], false,
+								&set->keysort[i]) != 0)
 			return false;
 	return true;
 }
@@ -482,7 +486,7 @@ kt_same_key(KappaChangeSet * set, const KtChange * a, const KtChange * b)
  * ordering guard dropped (kind NONE) do not count; NULL if all were.
  */
 static KtChange *
-kt_fold(KappaChangeSet * set, int lo, int hi)
+kt_fold(KappaChangeSet *set, int lo, int hi)
 {
 	KtChange   *prev = NULL;
 	int			natts = set->desc->natts;
@@ -534,7 +538,7 @@ kt_fold(KappaChangeSet * set, int lo, int hi)
  * being applied, for the caller's error handling.
  */
 static void
-kt_apply_simple(KappaChangeSet * set, KtChange * *finals, int nfinals, int *failed)
+kt_apply_simple(KappaChangeSet *set, KtChange **finals, int nfinals, int *failed)
 {
 	KappaSimpleTarget target;
 	int			natts = set->desc->natts;
@@ -590,7 +594,7 @@ kt_apply_simple(KappaChangeSet * set, KtChange * *finals, int nfinals, int *fail
  * triggers write theirs).
  */
 static void
-kt_key_condition(KappaChangeSet * set, StringInfo sql, const char *left,
+kt_key_condition(KappaChangeSet *set, StringInfo sql, const char *left,
 				 const char *right)
 {
 	for (int i = 0; i < set->nkeys; i++)
@@ -612,7 +616,7 @@ kt_key_condition(KappaChangeSet * set, StringInfo sql, const char *left,
  * the table's row type.
  */
 static void
-kt_rows_param(KappaChangeSet * set, KtChange * *changes, int n, ParamExternData *param)
+kt_rows_param(KappaChangeSet *set, KtChange **changes, int n, ParamExternData *param)
 {
 	Oid			rowtype = RelationGetForm(set->rel)->reltype;
 	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
@@ -643,7 +647,7 @@ kt_table_name(Relation rel)
  * as the source's owner and runs it for 'changes'.
  */
 static void
-kt_exec_rows(KappaChangeSet * set, const char *sql, KtChange * *changes, int n)
+kt_exec_rows(KappaChangeSet *set, const char *sql, KtChange **changes, int n)
 {
 	ParamListInfo params = makeParamList(1);
 	Oid			argtype = get_array_type(RelationGetForm(set->rel)->reltype);
@@ -659,7 +663,7 @@ kt_exec_rows(KappaChangeSet * set, const char *sql, KtChange * *changes, int n)
  * current user, the target's owner.
  */
 static void
-kt_resolve_unavailable(KappaChangeSet * set, KtChange * *finals, int nfinals)
+kt_resolve_unavailable(KappaChangeSet *set, KtChange **finals, int nfinals)
 {
 	KtChange  **pending = palloc(sizeof(KtChange *) * Max(nfinals, 1));
 	int			npending = 0;
@@ -747,7 +751,7 @@ kt_resolve_unavailable(KappaChangeSet * set, KtChange * *finals, int nfinals)
  * INSERT ... ON CONFLICT DO UPDATE of the others.
  */
 static void
-kt_apply_statements(KappaChangeSet * set, KtChange * *finals, int nfinals)
+kt_apply_statements(KappaChangeSet *set, KtChange **finals, int nfinals)
 {
 	KtChange  **deletes = palloc(sizeof(KtChange *) * Max(nfinals, 1));
 	KtChange  **upserts = palloc(sizeof(KtChange *) * Max(nfinals, 1));
@@ -831,7 +835,7 @@ kt_apply_statements(KappaChangeSet * set, KtChange * *finals, int nfinals)
  * target's delete triggers (and the views over it) see the rows go.
  */
 static void
-kt_truncate(KappaChangeSet * set)
+kt_truncate(KappaChangeSet *set)
 {
 	char	   *sql = psprintf("DELETE FROM %s", kt_table_name(set->rel));
 
@@ -843,7 +847,7 @@ kt_truncate(KappaChangeSet * set)
  * it: a JSON array of its columns' text.
  */
 static char *
-kt_key_text(KappaChangeSet * set, KtChange * c)
+kt_key_text(KappaChangeSet *set, KtChange *c)
 {
 	StringInfoData buf;
 
@@ -868,7 +872,7 @@ typedef struct KtStoredPosition
 {
 	char	   *key;
 	Datum		position;
-}			KtStoredPosition;
+} KtStoredPosition;
 
 static int
 kt_compare_stored(const void *a, const void *b)
@@ -886,7 +890,7 @@ kt_compare_stored(const void *a, const void *b)
  * kappa.source_key_positions as the extension's owner (SPI connected).
  */
 static int64
-kt_guard(KappaChangeSet * set)
+kt_guard(KappaChangeSet *set)
 {
 	Datum	   *keys = palloc(sizeof(Datum) * Max(set->nchanges, 1));
 	int			nkeys = 0;
@@ -1003,7 +1007,7 @@ kt_guard(KappaChangeSet * set)
  * many changes the ordering guard dropped.
  */
 int64
-KappaChangeSetApply(KappaChangeSet * set, int *failed)
+KappaChangeSetApply(KappaChangeSet *set, int *failed)
 {
 	MemoryContext old = MemoryContextSwitchTo(set->cxt);
 	KtChange  **finals;

@@ -184,7 +184,7 @@ typedef struct KappaTableChanges
 	struct Tuplestorestate *store;	/* or NULL */
 	MinimalTuple *rows;			/* copies, when store is NULL */
 	int			nrows;
-}			KappaTableChanges;
+} KappaTableChanges;
 
 extern void KappaViewFeedChanges(KappaStreamViews *locked, TupleDesc rowtype,
 								 List *changes);

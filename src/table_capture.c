@@ -65,7 +65,7 @@ typedef struct CaptureOpen
 {
 	Oid			relid;
 	SubTransactionId subid;		/* where it began */
-}			CaptureOpen;
+} CaptureOpen;
 
 /* Changes of an ended statement, kept until the table's last one ends. */
 typedef struct CapturePending
@@ -73,7 +73,7 @@ typedef struct CapturePending
 	Oid			relid;
 	SubTransactionId subid;		/* where they were captured */
 	KappaTableChanges changes;	/* copies of the rows */
-}			CapturePending;
+} CapturePending;
 
 /* both in TopTransactionContext, reset at the end of every transaction */
 static List *capture_open = NIL;
