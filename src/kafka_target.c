@@ -43,6 +43,7 @@
 #include "access/htup_details.h"
 #include "access/nbtree.h"
 #include "access/relation.h"
+#include "access/skey.h"
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_opclass.h"
@@ -60,6 +61,7 @@
 #include "rewrite/rewriteHandler.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -268,6 +270,35 @@ struct KappaChangeSet
 };
 
 /*
+ * kt_needs_row_check tells whether new rows must be checked when they
+ * arrive (kt_check_row): the table has a CHECK constraint, or a NOT NULL
+ * column outside the primary key (whose columns kt_add checks itself).
+ */
+static bool
+kt_needs_row_check(KappaChangeSet *set)
+{
+	TupleConstr *constr = set->desc->constr;
+
+	if (constr == NULL)
+		return false;
+	if (constr->num_check > 0)
+		return true;
+	for (int a = 0; a < set->desc->natts; a++)
+	{
+		Form_pg_attribute att = TupleDescAttr(set->desc, a);
+		bool		iskey = false;
+
+		if (!att->attnotnull || att->attisdropped)
+			continue;
+		for (int i = 0; i < set->nkeys; i++)
+			iskey |= (set->keyattnos[i] == a + 1);
+		if (!iskey)
+			return true;
+	}
+	return false;
+}
+
+/*
  * KappaChangeSetCreate starts gathering keyed changes for 'rel' (a table
  * with a primary key, open), to be applied as the current user with
  * statements checked as 'checkAsUser'.  'ordered_source' is the id of the
@@ -323,8 +354,7 @@ KappaChangeSetCreate(Relation rel, Oid checkAsUser, int32 ordered_source,
 	}
 	index_close(pkrel, AccessShareLock);
 
-	if (set->desc->constr &&
-		(set->desc->constr->has_not_null || set->desc->constr->num_check > 0))
+	if (kt_needs_row_check(set))
 	{
 		MemoryContext old = MemoryContextSwitchTo(cxt);
 
@@ -533,6 +563,81 @@ kt_fold(KappaChangeSet *set, int lo, int hi)
 }
 
 /*
+ * Finding the rows of the keys a batch changes: one index scan of the
+ * primary key for the whole batch, rescanned per key (what
+ * RelationFindReplTupleByIndex does per call, without opening and
+ * closing the index and the scan every time).
+ */
+typedef struct KtLookup
+{
+	Relation	idxrel;
+	IndexScanDesc scan;
+	SnapshotData dirty;			/* sees uncommitted rows, to wait for them */
+	ScanKeyData skey[INDEX_MAX_KEYS];
+} KtLookup;
+
+static void
+kt_lookup_begin(KappaChangeSet *set, KtLookup *lk)
+{
+	lk->idxrel = index_open(set->pkoid, RowExclusiveLock);
+	InitDirtySnapshot(lk->dirty);
+	lk->scan = index_beginscan(set->rel, lk->idxrel, &lk->dirty, set->nkeys, 0);
+	for (int i = 0; i < set->nkeys; i++)
+	{
+		ScanKeyInit(&lk->skey[i], i + 1, BTEqualStrategyNumber,
+					get_opcode(set->keyeqop[i]), (Datum) 0);
+		lk->skey[i].sk_collation = lk->idxrel->rd_indcollation[i];
+	}
+}
+
+static void
+kt_lookup_end(KtLookup *lk)
+{
+	index_endscan(lk->scan);
+	index_close(lk->idxrel, NoLock);
+}
+
+/*
+ * kt_lookup finds the row with the key of 'slot' (a row of the table) and
+ * locks it, into 'found'.  As logical replication's apply does: a row
+ * another transaction is writing is waited for, and one updated or deleted
+ * concurrently is looked up again.
+ */
+static bool
+kt_lookup(KappaChangeSet *set, KtLookup *lk, TupleTableSlot *slot, TupleTableSlot *found)
+{
+	for (int i = 0; i < set->nkeys; i++)
+		lk->skey[i].sk_argument = slot->tts_values[set->keyattnos[i] - 1];
+	for (;;)
+	{
+		TransactionId xwait;
+		TM_FailureData tmfd;
+		TM_Result	res;
+
+		index_rescan(lk->scan, lk->skey, set->nkeys, NULL, 0);
+		if (!index_getnext_slot(lk->scan, ForwardScanDirection, found))
+			return false;
+		ExecMaterializeSlot(found);
+		xwait = TransactionIdIsValid(lk->dirty.xmin) ? lk->dirty.xmin : lk->dirty.xmax;
+		if (TransactionIdIsValid(xwait))
+		{
+			XactLockTableWait(xwait, NULL, NULL, XLTW_None);
+			continue;
+		}
+		PushActiveSnapshot(GetLatestSnapshot());
+		res = table_tuple_lock(set->rel, &found->tts_tid, GetLatestSnapshot(), found,
+							   GetCurrentCommandId(false), LockTupleExclusive,
+							   LockWaitBlock, 0, &tmfd);
+		PopActiveSnapshot();
+		if (res == TM_Ok)
+			return true;
+		if (res != TM_Updated && res != TM_Deleted)
+			elog(ERROR, "unexpected table_tuple_lock status: %u", res);
+		/* changed since we looked: look again */
+	}
+}
+
+/*
  * kt_apply_simple applies the final change of every key through
  * ExecSimpleRelation*.  Sets *failed to the message of a change that is
  * being applied, for the caller's error handling.
@@ -542,8 +647,10 @@ kt_apply_simple(KappaChangeSet *set, KtChange **finals, int nfinals, int *failed
 {
 	KappaSimpleTarget target;
 	int			natts = set->desc->natts;
+	KtLookup	lookup;
 
 	KappaSimpleTargetOpen(&target, set->rel);
+	kt_lookup_begin(set, &lookup);
 	for (int f = 0; f < nfinals; f++)
 	{
 		KtChange   *c = finals[f];
@@ -554,8 +661,7 @@ kt_apply_simple(KappaChangeSet *set, KtChange **finals, int nfinals, int *failed
 		ExecClearTuple(slot);
 		heap_deform_tuple(c->row, set->desc, slot->tts_values, slot->tts_isnull);
 		ExecStoreVirtualTuple(slot);
-		found = RelationFindReplTupleByIndex(set->rel, set->pkoid, LockTupleExclusive,
-											 slot, target.found);
+		found = kt_lookup(set, &lookup, slot, target.found);
 		if (c->kind == KAPPA_CHANGE_DELETE)
 		{
 			if (found)
@@ -585,6 +691,7 @@ kt_apply_simple(KappaChangeSet *set, KtChange **finals, int nfinals, int *failed
 		ResetPerTupleExprContext(target.estate);
 	}
 	*failed = -1;
+	kt_lookup_end(&lookup);
 	KappaSimpleTargetClose(&target);
 }
 
