@@ -492,6 +492,16 @@ SELECT kappa.decode_change_preview('kv', 'upsert', convert_to('{"schema": null, 
 -- an object that only looks like a wrapper is a row
 SELECT kappa.decode_change_preview('kv', 'upsert', convert_to('{"payload": null, "n": 2}', 'UTF8'),
                                    convert_to('1', 'UTF8'));
+-- in the wrapper, Kafka Connect's logical types are decoded as the schema
+-- says, as for 'debezium' (the JsonConverter test values: Decimal "AJw="
+-- with scale 2 is 1.56, Date 10000 is 10000 days after 1970-01-01)
+CREATE TABLE kvd (id integer PRIMARY KEY, amount numeric, day date);
+SELECT (r->'row'->>'amount')::numeric = 1.56 AS decimal_ok,
+       (r->'row'->>'day')::date = date '1970-01-01' + 10000 AS date_ok,
+       r->>'change' AS change
+  FROM kappa.decode_change_preview('kvd', 'upsert',
+       convert_to('{"schema": {"type": "struct", "fields": [{"type": "bytes", "optional": true, "name": "org.apache.kafka.connect.data.Decimal", "version": 1, "parameters": {"scale": "2"}, "field": "amount"}, {"type": "int32", "optional": true, "name": "org.apache.kafka.connect.data.Date", "version": 1, "field": "day"}], "optional": false}, "payload": {"amount": "AJw=", "day": 10000}}', 'UTF8'),
+       convert_to('{"id": 7}', 'UTF8')) AS r;
 
 -- Messages that cannot be applied: each is a dead letter, with its error.
 -- no key (upsert), and a key without the key column

@@ -1388,27 +1388,18 @@ dchg_debezium(KappaDecoder *d, char *s, int slen,
 }
 
 /*
- * dchg_upsert_unwrap takes the JsonConverter schema wrapper off the JSON
- * value of an 'upsert' message, if it has one ({"schema": ..., "payload":
- * ...}, detected per message): *payload and *len become the wrapped value.
- * Returns true if the wrapped value is null (Kafka Connect's rendering of a
- * tombstone when schemas are enabled).  Only when the payload needs no
- * conversion to the server encoding (the value is then decoded again from
- * the same bytes); the result is allocated in the current memory context
- * (KappaDecode resets the scratch context).
+ * dchg_looks_wrapped tells, cheaply, whether the JSON value of an 'upsert'
+ * message may be in Kafka Connect's JsonConverter schema wrapper: an object
+ * whose first key is "schema" or "payload" (dchg_unwrap decides).
  */
 static bool
-dchg_upsert_unwrap(KappaDecoder *d, const char **payload, size_t *len)
+dchg_looks_wrapped(KappaDecoder *d, const char *payload, size_t len)
 {
-	const char *p = *payload;
-	const char *end = p + *len;
-	DchgValue	value;
-	DchgValue	schema;
-	char	   *copy;
+	const char *p = payload;
+	const char *end = p + len;
 
-	if (d->format != KAPPA_FORMAT_JSON || d->encoding != GetDatabaseEncoding())
+	if (d->format != KAPPA_FORMAT_JSON)
 		return false;
-	/* cheap test first: an object whose first key is "schema" or "payload" */
 	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
 		p++;
 	if (p == end || *p != '{')
@@ -1416,19 +1407,51 @@ dchg_upsert_unwrap(KappaDecoder *d, const char **payload, size_t *len)
 	p++;
 	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
 		p++;
-	if (!((end - p >= 8 && memcmp(p, "\"schema\"", 8) == 0) ||
-		  (end - p >= 9 && memcmp(p, "\"payload\"", 9) == 0)))
-		return false;
+	return (end - p >= 8 && memcmp(p, "\"schema\"", 8) == 0) ||
+		(end - p >= 9 && memcmp(p, "\"payload\"", 9) == 0);
+}
 
-	copy = pnstrdup(*payload, *len);
-	dchg_unwrap(copy, (int) *len, "payload", &value, &schema);
+/*
+ * dchg_upsert_wrapped decodes the value of an 'upsert' message that is in
+ * the JsonConverter schema wrapper ({"schema": ..., "payload": ...}): the
+ * payload is the row, its fields decoded as the schema says (Decimal,
+ * dates, times as for 'debezium'), absent columns NULL.  A wrapped null is
+ * Kafka Connect's rendering of a tombstone: a delete.  Returns false if the
+ * value is not in the wrapper after all (KappaDecode then reads it); the
+ * value's text, in the server encoding, is left in *value for order_by.
+ * Runs in the scratch context under the decoder's error callback.
+ */
+static bool
+dchg_upsert_wrapped(KappaDecoder *d, const char *payload, size_t len,
+					const KappaMessageMeta *meta, KappaChange *change,
+					DchgValue *value)
+{
+	DecodeChange *c = d->change;
+	int			slen;
+	char	   *s = DecodeToServer(d, payload, len, "payload", &slen);
+	DchgValue	schema;
+
+	dchg_unwrap(s, slen, "payload", value, &schema);
 	if (schema.type == JSON_TOKEN_INVALID)
 		return false;
-	if (value.type == JSON_TOKEN_NULL)
+	if (value->type == JSON_TOKEN_NULL)
+	{
+		change->kind = KAPPA_CHANGE_DELETE;
 		return true;
-	*payload = value.start;
-	*len = value.len;
-	return false;
+	}
+	if (value->type != JSON_TOKEN_OBJECT_START)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("kafka message has no JSON object in its \"payload\""),
+				 errdetail("The message begins with %s.", DecodeSample(s, slen))));
+	dchg_schema(d, &c->value_schema, &schema, false);
+	dchg_row(d, value, &c->value_schema, false, false, NULL,
+			 change->values, change->nulls);
+	MemoryContextSwitchTo(d->outcxt);
+	DecodeFinishRow(d, meta, change->values, change->nulls);
+	MemoryContextSwitchTo(d->scratch);
+	change->kind = KAPPA_CHANGE_UPSERT;
+	return true;
 }
 
 /*
@@ -1445,6 +1468,7 @@ KappaDecodeChange(KappaDecoder *d, const char *payload, size_t len,
 	MemoryContext outcxt = CurrentMemoryContext;
 	KappaMessageMeta nometa = {NULL, 0, -1, -1, -1, NULL};
 	ErrorContextCallback errcallback;
+	bool		wrapped;
 
 	Assert(c != NULL);
 	if (meta == NULL)
@@ -1455,13 +1479,9 @@ KappaDecodeChange(KappaDecoder *d, const char *payload, size_t len,
 	change->values = palloc(sizeof(Datum) * Max(d->natts, 1));
 	change->nulls = palloc(sizeof(bool) * Max(d->natts, 1));
 
-	if (c->envelope == KAPPA_ENVELOPE_UPSERT && payload != NULL &&
-		dchg_upsert_unwrap(d, &payload, &len))
-	{
-		/* the wrapper of a null value: a tombstone */
-		payload = NULL;
-	}
-	if (c->envelope == KAPPA_ENVELOPE_UPSERT && payload != NULL)
+	wrapped = c->envelope == KAPPA_ENVELOPE_UPSERT && payload != NULL &&
+		dchg_looks_wrapped(d, payload, len);
+	if (c->envelope == KAPPA_ENVELOPE_UPSERT && payload != NULL && !wrapped)
 	{
 		/* the row, as format json/csv/text/bytea decodes it */
 		KappaDecode(d, payload, len, meta, change->values, change->nulls);
@@ -1489,16 +1509,29 @@ KappaDecodeChange(KappaDecoder *d, const char *payload, size_t len,
 
 	if (c->envelope == KAPPA_ENVELOPE_UPSERT)
 	{
+		DchgValue	value = {JSON_TOKEN_INVALID};
+
+		if (wrapped && !dchg_upsert_wrapped(d, payload, len, meta, change, &value))
+		{
+			/* an object that only began like the wrapper: a plain row */
+			MemoryContextSwitchTo(outcxt);
+			KappaDecode(d, payload, len, meta, change->values, change->nulls);
+			MemoryContextSwitchTo(d->scratch);
+			change->kind = KAPPA_CHANGE_UPSERT;
+			value.type = JSON_TOKEN_INVALID;
+		}
 		dchg_key(d, meta, change->values, change->nulls);
 		if (payload == NULL)
 			change->kind = KAPPA_CHANGE_DELETE;
-		else if (c->order_by != NULL)
+		else if (c->order_by != NULL && change->kind == KAPPA_CHANGE_UPSERT)
 		{
-			int			slen;
-			char	   *s = DecodeToServer(d, payload, len, "payload", &slen);
-			DchgValue	value;
+			if (value.type == JSON_TOKEN_INVALID)
+			{
+				int			slen;
+				char	   *s = DecodeToServer(d, payload, len, "payload", &slen);
 
-			(void) dchg_open(s, slen, &value, "payload");
+				(void) dchg_open(s, slen, &value, "payload");
+			}
 			if (value.type == JSON_TOKEN_OBJECT_START)
 			{
 				DchgValue	first = dchg_find(&value, c->order_by[0]);
