@@ -24,6 +24,9 @@
  * the one the row has -- so the batch writes each key once.  A 't'
  * (truncate) discards the changes before it and deletes every row first.
  * Deletes of absent keys do nothing; upserts of present keys update them.
+ * With an ordering guard (the source's order_by), a change whose position
+ * is older than the one applied last for its key (kept in
+ * kappa.source_key_positions, also after a delete) is dropped and counted.
  * Applying the same messages again therefore leaves the table as it is,
  * which is what makes a replay after a crash harmless (the offsets commit
  * with the rows anyway).
@@ -46,29 +49,26 @@
 #include "access/skey.h"
 #include "access/tableam.h"
 #include "access/xact.h"
-#include "catalog/pg_opclass.h"
-#include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
-#include "nodes/makefuncs.h"
 #include "nodes/params.h"
 #include "parser/analyze.h"
 #include "parser/parser.h"
 #include "parser/parsetree.h"
 #include "rewrite/rewriteHandler.h"
+#include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
-#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/json.h"
-#include "utils/numeric.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
 #include "utils/snapmgr.h"
