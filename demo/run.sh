@@ -20,9 +20,13 @@
 # A generator produces JSON payment events with kcat, about 1% of them bad
 # (malformed JSON or an amount that is not a number); a Kafka source consumes
 # the topic into the stream `payments`; the screen shows the fraud and
-# revenue views and the source's state every second.  At the end it checks
-# that every message produced is either counted by the views or kept as a
-# dead letter in kappa.errors.
+# revenue views and the source's state every second.  Beside it, a compacted
+# topic `card_limits` (keyed by card, with tombstones) is a changelog that a
+# second source applies to the table `cards` (envelope 'upsert'), and a
+# continuous view over that table stays exact as its rows change.  At the
+# end it checks that every message produced is either counted by the views
+# (or applied to the table) or kept as a dead letter in kappa.errors, and
+# that the view over the table equals its query.
 # shellcheck disable=SC2317  # cleanup() runs from a trap
 set -uo pipefail
 
@@ -137,7 +141,7 @@ PSQL=(psql -X -q -P pager=off -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v
 
 # ---------------------------------------------------------------- broker
 [ -x "$KAPPA_REPO/test/dev_broker" ] || kappa_die "test/dev_broker is not built (run without --no-build)"
-"$KAPPA_REPO/test/dev_broker" --topic payments:4 >"$TMP/broker.out" 2>"$TMP/broker.err" </dev/null &
+"$KAPPA_REPO/test/dev_broker" --topic payments:4 --topic card_limits:2 >"$TMP/broker.out" 2>"$TMP/broker.err" </dev/null &
 BROKER_PID=$!
 BOOTSTRAP=
 for _ in $(seq 1 100); do
@@ -147,7 +151,7 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 [ -n "$BOOTSTRAP" ] || { cat "$TMP/broker.err" >&2; kappa_die "the dev broker did not start"; }
-kappa_log "dev broker (Kafka protocol) at $BOOTSTRAP, topic payments with 4 partitions"
+kappa_log "dev broker (Kafka protocol) at $BOOTSTRAP, topics payments (4 partitions) and card_limits (2)"
 
 # ---------------------------------------------------------------- schema
 kappa_log "creating the stream payments and its continuous views"
@@ -172,6 +176,13 @@ SELECT kappa.create_view('suspicious_cards',
 SELECT kappa.create_view('payment_totals',
   $$SELECT count(*) AS payments, sum(amount) AS volume, max(ts) AS last_payment
       FROM payments$$);
+
+-- a table kept by a changelog (the card_limits topic), and a view over it
+CREATE TABLE cards (card text PRIMARY KEY, credit_limit numeric NOT NULL, status text NOT NULL);
+SELECT kappa.create_view('cards_by_status',
+  $$SELECT status, count(*) AS cards, sum(credit_limit) AS total_limit
+      FROM cards
+     GROUP BY status$$);
 SQL
 then
     cat "$TMP/setup.log" >&2
@@ -182,8 +193,12 @@ kappa_log "creating the Kafka server kafka_dev and the source payments_src: topi
                    OPTIONS (brokers '$BOOTSTRAP')" \
              -c "SELECT kappa.create_kafka_source('payments_src',
                    target => 'payments', topic => 'payments', server => 'kafka_dev',
-                   format => 'json', start => 'earliest')" >>"$TMP/setup.log" 2>&1 \
-    || { cat "$TMP/setup.log" >&2; kappa_die "could not create the Kafka source"; }
+                   format => 'json', start => 'earliest')" \
+             -c "SELECT kappa.create_kafka_source('cards_src',
+                   target => 'cards', topic => 'card_limits', server => 'kafka_dev',
+                   envelope => 'upsert', key_format => 'text')" >>"$TMP/setup.log" 2>&1 \
+    || { cat "$TMP/setup.log" >&2; kappa_die "could not create the Kafka sources"; }
+kappa_log "source cards_src: topic card_limits (keyed by card) -> table cards, envelope 'upsert'"
 
 # ---------------------------------------------------------------- generator
 # One batch of $RATE JSON payment events per second, produced to the topic by
@@ -211,18 +226,44 @@ produce_batch() {
     }' | kcat -P -b "$BOOTSTRAP" -t payments -X sticky.partitioning.linger.ms=0
 }
 
+# And one batch of $CARD_RATE card changes per second to card_limits, keyed
+# by card ("card|value"): a new limit and status, or (one in ten) a
+# tombstone that deletes the card; one in a hundred is bad (no status).
+# $TMP/card_changes holds the number produced so far.
+CARD_RATE=$(( RATE / 10 > 0 ? RATE / 10 : 1 ))
+produce_card_batch() {
+    awk -v n="$CARD_RATE" -v seed="$((RANDOM * 32768 + RANDOM))" -v first="$1" 'BEGIN {
+        srand(seed)
+        split("active,active,active,frozen,blocked", st, ",")
+        for (i = 0; i < n; i++) {
+            card = sprintf("card-%04d", 1 + int(rand() * 400))
+            if ((first + i) % 100 == 42)
+                printf "%s|{\"credit_limit\": 500}\n", card
+            else if (rand() < 0.1)
+                printf "%s|\n", card
+            else
+                printf "%s|{\"credit_limit\": %d, \"status\": \"%s\"}\n", card, 500 * (1 + int(rand() * 20)), st[1 + int(rand() * 5)]
+        }
+    }' | kcat -P -b "$BOOTSTRAP" -t card_limits -K '|' -Z
+}
+
 generator() {
     trap - INT TERM EXIT
-    local total=0
+    local total=0 cards=0
     while [ ! -e "$TMP/stop" ]; do
         if produce_batch "$total" >>"$TMP/generator.log" 2>&1; then
             total=$((total + RATE))
             echo "$total" >"$TMP/generated.new" && mv "$TMP/generated.new" "$TMP/generated"
         fi
+        if produce_card_batch "$cards" >>"$TMP/generator.log" 2>&1; then
+            cards=$((cards + CARD_RATE))
+            echo "$cards" >"$TMP/card_changes.new" && mv "$TMP/card_changes.new" "$TMP/card_changes"
+        fi
         sleep 1
     done
 }
 echo 0 >"$TMP/generated"
+echo 0 >"$TMP/card_changes"
 generator &
 GEN_PID=$!
 
@@ -233,6 +274,10 @@ view_count() {
 dead_count() {
     "${PSQL[@]}" -At -c "SELECT coalesce(sum(messages), 0) FROM kappa.errors WHERE source = 'payments_src'" 2>/dev/null || echo '?'
 }
+# card changes applied to the table, plus dead letters
+card_count() {
+    "${PSQL[@]}" -At -c "SELECT messages + dead_letters FROM kappa.sources WHERE source = 'cards_src'" 2>/dev/null || echo '?'
+}
 snapshot() {
     "${PSQL[@]}" -P footer=off \
         -c '\echo Totals (view payment_totals)' \
@@ -241,8 +286,10 @@ snapshot() {
         -c "SELECT * FROM revenue_per_minute ORDER BY minute DESC, revenue DESC LIMIT 8" \
         -c '\echo Cards with payments above 900 (view suspicious_cards)' \
         -c "SELECT * FROM suspicious_cards ORDER BY total DESC, card LIMIT 6" \
-        -c '\echo Kafka source (kappa.sources) and its dead letters (kappa.errors)' \
-        -c "SELECT source, state, partitions || '/' || partitions_in_topic AS partitions, messages, lag, round(messages_per_sec) AS msgs_per_s, dead_letters, recorded_gaps AS gaps, last_batch_at FROM kappa.sources" \
+        -c '\echo Cards by status (view cards_by_status over the table cards, kept by the changelog card_limits)' \
+        -c "SELECT * FROM cards_by_status ORDER BY status" \
+        -c '\echo Kafka sources (kappa.sources) and their dead letters (kappa.errors)' \
+        -c "SELECT source, state, envelope, partitions || '/' || partitions_in_topic AS partitions, messages, lag, round(messages_per_sec) AS msgs_per_s, dead_letters, recorded_gaps AS gaps, last_batch_at FROM kappa.sources ORDER BY source" \
         -c "SELECT \"offset\", partition, left(convert_from(payload, 'UTF8'), 40) AS payload, left(error, 50) AS error FROM kappa.errors ORDER BY \"when\" DESC LIMIT 3" 2>&1
 }
 
@@ -279,13 +326,21 @@ kill "$GEN_PID" 2>/dev/null
 wait "$GEN_PID" 2>/dev/null
 GEN_PID=
 generated=$(cat "$TMP/generated")
-# the source catches up within its batch latency; give it a few seconds
+card_changes=$(cat "$TMP/card_changes")
+# the sources catch up within their batch latency; give them a few seconds
 for _ in $(seq 1 60); do
     counted=$(view_count)
     dead=$(dead_count)
-    [ "$counted" != '?' ] && [ "$dead" != '?' ] && [ $((counted + dead)) -ge "$generated" ] && break
+    cards_done=$(card_count)
+    [ "$counted" != '?' ] && [ "$dead" != '?' ] && [ $((counted + dead)) -ge "$generated" ] \
+        && [ "$cards_done" != '?' ] && [ -n "$cards_done" ] && [ "$cards_done" -ge "$card_changes" ] && break
     sleep 0.5
 done
+# the view over the table against its query as plain SQL
+cards_diff=$("${PSQL[@]}" -At -c "SELECT count(*) FROM ((TABLE cards_by_status EXCEPT ALL
+    SELECT status, count(*), sum(credit_limit) FROM cards GROUP BY status)
+  UNION ALL (SELECT status, count(*), sum(credit_limit) FROM cards GROUP BY status
+    EXCEPT ALL TABLE cards_by_status)) d" 2>/dev/null || echo '?')
 echo
 snapshot
 echo
@@ -294,7 +349,12 @@ if [ -s "$TMP/generator.log" ]; then
     tail -n 5 "$TMP/generator.log"
 fi
 echo "messages produced: $generated = payments counted by the views: $counted + dead letters and lost messages: $dead"
+echo "card changes produced: $card_changes = applied to the table cards or kept as dead letters: $cards_done; view cards_by_status rows differing from its query: $cards_diff"
 status=0
+if [ "$cards_done" != "$card_changes" ] || [ "$cards_diff" != 0 ]; then
+    echo "MISMATCH: card changes not all applied, or the view over the table differs from its query" >&2
+    status=1
+fi
 if [ "$counted" = '?' ] || [ "$dead" = '?' ] || [ $((counted + dead)) -ne "$generated" ]; then
     echo "MISMATCH: produced messages are neither counted nor kept as dead letters" >&2
     status=1
