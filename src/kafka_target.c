@@ -74,6 +74,8 @@
 #include "utils/snapmgr.h"
 #include "utils/sortsupport.h"
 #include "utils/syscache.h"
+#include "utils/typcache.h"
+#include "common/hashfn.h"
 
 #include "kafka.h"
 #include "util.h"
@@ -238,7 +240,20 @@ typedef struct KtChange
 	Datum		position;		/* (numeric) */
 	char	   *keytext;		/* the key as kappa.source_key_positions has
 								 * it */
+	bool		chained;		/* an earlier change of the key is kept too */
 } KtChange;
+
+/*
+ * The latest change of each key gathered so far (an index into the set's
+ * changes), so that a change that decides its row alone replaces the one
+ * before it as it arrives (see kt_add).
+ */
+typedef struct KtKeyEntry
+{
+	uint32		index;
+	uint32		hash;
+	char		status;
+}			KtKeyEntry;
 
 struct KappaChangeSet
 {
@@ -247,7 +262,7 @@ struct KappaChangeSet
 	Oid			checkAsUser;
 	int32		ordered_source; /* the source, if it has an ordering guard */
 	MemoryContext cxt;
-	bool simple;				/* ExecSimpleRelation*, else statements */
+	bool		simple_path;	/* ExecSimpleRelation*, else statements */
 	FmgrInfo	keyout[INDEX_MAX_KEYS]; /* output functions (ordering guard) */
 
 	/* the primary key */
@@ -262,12 +277,32 @@ struct KappaChangeSet
 	ResultRelInfo *check_rri;
 	TupleTableSlot *check_slot;
 
+	FmgrInfo	keyhash[INDEX_MAX_KEYS];	/* hash functions of the key */
+	struct kt_keys_hash *keys;	/* latest change per key, or NULL */
+
 	bool		truncate;		/* delete every row first */
 	KtChange   *changes;
 	int			nchanges;
 	int			maxchanges;
 	int			seq;
 };
+
+static uint32 kt_hash_change(KappaChangeSet *set, uint32 index);
+static bool kt_same_key_index(KappaChangeSet *set, uint32 a, uint32 b);
+static bool kt_same_key(KappaChangeSet *set, const KtChange *a, const KtChange *b);
+
+#define SH_PREFIX kt_keys
+#define SH_ELEMENT_TYPE KtKeyEntry
+#define SH_KEY_TYPE uint32
+#define SH_KEY index
+#define SH_HASH_KEY(tb, key) kt_hash_change((KappaChangeSet *) (tb)->private_data, key)
+#define SH_EQUAL(tb, a, b) kt_same_key_index((KappaChangeSet *) (tb)->private_data, a, b)
+#define SH_STORE_HASH
+#define SH_GET_HASH(tb, a) a->hash
+#define SH_SCOPE static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
 
 /*
  * kt_needs_row_check tells whether new rows must be checked when they
@@ -321,7 +356,7 @@ KappaChangeSetCreate(Relation rel, Oid checkAsUser, int32 ordered_source,
 	set->checkAsUser = checkAsUser;
 	set->ordered_source = ordered_source;
 	set->cxt = cxt;
-	set->simple = KappaTargetIsSimple(rel, true);
+	set->simple_path = KappaTargetIsSimple(rel, true);
 	set->nkeys = KappaTablePrimaryKey(rel, set->keyattnos);
 	set->pkoid = RelationGetPrimaryKeyIndex(rel);
 	pkrel = index_open(set->pkoid, AccessShareLock);
@@ -353,6 +388,29 @@ KappaChangeSetCreate(Relation rel, Oid checkAsUser, int32 ordered_source,
 				 set->keyattnos[i], RelationGetRelationName(rel));
 	}
 	index_close(pkrel, AccessShareLock);
+
+	/*
+	 * Changes are folded as they arrive when every key column's type can be
+	 * hashed (and no ordering guard needs every change's position).
+	 */
+	if (!ordered_source)
+	{
+		bool		hashable = true;
+
+		for (int i = 0; i < set->nkeys; i++)
+		{
+			TypeCacheEntry *tce =
+			lookup_type_cache(TupleDescAttr(set->desc, set->keyattnos[i] - 1)->atttypid,
+							  TYPECACHE_HASH_PROC_FINFO);
+
+			if (!OidIsValid(tce->hash_proc_finfo.fn_oid))
+				hashable = false;
+			else
+				fmgr_info_copy(&set->keyhash[i], &tce->hash_proc_finfo, cxt);
+		}
+		if (hashable)
+			set->keys = kt_keys_create(cxt, 1024, set);
+	}
 
 	if (kt_needs_row_check(set))
 	{
@@ -431,7 +489,63 @@ kt_add(KappaChangeSet *set, KappaChangeKind kind, Datum *values, bool *nulls,
 	c->has_position = set->ordered_source != 0 && change->has_position;
 	c->position = c->has_position ? datumCopy(change->position, false, -1) : (Datum) 0;
 	c->keytext = NULL;
+	c->chained = false;
+
+	/*
+	 * A change that decides its row alone (a delete, or an upsert without
+	 * unavailable columns) replaces the key's change before it, if that one
+	 * is the key's only one: the batch keeps one change per key, as kt_fold
+	 * would make of them.  Otherwise the key's changes are kept in a chain
+	 * for kt_fold.
+	 */
+	if (set->keys != NULL)
+	{
+		bool		found;
+		uint32		n = set->nchanges - 1;
+		KtKeyEntry *e = kt_keys_insert(set->keys, n, &found);
+
+		if (found)
+		{
+			KtChange   *prev = &set->changes[e->index];
+
+			if (c->unavailable == NULL && !prev->chained)
+			{
+				heap_freetuple(prev->row);
+				pfree(prev->key);
+				if (prev->unavailable)
+					pfree(prev->unavailable);
+				*prev = *c;
+				set->nchanges--;
+			}
+			else
+			{
+				c->chained = true;
+				e->index = n;
+			}
+		}
+	}
 	MemoryContextSwitchTo(old);
+}
+
+/* kt_hash_change hashes the key of change 'index' (kt_keys). */
+static uint32
+kt_hash_change(KappaChangeSet *set, uint32 index)
+{
+	KtChange   *c = &set->changes[index];
+	uint32		h = 0;
+
+	for (int i = 0; i < set->nkeys; i++)
+		h = hash_combine(h, DatumGetUInt32(FunctionCall1Coll(&set->keyhash[i],
+															 set->keysort[i].ssup_collation,
+															 c->key[i])));
+	return h;
+}
+
+/* kt_same_key_index: the changes 'a' and 'b' have the same key (kt_keys). */
+static bool
+kt_same_key_index(KappaChangeSet *set, uint32 a, uint32 b)
+{
+	return kt_same_key(set, &set->changes[a], &set->changes[b]);
 }
 
 /*
@@ -450,6 +564,8 @@ KappaChangeSetAdd(KappaChangeSet *set, const KappaChange *change, int msg)
 			/* what came before is deleted anyway */
 			set->truncate = true;
 			set->nchanges = 0;
+			if (set->keys != NULL)
+				kt_keys_reset(set->keys);
 			break;
 		case KAPPA_CHANGE_DELETE:
 			kt_add(set, KAPPA_CHANGE_DELETE, change->values, change->nulls, NULL, change, msg);
@@ -574,10 +690,10 @@ typedef struct KtLookup
 	IndexScanDesc scan;
 	SnapshotData dirty;			/* sees uncommitted rows, to wait for them */
 	ScanKeyData skey[INDEX_MAX_KEYS];
-} KtLookup;
+}			KtLookup;
 
 static void
-kt_lookup_begin(KappaChangeSet *set, KtLookup *lk)
+kt_lookup_begin(KappaChangeSet *set, KtLookup * lk)
 {
 	lk->idxrel = index_open(set->pkoid, RowExclusiveLock);
 	InitDirtySnapshot(lk->dirty);
@@ -591,7 +707,7 @@ kt_lookup_begin(KappaChangeSet *set, KtLookup *lk)
 }
 
 static void
-kt_lookup_end(KtLookup *lk)
+kt_lookup_end(KtLookup * lk)
 {
 	index_endscan(lk->scan);
 	index_close(lk->idxrel, NoLock);
@@ -604,7 +720,7 @@ kt_lookup_end(KtLookup *lk)
  * concurrently is looked up again.
  */
 static bool
-kt_lookup(KappaChangeSet *set, KtLookup *lk, TupleTableSlot *slot, TupleTableSlot *found)
+kt_lookup(KappaChangeSet *set, KtLookup * lk, TupleTableSlot *slot, TupleTableSlot *found)
 {
 	for (int i = 0; i < set->nkeys; i++)
 		lk->skey[i].sk_argument = slot->tts_values[set->keyattnos[i] - 1];
@@ -1140,7 +1256,7 @@ KappaChangeSetApply(KappaChangeSet *set, int *failed)
 			nfinals++;
 		lo = hi;
 	}
-	if (nfinals > 0 && set->simple)
+	if (nfinals > 0 && set->simple_path)
 		kt_apply_simple(set, finals, nfinals, failed);
 	else if (nfinals > 0)
 		kt_apply_statements(set, finals, nfinals);
