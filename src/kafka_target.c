@@ -253,7 +253,7 @@ typedef struct KtKeyEntry
 	uint32		index;
 	uint32		hash;
 	char		status;
-}			KtKeyEntry;
+} KtKeyEntry;
 
 struct KappaChangeSet
 {
@@ -690,10 +690,10 @@ typedef struct KtLookup
 	IndexScanDesc scan;
 	SnapshotData dirty;			/* sees uncommitted rows, to wait for them */
 	ScanKeyData skey[INDEX_MAX_KEYS];
-}			KtLookup;
+} KtLookup;
 
 static void
-kt_lookup_begin(KappaChangeSet *set, KtLookup * lk)
+kt_lookup_begin(KappaChangeSet *set, KtLookup *lk)
 {
 	lk->idxrel = index_open(set->pkoid, RowExclusiveLock);
 	InitDirtySnapshot(lk->dirty);
@@ -707,7 +707,7 @@ kt_lookup_begin(KappaChangeSet *set, KtLookup * lk)
 }
 
 static void
-kt_lookup_end(KtLookup * lk)
+kt_lookup_end(KtLookup *lk)
 {
 	index_endscan(lk->scan);
 	index_close(lk->idxrel, NoLock);
@@ -720,7 +720,7 @@ kt_lookup_end(KtLookup * lk)
  * concurrently is looked up again.
  */
 static bool
-kt_lookup(KappaChangeSet *set, KtLookup * lk, TupleTableSlot *slot, TupleTableSlot *found)
+kt_lookup(KappaChangeSet *set, KtLookup *lk, TupleTableSlot *slot, TupleTableSlot *found)
 {
 	for (int i = 0; i < set->nkeys; i++)
 		lk->skey[i].sk_argument = slot->tts_values[set->keyattnos[i] - 1];
