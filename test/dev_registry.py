@@ -59,6 +59,9 @@ def parse_schema(text):
         raise ApiError(422, 42201, "Invalid schema: not JSON: %s" % e)
     names = {}
     _validate(schema, None, names)
+    if isinstance(schema, dict) and list(schema) == ["type"] \
+            and schema["type"] in PRIMITIVES:
+        schema = schema["type"]       # as Avro prints it: {"type":"int"} is "int"
     return schema, names
 
 
