@@ -377,6 +377,7 @@ def route(reg, method, parts, query, data):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "pg_kappa-dev-registry"
+    disable_nagle_algorithm = True    # headers and body are two writes
 
     def log_message(self, fmt, *args):
         if self.server.verbose:
@@ -463,7 +464,8 @@ def main():
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
     if args.exit_on_eof:
         def watch_stdin():
             while sys.stdin.buffer.read1(4096):
