@@ -36,7 +36,8 @@
  * stored offsets.
  *
  * Whose rights.  The worker connects as the source's owner, whose INSERT
- * privilege (and row-level security policies) apply to the target.  The
+ * privilege (for keyed changes also UPDATE and DELETE) and row-level
+ * security policies apply to the target.  The
  * target's own code -- triggers, defaults, constraints, domains -- runs as
  * the target's owner in a security-restricted operation, and the code of
  * continuous views as their owners (KappaBecomeUser), as logical
