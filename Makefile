@@ -20,7 +20,7 @@ PGFILEDESC = "pg_kappa - Kafka ingestion and continuous views for PostgreSQL"
 
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 PG_CPPFLAGS = -I$(srcdir)/src -DKAPPA_EXTENSION_VERSION='"$(EXTVERSION)"'
-SHLIB_LINK = -lrdkafka
+SHLIB_LINK = -lrdkafka -lavro -lcurl
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
 	-Wno-sign-compare $(KAPPA_WERROR)
 

@@ -78,7 +78,7 @@
 
 PG_FUNCTION_INFO_V1(kappa_decode_preview);
 
-static const char *const dec_format_names[] = {"json", "csv", "text", "bytea"};
+static const char *const dec_format_names[] = {"json", "csv", "text", "bytea", "avro"};
 
 static void dec_parse_options(KappaDecoder *d, Jsonb *options,
 							  List **columns);
@@ -102,7 +102,7 @@ KappaParseFormat(const char *name)
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("unknown Kafka message format \"%s\"",
 					name ? name : "(null)"),
-			 errhint("The formats are json, csv, text and bytea.")));
+			 errhint("The formats are json, csv, text, bytea and avro.")));
 	return KAPPA_FORMAT_JSON;	/* keep compiler quiet */
 }
 
@@ -358,6 +358,7 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 	d->outcxt = outcxt;
 	d->meta = meta;
 	d->cur_col = -1;
+	d->cur_schema_id = -1;
 	MemoryContextSwitchTo(d->scratch);
 
 	/* an error's context line names the message and the value converted */
@@ -407,6 +408,9 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 							   values, nulls);
 				break;
 			}
+		case KAPPA_FORMAT_AVRO:
+			DecodeAvro(d, payload, len, values, nulls);
+			break;
 		case KAPPA_FORMAT_BYTEA:
 			{
 				bytea	   *b;
@@ -737,6 +741,7 @@ DecodeCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options,
 	d->filled = palloc0(sizeof(bool) * Max(d->natts, 1));
 	d->payload_col = -1;
 	d->cur_col = -1;
+	d->cur_schema_id = -1;
 	initStringInfo(&d->json_token);
 
 	/* option defaults */
@@ -791,6 +796,7 @@ DecodeCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options,
 		col->is_timestamp = (col->typid == TIMESTAMPOID ||
 							 col->typid == TIMESTAMPTZOID);
 		col->is_bytea = (col->typid == BYTEAOID);
+		col->notnull = att->attnotnull;
 		get_typlenbyval(col->typid, &col->typlen, &col->typbyval);
 		getTypeInputInfo(col->typid, &infunc, &col->ioparam);
 		fmgr_info(infunc, &col->infunc);
@@ -801,6 +807,9 @@ DecodeCreate(KappaFormat format, TupleDesc tupdesc, Jsonb *options,
 	switch (format)
 	{
 		case KAPPA_FORMAT_JSON:
+			break;
+		case KAPPA_FORMAT_AVRO:
+			DecodeAvroCreate(d);
 			break;
 		case KAPPA_FORMAT_CSV:
 			if (columns != NIL && d->header)
@@ -1002,6 +1011,7 @@ dec_parse_options(KappaDecoder *d, Jsonb *options, List **columns)
 	bool		csv = (d->format == KAPPA_FORMAT_CSV);
 	bool		json = (d->format == KAPPA_FORMAT_JSON);
 	bool		is_text = (d->format == KAPPA_FORMAT_TEXT);
+	bool		avro = (d->format == KAPPA_FORMAT_AVRO);
 
 	if (options == NULL)
 		return;
@@ -1027,7 +1037,7 @@ dec_parse_options(KappaDecoder *d, Jsonb *options, List **columns)
 			if (strcmp(key, "columns") != 0 ||
 				!JsonContainerIsArray(v.val.binary.data))
 				dec_option_error(key, "a string, a number or a boolean");
-			valid = !json;
+			valid = !json && !avro;
 			if (valid)
 				*columns = dec_option_column_array(v.val.binary.data);
 		}
@@ -1035,7 +1045,7 @@ dec_parse_options(KappaDecoder *d, Jsonb *options, List **columns)
 			valid = true;		/* null: the default */
 		else if (strcmp(key, "strict") == 0)
 		{
-			valid = json || csv;
+			valid = json || csv || avro;
 			d->strict = dec_option_bool(key, &v);
 		}
 		else if (strcmp(key, "header") == 0)
@@ -1102,7 +1112,7 @@ dec_parse_options(KappaDecoder *d, Jsonb *options, List **columns)
 		}
 		else if (strcmp(key, "columns") == 0)
 		{
-			valid = !json;
+			valid = !json && !avro;
 			if (valid)
 				*columns = dec_option_columns(&v);
 		}

@@ -2,7 +2,7 @@
  *
  * decode_internal.h
  *	  Private declarations of the message decoders: the state of a decoder
- *	  and the functions its five files call one another with.  The public
+ *	  and the functions its six files call one another with.  The public
  *	  API (KappaDecoderCreate, KappaDecode) is in kafka.h.
  *
  * The decoders are split the way COPY FROM is split into copyfrom.c and
@@ -19,14 +19,16 @@
  *					for the row of an upsert and for the metadata
  *	decode_json.c	JSON messages
  *	decode_csv.c	CSV messages
+ *	decode_avro.c	Avro messages (Confluent wire format), with the writer
+ *					schemas of schema_registry.c
  *	decode_value.c	what both parsers share: a field's text to the Datum
  *					of its column through the column's input function,
  *					NULLs, column lookup by name, samples of bad values and
  *					the error context line
  *
  * Calls go one way: decode_change.c calls decode.c, decode.c calls
- * decode_json.c and decode_csv.c, and all of them call decode_value.c;
- * none calls back up.
+ * decode_json.c, decode_csv.c and decode_avro.c, and all of them call
+ * decode_value.c; none calls back up.
  *
  *-------------------------------------------------------------------------
  */
@@ -75,6 +77,7 @@ typedef struct DecodeColumn
 	bool		is_text;		/* plain text: no input function needed */
 	bool		is_timestamp;	/* timestamp or timestamptz (time_format) */
 	bool		is_bytea;		/* bytea (kafka_key) */
+	bool		notnull;		/* NOT NULL */
 	int16		typlen;
 	bool		typbyval;
 	FmgrInfo	infunc;
@@ -147,6 +150,7 @@ struct KappaDecoder
 								 * not their default (keyed changelogs) */
 	struct DecodeChange *change;	/* keyed changelogs: decode_change.c's
 									 * state, else NULL */
+	struct DecodeAvroState *avro;	/* format avro: decode_avro.c's state */
 
 	/* per message */
 	bool	   *filled;
@@ -158,6 +162,7 @@ struct KappaDecoder
 	 * column), and its text (NULL: it is null).
 	 */
 	int			cur_col;
+	int32		cur_schema_id;	/* Avro: the message's writer schema, or -1 */
 	const DecodeWhere *cur_where;
 	const char *cur_value;
 	int			cur_len;
@@ -174,6 +179,12 @@ extern char *DecodeToServer(KappaDecoder *d, const char *data, size_t len,
 							const char *what, int *outlen);
 extern void DecodeFinishRow(KappaDecoder *d, const KappaMessageMeta *meta,
 							Datum *values, bool *nulls);
+
+/* in decode_avro.c */
+typedef struct DecodeAvroState DecodeAvroState;
+extern void DecodeAvroCreate(KappaDecoder *d);
+extern void DecodeAvro(KappaDecoder *d, const char *data, size_t len,
+					   Datum *values, bool *nulls);
 
 /* in decode_json.c */
 extern void DecodeJson(KappaDecoder *d, char *data, int len,

@@ -284,6 +284,8 @@ DecodeErrorCallback(void *arg)
 	if (meta->offset >= 0)
 		appendStringInfo(&buf, " at partition %d, offset " INT64_FORMAT,
 						 meta->partition, meta->offset);
+	if (d->cur_schema_id >= 0)
+		appendStringInfo(&buf, ", writer schema id %d", d->cur_schema_id);
 	if (d->cur_col >= 0)
 	{
 		const char *value;
@@ -291,10 +293,13 @@ DecodeErrorCallback(void *arg)
 		if (d->cur_where == NULL)
 			value = "no value and no default";
 		else if (d->cur_value == NULL)
-			value = "null";
+			value = d->cur_schema_id >= 0 ? NULL : "null";	/* Avro: no text */
 		else
 			value = DecodeSample(d->cur_value, d->cur_len);
-		appendStringInfo(&buf, ", %s: %s", dval_where_text(d), value);
+		if (value != NULL)
+			appendStringInfo(&buf, ", %s: %s", dval_where_text(d), value);
+		else
+			appendStringInfo(&buf, ", %s", dval_where_text(d));
 	}
 	errcontext("%s", buf.data);
 }

@@ -113,6 +113,8 @@ extern int	KappaSourceBatchSize(KappaSource *source);
 extern int	KappaSourceMaxLatency(KappaSource *source);
 extern int64 KappaSourceBatchBytes(KappaSource *source);
 extern void *KappaKafkaConfBuild(KappaSource *source);
+extern void KappaRegistryOptions(KappaSource *source, char **url,
+								 char **username, char **password);
 
 /* in kafka_worker.c */
 extern PGDLLEXPORT void KappaKafkaWorkerMain(Datum arg);
@@ -181,7 +183,7 @@ extern void KappaConsumerDrainEvents(void);
 
 /* in kafka_apply.c */
 extern void KappaApplyInit(KappaSource *source, MemoryContext parent);
-extern void KappaApplyMessages(void);
+extern bool KappaApplyMessages(void);
 
 /* in kafka_status.c */
 extern void KappaStatusInit(KappaSource *source, int slot);
@@ -193,6 +195,7 @@ extern void KappaStatusForgetError(void);
 extern void KappaStatusBatch(int64 messages, int64 bytes, int64 dead,
 							 int64 out_of_order);
 extern void KappaStatusBatchCommitted(void);
+extern void KappaStatusSchemas(List *schema_ids, int32 last_schema_id);
 extern bool KappaStatusFlushDue(TimestampTz now);
 extern void KappaStatusFlush(const KappaPartition *parts, int nparts,
 							 int topic_partitions);
@@ -203,7 +206,8 @@ typedef enum KappaFormat
 	KAPPA_FORMAT_JSON,
 	KAPPA_FORMAT_CSV,
 	KAPPA_FORMAT_TEXT,
-	KAPPA_FORMAT_BYTEA
+	KAPPA_FORMAT_BYTEA,
+	KAPPA_FORMAT_AVRO			/* Confluent wire format, schema registry */
 } KappaFormat;
 
 /* Coordinates and metadata of one Kafka message. */
@@ -246,6 +250,13 @@ extern KappaDecoder *KappaDecoderCreate(KappaFormat format, TupleDesc tupdesc,
 extern void KappaDecode(KappaDecoder *decoder, const char *payload, size_t len,
 						const KappaMessageMeta *meta,
 						Datum *values, bool *nulls);
+
+/*
+ * KappaAvroSchemaId returns the writer schema id of a message in the
+ * Confluent Avro wire format (a byte 0, then the id in four big-endian
+ * bytes), or -1 when the message does not start that way.
+ */
+extern int32 KappaAvroSchemaId(const char *data, size_t len);
 
 /*
  * KappaDecoderUsesTimeAndHeaders tells whether the target has a

@@ -72,6 +72,7 @@
 
 #include "pg_kappa.h"
 #include "kafka.h"
+#include "schema_registry.h"
 #include "util.h"
 
 /* How the rows of a batch go into the target. */
@@ -134,6 +135,11 @@ typedef struct KaApply
 	/* catalog plans (executed as the extension's owner) */
 	SPIPlanPtr	dead_plan;
 	SPIPlanPtr	offsets_plan;
+
+	/* format avro: writer schemas from the schema registry */
+	bool		avro_values;
+	List	   *schema_ids;		/* ids seen (integers, in cxt) */
+	int32		last_schema_id; /* of the last message, or -1 */
 } KaApply;
 
 static KaApply ka_apply;
@@ -154,6 +160,17 @@ KappaApplyInit(KappaSource *source, MemoryContext parent)
 	ka_apply.row_cxt = AllocSetContextCreate(parent, "pg_kappa message",
 											 ALLOCSET_DEFAULT_SIZES);
 	ka_apply.failed_index = -1;
+	ka_apply.last_schema_id = -1;
+	ka_apply.avro_values = (KappaParseFormat(source->format) == KAPPA_FORMAT_AVRO);
+	if (ka_apply.avro_values)
+	{
+		char	   *url;
+		char	   *username;
+		char	   *password;
+
+		KappaRegistryOptions(source, &url, &username, &password);
+		KappaRegistryConfigure(url, username, password);
+	}
 }
 
 /*
@@ -742,15 +759,56 @@ ka_check_privileges(Relation rel)
 }
 
 /*
+ * ka_fetch_schemas asks the schema registry for the writer schema of every
+ * Avro message of the batch not known yet, before the batch's transaction
+ * (a message whose schema the registry does not have becomes a dead
+ * letter when it is decoded).  Returns false when the registry could not
+ * be asked: the batch must wait, and the status says why.
+ */
+static bool
+ka_fetch_schemas(void)
+{
+	int32		last = -1;
+
+	for (int i = 0; i < ka_apply.nmsgs; i++)
+	{
+		rd_kafka_message_t *m = ka_apply.msgs[i];
+		int32		id = KappaAvroSchemaId(m->payload, m->payload ? m->len : 0);
+		char	   *error = NULL;
+
+		if (id < 0)
+			continue;
+		last = id;
+		if (!list_member_int(ka_apply.schema_ids, id))
+		{
+			MemoryContext old = MemoryContextSwitchTo(ka_apply.cxt);
+
+			ka_apply.schema_ids = lappend_int(ka_apply.schema_ids, id);
+			MemoryContextSwitchTo(old);
+		}
+		if (!KappaRegistryFetch(id, &error))
+		{
+			KappaStatusSetError(KAPPA_WORKER_RETRYING, "schema registry: %s", error);
+			return false;
+		}
+	}
+	if (last >= 0)
+		ka_apply.last_schema_id = last;
+	return true;
+}
+
+/*
  * KappaApplyMessages applies the consumer's current batch, if it holds any
  * message, in one transaction of its own: rows, dead letters, offsets and
  * the status row; then tells the consumer and the status that it
  * committed.  Call it outside any transaction.  An error that is not a
  * message's fault (the target is gone, the owner lost its privilege, a
  * serialization failure) is raised with the transaction still open: the
- * caller aborts it and the messages stay unapplied.
+ * caller aborts it and the messages stay unapplied.  Returns false, with
+ * nothing applied, when the schema registry cannot be reached: the caller
+ * tries again later.
  */
-void
+bool
 KappaApplyMessages(void)
 {
 	KappaSource *source = ka_apply.source;
@@ -763,7 +821,9 @@ KappaApplyMessages(void)
 
 	ka_apply.msgs = KappaConsumerBatch(&ka_apply.nmsgs);
 	if (ka_apply.nmsgs == 0)
-		return;
+		return true;
+	if (ka_apply.avro_values && !ka_fetch_schemas())
+		return false;
 	ka_apply.dead = MemoryContextAllocZero(ka_apply.batch_cxt,
 										   sizeof(ErrorData *) * ka_apply.nmsgs);
 	ka_apply.out_of_order = 0;
@@ -803,6 +863,8 @@ KappaApplyMessages(void)
 	for (int i = 0; i < ka_apply.nmsgs; i++)
 		nbytes += ka_apply.msgs[i]->len;
 	KappaStatusBatch(ka_apply.nmsgs, nbytes, ndead, ka_apply.out_of_order);
+	if (ka_apply.avro_values)
+		KappaStatusSchemas(ka_apply.schema_ids, ka_apply.last_schema_id);
 	MemoryContextSwitchTo(old);
 
 	relation_close(rel, NoLock);
@@ -818,4 +880,5 @@ KappaApplyMessages(void)
 	ka_apply.insert_plans = NIL;
 	MemoryContextReset(ka_apply.batch_cxt);
 	KappaStatusBatchCommitted();
+	return true;
 }

@@ -205,6 +205,8 @@ static const KafkaProperty ko_properties[] = {
 /* Options that pg_kappa interprets itself, on a source; all others go to librdkafka. */
 static const char *const ko_own_options[] = {
 	"batch_size", "max_latency", "max_message_bytes", "batch_bytes",
+	/* the schema registry of format avro (superusers; else the server's) */
+	"schema_registry",
 	/* format options, read by the decoders */
 	"strict", "delimiter", "quote", "escape", "header", "null", "encoding",
 	"columns", "time_format",
@@ -491,6 +493,65 @@ ko_check_property(const char *name, const char *value,
 }
 
 /*
+ * ko_registry_option tells whether an option of a server or user mapping is
+ * one of the schema registry's rather than a librdkafka property:
+ * schema_registry (the URL; server only, it decides where the database
+ * server connects to), schema_registry.username (server or user mapping)
+ * and schema_registry.password (a secret: user mapping only).
+ */
+static bool
+ko_registry_option(const char *name)
+{
+	return strcmp(name, "schema_registry") == 0 ||
+		strcmp(name, "schema_registry.username") == 0 ||
+		strcmp(name, "schema_registry.password") == 0;
+}
+
+/*
+ * ko_check_registry_url raises an error unless 'url' is an http or https
+ * URL: nothing else may reach libcurl, which also speaks file:// and more.
+ */
+static void
+ko_check_registry_url(const char *url)
+{
+	if (pg_strncasecmp(url, "http://", 7) != 0 &&
+		pg_strncasecmp(url, "https://", 8) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE),
+				 errmsg("option \"schema_registry\" must be an http or https URL"),
+				 errhint("Give the registry's base URL, e.g. 'http://registry:8081'.")));
+}
+
+/*
+ * ko_check_registry_option raises an error unless registry option 'name'
+ * may be set at 'level' (see ko_registry_option).
+ */
+static void
+ko_check_registry_option(const char *name, const char *value,
+						 KappaOptionLevel level)
+{
+	if (strcmp(name, "schema_registry") == 0)
+	{
+		if (level != KAPPA_LEVEL_SERVER)
+			ereport(ERROR,
+					(errcode(ERRCODE_FDW_INVALID_OPTION_NAME),
+					 errmsg("option \"schema_registry\" can only be a server option"),
+					 errdetail("It decides where the database server connects to."),
+					 errhint("Set it on the kappa_kafka server (CREATE or ALTER SERVER).")));
+		ko_check_registry_url(value);
+	}
+	else if (strcmp(name, "schema_registry.password") == 0 &&
+			 level != KAPPA_LEVEL_USER_MAPPING)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_OPTION_NAME),
+				 errmsg("option \"%s\" is a secret and cannot be a %s option",
+						name, ko_level_name(level)),
+				 errdetail("Server options are readable by other roles."),
+				 errhint("Give it in a user mapping: CREATE USER MAPPING FOR role SERVER server OPTIONS (\"%s\" '...').",
+						 name)));
+}
+
+/*
  * kappa.kafka_fdw_validator(options, catalog): the validator of the
  * kappa_kafka wrapper.  A server takes 'brokers' and librdkafka properties,
  * a user mapping takes librdkafka properties (its place for secrets); the
@@ -537,6 +598,13 @@ kappa_kafka_fdw_validator(PG_FUNCTION_ARGS)
 						 errmsg("option \"brokers\" must not be empty"),
 						 errhint("Give the bootstrap brokers as host:port[,host:port...].")));
 			brokers = true;
+			continue;
+		}
+		if (ko_registry_option(def->defname))
+		{
+			ko_check_registry_option(def->defname, value,
+									 catalog == ForeignServerRelationId ?
+									 KAPPA_LEVEL_SERVER : KAPPA_LEVEL_USER_MAPPING);
 			continue;
 		}
 		if (ko_option_is_kappa(def->defname))
@@ -695,6 +763,25 @@ KappaCheckSourceOptions(KappaSource *source, Oid role)
 {
 	ListCell   *lc;
 
+	foreach(lc, KappaSourceOptionList(source))
+	{
+		DefElem    *def = lfirst(lc);
+
+		if (strcmp(def->defname, "schema_registry") != 0)
+			continue;
+		if (def->arg == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("option \"schema_registry\" must be a string")));
+		if (!superuser_arg(role))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied to set option \"schema_registry\" on a source"),
+					 errdetail("It decides where the database server connects to."),
+					 errhint("Set it on the source's kappa_kafka server instead.")));
+		ko_check_registry_url(strVal(def->arg));
+	}
+
 	foreach(lc, ko_source_kafka_options(source))
 	{
 		DefElem    *def = lfirst(lc);
@@ -742,7 +829,7 @@ ko_conf_set_all(rd_kafka_conf_t *conf, List *options)
 	{
 		DefElem    *def = lfirst(lc);
 
-		if (strcmp(def->defname, "brokers") == 0)
+		if (strcmp(def->defname, "brokers") == 0 || ko_registry_option(def->defname))
 			continue;
 		ko_conf_set(conf, def->defname, defGetString(def));
 	}
@@ -773,6 +860,7 @@ KappaFormatOptions(KappaSource *source)
 				char	   *key = pnstrdup(v.val.string.val, v.val.string.len);
 
 				skip = !ko_option_is_kappa(key) ||
+					strcmp(key, "schema_registry") == 0 ||
 					strcmp(key, "batch_size") == 0 ||
 					strcmp(key, "max_latency") == 0 ||
 					strcmp(key, "batch_bytes") == 0 ||
@@ -891,6 +979,52 @@ KappaKafkaConfBuild(KappaSource *source)
 	ko_conf_set(conf, "auto.offset.reset", "error");
 	ko_conf_set(conf, "log.queue", "true");
 	return conf;
+}
+
+/*
+ * KappaRegistryOptions returns where a source's schema registry is (the
+ * source's option schema_registry, else its server's; NULL if neither has
+ * one) and the credentials of the source owner's user mapping (or the
+ * server's username).  Raises an error for a URL that is not http(s).
+ */
+void
+KappaRegistryOptions(KappaSource *source, char **url, char **username,
+					 char **password)
+{
+	ListCell   *lc;
+
+	*url = *username = *password = NULL;
+	if (source->server != NULL)
+	{
+		ForeignServer *server = KappaKafkaServer(source->server);
+		List	   *levels[2];
+
+		levels[0] = server->options;
+		levels[1] = ko_user_mapping_options(source->owner, server->serverid);
+		for (int l = 0; l < 2; l++)
+		{
+			foreach(lc, levels[l])
+			{
+				DefElem    *def = lfirst(lc);
+
+				if (strcmp(def->defname, "schema_registry") == 0 && l == 0)
+					*url = defGetString(def);
+				else if (strcmp(def->defname, "schema_registry.username") == 0)
+					*username = defGetString(def);
+				else if (strcmp(def->defname, "schema_registry.password") == 0 && l == 1)
+					*password = defGetString(def);
+			}
+		}
+	}
+	foreach(lc, KappaSourceOptionList(source))
+	{
+		DefElem    *def = lfirst(lc);
+
+		if (strcmp(def->defname, "schema_registry") == 0 && def->arg != NULL)
+			*url = strVal(def->arg);
+	}
+	if (*url != NULL)
+		ko_check_registry_url(*url);
 }
 
 /*

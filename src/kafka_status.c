@@ -74,9 +74,13 @@ typedef struct KsStatus
 	KsWindow	window;
 
 	SPIPlanPtr	batch_plan;		/* KappaStatusBatch's update */
+
+	/* format avro: the writer schemas, as last written */
+	int			schemas_written;	/* how many ids */
+	int32		last_schema_written;
 } KsStatus;
 
-static KsStatus ks_status = {.state = KAPPA_WORKER_STARTING};
+static KsStatus ks_status = {.state = KAPPA_WORKER_STARTING, .last_schema_written = -1};
 
 /* The names of KappaWorkerState, as kappa.sources shows them. */
 static const char *const ks_state_names[] = {
@@ -257,6 +261,43 @@ KappaStatusBatch(int64 messages, int64 bytes, int64 dead, int64 out_of_order)
 	values[7] = CStringGetTextDatum(ks_state_names[KAPPA_WORKER_RUNNING]);
 	values[8] = Int64GetDatum(out_of_order);
 	(void) KappaExecCatalogPlan(ks_status.batch_plan, values, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * KappaStatusSchemas records the writer schema ids the worker has seen
+ * (a list of integers, which only grows) and the id of the last message,
+ * for kappa.sources; written in the batch's transaction when they changed.
+ */
+void
+KappaStatusSchemas(List *schema_ids, int32 last_schema_id)
+{
+	Oid			argtypes[4] = {INT4OID, INT4OID, TEXTOID, INT4OID};
+	Datum		values[4];
+	char		nulls[4] = "    ";
+	StringInfoData buf;
+	ListCell   *lc;
+
+	if (list_length(schema_ids) == ks_status.schemas_written &&
+		last_schema_id == ks_status.last_schema_written)
+		return;
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	foreach(lc, schema_ids)
+		appendStringInfo(&buf, "%s%d", foreach_current_index(lc) > 0 ? "," : "",
+						 lfirst_int(lc));
+	appendStringInfoChar(&buf, '}');
+	values[0] = Int32GetDatum(ks_status.source->id);
+	values[1] = Int32GetDatum(ks_status.slot);
+	values[2] = CStringGetTextDatum(buf.data);
+	values[3] = Int32GetDatum(last_schema_id);
+	if (last_schema_id < 0)
+		nulls[3] = 'n';
+	KappaExecCatalogSql("UPDATE kappa.source_status SET "
+						"schema_ids = ARRAY(SELECT DISTINCT i FROM pg_catalog.unnest($3::pg_catalog.int4[]) AS i ORDER BY i), "
+						"last_schema_id = $4 WHERE source_id = $1 AND slot = $2",
+						4, argtypes, values, nulls);
+	ks_status.schemas_written = list_length(schema_ids);
+	ks_status.last_schema_written = last_schema_id;
 }
 
 /*

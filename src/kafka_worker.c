@@ -59,6 +59,8 @@
 #define KW_CATALOG_CHECK_MS		1000	/* re-read the source between batches */
 #define KW_WATERMARKS_MS		5000	/* ends of all the topic's partitions */
 #define KW_IDLE_WAIT_MS			1000	/* longest wait without a batch */
+#define KW_RETRY_MIN_MS			500 /* a batch that must wait (the schema */
+#define KW_RETRY_MAX_MS			30000	/* registry is down): backoff bounds */
 
 /* What the worker does. */
 typedef enum KwMode
@@ -89,6 +91,8 @@ typedef struct KwWorker
 	bool		after_full_batch;	/* the last batch applied was full */
 	TimestampTz next_catalog_check;
 	TimestampTz next_watermarks;
+	TimestampTz retry_at;		/* a batch waits until then, or 0 */
+	int			retry_ms;		/* the wait after the next failure */
 } KwWorker;
 
 static KwWorker kw_worker = {.mode = KW_MODE_CONSUMING};
@@ -313,7 +317,9 @@ kw_fail_and_exit(ErrorData *edata, const char *what)
  * kw_apply_or_exit applies the batch; on an error that is not a message's
  * fault (the target is gone, the owner lost its privilege, a serialization
  * failure) it records the error in kappa.sources and exits, to be
- * restarted from the stored offsets with a backoff.
+ * restarted from the stored offsets with a backoff.  A batch that must
+ * wait (the schema registry cannot be reached) is tried again after a
+ * backoff of its own (retry_at), the worker staying up.
  */
 static void
 kw_apply_or_exit(void)
@@ -322,7 +328,19 @@ kw_apply_or_exit(void)
 
 	PG_TRY();
 	{
-		KappaApplyMessages();
+		if (KappaApplyMessages())
+		{
+			kw_worker.retry_at = 0;
+			kw_worker.retry_ms = 0;
+		}
+		else
+		{
+			/* not applied (the schema registry): again after a backoff */
+			kw_worker.retry_ms = kw_worker.retry_ms == 0 ? KW_RETRY_MIN_MS :
+				Min(kw_worker.retry_ms * 2, KW_RETRY_MAX_MS);
+			kw_worker.retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															 kw_worker.retry_ms);
+		}
 	}
 	PG_CATCH();
 	{
@@ -533,11 +551,17 @@ KappaKafkaWorkerMain(Datum main_arg)
 	for (;;)
 	{
 		bool		full;
+		bool		between;	/* no batch pending, or it must wait */
 		TimestampTz now;
 		long		timeout;
 
 		if (GetCurrentTimestamp() >= KappaConsumerNextRefresh())
+		{
 			KappaConsumerRefreshAssignment(kw_worker.mode == KW_MODE_CONSUMING);
+			/* a batch waiting for the schema registry still waits */
+			if (kw_worker.retry_at != 0)
+				KappaStatusSetState(KAPPA_WORKER_RETRYING);
+		}
 
 		full = KappaConsumerPoll(KappaSourceBatchSize(source),
 								 KappaSourceBatchBytes(source),
@@ -551,9 +575,10 @@ KappaKafkaWorkerMain(Datum main_arg)
 		 * and ending then adds at most one transaction per backlog; and when
 		 * a partition's data was lost (the batch first, then the gap).
 		 */
-		if (full || (KappaConsumerPending() > 0 &&
-					 (now >= KappaConsumerBatchDeadline() || KappaConsumerAnyLost() ||
-					  (kw_worker.after_full_batch && KappaConsumerCaughtUp()))))
+		if ((full || (KappaConsumerPending() > 0 &&
+					  (now >= KappaConsumerBatchDeadline() || KappaConsumerAnyLost() ||
+					   (kw_worker.after_full_batch && KappaConsumerCaughtUp())))) &&
+			now >= kw_worker.retry_at)
 		{
 			kw_apply_or_exit();
 			kw_worker.after_full_batch = full;
@@ -564,7 +589,8 @@ KappaKafkaWorkerMain(Datum main_arg)
 
 		/* between batches: the source may have changed; status */
 		now = GetCurrentTimestamp();
-		if (KappaConsumerPending() == 0 && now >= kw_worker.next_catalog_check)
+		between = (KappaConsumerPending() == 0 || kw_worker.retry_at != 0);
+		if (between && now >= kw_worker.next_catalog_check)
 		{
 			KwStopReason why = kw_check_source();
 
@@ -572,12 +598,12 @@ KappaKafkaWorkerMain(Datum main_arg)
 				kw_stop(why);
 			kw_worker.next_catalog_check = TimestampTzPlusMilliseconds(now, KW_CATALOG_CHECK_MS);
 		}
-		if (KappaConsumerPending() == 0 && now >= kw_worker.next_watermarks)
+		if (between && now >= kw_worker.next_watermarks)
 		{
 			KappaConsumerRefreshAllWatermarks();
 			kw_worker.next_watermarks = TimestampTzPlusMilliseconds(now, KW_WATERMARKS_MS);
 		}
-		if (KappaConsumerPending() == 0 && KappaStatusFlushDue(now))
+		if (between && KappaStatusFlushDue(now))
 		{
 			int			nparts;
 			int			topic_partitions;
@@ -589,7 +615,7 @@ KappaKafkaWorkerMain(Datum main_arg)
 		}
 
 		/* a full batch may have left messages in the queue: no waiting */
-		if (full)
+		if (full && kw_worker.retry_at == 0)
 		{
 			kw_reload_config();
 			continue;
@@ -608,6 +634,10 @@ KappaKafkaWorkerMain(Datum main_arg)
 			timeout = 0;
 		if (KappaConsumerAnyLost())
 			timeout = 0;
+		/* a batch that must wait: until its retry, ticking for the status */
+		if (kw_worker.retry_at != 0)
+			timeout = Min(Max(TimestampDifferenceMilliseconds(now, kw_worker.retry_at), 1),
+						  KW_IDLE_WAIT_MS);
 
 		if (timeout > 0)
 		{

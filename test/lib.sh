@@ -18,7 +18,8 @@ KAPPA_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KAPPA_PG_BIN=/usr/lib/postgresql/15/bin
 KAPPA_PG_USER=${KAPPA_PG_USER:-kappa_test}
 KAPPA_DEPS=(build-essential postgresql-15 postgresql-server-dev-15 librdkafka-dev
-            kcat libipc-run-perl postgresql-15-hll python3)
+            kcat libipc-run-perl postgresql-15-hll python3
+            libavro-dev libcurl4-openssl-dev python3-avro)
 
 export PATH="$KAPPA_PG_BIN:$PATH"
 export DEBIAN_FRONTEND=noninteractive

@@ -42,6 +42,8 @@ COMMENT ON FUNCTION kappa.create_kafka_source(text, text, text, text, text, text
   'create a Kafka source: background workers consume a topic into a stream or table, exactly once';
 
 ALTER TABLE kappa.source_status ADD COLUMN out_of_order bigint NOT NULL DEFAULT 0;
+ALTER TABLE kappa.source_status ADD COLUMN schema_ids integer[],
+                                ADD COLUMN last_schema_id integer;
 
 -- The ordering guard of sources with order_by: per key (its columns' values
 -- as a JSON array of their text), the position of the change applied last
@@ -118,7 +120,9 @@ SELECT s.name AS source,
        s.envelope,
        s.key_format,
        s.order_by,
-       st.out_of_order
+       st.out_of_order,
+       st.schema_ids,
+       st.last_schema_id
   FROM kappa.source_catalog s
   LEFT JOIN LATERAL (
     SELECT array_agg(next_offset ORDER BY partition) AS committed_offsets,
@@ -156,7 +160,12 @@ SELECT s.name AS source,
            max(ss.last_batch_at) AS last_batch_at,
            coalesce(sum(ss.out_of_order), 0)::bigint AS out_of_order,
            (array_agg(ss.last_error ORDER BY ss.last_error_at DESC NULLS LAST))[1] AS last_error,
-           max(ss.last_error_at) AS last_error_at
+           max(ss.last_error_at) AS last_error_at,
+           (SELECT array_agg(DISTINCT i ORDER BY i)
+              FROM kappa.source_status s2 CROSS JOIN LATERAL unnest(s2.schema_ids) AS i
+             WHERE s2.source_id = s.id) AS schema_ids,
+           (array_agg(ss.last_schema_id ORDER BY ss.last_batch_at DESC NULLS LAST)
+              FILTER (WHERE ss.last_schema_id IS NOT NULL))[1] AS last_schema_id
       FROM kappa.source_status ss
       -- by pid only: other roles see no backend_type of the owner's workers
       LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = ss.pid

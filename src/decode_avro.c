@@ -1,0 +1,1473 @@
+/*-------------------------------------------------------------------------
+ *
+ * decode_avro.c
+ *	  Avro messages in the Confluent wire format: a magic byte 0, the writer
+ *	  schema's id in four big-endian bytes, then the Avro binary body, which
+ *	  avro-c decodes and this file turns into the Datums of the target's
+ *	  columns.
+ *
+ * The writer schema comes from the schema registry (schema_registry.c),
+ * which the Kafka worker asked for every id of a batch before applying it;
+ * here schemas are only looked up.  Each message is decoded with its own
+ * writer schema, and the target's columns are the reader: a field fills the
+ * column of the same name; a field without a column is ignored (refused
+ * with option strict); a column without a field gets its default or NULL.
+ *
+ * Per writer schema and target, a plan (AvroPlan) says which column each
+ * top-level field fills, and holds the schema as a tree of AvroNode: the
+ * avro-c schema's shape plus what avro-c 1.11 does not keep, the logical
+ * types (decimal with its scale, date, time-millis/-micros,
+ * timestamp-millis/-micros, local-timestamp-millis/-micros, uuid), read
+ * from the schema's JSON.
+ *
+ * A body is first walked by davro_check_value, which refuses what avro-c
+ * would trust: lengths beyond the end of the message (avro-c allocates the
+ * length first), enum and union indexes out of range, and arrays or maps
+ * with more items than the message could hold.  Then avro_value_read
+ * decodes it into the schema's generic value; bytes after a complete record
+ * are ignored, as Confluent's deserializer does.
+ *
+ * Values become Datums directly where the column's type and the Avro type
+ * agree (integers, floating point, boolean, text, bytea, date, time,
+ * timestamps, numeric from numbers); otherwise through the text form of the
+ * value and the column type's input function, as the JSON decoder does;
+ * records, maps, arrays and other unions become jsonb (or json, or their
+ * text), and an Avro array fills an array column element by element.
+ *
+ * Errors are the message's: they become dead letters, and their context
+ * line (DecodeErrorCallback) names the writer schema id and the field.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "common/int.h"
+#include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/datetime.h"
+#include "utils/fmgroids.h"
+#include "utils/fmgrprotos.h"
+#include "utils/hsearch.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "decode_internal.h"
+#include "schema_registry.h"
+
+/* The logical types the decoder knows. */
+typedef enum AvroLogical
+{
+	AVRO_LOGICAL_NONE,
+	AVRO_LOGICAL_DECIMAL,		/* bytes or fixed, two's complement */
+	AVRO_LOGICAL_DATE,			/* int: days since 1970-01-01 */
+	AVRO_LOGICAL_TIME_MILLIS,	/* int: ms after midnight */
+	AVRO_LOGICAL_TIME_MICROS,	/* long: us after midnight */
+	AVRO_LOGICAL_TS_MILLIS,		/* long: ms since 1970, UTC */
+	AVRO_LOGICAL_TS_MICROS,		/* long: us since 1970, UTC */
+	AVRO_LOGICAL_LOCAL_TS_MILLIS,	/* long: ms since 1970, local wall clock */
+	AVRO_LOGICAL_LOCAL_TS_MICROS,	/* long: us since 1970, local wall clock */
+	AVRO_LOGICAL_UUID			/* string */
+} AvroLogical;
+
+/* One node of a writer schema (see the file header). */
+typedef struct AvroNode
+{
+	avro_type_t type;			/* never AVRO_LINK */
+	AvroLogical logical;
+	int			scale;			/* decimal */
+	int64		fixed_size;		/* fixed */
+	int			nchildren;		/* union branches, record fields, the items
+								 * of an array or the values of a map */
+	struct AvroNode **children;
+	char	  **names;			/* record: field names */
+	int			nsymbols;		/* enum */
+	char	  **symbols;
+} AvroNode;
+
+/* How one writer schema fills the target. */
+typedef struct AvroPlan
+{
+	int32		id;				/* hash key: the schema id */
+	KappaWriterSchema *schema;
+	AvroNode   *root;
+	int		   *field_col;		/* per top-level field: its column, or -1 */
+	int		   *missing_notnull;	/* NOT NULL columns without a field or
+									 * default, -1 terminated */
+	DecodeColumn **elements;	/* per column: an array's element, or NULL */
+} AvroPlan;
+
+/* The Avro state of a decoder (KappaDecoder.avro). */
+struct DecodeAvroState
+{
+	MemoryContext cxt;			/* the decoder's */
+	HTAB	   *plans;			/* schema id -> AvroPlan */
+	avro_reader_t reader;
+};
+
+/* What davro_check_value walks. */
+typedef struct AvroCursor
+{
+	const uint8 *p;
+	const uint8 *end;
+	int64		items;			/* array and map items so far */
+	int64		max_items;
+	const char *field;			/* top-level field being walked */
+} AvroCursor;
+
+/* A pair of the memo of davro_build_node. */
+typedef struct AvroMemo
+{
+	avro_schema_t schema;
+	AvroNode   *node;
+} AvroMemo;
+
+static Datum davro_datum(KappaDecoder *d, DecodeColumn *col, DecodeColumn *element,
+						avro_value_t *v, AvroNode *n, bool *isnull);
+
+/* ---------------------------------------------------------------------
+ * The writer schema as a tree of AvroNode
+ * ---------------------------------------------------------------------
+ */
+
+/* davro_json_member returns member 'key' of a JSON object value, or NULL. */
+static JsonbValue *
+davro_json_member(JsonbValue *jv, const char *key)
+{
+	if (jv == NULL || jv->type != jbvBinary ||
+		!JsonContainerIsObject(jv->val.binary.data))
+		return NULL;
+	return getKeyJsonValueFromContainer(jv->val.binary.data, key, strlen(key), NULL);
+}
+
+/* davro_json_element returns element i of a JSON array value, or NULL. */
+static JsonbValue *
+davro_json_element(JsonbValue *jv, int i)
+{
+	if (jv == NULL || jv->type != jbvBinary ||
+		!JsonContainerIsArray(jv->val.binary.data))
+		return NULL;
+	return getIthJsonbValueFromContainer(jv->val.binary.data, i);
+}
+
+/* davro_json_equals tells whether a JSON value is the string 's'. */
+static bool
+davro_json_equals(JsonbValue *jv, const char *s)
+{
+	return jv != NULL && jv->type == jbvString &&
+		jv->val.string.len == strlen(s) &&
+		memcmp(jv->val.string.val, s, jv->val.string.len) == 0;
+}
+
+/*
+ * davro_logical reads the logical type of a schema node's JSON, if it is one
+ * that applies to the node's Avro type (others are ignored, as the Avro
+ * specification says).
+ */
+static void
+davro_logical(AvroNode *node, JsonbValue *jv)
+{
+	JsonbValue *lt = davro_json_member(jv, "logicalType");
+	JsonbValue *scale;
+
+	if (lt == NULL || lt->type != jbvString)
+		return;
+	switch (node->type)
+	{
+		case AVRO_BYTES:
+		case AVRO_FIXED:
+			if (davro_json_equals(lt, "decimal"))
+			{
+				node->logical = AVRO_LOGICAL_DECIMAL;
+				scale = davro_json_member(jv, "scale");
+				if (scale != NULL && scale->type == jbvNumeric)
+					node->scale = DatumGetInt32(DirectFunctionCall1(numeric_int4,
+																	NumericGetDatum(scale->val.numeric)));
+				if (node->scale < 0 || node->scale > NUMERIC_MAX_DISPLAY_SCALE)
+					node->logical = AVRO_LOGICAL_NONE;
+			}
+			break;
+		case AVRO_INT32:
+			if (davro_json_equals(lt, "date"))
+				node->logical = AVRO_LOGICAL_DATE;
+			else if (davro_json_equals(lt, "time-millis"))
+				node->logical = AVRO_LOGICAL_TIME_MILLIS;
+			break;
+		case AVRO_INT64:
+			if (davro_json_equals(lt, "time-micros"))
+				node->logical = AVRO_LOGICAL_TIME_MICROS;
+			else if (davro_json_equals(lt, "timestamp-millis"))
+				node->logical = AVRO_LOGICAL_TS_MILLIS;
+			else if (davro_json_equals(lt, "timestamp-micros"))
+				node->logical = AVRO_LOGICAL_TS_MICROS;
+			else if (davro_json_equals(lt, "local-timestamp-millis"))
+				node->logical = AVRO_LOGICAL_LOCAL_TS_MILLIS;
+			else if (davro_json_equals(lt, "local-timestamp-micros"))
+				node->logical = AVRO_LOGICAL_LOCAL_TS_MICROS;
+			break;
+		case AVRO_STRING:
+			if (davro_json_equals(lt, "uuid"))
+				node->logical = AVRO_LOGICAL_UUID;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * davro_build_node builds the AvroNode of avro-c schema 's', whose JSON is
+ * 'jv' (NULL when unknown: a reference to a named type already built, whose
+ * node the memo holds).  Named types are built once, so that references and
+ * recursive records share their node.
+ */
+static AvroNode *
+davro_build_node(avro_schema_t s, JsonbValue *jv, List **memo)
+{
+	AvroNode   *node;
+	ListCell   *lc;
+	JsonbValue *type_json;
+
+	check_stack_depth();
+	if (avro_typeof(s) == AVRO_LINK)
+		return davro_build_node(avro_schema_link_target(s), NULL, memo);
+	foreach(lc, *memo)
+	{
+		AvroMemo   *m = lfirst(lc);
+
+		if (m->schema == s)
+			return m->node;
+	}
+
+	node = palloc0(sizeof(AvroNode));
+	node->type = avro_typeof(s);
+	if (is_avro_named_type(s))
+	{
+		AvroMemo   *m = palloc(sizeof(AvroMemo));
+
+		m->schema = s;
+		m->node = node;
+		*memo = lappend(*memo, m);
+	}
+
+	/* {"type": {...}} nests the definition one level down */
+	type_json = davro_json_member(jv, "type");
+	if (type_json != NULL && type_json->type == jbvBinary &&
+		!is_avro_record(s) && !is_avro_enum(s) && !is_avro_fixed(s) &&
+		!is_avro_array(s) && !is_avro_map(s))
+		jv = type_json;
+
+	switch (node->type)
+	{
+		case AVRO_RECORD:
+			{
+				JsonbValue *fields = davro_json_member(jv, "fields");
+
+				node->nchildren = avro_schema_record_size(s);
+				node->children = palloc0(sizeof(AvroNode *) * Max(node->nchildren, 1));
+				node->names = palloc0(sizeof(char *) * Max(node->nchildren, 1));
+				for (int i = 0; i < node->nchildren; i++)
+				{
+					JsonbValue *field = davro_json_element(fields, i);
+
+					node->names[i] = pstrdup(avro_schema_record_field_name(s, i));
+					node->children[i] =
+						davro_build_node(avro_schema_record_field_get_by_index(s, i),
+										davro_json_member(field, "type"), memo);
+				}
+				break;
+			}
+		case AVRO_UNION:
+			node->nchildren = avro_schema_union_size(s);
+			node->children = palloc0(sizeof(AvroNode *) * Max(node->nchildren, 1));
+			for (int i = 0; i < node->nchildren; i++)
+				node->children[i] = davro_build_node(avro_schema_union_branch(s, i),
+													davro_json_element(jv, i), memo);
+			break;
+		case AVRO_ARRAY:
+			node->nchildren = 1;
+			node->children = palloc(sizeof(AvroNode *));
+			node->children[0] = davro_build_node(avro_schema_array_items(s),
+												davro_json_member(jv, "items"), memo);
+			break;
+		case AVRO_MAP:
+			node->nchildren = 1;
+			node->children = palloc(sizeof(AvroNode *));
+			node->children[0] = davro_build_node(avro_schema_map_values(s),
+												davro_json_member(jv, "values"), memo);
+			break;
+		case AVRO_ENUM:
+			node->nsymbols = avro_schema_enum_number_of_symbols(s);
+			node->symbols = palloc0(sizeof(char *) * Max(node->nsymbols, 1));
+			for (int i = 0; i < node->nsymbols; i++)
+				node->symbols[i] = pstrdup(avro_schema_enum_get(s, i));
+			break;
+		case AVRO_FIXED:
+			node->fixed_size = avro_schema_fixed_size(s);
+			break;
+		default:
+			break;
+	}
+	davro_logical(node, jv);
+	return node;
+}
+
+/* ---------------------------------------------------------------------
+ * Checking a body before avro-c reads it
+ * ---------------------------------------------------------------------
+ */
+
+/* davro_bad_body raises the error of a body that does not match its schema. */
+static void
+davro_bad_body(AvroCursor *c, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+			 errmsg("kafka message is not valid Avro for its writer schema"),
+			 c->field ?
+			 errdetail("In field \"%s\": %s.", c->field, what) :
+			 errdetail("%s.", what)));
+}
+
+/* davro_check_long reads one zigzag varint of at most 'maxbytes' bytes. */
+static int64
+davro_check_long(AvroCursor *c, int maxbytes)
+{
+	uint64		value = 0;
+	int			shift = 0;
+
+	for (int i = 0; i < maxbytes; i++)
+	{
+		uint8		b;
+
+		if (c->p >= c->end)
+			davro_bad_body(c, "the message ends inside a number");
+		b = *c->p++;
+		value |= (uint64) (b & 0x7f) << shift;
+		shift += 7;
+		if ((b & 0x80) == 0)
+			return (int64) ((value >> 1) ^ -(value & 1));
+	}
+	davro_bad_body(c, "a variable-length number is too long");
+	return 0;					/* keep compiler quiet */
+}
+
+/* davro_check_skip moves past n bytes, which must be there. */
+static void
+davro_check_skip(AvroCursor *c, int64 n, const char *what)
+{
+	if (n < 0 || n > c->end - c->p)
+		davro_bad_body(c, psprintf("%s of " INT64_FORMAT " bytes does not fit in the "
+								  INT64_FORMAT " bytes left", what, n,
+								  (int64) (c->end - c->p)));
+	c->p += n;
+}
+
+/*
+ * davro_check_value walks one value of node 'n' (see the file header),
+ * raising an error where avro-c should not be trusted with the body.
+ */
+static void
+davro_check_value(AvroCursor *c, AvroNode *n)
+{
+	int64		v;
+
+	check_stack_depth();
+	switch (n->type)
+	{
+		case AVRO_NULL:
+			break;
+		case AVRO_BOOLEAN:
+			davro_check_skip(c, 1, "a boolean");
+			break;
+		case AVRO_INT32:
+			v = davro_check_long(c, 5);
+			if (v < PG_INT32_MIN || v > PG_INT32_MAX)
+				davro_bad_body(c, "an int is out of range");
+			break;
+		case AVRO_INT64:
+			(void) davro_check_long(c, 10);
+			break;
+		case AVRO_FLOAT:
+			davro_check_skip(c, 4, "a float");
+			break;
+		case AVRO_DOUBLE:
+			davro_check_skip(c, 8, "a double");
+			break;
+		case AVRO_STRING:
+		case AVRO_BYTES:
+			v = davro_check_long(c, 10);
+			davro_check_skip(c, v, n->type == AVRO_STRING ? "a string" : "a bytes value");
+			break;
+		case AVRO_FIXED:
+			davro_check_skip(c, n->fixed_size, "a fixed value");
+			break;
+		case AVRO_ENUM:
+			v = davro_check_long(c, 10);
+			if (v < 0 || v >= n->nsymbols)
+				davro_bad_body(c, psprintf("enum index " INT64_FORMAT " is not one of its %d symbols",
+										  v, n->nsymbols));
+			break;
+		case AVRO_UNION:
+			v = davro_check_long(c, 10);
+			if (v < 0 || v >= n->nchildren)
+				davro_bad_body(c, psprintf("union branch " INT64_FORMAT " is not one of its %d branches",
+										  v, n->nchildren));
+			davro_check_value(c, n->children[v]);
+			break;
+		case AVRO_RECORD:
+			for (int i = 0; i < n->nchildren; i++)
+				davro_check_value(c, n->children[i]);
+			break;
+		case AVRO_ARRAY:
+		case AVRO_MAP:
+			for (;;)
+			{
+				int64		count = davro_check_long(c, 10);
+
+				if (count == 0)
+					break;
+				if (count < 0)
+				{
+					if (count == PG_INT64_MIN)
+						davro_bad_body(c, "a block count is out of range");
+					count = -count;
+					if (davro_check_long(c, 10) < 0)
+						davro_bad_body(c, "a block size is negative");
+				}
+				if (count > c->max_items - c->items)
+					davro_bad_body(c, psprintf("an array or map claims " INT64_FORMAT
+											  " items, more than the message can hold",
+											  count));
+				c->items += count;
+				for (int64 i = 0; i < count; i++)
+				{
+					if (n->type == AVRO_MAP)
+					{
+						v = davro_check_long(c, 10);
+						davro_check_skip(c, v, "a map key");
+					}
+					davro_check_value(c, n->children[0]);
+				}
+			}
+			break;
+		default:
+			davro_bad_body(c, "the schema has a type the decoder does not know");
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * Plans
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * davro_element_column describes the element type of array column 'col',
+ * for filling it from an Avro array, or returns NULL if 'col' is not an
+ * array.
+ */
+static DecodeColumn *
+davro_element_column(DecodeColumn *col)
+{
+	Oid			base = getBaseType(col->typid);
+	Oid			elemtype = get_element_type(base);
+	DecodeColumn *elem;
+	Oid			infunc;
+	Oid			elembase;
+
+	if (!OidIsValid(elemtype) || base == INT2VECTOROID || base == OIDVECTOROID)
+		return NULL;
+	elem = palloc0(sizeof(DecodeColumn));
+	elem->name = col->name;
+	elem->kind = DECODE_COL_PAYLOAD;
+	elem->typid = elemtype;
+	elem->typmod = col->typmod;
+	elembase = getBaseType(elemtype);
+	elem->is_domain = (elembase != elemtype);
+	elem->is_json = (elembase == JSONOID || elembase == JSONBOID);
+	elem->is_text = (elemtype == TEXTOID);
+	elem->is_bytea = (elemtype == BYTEAOID);
+	get_typlenbyval(elemtype, &elem->typlen, &elem->typbyval);
+	getTypeInputInfo(elemtype, &infunc, &elem->ioparam);
+	fmgr_info(infunc, &elem->infunc);
+	return elem;
+}
+
+/*
+ * davro_plan returns the plan of writer schema 'id' for this decoder,
+ * making it on first use.  Raises the message's error when the registry
+ * has no usable schema of that id, or the schema cannot fill the target.
+ */
+static AvroPlan *
+davro_plan(KappaDecoder *d, int32 id)
+{
+	DecodeAvroState *a = d->avro;
+	AvroPlan   *plan;
+	bool		found;
+	KappaWriterSchema *ws;
+	MemoryContext old;
+	JsonbValue	root;
+	List	   *memo = NIL;
+	int			nmissing = 0;
+
+	plan = hash_search(a->plans, &id, HASH_FIND, NULL);
+	if (plan != NULL)
+		return plan;
+
+	ws = KappaRegistryLookup(id);
+	if (ws == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("writer schema id %d of an Avro message was not fetched", id),
+				 errdetail("Only the Kafka workers fetch writer schemas from the schema registry.")));
+	if (ws->state != KAPPA_SCHEMA_OK)
+		ereport(ERROR,
+				(errcode(ws->state == KAPPA_SCHEMA_MISSING ? ERRCODE_UNDEFINED_OBJECT :
+						 ERRCODE_INVALID_SCHEMA_DEFINITION),
+				 errmsg("kafka message names a writer schema that cannot be used"),
+				 errdetail("%s.", ws->error),
+				 ws->state == KAPPA_SCHEMA_MISSING ?
+				 errhint("The producer registered its schema in another registry, or the schema was deleted.") : 0));
+	if (avro_typeof(ws->schema) != AVRO_RECORD)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("writer schema id %d is not a record", id),
+				 errdetail("Format avro fills the target's columns from the fields of a record."),
+				 errhint("Produce the values as records, or consume the topic with format bytea.")));
+
+	old = MemoryContextSwitchTo(a->cxt);
+	plan = hash_search(a->plans, &id, HASH_ENTER, &found);
+	plan->schema = ws;
+	if (JB_ROOT_IS_SCALAR(ws->json))
+		(void) JsonbExtractScalar(&ws->json->root, &root);
+	else
+	{
+		root.type = jbvBinary;
+		root.val.binary.data = &ws->json->root;
+		root.val.binary.len = VARSIZE(ws->json) - VARHDRSZ;
+	}
+	plan->root = davro_build_node(ws->schema, &root, &memo);
+	plan->field_col = palloc(sizeof(int) * Max(plan->root->nchildren, 1));
+	plan->elements = palloc0(sizeof(DecodeColumn *) * Max(d->natts, 1));
+	plan->missing_notnull = palloc(sizeof(int) * (d->natts + 1));
+	for (int i = 0; i < plan->root->nchildren; i++)
+	{
+		int			c = DecodeFindColumn(d, plan->root->names[i]);
+
+		if (c >= 0 && d->cols[c].kind != DECODE_COL_PAYLOAD)
+			c = -1;
+		plan->field_col[i] = c;
+		if (c >= 0 && plan->elements[c] == NULL)
+			plan->elements[c] = davro_element_column(&d->cols[c]);
+	}
+	for (int c = 0; c < d->natts; c++)
+	{
+		bool		has_field = false;
+
+		if (d->cols[c].kind != DECODE_COL_PAYLOAD || !d->cols[c].notnull ||
+			!d->cols[c].defnull || d->cols[c].defstate != NULL)
+			continue;
+		for (int i = 0; i < plan->root->nchildren; i++)
+			if (plan->field_col[i] == c)
+				has_field = true;
+		if (!has_field)
+			plan->missing_notnull[nmissing++] = c;
+	}
+	plan->missing_notnull[nmissing] = -1;
+	MemoryContextSwitchTo(old);
+	return plan;
+}
+
+/* ---------------------------------------------------------------------
+ * Values
+ * ---------------------------------------------------------------------
+ */
+
+/* avro_type_name names an Avro type (with its logical type) for errors. */
+static const char *
+davro_type_name(AvroNode *n)
+{
+	switch (n->logical)
+	{
+		case AVRO_LOGICAL_DECIMAL:
+			return "decimal";
+		case AVRO_LOGICAL_DATE:
+			return "date";
+		case AVRO_LOGICAL_TIME_MILLIS:
+			return "time-millis";
+		case AVRO_LOGICAL_TIME_MICROS:
+			return "time-micros";
+		case AVRO_LOGICAL_TS_MILLIS:
+			return "timestamp-millis";
+		case AVRO_LOGICAL_TS_MICROS:
+			return "timestamp-micros";
+		case AVRO_LOGICAL_LOCAL_TS_MILLIS:
+			return "local-timestamp-millis";
+		case AVRO_LOGICAL_LOCAL_TS_MICROS:
+			return "local-timestamp-micros";
+		case AVRO_LOGICAL_UUID:
+			return "uuid";
+		case AVRO_LOGICAL_NONE:
+			break;
+	}
+	switch (n->type)
+	{
+		case AVRO_STRING:
+			return "string";
+		case AVRO_BYTES:
+			return "bytes";
+		case AVRO_INT32:
+			return "int";
+		case AVRO_INT64:
+			return "long";
+		case AVRO_FLOAT:
+			return "float";
+		case AVRO_DOUBLE:
+			return "double";
+		case AVRO_BOOLEAN:
+			return "boolean";
+		case AVRO_NULL:
+			return "null";
+		case AVRO_RECORD:
+			return "record";
+		case AVRO_ENUM:
+			return "enum";
+		case AVRO_FIXED:
+			return "fixed";
+		case AVRO_MAP:
+			return "map";
+		case AVRO_ARRAY:
+			return "array";
+		case AVRO_UNION:
+			return "union";
+		default:
+			return "unknown";
+	}
+}
+
+/*
+ * davro_string returns an Avro string (UTF-8) in the database encoding,
+ * NUL-terminated, with its length in *len; invalid UTF-8 (a NUL byte
+ * included) is an error.
+ */
+static char *
+davro_string(KappaDecoder *d, const char *s, size_t size, int *len)
+{
+	char	   *result;
+
+	if (size >= MaxAllocSize)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("Avro string of %zu bytes is too long", size)));
+	if (pg_encoding_verifymbstr(PG_UTF8, s, (int) size) != (int) size)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("invalid byte sequence for encoding \"UTF8\" in an Avro string")));
+	result = pg_any_to_server(s, (int) size, PG_UTF8);
+	if (result == s)
+		result = pnstrdup(s, size);
+	*len = strlen(result);
+	return result;
+}
+
+/*
+ * davro_decimal_text returns the decimal text of a two's-complement
+ * big-endian unscaled integer with 'scale' digits after the point.
+ */
+static char *
+davro_decimal_text(const uint8 *bytes, size_t size, int scale)
+{
+	uint8	   *mag;
+	bool		negative = size > 0 && (bytes[0] & 0x80);
+	char	   *digits;
+	int			ndigits = 0;
+	StringInfoData buf;
+
+	if (size > 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("Avro decimal of %zu bytes is too large", size)));
+	/* the magnitude, big-endian */
+	mag = palloc(Max(size, 1));
+	memcpy(mag, bytes, size);
+	if (negative)
+	{
+		int			carry = 1;
+
+		for (int i = (int) size - 1; i >= 0; i--)
+		{
+			int			v = (uint8) ~mag[i] + carry;
+
+			mag[i] = (uint8) v;
+			carry = v >> 8;
+		}
+	}
+	/* repeated division by 10, least significant digit first */
+	digits = palloc(size * 3 + 2);
+	for (;;)
+	{
+		bool		zero = true;
+		int			rem = 0;
+
+		for (size_t i = 0; i < size; i++)
+		{
+			int			cur = (rem << 8) | mag[i];
+
+			mag[i] = (uint8) (cur / 10);
+			rem = cur % 10;
+			if (mag[i] != 0)
+				zero = false;
+		}
+		digits[ndigits++] = '0' + rem;
+		if (zero)
+			break;
+	}
+	while (ndigits <= scale)
+		digits[ndigits++] = '0';
+
+	initStringInfo(&buf);
+	if (negative)
+		appendStringInfoChar(&buf, '-');
+	for (int i = ndigits - 1; i >= 0; i--)
+	{
+		appendStringInfoChar(&buf, digits[i]);
+		if (i == scale && scale > 0)
+			appendStringInfoChar(&buf, '.');
+	}
+	return buf.data;
+}
+
+/*
+ * davro_epoch_usecs converts an Avro count of 'unit' microseconds since
+ * 1970 to microseconds since 2000 (PostgreSQL's epoch), raising an error
+ * outside the range of timestamps.
+ */
+static int64
+davro_epoch_usecs(KappaDecoder *d, int64 value, int64 unit)
+{
+	int64		us;
+
+	if (pg_mul_s64_overflow(value, unit, &us) ||
+		pg_sub_s64_overflow(us, (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY, &us) ||
+		!IS_VALID_TIMESTAMP(us))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range"),
+				 errdetail("The Avro value is " INT64_FORMAT " %s since 1970.",
+						   value, unit == 1000 ? "milliseconds" : "microseconds")));
+	return us;
+}
+
+/* davro_date converts days since 1970 to a DateADT. */
+static DateADT
+davro_date(int64 days)
+{
+	int64		d = days - (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE);
+
+	if (d < PG_INT32_MIN || d > PG_INT32_MAX || !IS_VALID_DATE((DateADT) d))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("date out of range"),
+				 errdetail("The Avro date is " INT64_FORMAT " days since 1970.", days)));
+	return (DateADT) d;
+}
+
+/* davro_time converts a time of day in 'unit' microseconds to a TimeADT. */
+static TimeADT
+davro_time(int64 value, int64 unit)
+{
+	int64		us;
+
+	if (pg_mul_s64_overflow(value, unit, &us) || us < 0 || us > USECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("time out of range"),
+				 errdetail("The Avro time is " INT64_FORMAT " %s after midnight.",
+						   value, unit == 1000 ? "milliseconds" : "microseconds")));
+	return (TimeADT) us;
+}
+
+/*
+ * davro_logical_datum returns the PostgreSQL value of an int or long with
+ * a date, time or timestamp logical type, with its type in *typid.
+ */
+static Datum
+davro_logical_datum(KappaDecoder *d, AvroNode *n, int64 value, Oid *typid)
+{
+	switch (n->logical)
+	{
+		case AVRO_LOGICAL_DATE:
+			*typid = DATEOID;
+			return DateADTGetDatum(davro_date(value));
+		case AVRO_LOGICAL_TIME_MILLIS:
+			*typid = TIMEOID;
+			return TimeADTGetDatum(davro_time(value, 1000));
+		case AVRO_LOGICAL_TIME_MICROS:
+			*typid = TIMEOID;
+			return TimeADTGetDatum(davro_time(value, 1));
+		case AVRO_LOGICAL_TS_MILLIS:
+			*typid = TIMESTAMPTZOID;
+			return TimestampTzGetDatum(davro_epoch_usecs(d, value, 1000));
+		case AVRO_LOGICAL_TS_MICROS:
+			*typid = TIMESTAMPTZOID;
+			return TimestampTzGetDatum(davro_epoch_usecs(d, value, 1));
+		case AVRO_LOGICAL_LOCAL_TS_MILLIS:
+			*typid = TIMESTAMPOID;
+			return TimestampGetDatum(davro_epoch_usecs(d, value, 1000));
+		case AVRO_LOGICAL_LOCAL_TS_MICROS:
+			*typid = TIMESTAMPOID;
+			return TimestampGetDatum(davro_epoch_usecs(d, value, 1));
+		default:
+			*typid = INT8OID;
+			return Int64GetDatum(value);
+	}
+}
+
+/*
+ * davro_scalar_text returns the text form of a scalar Avro value (not null,
+ * not a union), in the database encoding: what the column type's input
+ * function reads when no direct conversion applies.  Returns NULL for a
+ * record, map or array.
+ */
+static char *
+davro_scalar_text(KappaDecoder *d, avro_value_t *v, AvroNode *n)
+{
+	switch (n->type)
+	{
+		case AVRO_BOOLEAN:
+			{
+				int			b;
+
+				avro_value_get_boolean(v, &b);
+				return pstrdup(b ? "true" : "false");
+			}
+		case AVRO_INT32:
+		case AVRO_INT64:
+			{
+				int64		value = 0;
+				Oid			typid;
+				Datum		datum;
+
+				if (n->type == AVRO_INT32)
+				{
+					int32		i;
+
+					avro_value_get_int(v, &i);
+					value = i;
+				}
+				else
+					avro_value_get_long(v, &value);
+				if (n->logical == AVRO_LOGICAL_NONE)
+					return psprintf(INT64_FORMAT, value);
+				datum = davro_logical_datum(d, n, value, &typid);
+				switch (typid)
+				{
+					case DATEOID:
+						return DatumGetCString(DirectFunctionCall1(date_out, datum));
+					case TIMEOID:
+						return DatumGetCString(DirectFunctionCall1(time_out, datum));
+					case TIMESTAMPTZOID:
+						return DatumGetCString(DirectFunctionCall1(timestamptz_out, datum));
+					case TIMESTAMPOID:
+						return DatumGetCString(DirectFunctionCall1(timestamp_out, datum));
+					default:
+						return psprintf(INT64_FORMAT, value);
+				}
+			}
+		case AVRO_FLOAT:
+			{
+				float		f;
+
+				avro_value_get_float(v, &f);
+				return DatumGetCString(DirectFunctionCall1(float4out, Float4GetDatum(f)));
+			}
+		case AVRO_DOUBLE:
+			{
+				double		f;
+
+				avro_value_get_double(v, &f);
+				return DatumGetCString(DirectFunctionCall1(float8out, Float8GetDatum(f)));
+			}
+		case AVRO_STRING:
+			{
+				const char *s;
+				size_t		size;
+				int			len;
+
+				avro_value_get_string(v, &s, &size);
+				/* size counts the terminating NUL */
+				return davro_string(d, s, size > 0 ? size - 1 : 0, &len);
+			}
+		case AVRO_BYTES:
+		case AVRO_FIXED:
+			{
+				const void *buf;
+				size_t		size;
+				int			len;
+
+				if (n->type == AVRO_BYTES)
+					avro_value_get_bytes(v, &buf, &size);
+				else
+					avro_value_get_fixed(v, &buf, &size);
+				if (n->logical == AVRO_LOGICAL_DECIMAL)
+					return davro_decimal_text(buf, size, n->scale);
+				/* bytes read as a string (Avro's bytes-to-string promotion) */
+				return davro_string(d, buf, size, &len);
+			}
+		case AVRO_ENUM:
+			{
+				int			symbol;
+
+				avro_value_get_enum(v, &symbol);
+				return pstrdup(n->symbols[symbol]);
+			}
+		default:
+			return NULL;
+	}
+}
+
+/*
+ * davro_push_jsonb adds Avro value 'v' of node 'n' to a jsonb being built
+ * (as 'token': WJB_VALUE, WJB_ELEM, or 0 for the root).
+ */
+static JsonbValue *
+davro_push_jsonb(KappaDecoder *d, JsonbParseState **state, avro_value_t *v,
+				AvroNode *n, JsonbIteratorToken token)
+{
+	JsonbValue	jv;
+	avro_value_t child;
+	size_t		size;
+	JsonbValue *res = NULL;
+
+	check_stack_depth();
+	while (n->type == AVRO_UNION)
+	{
+		int			disc;
+
+		avro_value_get_discriminant(v, &disc);
+		avro_value_get_current_branch(v, &child);
+		v = &child;
+		n = n->children[disc];
+	}
+
+	switch (n->type)
+	{
+		case AVRO_RECORD:
+		case AVRO_MAP:
+			res = pushJsonbValue(state, WJB_BEGIN_OBJECT, NULL);
+			avro_value_get_size(v, &size);
+			for (size_t i = 0; i < size; i++)
+			{
+				avro_value_t item;
+				const char *name;
+				JsonbValue	key;
+				int			len;
+
+				avro_value_get_by_index(v, i, &item, &name);
+				key.type = jbvString;
+				key.val.string.val = davro_string(d, name, strlen(name), &len);
+				key.val.string.len = len;
+				pushJsonbValue(state, WJB_KEY, &key);
+				davro_push_jsonb(d, state, &item,
+								n->type == AVRO_RECORD ? n->children[i] : n->children[0],
+								WJB_VALUE);
+			}
+			return pushJsonbValue(state, WJB_END_OBJECT, NULL);
+		case AVRO_ARRAY:
+			res = pushJsonbValue(state, WJB_BEGIN_ARRAY, NULL);
+			avro_value_get_size(v, &size);
+			for (size_t i = 0; i < size; i++)
+			{
+				avro_value_t item;
+
+				avro_value_get_by_index(v, i, &item, NULL);
+				davro_push_jsonb(d, state, &item, n->children[0], WJB_ELEM);
+			}
+			return pushJsonbValue(state, WJB_END_ARRAY, NULL);
+		case AVRO_NULL:
+			jv.type = jbvNull;
+			break;
+		case AVRO_BOOLEAN:
+			{
+				int			b;
+
+				avro_value_get_boolean(v, &b);
+				jv.type = jbvBool;
+				jv.val.boolean = b != 0;
+				break;
+			}
+		case AVRO_INT32:
+		case AVRO_INT64:
+		case AVRO_FLOAT:
+		case AVRO_DOUBLE:
+		case AVRO_BYTES:
+		case AVRO_FIXED:
+			{
+				char	   *text = davro_scalar_text(d, v, n);
+				bool		number = (n->logical == AVRO_LOGICAL_NONE &&
+									  n->type != AVRO_BYTES && n->type != AVRO_FIXED) ||
+					n->logical == AVRO_LOGICAL_DECIMAL;
+
+				if (number && (n->type == AVRO_FLOAT || n->type == AVRO_DOUBLE))
+				{
+					double		f = strtod(text, NULL);
+
+					number = !isnan(f) && !isinf(f);
+				}
+				if (number)
+				{
+					jv.type = jbvNumeric;
+					jv.val.numeric = DatumGetNumeric(DirectFunctionCall3(numeric_in,
+																		 CStringGetDatum(text),
+																		 ObjectIdGetDatum(InvalidOid),
+																		 Int32GetDatum(-1)));
+				}
+				else
+				{
+					jv.type = jbvString;
+					jv.val.string.val = text;
+					jv.val.string.len = strlen(text);
+				}
+				break;
+			}
+		default:
+			{
+				char	   *text = davro_scalar_text(d, v, n);
+
+				jv.type = jbvString;
+				jv.val.string.val = text;
+				jv.val.string.len = strlen(text);
+				break;
+			}
+	}
+	if (token == 0)
+	{
+		/* a scalar at the root: a one-element raw scalar array */
+		pushJsonbValue(state, WJB_BEGIN_ARRAY, NULL);
+		(*state)->contVal.val.array.rawScalar = true;
+		pushJsonbValue(state, WJB_ELEM, &jv);
+		return pushJsonbValue(state, WJB_END_ARRAY, NULL);
+	}
+	res = pushJsonbValue(state, token, &jv);
+	return res;
+}
+
+/*
+ * davro_json_datum returns Avro value 'v' as a Datum of json or jsonb
+ * column 'col' (its text for json).
+ */
+static Datum
+davro_json_datum(KappaDecoder *d, DecodeColumn *col, avro_value_t *v, AvroNode *n)
+{
+	JsonbParseState *state = NULL;
+	Jsonb	   *jb = JsonbValueToJsonb(davro_push_jsonb(d, &state, v, n, 0));
+
+	if (getBaseType(col->typid) == JSONBOID && !col->is_domain)
+		return JsonbPGetDatum(jb);
+	return InputFunctionCall(&col->infunc, JsonbToCString(NULL, &jb->root, VARSIZE(jb)),
+							 col->ioparam, col->typmod);
+}
+
+/*
+ * davro_array_datum fills array column 'col' from an Avro array, element by
+ * element ('element' describes the element type).
+ */
+static Datum
+davro_array_datum(KappaDecoder *d, DecodeColumn *col, DecodeColumn *element,
+				 avro_value_t *v, AvroNode *n)
+{
+	size_t		size;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			dims[1];
+	int			lbs[1] = {1};
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	Datum		result;
+
+	avro_value_get_size(v, &size);
+	elems = palloc(sizeof(Datum) * Max(size, 1));
+	nulls = palloc(sizeof(bool) * Max(size, 1));
+	for (size_t i = 0; i < size; i++)
+	{
+		avro_value_t item;
+
+		avro_value_get_by_index(v, i, &item, NULL);
+		elems[i] = davro_datum(d, element, NULL, &item, n->children[0], &nulls[i]);
+	}
+	dims[0] = (int) size;
+	get_typlenbyvalalign(element->typid, &typlen, &typbyval, &typalign);
+	result = PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs,
+												element->typid, typlen, typbyval,
+												typalign));
+	if (col->is_domain)
+	{
+		/* the domain's checks, through its input function */
+		result = InputFunctionCall(&col->infunc,
+								   DatumGetCString(OidFunctionCall1(F_ARRAY_OUT, result)),
+								   col->ioparam, col->typmod);
+	}
+	return result;
+}
+
+/*
+ * davro_direct converts a scalar Avro value straight to a Datum of 'col'
+ * where its type and the Avro type agree (see the file header); returns
+ * false when they do not.
+ */
+static bool
+davro_direct(KappaDecoder *d, DecodeColumn *col, avro_value_t *v, AvroNode *n,
+			Datum *result)
+{
+	Oid			typid = col->typid;
+
+	if (col->is_domain)
+		return false;
+	switch (n->type)
+	{
+		case AVRO_BOOLEAN:
+			if (typid == BOOLOID)
+			{
+				int			b;
+
+				avro_value_get_boolean(v, &b);
+				*result = BoolGetDatum(b != 0);
+				return true;
+			}
+			return false;
+		case AVRO_INT32:
+		case AVRO_INT64:
+			{
+				int64		value = 0;
+				Oid			ltype;
+				Datum		ldatum;
+
+				if (n->type == AVRO_INT32)
+				{
+					int32		i;
+
+					avro_value_get_int(v, &i);
+					value = i;
+				}
+				else
+					avro_value_get_long(v, &value);
+				switch (typid)
+				{
+					case INT8OID:
+						*result = Int64GetDatum(value);
+						return true;
+					case INT4OID:
+						if (value < PG_INT32_MIN || value > PG_INT32_MAX)
+							ereport(ERROR,
+									(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+									 errmsg("value " INT64_FORMAT " is out of range for type integer",
+											value)));
+						*result = Int32GetDatum((int32) value);
+						return true;
+					case INT2OID:
+						if (value < PG_INT16_MIN || value > PG_INT16_MAX)
+							ereport(ERROR,
+									(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+									 errmsg("value " INT64_FORMAT " is out of range for type smallint",
+											value)));
+						*result = Int16GetDatum((int16) value);
+						return true;
+					case FLOAT8OID:
+						*result = Float8GetDatum((double) value);
+						return true;
+					case FLOAT4OID:
+						*result = Float4GetDatum((float) value);
+						return true;
+					case NUMERICOID:
+						if (col->typmod >= 0)
+							return false;	/* numeric_in applies the typmod */
+						*result = NumericGetDatum(int64_to_numeric(value));
+						return true;
+					default:
+						break;
+				}
+				if (n->logical == AVRO_LOGICAL_NONE)
+					return false;
+				ldatum = davro_logical_datum(d, n, value, &ltype);
+				if (ltype == typid && (typid == DATEOID || col->typmod < 0))
+				{
+					*result = ldatum;
+					return true;
+				}
+				/* an instant into timestamp without time zone: UTC */
+				if (ltype == TIMESTAMPTZOID && typid == TIMESTAMPOID && col->typmod < 0)
+				{
+					*result = ldatum;
+					return true;
+				}
+				return false;
+			}
+		case AVRO_FLOAT:
+		case AVRO_DOUBLE:
+			{
+				double		f;
+
+				if (n->type == AVRO_FLOAT)
+				{
+					float		f4;
+
+					avro_value_get_float(v, &f4);
+					f = f4;
+				}
+				else
+					avro_value_get_double(v, &f);
+				if (typid == FLOAT8OID)
+					*result = Float8GetDatum(f);
+				else if (typid == FLOAT4OID && n->type == AVRO_FLOAT)
+					*result = Float4GetDatum((float) f);
+				else
+					return false;
+				return true;
+			}
+		case AVRO_STRING:
+			if (typid == TEXTOID)
+			{
+				const char *s;
+				size_t		size;
+				int			len;
+				char	   *str;
+
+				avro_value_get_string(v, &s, &size);
+				str = davro_string(d, s, size > 0 ? size - 1 : 0, &len);
+				*result = PointerGetDatum(cstring_to_text_with_len(str, len));
+				return true;
+			}
+			return false;
+		case AVRO_BYTES:
+		case AVRO_FIXED:
+			if (typid == BYTEAOID && n->logical != AVRO_LOGICAL_DECIMAL)
+			{
+				const void *buf;
+				size_t		size;
+				bytea	   *b;
+
+				if (n->type == AVRO_BYTES)
+					avro_value_get_bytes(v, &buf, &size);
+				else
+					avro_value_get_fixed(v, &buf, &size);
+				b = palloc(size + VARHDRSZ);
+				SET_VARSIZE(b, size + VARHDRSZ);
+				memcpy(VARDATA(b), buf, size);
+				*result = PointerGetDatum(b);
+				return true;
+			}
+			return false;
+		case AVRO_ENUM:
+			if (typid == TEXTOID)
+			{
+				int			symbol;
+
+				avro_value_get_enum(v, &symbol);
+				*result = CStringGetTextDatum(n->symbols[symbol]);
+				return true;
+			}
+			return false;
+		default:
+			return false;
+	}
+}
+
+/*
+ * davro_datum converts Avro value 'v' of node 'n' to a Datum of 'col'
+ * ('element': its element, when 'col' is an array), allocated in the
+ * current memory context; *isnull for null.
+ */
+static Datum
+davro_datum(KappaDecoder *d, DecodeColumn *col, DecodeColumn *element,
+		   avro_value_t *v, AvroNode *n, bool *isnull)
+{
+	avro_value_t branch;
+	Datum		result;
+	char	   *text;
+
+	*isnull = false;
+	if (n->type == AVRO_UNION)
+	{
+		int			disc;
+
+		avro_value_get_discriminant(v, &disc);
+		avro_value_get_current_branch(v, &branch);
+		v = &branch;
+		n = n->children[disc];
+	}
+	if (n->type == AVRO_NULL)
+	{
+		*isnull = true;
+		if (col->is_domain)
+			(void) InputFunctionCall(&col->infunc, NULL, col->ioparam, col->typmod);
+		return (Datum) 0;
+	}
+	if (col->is_json)
+		return davro_json_datum(d, col, v, n);
+	if (davro_direct(d, col, v, n, &result))
+		return result;
+	if (n->type == AVRO_ARRAY && element != NULL)
+		return davro_array_datum(d, col, element, v, n);
+
+	text = davro_scalar_text(d, v, n);
+	if (text == NULL)
+	{
+		Oid			base = getBaseType(col->typid);
+
+		if (base == TEXTOID || base == VARCHAROID || base == BPCHAROID)
+		{
+			JsonbParseState *state = NULL;
+			Jsonb	   *jb = JsonbValueToJsonb(davro_push_jsonb(d, &state, v, n, 0));
+
+			text = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+		}
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("Avro %s cannot fill column \"%s\" of type %s",
+							davro_type_name(n), col->name,
+							format_type_with_typemod(col->typid, col->typmod)),
+					 errhint("Records, maps and arrays go into jsonb, json or text columns, "
+							 "and arrays also into array columns.")));
+	}
+	d->cur_value = text;
+	d->cur_len = strlen(text);
+	if (col->is_text)
+		return PointerGetDatum(cstring_to_text_with_len(text, d->cur_len));
+	return InputFunctionCall(&col->infunc, text, col->ioparam, col->typmod);
+}
+
+/* ---------------------------------------------------------------------
+ * Messages
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * DecodeAvroCreate prepares the Avro state of decoder 'd', in the current
+ * memory context.
+ */
+void
+DecodeAvroCreate(KappaDecoder *d)
+{
+	HASHCTL		hctl;
+	DecodeAvroState *a = palloc0(sizeof(DecodeAvroState));
+
+	a->cxt = CurrentMemoryContext;
+	memset(&hctl, 0, sizeof(hctl));
+	hctl.keysize = sizeof(int32);
+	hctl.entrysize = sizeof(AvroPlan);
+	hctl.hcxt = CurrentMemoryContext;
+	a->plans = hash_create("pg_kappa avro plans", 8, &hctl,
+						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	d->avro = a;
+}
+
+/*
+ * KappaAvroSchemaId returns the writer schema id of a message in the
+ * Confluent wire format, or -1 if it does not start with the magic byte
+ * and an id (see kafka.h).
+ */
+int32
+KappaAvroSchemaId(const char *data, size_t len)
+{
+	if (data == NULL || len < 5 || data[0] != 0)
+		return -1;
+	return (int32) (((uint32) (uint8) data[1] << 24) | ((uint32) (uint8) data[2] << 16) |
+					((uint32) (uint8) data[3] << 8) | (uint32) (uint8) data[4]);
+}
+
+/*
+ * DecodeAvro decodes an Avro message (in the Confluent wire format) into
+ * values/nulls, allocated in d->outcxt; raises the message's error when it
+ * cannot (see the file header).
+ */
+void
+DecodeAvro(KappaDecoder *d, const char *data, size_t len,
+		   Datum *values, bool *nulls)
+{
+	DecodeAvroState *a = d->avro;
+	int32		id = KappaAvroSchemaId(data, len);
+	AvroPlan   *plan;
+	AvroCursor	cursor;
+	avro_value_t *record;
+	MemoryContext old;
+
+	d->cur_schema_id = -1;
+	if (id < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("kafka message is not in the Avro wire format"),
+				 errdetail("An Avro message starts with the byte 0 and a four-byte schema id; "
+						   "this one has %zu bytes%s.", len,
+						   len > 0 && data[0] != 0 ?
+						   psprintf(" and starts with byte 0x%02x", (uint8) data[0]) : ""),
+				 errhint("Format avro reads messages of Confluent's Avro serializer, "
+						 "which registers each writer schema in a schema registry.")));
+	d->cur_schema_id = id;
+	plan = davro_plan(d, id);
+
+	/* refuse what avro-c should not be given */
+	cursor.p = (const uint8 *) data + 5;
+	cursor.end = (const uint8 *) data + len;
+	cursor.items = 0;
+	cursor.max_items = (int64) len + 65536;
+	for (int i = 0; i < plan->root->nchildren; i++)
+	{
+		cursor.field = plan->root->names[i];
+		davro_check_value(&cursor, plan->root->children[i]);
+	}
+
+	if (a->reader == NULL)
+		a->reader = avro_reader_memory(data + 5, (int64) len - 5);
+	else
+		avro_reader_memory_set_source(a->reader, data + 5, (int64) len - 5);
+	record = &plan->schema->value;
+	if (avro_value_read(a->reader, record) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("kafka message is not valid Avro for its writer schema"),
+				 errdetail("avro-c: %s", avro_strerror())));
+	plan->schema->used = true;
+
+	for (int c = 0; plan->missing_notnull[c] >= 0; c++)
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("writer schema id %d has no field for column \"%s\", which is NOT NULL without a default",
+						id, d->cols[plan->missing_notnull[c]].name),
+				 errhint("Give the column a default, or produce the field again.")));
+
+	old = MemoryContextSwitchTo(d->outcxt);
+	for (int i = 0; i < plan->root->nchildren; i++)
+	{
+		int			c = plan->field_col[i];
+		avro_value_t field;
+		DecodeWhere where = {NULL, 0, NULL};
+
+		if (c < 0)
+		{
+			if (d->strict)
+				DecodeUnknownField(plan->root->names[i], NULL, 0);
+			continue;
+		}
+		where.field = plan->root->names[i];
+		d->cur_col = c;
+		d->cur_where = &where;
+		d->cur_value = NULL;
+		d->cur_len = 0;
+		avro_value_get_by_index(record, i, &field, NULL);
+		values[c] = davro_datum(d, &d->cols[c], plan->elements[c], &field,
+							   plan->root->children[i], &nulls[c]);
+		d->filled[c] = true;
+		d->cur_col = -1;
+	}
+	MemoryContextSwitchTo(old);
+}
