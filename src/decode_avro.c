@@ -110,7 +110,8 @@ typedef struct AvroPlan
 struct DecodeAvroState
 {
 	MemoryContext cxt;			/* the decoder's */
-	HTAB	   *plans;			/* schema id -> AvroPlan */
+	HTAB	   *plans;			/* schema id -> AvroPlan, of values */
+	HTAB	   *key_plans;		/* schema id -> AvroPlan, of keys */
 	avro_reader_t reader;
 };
 
@@ -502,14 +503,19 @@ davro_element_column(DecodeColumn *col)
 }
 
 /*
- * davro_plan returns the plan of writer schema 'id' for this decoder,
- * making it on first use.  Raises the message's error when the registry
- * has no usable schema of that id, or the schema cannot fill the target.
+ * davro_plan returns the plan of writer schema 'id' for this decoder, for
+ * the values of messages or (with 'keycols', 'nkeys') for their keys,
+ * making it on first use.  A value's schema must be a record; a key's may
+ * also be a single value, for a primary key of one column.  The fields of
+ * a key fill only the key columns.  Raises the message's error when the
+ * registry has no usable schema of that id, or the schema cannot fill the
+ * target.
  */
 static AvroPlan *
-davro_plan(KappaDecoder *d, int32 id)
+davro_plan(KappaDecoder *d, int32 id, const int *keycols, int nkeys)
 {
 	DecodeAvroState *a = d->avro;
+	HTAB	   *plans = keycols ? a->key_plans : a->plans;
 	AvroPlan   *plan;
 	bool		found;
 	KappaWriterSchema *ws;
@@ -518,7 +524,7 @@ davro_plan(KappaDecoder *d, int32 id)
 	List	   *memo = NIL;
 	int			nmissing = 0;
 
-	plan = hash_search(a->plans, &id, HASH_FIND, NULL);
+	plan = hash_search(plans, &id, HASH_FIND, NULL);
 	if (plan != NULL)
 		return plan;
 
@@ -536,15 +542,18 @@ davro_plan(KappaDecoder *d, int32 id)
 				 errdetail("%s.", ws->error),
 				 ws->state == KAPPA_SCHEMA_MISSING ?
 				 errhint("The producer registered its schema in another registry, or the schema was deleted.") : 0));
-	if (avro_typeof(ws->schema) != AVRO_RECORD)
+	if (avro_typeof(ws->schema) != AVRO_RECORD && (keycols == NULL || nkeys != 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("writer schema id %d is not a record", id),
+				 keycols ?
+				 errdetail("The primary key has %d columns, which an Avro key fills from the fields of a record.", nkeys) :
 				 errdetail("Format avro fills the target's columns from the fields of a record."),
+				 keycols ? 0 :
 				 errhint("Produce the values as records, or consume the topic with format bytea.")));
 
 	old = MemoryContextSwitchTo(a->cxt);
-	plan = hash_search(a->plans, &id, HASH_ENTER, &found);
+	plan = hash_search(plans, &id, HASH_ENTER, &found);
 	plan->schema = ws;
 	if (JB_ROOT_IS_SCALAR(ws->json))
 		(void) JsonbExtractScalar(&ws->json->root, &root);
@@ -558,17 +567,42 @@ davro_plan(KappaDecoder *d, int32 id)
 	plan->field_col = palloc(sizeof(int) * Max(plan->root->nchildren, 1));
 	plan->elements = palloc0(sizeof(DecodeColumn *) * Max(d->natts, 1));
 	plan->missing_notnull = palloc(sizeof(int) * (d->natts + 1));
+	plan->missing_notnull[0] = -1;
+	if (plan->root->type != AVRO_RECORD)
+	{
+		/* a key of one value: the one key column */
+		plan->elements[keycols[0]] = davro_element_column(&d->cols[keycols[0]]);
+		MemoryContextSwitchTo(old);
+		return plan;
+	}
 	for (int i = 0; i < plan->root->nchildren; i++)
 	{
 		int			c = DecodeFindColumn(d, plan->root->names[i]);
 
 		if (c >= 0 && d->cols[c].kind != DECODE_COL_PAYLOAD)
 			c = -1;
+		if (c >= 0 && keycols != NULL)
+		{
+			bool		is_key = false;
+
+			for (int k = 0; k < nkeys; k++)
+				if (keycols[k] == c)
+					is_key = true;
+			if (!is_key)
+				c = -1;
+		}
 		plan->field_col[i] = c;
 		if (c >= 0 && plan->elements[c] == NULL)
 			plan->elements[c] = davro_element_column(&d->cols[c]);
 	}
-	for (int c = 0; c < d->natts; c++)
+
+	/*
+	 * A NOT NULL column that the schema has no field for, and that has no
+	 * default, fails every message of the schema: say so by name.  Keyed
+	 * changelogs take their key columns from the key, and leave it to the
+	 * table's constraint.
+	 */
+	for (int c = 0; c < d->natts && keycols == NULL && !d->absent_null; c++)
 	{
 		bool		has_field = false;
 
@@ -1368,6 +1402,8 @@ DecodeAvroCreate(KappaDecoder *d)
 	hctl.hcxt = CurrentMemoryContext;
 	a->plans = hash_create("pg_kappa avro plans", 8, &hctl,
 						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	a->key_plans = hash_create("pg_kappa avro key plans", 8, &hctl,
+							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	d->avro = a;
 }
 
@@ -1386,41 +1422,43 @@ KappaAvroSchemaId(const char *data, size_t len)
 }
 
 /*
- * DecodeAvro decodes an Avro message (in the Confluent wire format) into
- * values/nulls, allocated in d->outcxt; raises the message's error when it
- * cannot (see the file header).
+ * davro_read checks and decodes the body of an Avro message (in the
+ * Confluent wire format) with its writer schema, for the values or (with
+ * 'keycols') the key of the message; 'what' names the part ("payload",
+ * "key").  Returns the plan; the decoded record is plan->schema->value.
  */
-void
-DecodeAvro(KappaDecoder *d, const char *data, size_t len,
-		   Datum *values, bool *nulls)
+static AvroPlan *
+davro_read(KappaDecoder *d, const char *data, size_t len, const char *what,
+		   const int *keycols, int nkeys)
 {
 	DecodeAvroState *a = d->avro;
 	int32		id = KappaAvroSchemaId(data, len);
 	AvroPlan   *plan;
 	AvroCursor	cursor;
-	avro_value_t *record;
-	MemoryContext old;
 
 	d->cur_schema_id = -1;
 	if (id < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-				 errmsg("kafka message is not in the Avro wire format"),
-				 errdetail("An Avro message starts with the byte 0 and a four-byte schema id; "
-						   "this one has %zu bytes%s.", len,
+				 errmsg("kafka message %s is not in the Avro wire format", what),
+				 errdetail("Avro data starts with the byte 0 and a four-byte schema id; "
+						   "this %s has %zu bytes%s.", what, len,
 						   len > 0 && data[0] != 0 ?
 						   psprintf(" and starts with byte 0x%02x", (uint8) data[0]) : ""),
-				 errhint("Format avro reads messages of Confluent's Avro serializer, "
+				 errhint("Format avro reads data of Confluent's Avro serializer, "
 						 "which registers each writer schema in a schema registry.")));
 	d->cur_schema_id = id;
-	plan = davro_plan(d, id);
+	plan = davro_plan(d, id, keycols, nkeys);
 
 	/* refuse what avro-c should not be given */
 	cursor.p = (const uint8 *) data + 5;
 	cursor.end = (const uint8 *) data + len;
 	cursor.items = 0;
 	cursor.max_items = (int64) len + 65536;
-	for (int i = 0; i < plan->root->nchildren; i++)
+	cursor.field = NULL;
+	if (plan->root->type != AVRO_RECORD)
+		davro_check_value(&cursor, plan->root);
+	for (int i = 0; plan->root->type == AVRO_RECORD && i < plan->root->nchildren; i++)
 	{
 		cursor.field = plan->root->names[i];
 		davro_check_value(&cursor, plan->root->children[i]);
@@ -1430,22 +1468,27 @@ DecodeAvro(KappaDecoder *d, const char *data, size_t len,
 		a->reader = avro_reader_memory(data + 5, (int64) len - 5);
 	else
 		avro_reader_memory_set_source(a->reader, data + 5, (int64) len - 5);
-	record = &plan->schema->value;
-	if (avro_value_read(a->reader, record) != 0)
+	if (avro_value_read(a->reader, &plan->schema->value) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-				 errmsg("kafka message is not valid Avro for its writer schema"),
+				 errmsg("kafka message %s is not valid Avro for its writer schema", what),
 				 errdetail("avro-c: %s", avro_strerror())));
 	plan->schema->used = true;
+	return plan;
+}
 
-	for (int c = 0; plan->missing_notnull[c] >= 0; c++)
-		ereport(ERROR,
-				(errcode(ERRCODE_NOT_NULL_VIOLATION),
-				 errmsg("writer schema id %d has no field for column \"%s\", which is NOT NULL without a default",
-						id, d->cols[plan->missing_notnull[c]].name),
-				 errhint("Give the column a default, or produce the field again.")));
+/*
+ * davro_fill converts the fields of the record just decoded with 'plan'
+ * into their columns, in d->outcxt; with 'strict', a field without a
+ * column is an error.
+ */
+static void
+davro_fill(KappaDecoder *d, AvroPlan *plan, bool strict, Datum *values,
+		   bool *nulls)
+{
+	avro_value_t *record = &plan->schema->value;
+	MemoryContext old = MemoryContextSwitchTo(d->outcxt);
 
-	old = MemoryContextSwitchTo(d->outcxt);
 	for (int i = 0; i < plan->root->nchildren; i++)
 	{
 		int			c = plan->field_col[i];
@@ -1454,7 +1497,7 @@ DecodeAvro(KappaDecoder *d, const char *data, size_t len,
 
 		if (c < 0)
 		{
-			if (d->strict)
+			if (strict)
 				DecodeUnknownField(plan->root->names[i], NULL, 0);
 			continue;
 		}
@@ -1465,9 +1508,61 @@ DecodeAvro(KappaDecoder *d, const char *data, size_t len,
 		d->cur_len = 0;
 		avro_value_get_by_index(record, i, &field, NULL);
 		values[c] = davro_datum(d, &d->cols[c], plan->elements[c], &field,
-							   plan->root->children[i], &nulls[c]);
+								plan->root->children[i], &nulls[c]);
 		d->filled[c] = true;
 		d->cur_col = -1;
 	}
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * DecodeAvro decodes an Avro message (in the Confluent wire format) into
+ * values/nulls, allocated in d->outcxt; raises the message's error when it
+ * cannot (see the file header).
+ */
+void
+DecodeAvro(KappaDecoder *d, const char *data, size_t len,
+		   Datum *values, bool *nulls)
+{
+	AvroPlan   *plan = davro_read(d, data, len, "payload", NULL, 0);
+
+	for (int c = 0; plan->missing_notnull[c] >= 0; c++)
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("writer schema id %d has no field for column \"%s\", which is NOT NULL without a default",
+						plan->id, d->cols[plan->missing_notnull[c]].name),
+				 errhint("Give the column a default, or produce the field again.")));
+	davro_fill(d, plan, d->strict, values, nulls);
+}
+
+/*
+ * DecodeAvroKey decodes the key of a message of a keyed changelog, Avro in
+ * the Confluent wire format, into the key columns keycols[0 .. nkeys)
+ * (indexes of d->cols): a record's fields by name, or a single value into
+ * the only key column.  Other columns are left alone.  Values are
+ * allocated in d->outcxt.
+ */
+void
+DecodeAvroKey(KappaDecoder *d, const char *data, size_t len,
+			  const int *keycols, int nkeys, Datum *values, bool *nulls)
+{
+	AvroPlan   *plan = davro_read(d, data, len, "key", keycols, nkeys);
+
+	if (plan->root->type == AVRO_RECORD)
+		davro_fill(d, plan, false, values, nulls);
+	else
+	{
+		int			c = keycols[0];
+		DecodeWhere where = {NULL, 0, "key"};
+		MemoryContext old = MemoryContextSwitchTo(d->outcxt);
+
+		d->cur_col = c;
+		d->cur_where = &where;
+		d->cur_value = NULL;
+		values[c] = davro_datum(d, &d->cols[c], plan->elements[c], &plan->schema->value,
+								plan->root, &nulls[c]);
+		d->filled[c] = true;
+		d->cur_col = -1;
+		MemoryContextSwitchTo(old);
+	}
 }

@@ -1102,12 +1102,26 @@ dchg_key(KappaDecoder *d, const KappaMessageMeta *meta,
 
 	if (meta->key == NULL)
 		dchg_no_key(d, "The message has no key.");
-	s = DecodeToServer(d, meta->key, meta->keylen, "key", &slen);
-	if (s == meta->key)
-		s = pnstrdup(s, slen);
 
 	for (int k = 0; k < c->nkeys; k++)
 		d->filled[c->keycols[k]] = false;
+
+	if (c->key_format == KAPPA_FORMAT_AVRO)
+	{
+		DecodeAvroKey(d, meta->key, meta->keylen, c->keycols, c->nkeys,
+					  values, nulls);
+		for (int k = 0; k < c->nkeys; k++)
+		{
+			if (!d->filled[c->keycols[k]])
+				dchg_no_key(d, psprintf("The message key has no field \"%s\".",
+										d->cols[c->keycols[k]].name));
+		}
+		return;
+	}
+
+	s = DecodeToServer(d, meta->key, meta->keylen, "key", &slen);
+	if (s == meta->key)
+		s = pnstrdup(s, slen);
 
 	if (c->key_format == KAPPA_FORMAT_TEXT)
 	{
@@ -1605,10 +1619,11 @@ KappaChangeDecoderCreate(KappaFormat format, KappaEnvelope envelope,
 				 errmsg("envelope debezium needs format json"),
 				 errdetail("Debezium change events are read as JSON, as Kafka Connect's JsonConverter writes them."),
 				 errhint("Use format json, with or without the converter's schemas.")));
-	if (key_format != KAPPA_FORMAT_JSON && key_format != KAPPA_FORMAT_TEXT)
+	if (key_format != KAPPA_FORMAT_JSON && key_format != KAPPA_FORMAT_TEXT &&
+		key_format != KAPPA_FORMAT_AVRO)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("key format must be json or text"),
+				 errmsg("key format must be json, text or avro"),
 				 errdetail("A keyed changelog reads the primary key from the message key.")));
 	if (nkeys <= 0)
 		ereport(ERROR,
@@ -1630,6 +1645,8 @@ KappaChangeDecoderCreate(KappaFormat format, KappaEnvelope envelope,
 				 errdetail("order_by names a path into a JSON value.")));
 
 	d = DecodeCreate(format, tupdesc, options, true);
+	if (key_format == KAPPA_FORMAT_AVRO && d->avro == NULL)
+		DecodeAvroCreate(d);
 	c = palloc0(sizeof(DecodeChange));
 	d->change = c;
 	c->envelope = envelope;
@@ -1813,18 +1830,12 @@ KappaTablePrimaryKey(Relation rel, AttrNumber *keyattnos)
 
 /*
  * KappaParseKeyFormat maps the name of a format of message keys to
- * KappaFormat (json or text; KappaChangeDecoderCreate refuses the others),
- * with a clear error for avro, which comes with Avro support.
+ * KappaFormat (json, text or avro; KappaChangeDecoderCreate refuses the
+ * others).
  */
 KappaFormat
 KappaParseKeyFormat(const char *name)
 {
-	if (pg_strcasecmp(name, "avro") == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("key format avro is not supported yet"),
-				 errdetail("Key format avro comes with Avro support."),
-				 errhint("Use key format json or text.")));
 	return KappaParseFormat(name);
 }
 

@@ -185,6 +185,9 @@ typedef struct DecodeAvroState DecodeAvroState;
 extern void DecodeAvroCreate(KappaDecoder *d);
 extern void DecodeAvro(KappaDecoder *d, const char *data, size_t len,
 					   Datum *values, bool *nulls);
+extern void DecodeAvroKey(KappaDecoder *d, const char *data, size_t len,
+						  const int *keycols, int nkeys,
+						  Datum *values, bool *nulls);
 
 /* in decode_json.c */
 extern void DecodeJson(KappaDecoder *d, char *data, int len,

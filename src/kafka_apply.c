@@ -138,6 +138,7 @@ typedef struct KaApply
 
 	/* format avro: writer schemas from the schema registry */
 	bool		avro_values;
+	bool		avro_keys;		/* keyed changelogs with key_format avro */
 	List	   *schema_ids;		/* ids seen (integers, in cxt) */
 	int32		last_schema_id; /* of the last message, or -1 */
 } KaApply;
@@ -162,7 +163,9 @@ KappaApplyInit(KappaSource *source, MemoryContext parent)
 	ka_apply.failed_index = -1;
 	ka_apply.last_schema_id = -1;
 	ka_apply.avro_values = (KappaParseFormat(source->format) == KAPPA_FORMAT_AVRO);
-	if (ka_apply.avro_values)
+	ka_apply.avro_keys = (source->envelope != KAPPA_ENVELOPE_NONE &&
+						  KappaParseKeyFormat(source->key_format) == KAPPA_FORMAT_AVRO);
+	if (ka_apply.avro_values || ka_apply.avro_keys)
 	{
 		char	   *url;
 		char	   *username;
@@ -760,7 +763,7 @@ ka_check_privileges(Relation rel)
 
 /*
  * ka_fetch_schemas asks the schema registry for the writer schema of every
- * Avro message of the batch not known yet, before the batch's transaction
+ * Avro value and key of the batch not known yet, before the batch's transaction
  * (a message whose schema the registry does not have becomes a dead
  * letter when it is decoded).  Returns false when the registry could not
  * be asked: the batch must wait, and the status says why.
@@ -770,12 +773,17 @@ ka_fetch_schemas(void)
 {
 	int32		last = -1;
 
-	for (int i = 0; i < ka_apply.nmsgs; i++)
+	for (int i = 0; i < ka_apply.nmsgs * 2; i++)
 	{
-		rd_kafka_message_t *m = ka_apply.msgs[i];
-		int32		id = KappaAvroSchemaId(m->payload, m->payload ? m->len : 0);
+		rd_kafka_message_t *m = ka_apply.msgs[i / 2];
+		int32		id = -1;
 		char	   *error = NULL;
 
+		/* the value's schema, then the key's */
+		if (i % 2 == 0 && ka_apply.avro_values)
+			id = KappaAvroSchemaId(m->payload, m->payload ? m->len : 0);
+		else if (i % 2 == 1 && ka_apply.avro_keys)
+			id = KappaAvroSchemaId(m->key, m->key ? m->key_len : 0);
 		if (id < 0)
 			continue;
 		last = id;
@@ -822,7 +830,7 @@ KappaApplyMessages(void)
 	ka_apply.msgs = KappaConsumerBatch(&ka_apply.nmsgs);
 	if (ka_apply.nmsgs == 0)
 		return true;
-	if (ka_apply.avro_values && !ka_fetch_schemas())
+	if ((ka_apply.avro_values || ka_apply.avro_keys) && !ka_fetch_schemas())
 		return false;
 	ka_apply.dead = MemoryContextAllocZero(ka_apply.batch_cxt,
 										   sizeof(ErrorData *) * ka_apply.nmsgs);
@@ -863,7 +871,7 @@ KappaApplyMessages(void)
 	for (int i = 0; i < ka_apply.nmsgs; i++)
 		nbytes += ka_apply.msgs[i]->len;
 	KappaStatusBatch(ka_apply.nmsgs, nbytes, ndead, ka_apply.out_of_order);
-	if (ka_apply.avro_values)
+	if (ka_apply.avro_values || ka_apply.avro_keys)
 		KappaStatusSchemas(ka_apply.schema_ids, ka_apply.last_schema_id);
 	MemoryContextSwitchTo(old);
 

@@ -624,7 +624,9 @@ kappa_create_kafka_source_0_3(PG_FUNCTION_ARGS)
 	KappaCheckSourceOptions(source, source->owner);
 	conf = KappaKafkaConfBuild(source);
 	rd_kafka_conf_destroy(conf);
-	if (KappaParseFormat(source->format) == KAPPA_FORMAT_AVRO)
+	if (KappaParseFormat(source->format) == KAPPA_FORMAT_AVRO ||
+		(source->envelope != KAPPA_ENVELOPE_NONE &&
+		 KappaParseKeyFormat(source->key_format) == KAPPA_FORMAT_AVRO))
 	{
 		char	   *url;
 		char	   *username;
@@ -634,7 +636,7 @@ kappa_create_kafka_source_0_3(PG_FUNCTION_ARGS)
 		if (url == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_FDW_OPTION_NAME_NOT_FOUND),
-					 errmsg("format avro needs a schema registry"),
+					 errmsg("Avro messages need a schema registry"),
 					 errdetail("Avro messages name their writer schema by an id of a schema registry."),
 					 errhint("Set option schema_registry on the source's kappa_kafka server: ALTER SERVER name OPTIONS (ADD schema_registry 'http://host:8081').")));
 	}
