@@ -171,6 +171,7 @@ extern int	KappaConsumerPending(void);
 extern TimestampTz KappaConsumerBatchDeadline(void);
 extern struct rd_kafka_message_s **KappaConsumerBatch(int *nmsgs);
 extern void KappaConsumerBatchCommitted(const int64 *next);
+extern void KappaConsumerRewind(TimestampTz resume);
 extern bool KappaConsumerCaughtUp(void);
 extern bool KappaConsumerAnyLost(void);
 extern KappaDataLossResult KappaConsumerHandleDataLoss(int *partition);

@@ -1053,6 +1053,22 @@ KappaConsumerBatchCommitted(const int64 *next)
 }
 
 /*
+ * KappaConsumerRewind lets the current batch go unapplied: its messages
+ * are dropped and every partition is unassigned, to be assigned again from
+ * its stored offset at the first refresh after 'resume'.
+ */
+void
+KappaConsumerRewind(TimestampTz resume)
+{
+	for (int i = 0; i < kc_consumer.nmsgs; i++)
+		rd_kafka_message_destroy(kc_consumer.msgs[i]);
+	kc_consumer.nmsgs = 0;
+	kc_consumer.batch_bytes = 0;
+	KappaConsumerUnassignAll();
+	kc_consumer.next_metadata = resume;
+}
+
+/*
  * KappaConsumerCaughtUp tells whether the worker has polled every message
  * its partitions held as of librdkafka's last fetch responses (their cached
  * high watermarks): the end of a backlog.

@@ -91,8 +91,8 @@ typedef struct KwWorker
 	bool		after_full_batch;	/* the last batch applied was full */
 	TimestampTz next_catalog_check;
 	TimestampTz next_watermarks;
-	TimestampTz retry_at;		/* a batch waits until then, or 0 */
-	int			retry_ms;		/* the wait after the next failure */
+	bool		retrying;		/* the last batch had to wait */
+	int			retry_ms;		/* the wait after the next such batch */
 } KwWorker;
 
 static KwWorker kw_worker = {.mode = KW_MODE_CONSUMING};
@@ -318,8 +318,9 @@ kw_fail_and_exit(ErrorData *edata, const char *what)
  * fault (the target is gone, the owner lost its privilege, a serialization
  * failure) it records the error in kappa.sources and exits, to be
  * restarted from the stored offsets with a backoff.  A batch that must
- * wait (the schema registry cannot be reached) is tried again after a
- * backoff of its own (retry_at), the worker staying up.
+ * wait (the schema registry cannot be reached) is dropped unapplied, and
+ * its messages are read again from the stored offsets after a backoff of
+ * its own, the worker staying up.
  */
 static void
 kw_apply_or_exit(void)
@@ -330,16 +331,20 @@ kw_apply_or_exit(void)
 	{
 		if (KappaApplyMessages())
 		{
-			kw_worker.retry_at = 0;
+			kw_worker.retrying = false;
 			kw_worker.retry_ms = 0;
 		}
 		else
 		{
-			/* not applied (the schema registry): again after a backoff */
+			/*
+			 * Not applied (the schema registry cannot be reached): let the
+			 * messages go and read them again after a backoff.
+			 */
+			kw_worker.retrying = true;
 			kw_worker.retry_ms = kw_worker.retry_ms == 0 ? KW_RETRY_MIN_MS :
 				Min(kw_worker.retry_ms * 2, KW_RETRY_MAX_MS);
-			kw_worker.retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-															 kw_worker.retry_ms);
+			KappaConsumerRewind(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															kw_worker.retry_ms));
 		}
 	}
 	PG_CATCH();
@@ -551,7 +556,6 @@ KappaKafkaWorkerMain(Datum main_arg)
 	for (;;)
 	{
 		bool		full;
-		bool		between;	/* no batch pending, or it must wait */
 		TimestampTz now;
 		long		timeout;
 
@@ -559,7 +563,7 @@ KappaKafkaWorkerMain(Datum main_arg)
 		{
 			KappaConsumerRefreshAssignment(kw_worker.mode == KW_MODE_CONSUMING);
 			/* a batch waiting for the schema registry still waits */
-			if (kw_worker.retry_at != 0)
+			if (kw_worker.retrying)
 				KappaStatusSetState(KAPPA_WORKER_RETRYING);
 		}
 
@@ -575,10 +579,9 @@ KappaKafkaWorkerMain(Datum main_arg)
 		 * and ending then adds at most one transaction per backlog; and when
 		 * a partition's data was lost (the batch first, then the gap).
 		 */
-		if ((full || (KappaConsumerPending() > 0 &&
-					  (now >= KappaConsumerBatchDeadline() || KappaConsumerAnyLost() ||
-					   (kw_worker.after_full_batch && KappaConsumerCaughtUp())))) &&
-			now >= kw_worker.retry_at)
+		if (full || (KappaConsumerPending() > 0 &&
+					 (now >= KappaConsumerBatchDeadline() || KappaConsumerAnyLost() ||
+					  (kw_worker.after_full_batch && KappaConsumerCaughtUp()))))
 		{
 			kw_apply_or_exit();
 			kw_worker.after_full_batch = full;
@@ -589,8 +592,7 @@ KappaKafkaWorkerMain(Datum main_arg)
 
 		/* between batches: the source may have changed; status */
 		now = GetCurrentTimestamp();
-		between = (KappaConsumerPending() == 0 || kw_worker.retry_at != 0);
-		if (between && now >= kw_worker.next_catalog_check)
+		if (KappaConsumerPending() == 0 && now >= kw_worker.next_catalog_check)
 		{
 			KwStopReason why = kw_check_source();
 
@@ -598,12 +600,12 @@ KappaKafkaWorkerMain(Datum main_arg)
 				kw_stop(why);
 			kw_worker.next_catalog_check = TimestampTzPlusMilliseconds(now, KW_CATALOG_CHECK_MS);
 		}
-		if (between && now >= kw_worker.next_watermarks)
+		if (KappaConsumerPending() == 0 && now >= kw_worker.next_watermarks)
 		{
 			KappaConsumerRefreshAllWatermarks();
 			kw_worker.next_watermarks = TimestampTzPlusMilliseconds(now, KW_WATERMARKS_MS);
 		}
-		if (between && KappaStatusFlushDue(now))
+		if (KappaConsumerPending() == 0 && KappaStatusFlushDue(now))
 		{
 			int			nparts;
 			int			topic_partitions;
@@ -615,7 +617,7 @@ KappaKafkaWorkerMain(Datum main_arg)
 		}
 
 		/* a full batch may have left messages in the queue: no waiting */
-		if (full && kw_worker.retry_at == 0)
+		if (full)
 		{
 			kw_reload_config();
 			continue;
@@ -634,10 +636,6 @@ KappaKafkaWorkerMain(Datum main_arg)
 			timeout = 0;
 		if (KappaConsumerAnyLost())
 			timeout = 0;
-		/* a batch that must wait: until its retry, ticking for the status */
-		if (kw_worker.retry_at != 0)
-			timeout = Min(Max(TimestampDifferenceMilliseconds(now, kw_worker.retry_at), 1),
-						  KW_IDLE_WAIT_MS);
 
 		if (timeout > 0)
 		{

@@ -99,6 +99,69 @@ sub kafka_produce
 	return scalar @$msgs;
 }
 
+# kafka_start_registry(): the dev schema registry (test/dev_registry.py) on
+# loopback, stopped at exit; returns { url => 'http://127.0.0.1:port' }.
+my @kafka_registries;
+
+sub kafka_start_registry
+{
+	my ($in, $out, $err) = ('', '', '');
+	my $h = IPC::Run::start([ 'python3', "$kafka_repo/test/dev_registry.py", '--exit-on-eof' ],
+		'<', \$in, '>', \$out, '2>', \$err);
+	my $deadline = time + 30;
+	while ($out !~ /^REGISTRY (\S+)\n/m)
+	{
+		die "dev registry did not start: $err" if time > $deadline || !$h->pumpable;
+		$h->pump_nb;
+		usleep(10_000);
+	}
+	my ($url) = $out =~ /^REGISTRY (\S+)\n/m;
+	my $registry = { h => $h, url => $url, in => \$in };
+	push @kafka_registries, $registry;
+	return $registry;
+}
+
+END
+{
+	for my $r (@kafka_registries)
+	{
+		eval { $r->{h}->finish; 1 } or eval { $r->{h}->kill_kill(grace => 2); 1 };
+	}
+}
+
+# kafka_produce_avro($registry, $broker, $topic, \@lines, %opts): produce Avro
+# messages encoded by Debian's python3-avro (test/avro_tool.py); @lines are
+# the tool's input lines (JSON), opts: value_schema, key_schema (JSON text),
+# value_subject, key_subject, partition.  Returns the tool's answer (a hash:
+# messages, value_schema_id, key_schema_id).
+my $kafka_avro_seq = 0;
+
+sub kafka_produce_avro
+{
+	my ($registry, $broker, $topic, $lines, %opts) = @_;
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	my $n = $kafka_avro_seq++;
+	my @cmd = ('/usr/bin/python3', "$kafka_repo/test/avro_tool.py", 'produce',
+		'--registry', $registry->{url}, '--broker', $broker->{bootstrap},
+		'--topic', $topic, '--input', "$dir/in$n.jsonl");
+	for my $part ('value', 'key')
+	{
+		next unless defined $opts{"${part}_schema"};
+		PostgreSQL::Test::Utils::append_to_file("$dir/$part$n.avsc", $opts{"${part}_schema"});
+		push @cmd, "--$part-schema", "$dir/$part$n.avsc";
+		push @cmd, "--$part-subject", $opts{"${part}_subject"} if defined $opts{"${part}_subject"};
+	}
+	push @cmd, '--partition', $opts{partition} if defined $opts{partition};
+	PostgreSQL::Test::Utils::append_to_file("$dir/in$n.jsonl", join('', map { "$_\n" } @$lines));
+	my ($out, $err) = ('', '');
+	IPC::Run::run(\@cmd, '<', \'', '>', \$out, '2>', \$err)
+	  or die "avro_tool.py produce failed: $err";
+	my ($answer) = $out =~ /^(\{.*\})\s*$/m;
+	die "avro_tool.py gave no answer: $out" unless defined $answer;
+	require JSON::PP;
+	return JSON::PP::decode_json($answer);
+}
+
 # kafka_node($name, %opts): a started node with pg_kappa (preloaded unless
 # preload => 0) and the extension created in database postgres.
 sub kafka_node

@@ -66,6 +66,8 @@ SELECT s.name AS source,
          WHEN st.live = 0 AND st.last_state = 'failed' THEN 'failed'
          WHEN st.live = 0 THEN 'stopped'
          WHEN st.state = 'failed' THEN 'failed'
+         -- waiting for the broker or the schema registry: nothing flows
+         WHEN st.state = 'retrying' THEN 'retrying'
          WHEN st.assigned < st.in_topic THEN 'degraded'
          WHEN st.dead_letter_share > kappa.dead_letter_alert() THEN 'degraded'
          ELSE st.state
@@ -96,12 +98,12 @@ SELECT s.name AS source,
        st.lost_messages,
        st.last_batch_at,
        CASE
-         WHEN NOT s.paused AND st.live > 0 AND st.state <> 'failed'
+         WHEN NOT s.paused AND st.live > 0 AND st.state NOT IN ('failed', 'retrying')
               AND st.assigned < st.in_topic
            THEN format('%s of %s partitions of topic "%s" are not being read%s',
                        st.in_topic - st.assigned, st.in_topic, s.topic,
                        coalesce(': ' || lp.problem, ''))
-         WHEN NOT s.paused AND st.live > 0 AND st.state <> 'failed'
+         WHEN NOT s.paused AND st.live > 0 AND st.state NOT IN ('failed', 'retrying')
               AND st.dead_letter_share > kappa.dead_letter_alert()
            THEN format('%s%% of the messages of the last minute went to kappa.errors (kappa.dead_letter_alert is %s%%)%s',
                        round((100 * st.dead_letter_share)::numeric, 1),
