@@ -1380,6 +1380,113 @@ davro_datum(KappaDecoder *d, DecodeColumn *col, DecodeColumn *element,
 	return InputFunctionCall(&col->infunc, text, col->ioparam, col->typmod);
 }
 
+/*
+ * davro_pg_type names the PostgreSQL type that takes values of node 'n'
+ * when a column is added for a new field (option evolve): the natural
+ * type of a scalar, of the non-null branch of a nullable union, an array
+ * of a scalar; jsonb for records, maps and other unions.  Names are
+ * schema-qualified (or SQL keywords), whatever the search_path.
+ */
+static const char *
+davro_pg_type(AvroNode *n)
+{
+	if (n->type == AVRO_UNION)
+	{
+		AvroNode   *only = NULL;
+
+		for (int i = 0; i < n->nchildren; i++)
+		{
+			if (n->children[i]->type == AVRO_NULL)
+				continue;
+			if (only != NULL)
+				return "pg_catalog.jsonb";
+			only = n->children[i];
+		}
+		return only ? davro_pg_type(only) : "pg_catalog.text";
+	}
+	switch (n->type)
+	{
+		case AVRO_BOOLEAN:
+			return "boolean";
+		case AVRO_INT32:
+			return n->logical == AVRO_LOGICAL_DATE ? "pg_catalog.date" :
+				n->logical == AVRO_LOGICAL_TIME_MILLIS ? "time without time zone" : "integer";
+		case AVRO_INT64:
+			switch (n->logical)
+			{
+				case AVRO_LOGICAL_TIME_MICROS:
+					return "time without time zone";
+				case AVRO_LOGICAL_TS_MILLIS:
+				case AVRO_LOGICAL_TS_MICROS:
+					return "timestamp with time zone";
+				case AVRO_LOGICAL_LOCAL_TS_MILLIS:
+				case AVRO_LOGICAL_LOCAL_TS_MICROS:
+					return "timestamp without time zone";
+				default:
+					return "bigint";
+			}
+		case AVRO_FLOAT:
+			return "real";
+		case AVRO_DOUBLE:
+			return "double precision";
+		case AVRO_STRING:
+			return n->logical == AVRO_LOGICAL_UUID ? "pg_catalog.uuid" : "pg_catalog.text";
+		case AVRO_BYTES:
+		case AVRO_FIXED:
+			return n->logical == AVRO_LOGICAL_DECIMAL ? "pg_catalog.numeric" : "pg_catalog.bytea";
+		case AVRO_ENUM:
+		case AVRO_NULL:
+			return "pg_catalog.text";
+		case AVRO_ARRAY:
+			{
+				AvroNode   *items = n->children[0];
+				const char *item_type = davro_pg_type(items);
+
+				if (items->type == AVRO_ARRAY || strcmp(item_type, "pg_catalog.jsonb") == 0)
+					return "pg_catalog.jsonb";
+				return psprintf("%s[]", item_type);
+			}
+		default:
+			return "pg_catalog.jsonb";
+	}
+}
+
+/*
+ * KappaAvroNewColumns: see kafka.h.
+ */
+void
+KappaAvroNewColumns(int32 id, TupleDesc tupdesc, List **names, List **types)
+{
+	KappaWriterSchema *ws = KappaRegistryLookup(id);
+	JsonbValue	root;
+	List	   *memo = NIL;
+	AvroNode   *node;
+
+	*names = *types = NIL;
+	if (ws == NULL || ws->state != KAPPA_SCHEMA_OK || avro_typeof(ws->schema) != AVRO_RECORD)
+		return;
+	root.type = jbvBinary;
+	root.val.binary.data = &ws->json->root;
+	root.val.binary.len = VARSIZE(ws->json) - VARHDRSZ;
+	node = davro_build_node(ws->schema, &root, &memo);
+	for (int i = 0; i < node->nchildren; i++)
+	{
+		bool		found = false;
+
+		for (int c = 0; c < tupdesc->natts && !found; c++)
+		{
+			Form_pg_attribute att = TupleDescAttr(tupdesc, c);
+
+			if (!att->attisdropped && strcmp(NameStr(att->attname), node->names[i]) == 0)
+				found = true;
+		}
+		if (found || strlen(node->names[i]) >= NAMEDATALEN)
+			continue;
+		*names = lappend(*names, node->names[i]);
+		*types = lappend(*types, (char *) davro_pg_type(node->children[i]));
+	}
+}
+
 /* ---------------------------------------------------------------------
  * Messages
  * ---------------------------------------------------------------------

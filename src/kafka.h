@@ -73,6 +73,7 @@ typedef struct KappaSource
 	int64		batch_bytes;	/* option batch_bytes, or -1: the GUC */
 	int			max_message_bytes;	/* option max_message_bytes, or Kafka's
 									 * default */
+	bool		evolve_add_columns; /* option evolve: 'add_columns' */
 } KappaSource;
 
 /* Arguments of a source worker, carried in bgw_extra. */
@@ -258,6 +259,16 @@ extern void KappaDecode(KappaDecoder *decoder, const char *payload, size_t len,
  * bytes), or -1 when the message does not start that way.
  */
 extern int32 KappaAvroSchemaId(const char *data, size_t len);
+
+/*
+ * KappaAvroNewColumns returns the top-level fields of writer schema 'id'
+ * (fetched from the registry by this process) that 'tupdesc' has no column
+ * of the same name for: their names and the PostgreSQL types that take
+ * them (type names as format_type writes them), in two lists of strings.
+ * Nothing when the schema is not a usable record.
+ */
+extern void KappaAvroNewColumns(int32 id, TupleDesc tupdesc,
+								List **names, List **types);
 
 /*
  * KappaDecoderUsesTimeAndHeaders tells whether the target has a

@@ -140,6 +140,8 @@ typedef struct KaApply
 	bool		avro_values;
 	bool		avro_keys;		/* keyed changelogs with key_format avro */
 	List	   *schema_ids;		/* ids seen (integers, in cxt) */
+	List	   *evolved_ids;	/* option evolve: ids whose new fields have
+								 * columns (integers, in cxt) */
 	int32		last_schema_id; /* of the last message, or -1 */
 } KaApply;
 
@@ -806,6 +808,58 @@ ka_fetch_schemas(void)
 }
 
 /*
+ * ka_evolve_target adds to the target a nullable column for every field of
+ * the batch's writer schemas that it has no column for (option evolve
+ * 'add_columns'), as the source's owner, who owns the target; a schema id
+ * is looked at once per worker.  Runs in the batch's transaction before the
+ * target is opened; the new columns are NULL in the rows already there.
+ */
+static void
+ka_evolve_target(void)
+{
+	KappaSource *source = ka_apply.source;
+
+	for (int i = 0; i < ka_apply.nmsgs; i++)
+	{
+		rd_kafka_message_t *m = ka_apply.msgs[i];
+		int32		id = KappaAvroSchemaId(m->payload, m->payload ? m->len : 0);
+		Relation	rel;
+		List	   *names;
+		List	   *types;
+		StringInfoData sql;
+		MemoryContext old;
+
+		if (id < 0 || list_member_int(ka_apply.evolved_ids, id))
+			continue;
+		rel = try_relation_open(source->target, AccessShareLock);
+		if (rel == NULL)
+			return;				/* KappaApplyMessages says so */
+		KappaAvroNewColumns(id, RelationGetDescr(rel), &names, &types);
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "ALTER TABLE %s.%s",
+						 quote_identifier(get_namespace_name(RelationGetNamespace(rel))),
+						 quote_identifier(RelationGetRelationName(rel)));
+		relation_close(rel, AccessShareLock);
+		for (int f = 0; f < list_length(names); f++)
+			appendStringInfo(&sql, "%s ADD COLUMN IF NOT EXISTS %s %s", f ? "," : "",
+							 quote_identifier(list_nth(names, f)),
+							 (char *) list_nth(types, f));
+		if (names != NIL)
+		{
+			ereport(LOG,
+					(errmsg("kafka source \"%s\": writer schema id %d has new fields, adding columns",
+							source->name, id),
+					 errdetail_internal("%s", sql.data)));
+			if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
+				elog(ERROR, "could not add columns for writer schema id %d", id);
+		}
+		old = MemoryContextSwitchTo(ka_apply.cxt);
+		ka_apply.evolved_ids = lappend_int(ka_apply.evolved_ids, id);
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/*
  * KappaApplyMessages applies the consumer's current batch, if it holds any
  * message, in one transaction of its own: rows, dead letters, offsets and
  * the status row; then tells the consumer and the status that it
@@ -840,6 +894,8 @@ KappaApplyMessages(void)
 	pgstat_report_activity(STATE_RUNNING, "pg_kappa: applying a batch");
 	SPI_connect();
 
+	if (source->evolve_add_columns)
+		ka_evolve_target();
 	rel = try_relation_open(source->target, RowExclusiveLock);
 	if (rel == NULL)
 		ereport(ERROR,

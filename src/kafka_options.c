@@ -207,6 +207,8 @@ static const char *const ko_own_options[] = {
 	"batch_size", "max_latency", "max_message_bytes", "batch_bytes",
 	/* the schema registry of format avro (superusers; else the server's) */
 	"schema_registry",
+	/* new fields of Avro writer schemas: 'none' or 'add_columns' */
+	"evolve",
 	/* format options, read by the decoders */
 	"strict", "delimiter", "quote", "escape", "header", "null", "encoding",
 	"columns", "time_format",
@@ -861,6 +863,7 @@ KappaFormatOptions(KappaSource *source)
 
 				skip = !ko_option_is_kappa(key) ||
 					strcmp(key, "schema_registry") == 0 ||
+					strcmp(key, "evolve") == 0 ||
 					strcmp(key, "batch_size") == 0 ||
 					strcmp(key, "max_latency") == 0 ||
 					strcmp(key, "batch_bytes") == 0 ||

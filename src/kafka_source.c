@@ -150,6 +150,7 @@ ksrc_apply_own_options(KappaSource *source)
 	source->max_latency_ms = -1;
 	source->batch_bytes = -1;
 	source->max_message_bytes = KSRC_DEFAULT_MAX_MESSAGE_BYTES;
+	source->evolve_add_columns = false;
 	foreach(lc, KappaSourceOptionList(source))
 	{
 		DefElem    *def = lfirst(lc);
@@ -165,6 +166,16 @@ ksrc_apply_own_options(KappaSource *source)
 			source->max_message_bytes = ksrc_parse_positive(def->defname, value);
 		else if (strcmp(def->defname, "batch_bytes") == 0)
 			source->batch_bytes = ksrc_parse_bytes(def->defname, value);
+		else if (strcmp(def->defname, "evolve") == 0)
+		{
+			if (strcmp(value, "add_columns") == 0)
+				source->evolve_add_columns = true;
+			else if (strcmp(value, "none") != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("invalid value for option \"evolve\": \"%s\"", value),
+						 errhint("Option \"evolve\" is 'none' (fields without a column are ignored) or 'add_columns'.")));
+		}
 	}
 }
 
@@ -639,6 +650,36 @@ kappa_create_kafka_source_0_3(PG_FUNCTION_ARGS)
 					 errmsg("Avro messages need a schema registry"),
 					 errdetail("Avro messages name their writer schema by an id of a schema registry."),
 					 errhint("Set option schema_registry on the source's kappa_kafka server: ALTER SERVER name OPTIONS (ADD schema_registry 'http://host:8081').")));
+	}
+	if (source->evolve_add_columns)
+	{
+		Oid			relowner;
+
+		if (KappaParseFormat(source->format) != KAPPA_FORMAT_AVRO)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("option \"evolve\" 'add_columns' needs format avro"),
+					 errdetail("The type of a new column comes from the field's type in the writer schema.")));
+		if (KappaIsStream(source->target))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("option \"evolve\" 'add_columns' is not supported for streams yet"),
+					 errhint("Consume the topic into a table, or leave new fields out of the stream.")));
+		{
+			HeapTuple	reltup = SearchSysCache1(RELOID, ObjectIdGetDatum(source->target));
+
+			if (!HeapTupleIsValid(reltup))
+				elog(ERROR, "cache lookup failed for relation %u", source->target);
+			relowner = ((Form_pg_class) GETSTRUCT(reltup))->relowner;
+			ReleaseSysCache(reltup);
+		}
+		if (!has_privs_of_role(source->owner, relowner))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("option \"evolve\" 'add_columns' needs a source owned by the owner of \"%s\"",
+							get_rel_name(source->target)),
+					 errdetail("The worker adds columns to the table as the source's owner."),
+					 errhint("Create the source as the table's owner, or leave out option \"evolve\".")));
 	}
 
 	/* the format and envelope, and whether they can fill the target */

@@ -45,7 +45,7 @@ plan skip_all => "/usr/bin/python3 has no avro module (Debian's python3-avro)"
 my $json = JSON::PP->new->utf8->canonical;
 my $registry = kafka_start_registry();
 my $reg = $registry->{url};
-my $broker = kafka_start_broker(types => 2, small => 1, events => 2, acct => 2, acct1 => 1);
+my $broker = kafka_start_broker(types => 2, small => 1, events => 2, acct => 2, acct1 => 1, evol => 1);
 my $bs = $broker->{bootstrap};
 my $node = kafka_node('kafka_avro');
 my $http = HTTP::Tiny->new;
@@ -276,7 +276,10 @@ my $small_v2 = $json->encode({
 		{ name => 'f', type => 'double' },
 	] });
 $node->safe_psql('postgres', q{SELECT kappa.pause_source('small_src')});
-kafka_wait($node, q{SELECT state FROM kappa.sources WHERE source = 'small_src'}, 'paused', 'small: paused');
+# the worker's own state: it has let its partitions go
+kafka_wait($node, q{SELECT string_agg(ss.state, ',') FROM kappa.source_status ss
+                      JOIN kappa.source_catalog s ON s.id = ss.source_id WHERE s.name = 'small_src'},
+	'paused', 'small: the worker paused');
 $answer = kafka_produce_avro($registry, $broker, 'small',
 	[ map { $json->encode({ value => { s => "v2_$_", added => 'x', a => [], dec => '2.50', n => 70_000 + $_, f => 0.1 } }) } 1 .. 5 ],
 	value_schema => $small_v2, value_subject => 'small-value');
@@ -438,6 +441,49 @@ kafka_wait($node, q{SELECT coalesce(string_agg(id || '|' || owner || '|' || bala
 is(count_of(q{SELECT count(*) FROM kappa.errors WHERE source IN ('acct_src', 'acct1_src')}), 0,
 	'upsert: no dead letters');
 
+# ---------------------------------------------------------------- evolve => 'add_columns'
+$node->safe_psql('postgres', q{
+CREATE TABLE evol (id int PRIMARY KEY, a text);
+SELECT kappa.create_view('evol_by_a', $$SELECT a, count(*) AS n FROM evol GROUP BY a$$);
+SELECT kappa.create_kafka_source('evol_src', target => 'evol', topic => 'evol', server => 'reg',
+    format => 'avro', options => '{"evolve": "add_columns"}');
+});
+my $evol_v1 = $json->encode({ type => 'record', name => 'Evol',
+		fields => [ { name => 'id', type => 'int' }, { name => 'a', type => 'string' } ] });
+my $evol_v2 = $json->encode({ type => 'record', name => 'Evol',
+		fields => [ { name => 'id', type => 'int' }, { name => 'a', type => 'string' },
+			{ name => 'b', type => [ 'null', 'long' ], default => undef },
+			{ name => 'when', type => { type => 'long', logicalType => 'timestamp-micros' }, default => 0 },
+			{ name => 'tags', type => { type => 'array', items => 'string' }, default => [] },
+			{ name => 'price', type => { type => 'bytes', logicalType => 'decimal', precision => 9, scale => 3 }, default => "\u0000" },
+			{ name => 'Nested', type => { type => 'record', name => 'Nest', fields => [ { name => 'x', type => 'int' } ] },
+			  default => { x => 0 } } ] });
+kafka_produce_avro($registry, $broker, 'evol',
+	[ map { $json->encode({ value => { id => $_, a => "a" . ($_ % 3) } }) } 1 .. 10 ],
+	value_schema => $evol_v1, value_subject => 'evol-value');
+kafka_wait($node, 'SELECT count(*) FROM evol', 10, 'evolve: v1 rows applied');
+kafka_produce_avro($registry, $broker, 'evol',
+	[ map { $json->encode({ value => { id => $_, a => "a" . ($_ % 3), b => $_ * 1000,
+					when => '2026-11-26T10:00:00.000001Z', tags => [ "t$_", 'x' ],
+					price => sprintf('%.3f', $_ / 8), Nested => { x => $_ } } }) } 11 .. 20 ],
+	value_schema => $evol_v2, value_subject => 'evol-value');
+kafka_wait($node, 'SELECT count(*) FROM evol', 20, 'evolve: v2 rows applied');
+is(count_of(q{SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
+                FROM pg_attribute WHERE attrelid = 'evol'::regclass AND attnum > 0 AND NOT attisdropped}),
+	'id integer, a text, b bigint, when timestamp with time zone, tags text[], price numeric, Nested jsonb',
+	'evolve: a nullable column per new field, typed from the writer schema');
+is(count_of(q{SELECT count(*) FROM evol WHERE id <= 10 AND b IS NULL AND "when" IS NULL AND tags IS NULL
+                AND price IS NULL AND "Nested" IS NULL}), 10, 'evolve: the rows before have NULL there');
+is(count_of(q{SELECT count(*) FROM evol WHERE id > 10 AND b = id * 1000
+                AND "when" = '2026-11-26 10:00:00.000001+00' AND tags = ARRAY['t' || id, 'x']
+                AND price = round(id / 8.0, 3) AND "Nested" = jsonb_build_object('x', id)}),
+	10, 'evolve: the new fields fill the new columns');
+is(count_of(q{SELECT count(*) FROM (
+   (SELECT a, n FROM evol_by_a EXCEPT ALL SELECT a, count(*) FROM evol GROUP BY a)
+   UNION ALL (SELECT a, count(*) FROM evol GROUP BY a EXCEPT ALL SELECT a, n FROM evol_by_a)) x}),
+	0, 'evolve: the view over the table is unaffected and equals its query');
+is(count_of(q{SELECT count(*) FROM kappa.errors WHERE source = 'evol_src'}), 0, 'evolve: no dead letters');
+
 # ---------------------------------------------------------------- who points a worker where
 $node->safe_psql('postgres', q{
 CREATE ROLE ingest LOGIN;
@@ -451,6 +497,12 @@ SELECT kappa.create_kafka_source('mine', target => 'ingest_t', topic => 'small',
     format => 'avro', options => '{"schema_registry": "http://127.0.0.1:1"}');});
 like($err, qr/permission denied to set option "schema_registry" on a source/,
 	'a non-superuser cannot point a source at another registry');
+($ret, $out, $err) = $node->psql('postgres', q{
+SET ROLE ingest;
+SELECT kappa.create_kafka_source('mine', target => 'ingest_t', topic => 'small', server => 'reg',
+    format => 'avro', options => '{"evolve": "add_columns"}');});
+like($err, qr/option "evolve" 'add_columns' needs a source owned by the owner of "ingest_t"/,
+	'evolve: only the owner of the target may have columns added');
 ($ret, $out, $err) = $node->psql('postgres',
 	q{CREATE SERVER bad FOREIGN DATA WRAPPER kappa_kafka OPTIONS (brokers 'x:1', schema_registry 'file:///etc/passwd')});
 like($err, qr/option "schema_registry" must be an http or https URL/, 'file:// is refused');
