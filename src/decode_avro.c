@@ -76,7 +76,12 @@ typedef enum AvroLogical
 	AVRO_LOGICAL_TS_MICROS,		/* long: us since 1970, UTC */
 	AVRO_LOGICAL_LOCAL_TS_MILLIS,	/* long: ms since 1970, local wall clock */
 	AVRO_LOGICAL_LOCAL_TS_MICROS,	/* long: us since 1970, local wall clock */
-	AVRO_LOGICAL_UUID			/* string */
+	AVRO_LOGICAL_LOCAL_TS_NANOS,	/* long: ns since 1970, local wall clock
+									 * (Debezium's NanoTimestamp) */
+	AVRO_LOGICAL_TIME_NANOS,	/* long: ns after midnight (NanoTime) */
+	AVRO_LOGICAL_UUID,			/* string */
+	AVRO_LOGICAL_VARIABLE_DECIMAL	/* record {scale, value}: Debezium's
+									 * VariableScaleDecimal */
 } AvroLogical;
 
 /* One node of a writer schema (see the file header). */
@@ -112,8 +117,21 @@ struct DecodeAvroState
 	MemoryContext cxt;			/* the decoder's */
 	HTAB	   *plans;			/* schema id -> AvroPlan, of values */
 	HTAB	   *key_plans;		/* schema id -> AvroPlan, of keys */
+
+	/* the Debezium change event decoded last (DecodeAvroEvent) */
+	avro_value_t event_rows[2];	/* its after and before records */
+	AvroNode   *event_nodes[2]; /* their nodes, NULL when null */
+	List	   *row_maps;		/* of AvroRowMap, per record node */
 	avro_reader_t reader;
 };
+
+/* Which column each field of a record node fills (Debezium rows). */
+typedef struct AvroRowMap
+{
+	AvroNode   *node;
+	int		   *field_col;
+	DecodeColumn **elements;	/* per column: an array's element, or NULL */
+} AvroRowMap;
 
 /* What davro_check_value walks. */
 typedef struct AvroCursor
@@ -178,46 +196,71 @@ static void
 davro_logical(AvroNode *node, JsonbValue *jv)
 {
 	JsonbValue *lt = davro_json_member(jv, "logicalType");
+	JsonbValue *cn = davro_json_member(jv, "connect.name");
 	JsonbValue *scale;
 
-	if (lt == NULL || lt->type != jbvString)
-		return;
+	if (lt != NULL && lt->type != jbvString)
+		lt = NULL;
+	if (cn != NULL && cn->type != jbvString)
+		cn = NULL;
 	switch (node->type)
 	{
 		case AVRO_BYTES:
 		case AVRO_FIXED:
-			if (davro_json_equals(lt, "decimal"))
+			if (davro_json_equals(lt, "decimal") ||
+				davro_json_equals(cn, "org.apache.kafka.connect.data.Decimal"))
 			{
 				node->logical = AVRO_LOGICAL_DECIMAL;
 				scale = davro_json_member(jv, "scale");
+				if (scale == NULL)
+					scale = davro_json_member(davro_json_member(jv, "connect.parameters"), "scale");
 				if (scale != NULL && scale->type == jbvNumeric)
 					node->scale = DatumGetInt32(DirectFunctionCall1(numeric_int4,
 																	NumericGetDatum(scale->val.numeric)));
+				else if (scale != NULL && scale->type == jbvString)
+					node->scale = pg_strtoint32(pnstrdup(scale->val.string.val,
+														 scale->val.string.len));
 				if (node->scale < 0 || node->scale > NUMERIC_MAX_DISPLAY_SCALE)
 					node->logical = AVRO_LOGICAL_NONE;
 			}
 			break;
 		case AVRO_INT32:
-			if (davro_json_equals(lt, "date"))
+			if (davro_json_equals(lt, "date") ||
+				davro_json_equals(cn, "io.debezium.time.Date") ||
+				davro_json_equals(cn, "org.apache.kafka.connect.data.Date"))
 				node->logical = AVRO_LOGICAL_DATE;
-			else if (davro_json_equals(lt, "time-millis"))
+			else if (davro_json_equals(lt, "time-millis") ||
+					 davro_json_equals(cn, "io.debezium.time.Time") ||
+					 davro_json_equals(cn, "org.apache.kafka.connect.data.Time"))
 				node->logical = AVRO_LOGICAL_TIME_MILLIS;
 			break;
 		case AVRO_INT64:
-			if (davro_json_equals(lt, "time-micros"))
+			if (davro_json_equals(lt, "time-micros") ||
+				davro_json_equals(cn, "io.debezium.time.MicroTime"))
 				node->logical = AVRO_LOGICAL_TIME_MICROS;
-			else if (davro_json_equals(lt, "timestamp-millis"))
+			else if (davro_json_equals(cn, "io.debezium.time.NanoTime"))
+				node->logical = AVRO_LOGICAL_TIME_NANOS;
+			else if (davro_json_equals(lt, "timestamp-millis") ||
+					 davro_json_equals(cn, "org.apache.kafka.connect.data.Timestamp"))
 				node->logical = AVRO_LOGICAL_TS_MILLIS;
 			else if (davro_json_equals(lt, "timestamp-micros"))
 				node->logical = AVRO_LOGICAL_TS_MICROS;
-			else if (davro_json_equals(lt, "local-timestamp-millis"))
+			else if (davro_json_equals(lt, "local-timestamp-millis") ||
+					 davro_json_equals(cn, "io.debezium.time.Timestamp"))
 				node->logical = AVRO_LOGICAL_LOCAL_TS_MILLIS;
-			else if (davro_json_equals(lt, "local-timestamp-micros"))
+			else if (davro_json_equals(lt, "local-timestamp-micros") ||
+					 davro_json_equals(cn, "io.debezium.time.MicroTimestamp"))
 				node->logical = AVRO_LOGICAL_LOCAL_TS_MICROS;
+			else if (davro_json_equals(cn, "io.debezium.time.NanoTimestamp"))
+				node->logical = AVRO_LOGICAL_LOCAL_TS_NANOS;
 			break;
 		case AVRO_STRING:
 			if (davro_json_equals(lt, "uuid"))
 				node->logical = AVRO_LOGICAL_UUID;
+			break;
+		case AVRO_RECORD:
+			if (davro_json_equals(cn, "io.debezium.data.VariableScaleDecimal"))
+				node->logical = AVRO_LOGICAL_VARIABLE_DECIMAL;
 			break;
 		default:
 			break;
@@ -647,8 +690,14 @@ davro_type_name(AvroNode *n)
 			return "local-timestamp-millis";
 		case AVRO_LOGICAL_LOCAL_TS_MICROS:
 			return "local-timestamp-micros";
+		case AVRO_LOGICAL_LOCAL_TS_NANOS:
+			return "io.debezium.time.NanoTimestamp";
+		case AVRO_LOGICAL_TIME_NANOS:
+			return "io.debezium.time.NanoTime";
 		case AVRO_LOGICAL_UUID:
 			return "uuid";
+		case AVRO_LOGICAL_VARIABLE_DECIMAL:
+			return "io.debezium.data.VariableScaleDecimal";
 		case AVRO_LOGICAL_NONE:
 			break;
 	}
@@ -829,6 +878,13 @@ davro_time(int64 value, int64 unit)
 	return (TimeADT) us;
 }
 
+/* davro_nanos_to_micros divides nanoseconds by 1000, rounding down. */
+static int64
+davro_nanos_to_micros(int64 ns)
+{
+	return ns >= 0 ? ns / 1000 : -((-(ns + 1)) / 1000) - 1;
+}
+
 /*
  * davro_logical_datum returns the PostgreSQL value of an int or long with
  * a date, time or timestamp logical type, with its type in *typid.
@@ -859,10 +915,57 @@ davro_logical_datum(KappaDecoder *d, AvroNode *n, int64 value, Oid *typid)
 		case AVRO_LOGICAL_LOCAL_TS_MICROS:
 			*typid = TIMESTAMPOID;
 			return TimestampGetDatum(davro_epoch_usecs(d, value, 1));
+		case AVRO_LOGICAL_LOCAL_TS_NANOS:
+			*typid = TIMESTAMPOID;
+			return TimestampGetDatum(davro_epoch_usecs(d, davro_nanos_to_micros(value), 1));
+		case AVRO_LOGICAL_TIME_NANOS:
+			*typid = TIMEOID;
+			return TimeADTGetDatum(davro_time(davro_nanos_to_micros(value), 1));
 		default:
 			*typid = INT8OID;
 			return Int64GetDatum(value);
 	}
+}
+
+/*
+ * davro_variable_decimal_text returns the decimal text of Debezium's
+ * VariableScaleDecimal, a record of "scale" (int) and "value" (bytes, the
+ * unscaled two's-complement integer).
+ */
+static char *
+davro_variable_decimal_text(avro_value_t *v, AvroNode *n)
+{
+	int32		scale = -1;
+	const void *buf = NULL;
+	size_t		size = 0;
+
+	for (int i = 0; i < n->nchildren; i++)
+	{
+		avro_value_t field;
+		AvroNode   *fn = n->children[i];
+
+		avro_value_get_by_index(v, i, &field, NULL);
+		if (fn->type == AVRO_UNION)
+		{
+			avro_value_t branch;
+			int			disc;
+
+			avro_value_get_discriminant(&field, &disc);
+			avro_value_get_current_branch(&field, &branch);
+			field = branch;
+			fn = fn->children[disc];
+		}
+		if (strcmp(n->names[i], "scale") == 0 && fn->type == AVRO_INT32)
+			avro_value_get_int(&field, &scale);
+		else if (strcmp(n->names[i], "value") == 0 && fn->type == AVRO_BYTES)
+			avro_value_get_bytes(&field, &buf, &size);
+	}
+	if (scale < 0 || scale > NUMERIC_MAX_DISPLAY_SCALE || buf == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("Debezium VariableScaleDecimal needs a scale from 0 to %d and a value",
+						NUMERIC_MAX_DISPLAY_SCALE)));
+	return davro_decimal_text(buf, size, scale);
 }
 
 /*
@@ -963,6 +1066,10 @@ davro_scalar_text(KappaDecoder *d, avro_value_t *v, AvroNode *n)
 				avro_value_get_enum(v, &symbol);
 				return pstrdup(n->symbols[symbol]);
 			}
+		case AVRO_RECORD:
+			if (n->logical == AVRO_LOGICAL_VARIABLE_DECIMAL)
+				return davro_variable_decimal_text(v, n);
+			return NULL;
 		default:
 			return NULL;
 	}
@@ -995,6 +1102,16 @@ davro_push_jsonb(KappaDecoder *d, JsonbParseState **state, avro_value_t *v,
 	switch (n->type)
 	{
 		case AVRO_RECORD:
+			if (n->logical == AVRO_LOGICAL_VARIABLE_DECIMAL)
+			{
+				jv.type = jbvNumeric;
+				jv.val.numeric = DatumGetNumeric(DirectFunctionCall3(numeric_in,
+																	 CStringGetDatum(davro_variable_decimal_text(v, n)),
+																	 ObjectIdGetDatum(InvalidOid),
+																	 Int32GetDatum(-1)));
+				break;
+			}
+			/* FALLTHROUGH */
 		case AVRO_MAP:
 			res = pushJsonbValue(state, WJB_BEGIN_OBJECT, NULL);
 			avro_value_get_size(v, &size);
@@ -1237,8 +1354,13 @@ davro_direct(KappaDecoder *d, DecodeColumn *col, avro_value_t *v, AvroNode *n,
 					*result = ldatum;
 					return true;
 				}
-				/* an instant into timestamp without time zone: UTC */
-				if (ltype == TIMESTAMPTZOID && typid == TIMESTAMPOID && col->typmod < 0)
+				/*
+				 * An instant into timestamp without time zone, or a wall
+				 * clock into timestamp with time zone: both as UTC, whatever
+				 * the TimeZone setting.
+				 */
+				if (((ltype == TIMESTAMPTZOID && typid == TIMESTAMPOID) ||
+					 (ltype == TIMESTAMPOID && typid == TIMESTAMPTZOID)) && col->typmod < 0)
 				{
 					*result = ldatum;
 					return true;
@@ -1415,12 +1537,14 @@ davro_pg_type(AvroNode *n)
 			switch (n->logical)
 			{
 				case AVRO_LOGICAL_TIME_MICROS:
+				case AVRO_LOGICAL_TIME_NANOS:
 					return "time without time zone";
 				case AVRO_LOGICAL_TS_MILLIS:
 				case AVRO_LOGICAL_TS_MICROS:
 					return "timestamp with time zone";
 				case AVRO_LOGICAL_LOCAL_TS_MILLIS:
 				case AVRO_LOGICAL_LOCAL_TS_MICROS:
+				case AVRO_LOGICAL_LOCAL_TS_NANOS:
 					return "timestamp without time zone";
 				default:
 					return "bigint";
@@ -1437,6 +1561,9 @@ davro_pg_type(AvroNode *n)
 		case AVRO_ENUM:
 		case AVRO_NULL:
 			return "pg_catalog.text";
+		case AVRO_RECORD:
+			return n->logical == AVRO_LOGICAL_VARIABLE_DECIMAL ?
+				"pg_catalog.numeric" : "pg_catalog.jsonb";
 		case AVRO_ARRAY:
 			{
 				AvroNode   *items = n->children[0];
@@ -1672,4 +1799,228 @@ DecodeAvroKey(KappaDecoder *d, const char *data, size_t len,
 		d->cur_col = -1;
 		MemoryContextSwitchTo(old);
 	}
+}
+
+/* ---------------------------------------------------------------------
+ * Debezium change events in Avro
+ * ---------------------------------------------------------------------
+ */
+
+/* Debezium's default unavailable.value.placeholder */
+#define DAVRO_UNAVAILABLE	"__debezium_unavailable_value"
+
+/*
+ * davro_field returns the value and node of field 'name' of a record
+ * (unions resolved to their branch), or false if the record has no such
+ * field.
+ */
+static bool
+davro_field(avro_value_t *record, AvroNode *n, const char *name,
+			avro_value_t *value, AvroNode **node)
+{
+	for (int i = 0; n->type == AVRO_RECORD && i < n->nchildren; i++)
+	{
+		if (strcmp(n->names[i], name) != 0)
+			continue;
+		avro_value_get_by_index(record, i, value, NULL);
+		*node = n->children[i];
+		while ((*node)->type == AVRO_UNION)
+		{
+			avro_value_t branch;
+			int			disc;
+
+			avro_value_get_discriminant(value, &disc);
+			avro_value_get_current_branch(value, &branch);
+			*value = branch;
+			*node = (*node)->children[disc];
+		}
+		return true;
+	}
+	return false;
+}
+
+/*
+ * DecodeAvroEvent decodes a Debezium change event in Avro (the Confluent
+ * wire format): its op, whether it has an after and a before record (kept
+ * for DecodeAvroEventRow), and the value at the path 'order_by' (a
+ * NULL-terminated array of field names, or NULL) as a numeric in
+ * d->outcxt.  The row fields are not converted here.
+ */
+void
+DecodeAvroEvent(KappaDecoder *d, const char *data, size_t len,
+				char *const *order_by, DecodeAvroEventInfo *ev)
+{
+	DecodeAvroState *a = d->avro;
+	AvroPlan   *plan = davro_read(d, data, len, "payload", NULL, 0);
+	avro_value_t *record = &plan->schema->value;
+	avro_value_t v;
+	AvroNode   *n;
+	const char *parts[2] = {"after", "before"};
+
+	memset(ev, 0, sizeof(*ev));
+	if (davro_field(record, plan->root, "op", &v, &n) && n->type == AVRO_STRING)
+	{
+		const char *str;
+		size_t		size;
+
+		avro_value_get_string(&v, &str, &size);
+		ev->op_text = pnstrdup(str, size > 0 ? size - 1 : 0);
+		if (strlen(ev->op_text) == 1 && strchr("crudt", ev->op_text[0]) != NULL)
+			ev->op = ev->op_text[0];
+	}
+	for (int p = 0; p < 2; p++)
+	{
+		a->event_nodes[p] = NULL;
+		if (davro_field(record, plan->root, parts[p], &v, &n) && n->type == AVRO_RECORD)
+		{
+			a->event_rows[p] = v;
+			a->event_nodes[p] = n;
+		}
+	}
+	ev->has_after = a->event_nodes[0] != NULL;
+	ev->has_before = a->event_nodes[1] != NULL;
+
+	if (order_by != NULL)
+	{
+		avro_value_t cur = *record;
+		AvroNode   *curn = plan->root;
+		bool		found = true;
+
+		for (int i = 0; order_by[i] != NULL && found; i++)
+		{
+			avro_value_t next;
+
+			found = davro_field(&cur, curn, order_by[i], &next, &curn);
+			cur = next;
+		}
+		if (found && curn->type != AVRO_NULL)
+		{
+			char	   *text = davro_scalar_text(d, &cur, curn);
+			MemoryContext old = MemoryContextSwitchTo(d->outcxt);
+
+			if (text == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATATYPE_MISMATCH),
+						 errmsg("the order_by path of a Debezium change event leads to an Avro %s, not a number",
+								davro_type_name(curn))));
+			ev->position = DirectFunctionCall3(numeric_in, CStringGetDatum(text),
+											   ObjectIdGetDatum(InvalidOid),
+											   Int32GetDatum(-1));
+			ev->has_position = true;
+			MemoryContextSwitchTo(old);
+		}
+	}
+}
+
+/*
+ * davro_row_map returns which column each field of record node 'n' fills,
+ * made on first use.
+ */
+static AvroRowMap *
+davro_row_map(KappaDecoder *d, AvroNode *n)
+{
+	DecodeAvroState *a = d->avro;
+	ListCell   *lc;
+	AvroRowMap *map;
+	MemoryContext old;
+
+	foreach(lc, a->row_maps)
+	{
+		map = lfirst(lc);
+		if (map->node == n)
+			return map;
+	}
+	old = MemoryContextSwitchTo(a->cxt);
+	map = palloc0(sizeof(AvroRowMap));
+	map->node = n;
+	map->field_col = palloc(sizeof(int) * Max(n->nchildren, 1));
+	map->elements = palloc0(sizeof(DecodeColumn *) * Max(d->natts, 1));
+	for (int i = 0; i < n->nchildren; i++)
+	{
+		int			c = DecodeFindColumn(d, n->names[i]);
+
+		if (c >= 0 && d->cols[c].kind != DECODE_COL_PAYLOAD)
+			c = -1;
+		map->field_col[i] = c;
+		if (c >= 0 && map->elements[c] == NULL)
+			map->elements[c] = davro_element_column(&d->cols[c]);
+	}
+	a->row_maps = lappend(a->row_maps, map);
+	MemoryContextSwitchTo(old);
+	return map;
+}
+
+/*
+ * DecodeAvroEventRow fills columns from the after (or, with !after, the
+ * before) record of the event DecodeAvroEvent decoded last, in d->outcxt:
+ * every field's column, or with 'only' just the columns it marks.  With
+ * 'unavailable', a string field holding Debezium's unavailable-value
+ * placeholder marks its column there (allocated when first needed) instead
+ * of filling it.  Fields naming no column are ignored (refused with option
+ * strict, unless 'only' is given).
+ */
+void
+DecodeAvroEventRow(KappaDecoder *d, bool after, const bool *only,
+				   bool **unavailable, Datum *values, bool *nulls)
+{
+	DecodeAvroState *a = d->avro;
+	avro_value_t *record = &a->event_rows[after ? 0 : 1];
+	AvroNode   *n = a->event_nodes[after ? 0 : 1];
+	AvroRowMap *map;
+	MemoryContext old;
+
+	if (n == NULL)
+		return;
+	map = davro_row_map(d, n);
+	old = MemoryContextSwitchTo(d->outcxt);
+	for (int i = 0; i < n->nchildren; i++)
+	{
+		int			c = map->field_col[i];
+		avro_value_t field;
+		DecodeWhere where = {NULL, 0, NULL};
+
+		if (c < 0)
+		{
+			if (d->strict && only == NULL)
+				DecodeUnknownField(n->names[i], NULL, 0);
+			continue;
+		}
+		if (only != NULL && !only[c])
+			continue;
+		avro_value_get_by_index(record, i, &field, NULL);
+		if (unavailable != NULL)
+		{
+			avro_value_t v;
+			AvroNode   *fn;
+
+			if (davro_field(record, n, n->names[i], &v, &fn) && fn->type == AVRO_STRING)
+			{
+				const char *str;
+				size_t		size;
+
+				avro_value_get_string(&v, &str, &size);
+				if (size == sizeof(DAVRO_UNAVAILABLE) &&
+					memcmp(str, DAVRO_UNAVAILABLE, size - 1) == 0)
+				{
+					if (*unavailable == NULL)
+						*unavailable = palloc0(sizeof(bool) * d->natts);
+					(*unavailable)[c] = true;
+					values[c] = (Datum) 0;
+					nulls[c] = true;
+					d->filled[c] = true;
+					continue;
+				}
+			}
+		}
+		where.field = n->names[i];
+		d->cur_col = c;
+		d->cur_where = &where;
+		d->cur_value = NULL;
+		d->cur_len = 0;
+		values[c] = davro_datum(d, &d->cols[c], map->elements[c], &field,
+								n->children[i], &nulls[c]);
+		d->filled[c] = true;
+		d->cur_col = -1;
+	}
+	MemoryContextSwitchTo(old);
 }

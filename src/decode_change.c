@@ -1402,6 +1402,110 @@ dchg_debezium(KappaDecoder *d, char *s, int slen,
 }
 
 /*
+ * dchg_debezium_avro decodes a Debezium change event in Avro (the Confluent
+ * wire format, as the AvroConverter writes it) into 'change', by the same
+ * rules as dchg_debezium: the row from "after", the key from the message
+ * key or "before", a primary key change from "before", the ordering
+ * guard's position from the order_by path.
+ */
+static void
+dchg_debezium_avro(KappaDecoder *d, const char *payload, size_t len,
+				   const KappaMessageMeta *meta, KappaChange *change)
+{
+	DecodeChange *c = d->change;
+	DecodeAvroEventInfo ev;
+
+	DecodeAvroEvent(d, payload, len, c->order_by, &ev);
+	if (ev.op == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 ev.op_text == NULL ?
+				 errmsg("kafka message is not a Debezium change event: it has no \"op\"") :
+				 errmsg("kafka message has an unknown Debezium op %s", DecodeSample(ev.op_text, strlen(ev.op_text))),
+				 errhint("The ops of a Debezium change event are \"c\", \"r\", \"u\", \"d\" and \"t\".")));
+
+	switch (ev.op)
+	{
+		case 'c':
+		case 'r':
+		case 'u':
+			{
+				bool		missing = false;
+
+				if (!ev.has_after)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("Debezium change event with op \"%c\" has no \"after\" record",
+									ev.op)));
+				DecodeAvroEventRow(d, true, NULL, &change->unavailable,
+								   change->values, change->nulls);
+				for (int k = 0; k < c->nkeys; k++)
+					if (!d->filled[c->keycols[k]] ||
+						(change->unavailable && change->unavailable[c->keycols[k]]))
+						missing = true;
+				if (missing)
+					dchg_key(d, meta, change->values, change->nulls);
+
+				if (ev.op == 'u' && ev.has_before)
+				{
+					Datum	   *ov = MemoryContextAlloc(d->outcxt, sizeof(Datum) * d->natts);
+					bool	   *on = MemoryContextAlloc(d->outcxt, sizeof(bool) * d->natts);
+					bool	   *saved = palloc(sizeof(bool) * d->natts);
+					bool		all = true;
+
+					memcpy(saved, d->filled, sizeof(bool) * d->natts);
+					for (int i = 0; i < d->natts; i++)
+					{
+						ov[i] = (Datum) 0;
+						on[i] = true;
+						d->filled[i] = false;
+					}
+					DecodeAvroEventRow(d, false, c->iskey, NULL, ov, on);
+					for (int k = 0; k < c->nkeys; k++)
+						if (!d->filled[c->keycols[k]])
+							all = false;
+					memcpy(d->filled, saved, sizeof(bool) * d->natts);
+					if (all && !dchg_keys_equal(d, ov, on, change->values, change->nulls))
+					{
+						change->moved = true;
+						change->old_values = ov;
+						change->old_nulls = on;
+					}
+				}
+				MemoryContextSwitchTo(d->outcxt);
+				DecodeFinishRow(d, meta, change->values, change->nulls);
+				MemoryContextSwitchTo(d->scratch);
+				change->kind = KAPPA_CHANGE_UPSERT;
+				break;
+			}
+		case 'd':
+			if (meta->key != NULL)
+				dchg_key(d, meta, change->values, change->nulls);
+			else
+			{
+				if (!ev.has_before)
+					dchg_no_key(d, "The delete event has neither a message key nor a \"before\" record.");
+				DecodeAvroEventRow(d, false, c->iskey, NULL, change->values, change->nulls);
+				for (int k = 0; k < c->nkeys; k++)
+					if (!d->filled[c->keycols[k]])
+						dchg_no_key(d, psprintf("The delete event has no message key, and its "
+												"\"before\" has no field \"%s\".",
+												d->cols[c->keycols[k]].name));
+			}
+			change->kind = KAPPA_CHANGE_DELETE;
+			break;
+		case 't':
+			change->kind = KAPPA_CHANGE_TRUNCATE;
+			break;
+	}
+	if (ev.has_position)
+	{
+		change->has_position = true;
+		change->position = ev.position;
+	}
+}
+
+/*
  * dchg_looks_wrapped tells, cheaply, whether the JSON value of an 'upsert'
  * message may be in Kafka Connect's JsonConverter schema wrapper: an object
  * whose first key is "schema" or "payload" (dchg_unwrap decides).
@@ -1554,6 +1658,8 @@ KappaDecodeChange(KappaDecoder *d, const char *payload, size_t len,
 			}
 		}
 	}
+	else if (payload != NULL && d->format == KAPPA_FORMAT_AVRO)
+		dchg_debezium_avro(d, payload, len, meta, change);
 	else if (payload != NULL)
 	{
 		int			slen;
@@ -1613,12 +1719,13 @@ KappaChangeDecoderCreate(KappaFormat format, KappaEnvelope envelope,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("envelope none is not a keyed changelog"),
 				 errhint("The keyed changelogs are the envelopes upsert and debezium.")));
-	if (envelope == KAPPA_ENVELOPE_DEBEZIUM && format != KAPPA_FORMAT_JSON)
+	if (envelope == KAPPA_ENVELOPE_DEBEZIUM && format != KAPPA_FORMAT_JSON &&
+		format != KAPPA_FORMAT_AVRO)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("envelope debezium needs format json"),
-				 errdetail("Debezium change events are read as JSON, as Kafka Connect's JsonConverter writes them."),
-				 errhint("Use format json, with or without the converter's schemas.")));
+				 errmsg("envelope debezium needs format json or avro"),
+				 errdetail("Debezium change events are read as Kafka Connect's JsonConverter or AvroConverter writes them."),
+				 errhint("Use format json, with or without the converter's schemas, or avro.")));
 	if (key_format != KAPPA_FORMAT_JSON && key_format != KAPPA_FORMAT_TEXT &&
 		key_format != KAPPA_FORMAT_AVRO)
 		ereport(ERROR,

@@ -189,6 +189,22 @@ extern void DecodeAvroKey(KappaDecoder *d, const char *data, size_t len,
 						  const int *keycols, int nkeys,
 						  Datum *values, bool *nulls);
 
+/* A Debezium change event in Avro, as DecodeAvroEvent found it. */
+typedef struct DecodeAvroEventInfo
+{
+	char		op;				/* c, r, u, d or t; 0 for none or another */
+	char	   *op_text;		/* the op as sent, or NULL */
+	bool		has_after;
+	bool		has_before;
+	bool		has_position;
+	Datum		position;		/* numeric, at the order_by path */
+} DecodeAvroEventInfo;
+
+extern void DecodeAvroEvent(KappaDecoder *d, const char *data, size_t len,
+							char *const *order_by, DecodeAvroEventInfo *ev);
+extern void DecodeAvroEventRow(KappaDecoder *d, bool after, const bool *only,
+							   bool **unavailable, Datum *values, bool *nulls);
+
 /* in decode_json.c */
 extern void DecodeJson(KappaDecoder *d, char *data, int len,
 					   Datum *values, bool *nulls);
