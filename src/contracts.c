@@ -217,13 +217,32 @@ KappaContractsForKafka(void)
 
 /* ---------------------------------------------------------------- cooking */
 
-/* Context line of errors while a rule is parsed. */
+/* What ct_cook_error_callback needs. */
+typedef struct CtCookContext
+{
+	const char *name;
+	const char *text;			/* the rule, as parsed inside "SELECT (...)" */
+} CtCookContext;
+
+#define CT_COOK_PREFIX "SELECT ("
+
+/*
+ * Errors while a rule is parsed: a context line naming the expectation,
+ * and the error's position shown in the rule, not in the calling statement.
+ */
 static void
 ct_cook_error_callback(void *arg)
 {
-	const char *name = (const char *) arg;
+	CtCookContext *cook = (CtCookContext *) arg;
+	int			pos = geterrposition();
 
-	errcontext("expectation \"%s\"", name);
+	if (pos > (int) strlen(CT_COOK_PREFIX))
+	{
+		errposition(0);
+		internalerrposition(pos - strlen(CT_COOK_PREFIX));
+		internalerrquery(cook->text);
+	}
+	errcontext("expectation \"%s\"", cook->name);
 }
 
 /*
@@ -236,7 +255,8 @@ ct_cook_error_callback(void *arg)
 static Node *
 ct_cook(Relation rel, const char *text, const char *name)
 {
-	char	   *sql = psprintf("SELECT (%s)", text);
+	char	   *sql = psprintf(CT_COOK_PREFIX "%s)", text);
+	CtCookContext cook = {name, text};
 	List	   *raw;
 	RawStmt    *rawstmt;
 	SelectStmt *select;
@@ -247,7 +267,7 @@ ct_cook(Relation rel, const char *text, const char *name)
 	ErrorContextCallback errcb;
 
 	errcb.callback = ct_cook_error_callback;
-	errcb.arg = (void *) name;
+	errcb.arg = (void *) &cook;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 
