@@ -12,7 +12,7 @@
 #                SELECT url, count(*), sum(amount), avg(amount), max(ts)
 #                  FROM s GROUP BY url
 #   stream3x   the stream with the view and three expectations (data
-#              contracts: amount >= 0, url IS NOT NULL, user_id > 0;
+#              contracts: amount >= 0, url IS NOT NULL, user_id >= 0;
 #              every row passes, so every row pays for three checks)
 #   trigger    a plain table with a statement-level AFTER INSERT trigger that
 #              upserts the same summary (what people hand-write today)
@@ -66,7 +66,7 @@ SELECT kappa.create_stream('stream1', 'user_id int, url text, amount numeric, ts
 SELECT kappa.create_stream('stream3x', 'user_id int, url text, amount numeric, ts timestamptz');
 SELECT kappa.add_expectation('stream3x', 'non_negative', 'amount >= 0', 'dead_letter');
 SELECT kappa.add_expectation('stream3x', 'has_url', 'url IS NOT NULL', 'warn');
-SELECT kappa.add_expectation('stream3x', 'known_user', 'user_id > 0', 'fail');
+SELECT kappa.add_expectation('stream3x', 'known_user', 'user_id >= 0', 'fail');
 CREATE TABLE trigger_rows (user_id int, url text, amount numeric, ts timestamptz);
 CREATE TABLE trigger_summary (url text PRIMARY KEY, n bigint, total numeric, last_ts timestamptz);
 CREATE FUNCTION trigger_upsert() RETURNS trigger LANGUAGE plpgsql AS \$\$

@@ -255,8 +255,8 @@ ct_cook_error_callback(void *arg)
 static Node *
 ct_cook(Relation rel, const char *text, const char *name)
 {
-	char	   *sql = psprintf(CT_COOK_PREFIX "%s)", text);
-	CtCookContext cook = {name, text};
+	char	   *sql = psprintf("%s%s)", CT_COOK_PREFIX, text);
+	CtCookContext cook;
 	List	   *raw;
 	RawStmt    *rawstmt;
 	SelectStmt *select;
@@ -265,6 +265,9 @@ ct_cook(Relation rel, const char *text, const char *name)
 	ParseNamespaceItem *nsitem;
 	Node	   *expr;
 	ErrorContextCallback errcb;
+
+	cook.name = name;
+	cook.text = text;
 
 	errcb.callback = ct_cook_error_callback;
 	errcb.arg = (void *) &cook;
@@ -353,6 +356,7 @@ ct_deparse(Relation rel, Node *expr)
 							  deparse_context_for(RelationGetRelationName(rel),
 												  RelationGetRelid(rel)),
 							  false, false);
+
 	AtEOXact_GUC(true, level);
 	return text;
 }
@@ -482,27 +486,27 @@ ct_load(Oid relid)
 
 	PG_TRY();
 	{
-	KappaBecomeUser(c->owner, &saved);
-	foreach(lc, rows)
-	{
-		CtRow	   *row = lfirst(lc);
-		CtExpectation *e = &c->expect[i];
-		Node	   *expr = ct_cook(rel, row->definition, row->name);
-		Expr	   *planned = expression_planner((Expr *) expr);
+		KappaBecomeUser(c->owner, &saved);
+		foreach(lc, rows)
+		{
+			CtRow	   *row = lfirst(lc);
+			CtExpectation *e = &c->expect[i];
+			Node	   *expr = ct_cook(rel, row->definition, row->name);
+			Expr	   *planned = expression_planner((Expr *) expr);
 
-		if (ct_calls_user_code((Node *) planned, NULL))
-			c->pinSearchPath = true;
-		old = MemoryContextSwitchTo(cxt);
-		e->id = row->id;
-		e->name = pstrdup(row->name);
-		e->rule = pstrdup(row->rule);
-		e->action = row->action;
-		e->check = ExecInitExpr(copyObject(planned), NULL);
-		c->ids[i] = row->id;
-		MemoryContextSwitchTo(old);
-		i++;
-	}
-	KappaRestoreUser(&saved);
+			if (ct_calls_user_code((Node *) planned, NULL))
+				c->pinSearchPath = true;
+			old = MemoryContextSwitchTo(cxt);
+			e->id = row->id;
+			e->name = pstrdup(row->name);
+			e->rule = pstrdup(row->rule);
+			e->action = row->action;
+			e->check = ExecInitExpr(copyObject(planned), NULL);
+			c->ids[i] = row->id;
+			MemoryContextSwitchTo(old);
+			i++;
+		}
+		KappaRestoreUser(&saved);
 	}
 	PG_CATCH();
 	{

@@ -106,9 +106,10 @@ KappaTargetIsSimple(Relation rel, bool changes)
 	{
 		Trigger    *t = &trig->triggers[i];
 		bool		insert = TRIGGER_FOR_INSERT(t->tgtype);
-		bool		other = TRIGGER_FOR_UPDATE(t->tgtype) ||
-			TRIGGER_FOR_DELETE(t->tgtype) || TRIGGER_FOR_TRUNCATE(t->tgtype);
+		bool		other;
 
+		other = TRIGGER_FOR_UPDATE(t->tgtype) || TRIGGER_FOR_DELETE(t->tgtype) ||
+			TRIGGER_FOR_TRUNCATE(t->tgtype);
 		if (!insert && !(changes && other))
 			continue;
 		/* the summary of skipped rows: a source never skips (contracts.c) */

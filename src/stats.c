@@ -204,7 +204,7 @@ kappa_stream_stats(PG_FUNCTION_ARGS)
  * full is not counted (the counters are informational).
  */
 void
-KappaStatsCountExpectations(int n, const int32 *ids, uint64 checked,
+KappaStatsCountExpectations(int n, const int32 * ids, uint64 checked,
 							const uint64 *violating, TimestampTz lastViolation)
 {
 	if (stats_shared == NULL || n == 0)

@@ -13,7 +13,7 @@
 
 extern void KappaStatsPreloadInit(void);
 extern void KappaStatsCountStream(Oid streamRelid, uint64 nrows);
-extern void KappaStatsCountExpectations(int n, const int32 *ids, uint64 checked,
+extern void KappaStatsCountExpectations(int n, const int32 * ids, uint64 checked,
 										const uint64 *violating,
 										TimestampTz lastViolation);
 extern void KappaStatsForgetExpectation(int32 id);
