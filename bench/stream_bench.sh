@@ -11,6 +11,9 @@
 #   stream1    a stream with one continuous view
 #                SELECT url, count(*), sum(amount), avg(amount), max(ts)
 #                  FROM s GROUP BY url
+#   stream3x   the stream with the view and three expectations (data
+#              contracts: amount >= 0, url IS NOT NULL, user_id >= 0;
+#              every row passes, so every row pays for three checks)
 #   trigger    a plain table with a statement-level AFTER INSERT trigger that
 #              upserts the same summary (what people hand-write today)
 # and 10,000 single-row INSERT statements, each its own transaction (pgbench),
@@ -60,6 +63,10 @@ COPY (SELECT (random() * 100000)::int,
 CREATE UNLOGGED TABLE unlogged (user_id int, url text, amount numeric, ts timestamptz);
 SELECT kappa.create_stream('stream0', 'user_id int, url text, amount numeric, ts timestamptz');
 SELECT kappa.create_stream('stream1', 'user_id int, url text, amount numeric, ts timestamptz');
+SELECT kappa.create_stream('stream3x', 'user_id int, url text, amount numeric, ts timestamptz');
+SELECT kappa.add_expectation('stream3x', 'non_negative', 'amount >= 0', 'dead_letter');
+SELECT kappa.add_expectation('stream3x', 'has_url', 'url IS NOT NULL', 'warn');
+SELECT kappa.add_expectation('stream3x', 'known_user', 'user_id >= 0', 'fail');
 CREATE TABLE trigger_rows (user_id int, url text, amount numeric, ts timestamptz);
 CREATE TABLE trigger_summary (url text PRIMARY KEY, n bigint, total numeric, last_ts timestamptz);
 CREATE FUNCTION trigger_upsert() RETURNS trigger LANGUAGE plpgsql AS \$\$
@@ -97,6 +104,8 @@ kappa_log "COPY $ROWS rows, best of $RUNS"
 T_UNLOGGED=$(best_copy_ms unlogged "TRUNCATE unlogged")
 T_STREAM0=$(best_copy_ms stream0 "SELECT 1")
 T_STREAM1=$(best_copy_ms stream1 "SELECT kappa.drop_view('v1') FROM kappa.views WHERE view_name = 'v1'; SELECT kappa.create_view('v1', \$q\$$VIEW_SQL\$q\$)")
+VIEW3X_SQL=$(echo "$VIEW_SQL" | sed 's/FROM stream1/FROM stream3x/')
+T_STREAM3X=$(best_copy_ms stream3x "SELECT kappa.drop_view('v3x') FROM kappa.views WHERE view_name = 'v3x'; SELECT kappa.create_view('v3x', \$q\$$VIEW3X_SQL\$q\$)")
 T_TRIGGER=$(best_copy_ms trigger_rows "TRUNCATE trigger_rows, trigger_summary")
 
 # The view must equal the same query as plain SQL over the same rows.
@@ -139,12 +148,14 @@ pg_kappa stream benchmark: $ROWS rows, 1,000 urls, $(nproc) cores, best of $RUNS
   unlogged table (limit)     $(printf '%9.0f %12s' "$T_UNLOGGED" "$(rate "$T_UNLOGGED")")
   stream, no view (ceiling)  $(printf '%9.0f %12s' "$T_STREAM0" "$(rate "$T_STREAM0")")
   stream, one view           $(printf '%9.0f %12s' "$T_STREAM1" "$(rate "$T_STREAM1")")
+  stream, view, 3 expect.    $(printf '%9.0f %12s' "$T_STREAM3X" "$(rate "$T_STREAM3X")")
   table + summary trigger    $(printf '%9.0f %12s' "$T_TRIGGER" "$(rate "$T_TRIGGER")")
 
   ratios (higher is better)                              measured  target
   stream+view vs unlogged COPY                           $(ratio "$T_UNLOGGED" "$T_STREAM1")x     >= 1.00x
   stream+view vs hand-written trigger                    $(ratio "$T_TRIGGER" "$T_STREAM1")x     >= 1.50x
   stream+view vs no-view ceiling                         $(ratio "$T_STREAM0" "$T_STREAM1")x     >= 0.80x
+  stream+view+3 expectations vs stream+view              $(ratio "$T_STREAM1" "$T_STREAM3X")x     >= 0.85x
 
   $INSERTS single-row INSERT transactions        tps
   plain table                                $(printf '%10.0f' "$TPS_PLAIN")

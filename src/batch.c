@@ -161,6 +161,9 @@ KappaBatchCreate(Relation stream, MemoryContext parent)
 	batch->keepRows = OidIsValid(batch->views->backingRelid) ||
 		KappaViewFeedNeedsRows(batch->feed);
 
+	/* the stream's expectations, checked on every row after its constraints */
+	batch->contract = KappaContractBegin(batch->streamRelid, parent);
+
 	/* the stream's NOT NULL and CHECK constraints, checked on every row */
 	if (RelationGetDescr(stream)->constr != NULL)
 	{
@@ -176,9 +179,10 @@ KappaBatchCreate(Relation stream, MemoryContext parent)
 
 /*
  * KappaBatchAdd checks the row in 'slot' against the stream's constraints
- * (raising the executor's error for a violation) and copies it into the
- * batch.  batch->bytes tells callers how much memory the batch's rows take;
- * KappaBatchPushDue when to call KappaBatchPush.
+ * (raising the executor's error for a violation) and its expectations
+ * (KappaContractCheck: a violation may skip the row or raise an error), and
+ * copies it into the batch.  batch->bytes tells callers how much memory the
+ * batch's rows take; KappaBatchPushDue when to call KappaBatchPush.
  */
 void
 KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot)
@@ -188,6 +192,8 @@ KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot)
 		ExecConstraints(batch->checkRelInfo, slot, batch->checkEstate);
 		ResetPerTupleExprContext(batch->checkEstate);
 	}
+	if (batch->contract != NULL && !KappaContractCheck(batch->contract, slot))
+		return;
 	batch->rowsAdded++;
 	if (!batch->keepRows && !batch->pushesRows)
 		return;
@@ -399,10 +405,17 @@ KappaBatchPending(KappaBatch *batch)
 	return batch->nrows > 0 || KappaViewFeedAccumulating(batch->feed);
 }
 
-/* KappaBatchDestroy frees a batch (its rows need not be applied). */
+/*
+ * KappaBatchDestroy frees a batch (its rows need not be applied).  Called
+ * when the statement or Kafka range succeeded, it also ends the batch's
+ * expectation run: its counts are recorded, and a WARNING tells an SQL
+ * writer about the rows that were skipped.
+ */
 void
 KappaBatchDestroy(KappaBatch *batch)
 {
+	if (batch->contract != NULL)
+		KappaContractEnd(batch->contract);
 	if (batch->checkEstate != NULL)
 		FreeExecutorState(batch->checkEstate);
 	KappaViewFeedDestroy(batch->feed);

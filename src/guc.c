@@ -10,6 +10,9 @@
  * last minute above which kappa.sources shows a source as degraded.  kappa.stream_batch_memory bounds the memory an INSERT
  * or COPY into a stream fills with rows before applying them to the views,
  * which bounds memory for statements of any size.
+ * kappa.expectation_errors makes an INSERT, UPDATE or COPY fail with
+ * check_violation on a row that violates a 'dead_letter' expectation,
+ * instead of skipping the row (docs/contracts.md).
  *
  *-------------------------------------------------------------------------
  */
@@ -24,6 +27,7 @@ int			kappa_max_latency_ms = 100;
 int			kappa_stream_batch_memory_kb = 65536;
 int			kappa_batch_bytes_kb = 65536;
 double		kappa_dead_letter_alert = 0.5;
+bool		kappa_expectation_errors = false;
 
 /*
  * KappaDefineGucs registers the kappa.* settings and reserves the prefix.
@@ -72,6 +76,14 @@ KappaDefineGucs(void)
 							 &kappa_dead_letter_alert,
 							 0.5, 0.0, 1.0,
 							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("kappa.expectation_errors",
+							 "Raise an error for rows that violate a 'dead_letter' expectation instead of skipping them.",
+							 "Applies to INSERT, UPDATE and COPY; Kafka sources always send such rows to kappa.errors.",
+							 &kappa_expectation_errors,
+							 false,
+							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("kappa");

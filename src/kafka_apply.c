@@ -31,9 +31,10 @@
  * it fails while applying a stream batch to its views, the range is bisected
  * until the offending messages are alone.  Errors that do not belong to a
  * message (cancel, shutdown, lack of resources, serialization failures, a
- * lost privilege) are raised to the worker loop, which aborts the
- * transaction and exits; the worker is restarted and starts over from the
- * stored offsets.
+ * lost privilege, a row that violates an expectation whose action is
+ * 'fail') are raised to the worker loop, which aborts the transaction and
+ * exits (or, for the expectation, stops the source); the worker is
+ * restarted and starts over from the stored offsets.
  *
  * Whose rights.  The worker connects as the source's owner, whose INSERT
  * privilege (for keyed changes also UPDATE and DELETE) and row-level
@@ -72,6 +73,7 @@
 
 #include "pg_kappa.h"
 #include "kafka.h"
+#include "kappa_errcodes.h"
 #include "schema_registry.h"
 #include "util.h"
 
@@ -164,6 +166,8 @@ KappaApplyInit(KappaSource *source, MemoryContext parent)
 											 ALLOCSET_DEFAULT_SIZES);
 	ka_apply.failed_index = -1;
 	ka_apply.last_schema_id = -1;
+	/* violated expectations: dead letters, or the source stops */
+	KappaContractsForKafka();
 	ka_apply.avro_values = (KappaParseFormat(source->format) == KAPPA_FORMAT_AVRO);
 	ka_apply.avro_keys = (source->envelope != KAPPA_ENVELOPE_NONE &&
 						  KappaParseKeyFormat(source->key_format) == KAPPA_FORMAT_AVRO);
@@ -480,6 +484,7 @@ ka_error_is_message_error(ErrorData *edata)
 		edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
 		(edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE && !ka_apply.target_rls) ||
 		edata->sqlerrcode == ERRCODE_UNDEFINED_TABLE ||
+		edata->sqlerrcode == ERRCODE_KAPPA_EXPECTATION_FAILED ||
 		edata->sqlerrcode == ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE)
 		return false;
 	/* class 54 (program limit: an oversize message or value) is the message's */

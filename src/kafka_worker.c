@@ -19,7 +19,8 @@
  *
  * Modes.  A worker consumes; or, for a paused source (slot 0 only), holds
  * no partition but keeps the lag current; or, when it cannot go on (data
- * loss under 'fail', USAGE on the server or an option's privilege lost),
+ * loss under 'fail', USAGE on the server or an option's privilege lost, a
+ * row that violates an expectation whose action is 'fail'),
  * holds no partition, shows state failed with the reason, and keeps the lag
  * current until the cause is gone (blocked: rechecked with the source) or
  * the worker is restarted (failed).
@@ -52,7 +53,9 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "pg_kappa.h"
 #include "kafka.h"
+#include "kappa_errcodes.h"
 #include "util.h"
 
 /* Timings */
@@ -99,6 +102,8 @@ static KwWorker kw_worker = {.mode = KW_MODE_CONSUMING};
 
 static void kw_stop(KwStopReason reason) pg_attribute_noreturn();
 static void kw_fail_and_exit(ErrorData *edata, const char *what) pg_attribute_noreturn();
+static void kw_stopped_by_expectation(ErrorData *edata) pg_attribute_noreturn();
+static void kw_reload_config(void);
 
 /*
  * kw_source_changed tells whether the catalog row with our source's id now
@@ -314,6 +319,83 @@ kw_fail_and_exit(ErrorData *edata, const char *what)
 }
 
 /*
+ * kw_stopped_by_expectation holds the source after a row violated an
+ * expectation whose action is 'fail' (ERRCODE_KAPPA_EXPECTATION_FAILED,
+ * contracts.c): the batch is not applied, the worker lets go of its
+ * partitions and shows state failed with the error, without restarting
+ * over and over, and checks every KW_CATALOG_CHECK_MS whether the
+ * expectation still stops the source.  Once it does not (dropped, or added
+ * again with another action) the worker exits, to be restarted from the
+ * stored offsets; it stops as usual when the source is dropped or changed.
+ * Call it from a PG_CATCH block, after CopyErrorData.
+ */
+static void
+kw_stopped_by_expectation(ErrorData *edata)
+{
+	char	   *name = edata->constraint_name;
+
+	EmitErrorReport();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	kw_enter_mode(KW_MODE_FAILED);
+	KappaStatusForgetError();
+	KappaStatusSetError(KAPPA_WORKER_FAILED, "stopped by an expectation: %s%s%s",
+						edata->message, edata->detail ? ": " : "",
+						edata->detail ? edata->detail : "");
+	PG_TRY();
+	{
+		int			nparts;
+		int			topic_partitions;
+		const KappaPartition *parts = KappaConsumerPartitions(&nparts,
+															  &topic_partitions);
+
+		KappaStatusFlush(parts, nparts, topic_partitions);
+	}
+	PG_CATCH();
+	{
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+
+	for (;;)
+	{
+		KwStopReason why;
+		bool		stops;
+
+		(void) WaitLatchOrSocket(MyLatch,
+								 WL_LATCH_SET | WL_SOCKET_READABLE | WL_TIMEOUT |
+								 WL_EXIT_ON_PM_DEATH,
+								 KappaConsumerEventFd(), KW_CATALOG_CHECK_MS,
+								 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		KappaConsumerDrainEvents();
+		CHECK_FOR_INTERRUPTS();
+		kw_reload_config();
+		AcceptInvalidationMessages();
+
+		why = kw_check_source();
+		if (why != KW_STOP_NONE)
+			kw_stop(why);
+		(void) KappaBeginTransaction(false);
+		stops = name != NULL &&
+			KappaExpectationStops(kw_worker.source->target, name);
+		KappaCommitTransaction();
+		if (!stops)
+		{
+			ereport(LOG,
+					(errmsg("kafka source \"%s\" worker %d restarts: expectation \"%s\" no longer stops it",
+							kw_worker.source->name, kw_worker.args.slot,
+							name ? name : "?")));
+			if (kw_worker.args.managed)
+				KappaLauncherWake();
+			proc_exit(1);
+		}
+	}
+}
+
+/*
  * kw_apply_or_exit applies the batch; on an error that is not a message's
  * fault (the target is gone, the owner lost its privilege, a serialization
  * failure) it records the error in kappa.sources and exits, to be
@@ -354,6 +436,8 @@ kw_apply_or_exit(void)
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		/* the messages were not applied; the restart fetches them again */
+		if (edata->sqlerrcode == ERRCODE_KAPPA_EXPECTATION_FAILED)
+			kw_stopped_by_expectation(edata);
 		kw_fail_and_exit(edata, "batch failed, worker restarts");
 	}
 	PG_END_TRY();

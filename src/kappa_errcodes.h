@@ -40,5 +40,11 @@
 #define ERRCODE_KAPPA_NO_STREAM_ROWS			MAKE_SQLSTATE('K','V','0','2','3')
 #define ERRCODE_KAPPA_TABLE_VIEW_CONSTRUCT		MAKE_SQLSTATE('K','V','0','2','4')
 #define ERRCODE_KAPPA_UNSUPPORTED_RELATION		MAKE_SQLSTATE('K','V','0','2','5')
+/*
+ * A row violated an expectation whose action is 'fail' while a Kafka source
+ * applied it: not the message's fault, so the source stops (SQL writers get
+ * check_violation, 23514, instead).
+ */
+#define ERRCODE_KAPPA_EXPECTATION_FAILED		MAKE_SQLSTATE('K','V','0','2','6')
 
 #endif							/* KAPPA_ERRCODES_H */

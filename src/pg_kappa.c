@@ -38,6 +38,7 @@ _PG_init(void)
 	KappaCatalogInit();
 	KappaStreamViewsInit();
 	KappaTableCaptureInit();
+	KappaContractsInit();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

@@ -27,7 +27,8 @@
  *		view_merge.c (merging into a materialization), view_accum.c
  *		(combining deltas in memory)
  *	 6. leaves: view_shape.c, agg_state.c, stream_scan.c, the decoders
- *		(decode*.c), kafka_options.c
+ *		(decode*.c), kafka_options.c, contracts.c (expectations: checking
+ *		rows, add/drop_expectation)
  *	 7. foundation: catalog.c, util.c (util.h), guc.c, stats.c (stats.h)
  *
  * A lower layer calls a higher one only through a callback it is handed (a
@@ -61,6 +62,7 @@ extern bool kappa_loaded_via_preload;
 
 typedef struct KappaStreamViews KappaStreamViews;
 typedef struct KappaViewFeed KappaViewFeed;
+typedef struct KappaContractRun KappaContractRun;
 
 /*
  * A batch of new rows for one stream.  The rows are heap tuples in the
@@ -100,6 +102,7 @@ typedef struct KappaBatch
 	bool		keepRows;		/* retention or a delta query needs the rows */
 	uint64		rowsAdded;		/* rows added since the batch was created */
 	uint64		rowsCounted;	/* of those, counted in the statistics */
+	KappaContractRun *contract; /* the stream's expectations, or NULL */
 } KappaBatch;
 
 /* rows pushed into views at a time (one role switch per view per chunk) */
@@ -212,6 +215,17 @@ extern double KappaScanSetPlannedRows(double rows);
 extern void KappaStreamScanRoutine(FdwRoutine *routine);
 extern AttrNumber *KappaRetainedColumnMap(TupleDesc stream, Relation backing);
 
+/* in contracts.c (KappaContractRun is declared with KappaBatch) */
+struct Trigger;
+
+extern void KappaContractsInit(void);
+extern void KappaContractsForKafka(void);
+extern KappaContractRun *KappaContractBegin(Oid relid, MemoryContext parent);
+extern bool KappaContractCheck(KappaContractRun *run, TupleTableSlot *slot);
+extern void KappaContractEnd(KappaContractRun *run);
+extern bool KappaIsExpectationTrigger(const struct Trigger *trigger);
+extern bool KappaExpectationStops(Oid relid, const char *name);
+
 /* ---------------------------------------------------------------- layer 7 */
 
 /* in guc.c */
@@ -220,6 +234,7 @@ extern int	kappa_max_latency_ms;
 extern int	kappa_stream_batch_memory_kb;
 extern int	kappa_batch_bytes_kb;
 extern double kappa_dead_letter_alert;
+extern bool kappa_expectation_errors;
 extern void KappaDefineGucs(void);
 
 /* One row of kappa.view_catalog. */

@@ -7,7 +7,8 @@
  * A stream is a foreign table of server kappa_streams.  INSERT (single-row,
  * multi-row, INSERT ... SELECT, prepared) and COPY FROM reach the insert
  * callbacks here: rows are checked against the stream's constraints (core
- * does not check them for foreign tables), gathered into a KappaBatch and
+ * does not check them for foreign tables) and expectations (contracts.c),
+ * gathered into a KappaBatch and
  * applied with KappaBatchApply whenever they fill kappa.stream_batch_memory
  * and at the
  * end of the statement.  A stream nobody reads (no views, no retention)
@@ -38,6 +39,8 @@ typedef struct StreamModifyState
 {
 	KappaStreamViews *views;	/* held until the end of the statement */
 	KappaBatch *batch;			/* NULL when nothing consumes the rows */
+	KappaContractRun *contract; /* the stream's expectations, when batch is
+								 * NULL (else the batch checks them) */
 	EState	   *estate;
 	bool		checkConstraints;
 	uint64		unconsumedRows;
@@ -64,6 +67,8 @@ fdw_begin_insert_common(ResultRelInfo *rinfo, EState *estate)
 	st->checkConstraints = (RelationGetDescr(rel)->constr != NULL);
 	if (st->views->views != NIL || OidIsValid(st->views->backingRelid))
 		st->batch = KappaBatchCreate(rel, estate->es_query_cxt);
+	else
+		st->contract = KappaContractBegin(RelationGetRelid(rel), estate->es_query_cxt);
 	rinfo->ri_FdwState = st;
 }
 
@@ -90,6 +95,8 @@ fdw_add_row(StreamModifyState *st, ResultRelInfo *rinfo, TupleTableSlot *slot)
 		/* nothing keeps the row, but it must still be a valid row */
 		if (st->checkConstraints)
 			ExecConstraints(rinfo, slot, st->estate);
+		if (st->contract != NULL && !KappaContractCheck(st->contract, slot))
+			return;
 		st->unconsumedRows++;
 		return;
 	}
@@ -153,7 +160,11 @@ fdw_end_insert_common(ResultRelInfo *rinfo)
 		KappaBatchDestroy(st->batch);
 	}
 	else
+	{
+		if (st->contract != NULL)
+			KappaContractEnd(st->contract);
 		KappaStatsCountStream(st->views->relid, st->unconsumedRows);
+	}
 	KappaStreamViewsRelease(st->views);
 	rinfo->ri_FdwState = NULL;
 }

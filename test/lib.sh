@@ -15,7 +15,7 @@
 #                        $KAPPA_PORT, extra postgresql.conf lines in CONF)
 
 KAPPA_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-KAPPA_PG_BIN=/usr/lib/postgresql/15/bin
+KAPPA_PG_BIN=${KAPPA_PG_BIN:-/usr/lib/postgresql/15/bin}
 KAPPA_PG_USER=${KAPPA_PG_USER:-kappa_test}
 KAPPA_DEPS=(build-essential postgresql-15 postgresql-server-dev-15 librdkafka-dev
             kcat libipc-run-perl postgresql-15-hll python3
