@@ -118,7 +118,7 @@ for user_id, url, amount, ts in csv.reader(open(rows)):
                   "ts": when}, avro.io.BinaryEncoder(buf))
     msgs.append(header + buf.getvalue())
 while True:
-    delim = b"\n#" + os.urandom(8).hex().encode() + b"#\n"
+    delim = b"#%" + os.urandom(12).hex().encode() + b"%#"
     if not any(delim in m for m in msgs):
         break
 open(out, "wb").write(delim.join(msgs))
@@ -133,7 +133,7 @@ JSON_BYTES=$(( $(wc -c <"$TMP/messages.json") / MESSAGES ))
 # a fresh stream with one view; prints nothing
 make_stream() {
     psql_q >/dev/null <<SQL
-SELECT kappa.drop_stream('$1', cascade => true) FROM kappa.streams WHERE stream = '$1';
+SELECT kappa.drop_stream('$1', cascade => true) FROM kappa.streams WHERE stream_name = '$1';
 SELECT kappa.create_stream('$1', 'user_id int, url text, amount numeric, ts timestamptz');
 SELECT kappa.create_view('$1_v', \$\$SELECT user_id % 1000 AS g, count(*) AS n, sum(amount) AS total,
                                           max(ts) AS last FROM $1 GROUP BY 1\$\$);

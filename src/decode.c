@@ -359,6 +359,7 @@ KappaDecode(KappaDecoder *d, const char *payload, size_t len,
 	d->meta = meta;
 	d->cur_col = -1;
 	d->cur_schema_id = -1;
+	d->drift = false;
 	MemoryContextSwitchTo(d->scratch);
 
 	/* an error's context line names the message and the value converted */
@@ -488,6 +489,15 @@ DecodeFinishRow(KappaDecoder *d, const KappaMessageMeta *meta,
 			MemoryContextSwitchTo(outcxt);
 		}
 	}
+}
+
+/*
+ * KappaDecoderDrift: see kafka.h.
+ */
+bool
+KappaDecoderDrift(KappaDecoder *d)
+{
+	return d->drift;
 }
 
 /*

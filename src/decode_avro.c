@@ -109,6 +109,7 @@ typedef struct AvroPlan
 	int		   *missing_notnull;	/* NOT NULL columns without a field or
 									 * default, -1 terminated */
 	DecodeColumn **elements;	/* per column: an array's element, or NULL */
+	bool		drift;			/* a field names no column */
 } AvroPlan;
 
 /* The Avro state of a decoder (KappaDecoder.avro). */
@@ -129,6 +130,7 @@ struct DecodeAvroState
 typedef struct AvroRowMap
 {
 	AvroNode   *node;
+	bool		drift;			/* a field names no column */
 	int		   *field_col;
 	DecodeColumn **elements;	/* per column: an array's element, or NULL */
 } AvroRowMap;
@@ -597,6 +599,7 @@ davro_plan(KappaDecoder *d, int32 id, const int *keycols, int nkeys)
 
 	old = MemoryContextSwitchTo(a->cxt);
 	plan = hash_search(plans, &id, HASH_ENTER, &found);
+	memset(((char *) plan) + sizeof(int32), 0, sizeof(AvroPlan) - sizeof(int32));
 	plan->schema = ws;
 	if (JB_ROOT_IS_SCALAR(ws->json))
 		(void) JsonbExtractScalar(&ws->json->root, &root);
@@ -622,6 +625,8 @@ davro_plan(KappaDecoder *d, int32 id, const int *keycols, int nkeys)
 	{
 		int			c = DecodeFindColumn(d, plan->root->names[i]);
 
+		if (c < 0)
+			plan->drift = true;
 		if (c >= 0 && d->cols[c].kind != DECODE_COL_PAYLOAD)
 			c = -1;
 		if (c >= 0 && keycols != NULL)
@@ -756,8 +761,14 @@ davro_string(KappaDecoder *d, const char *s, size_t size, int *len)
 				 errmsg("invalid byte sequence for encoding \"UTF8\" in an Avro string")));
 	result = pg_any_to_server(s, (int) size, PG_UTF8);
 	if (result == s)
-		result = pnstrdup(s, size);
-	*len = strlen(result);
+	{
+		result = palloc(size + 1);
+		memcpy(result, s, size);
+		result[size] = '\0';
+		*len = (int) size;
+	}
+	else
+		*len = strlen(result);
 	return result;
 }
 
@@ -1398,13 +1409,46 @@ davro_direct(KappaDecoder *d, DecodeColumn *col, avro_value_t *v, AvroNode *n,
 				char	   *str;
 
 				avro_value_get_string(v, &s, &size);
-				str = davro_string(d, s, size > 0 ? size - 1 : 0, &len);
+				if (size > 0)
+					size--;		/* the terminating NUL */
+				if (GetDatabaseEncoding() == PG_UTF8 && size < MaxAllocSize - VARHDRSZ &&
+					pg_encoding_verifymbstr(PG_UTF8, s, (int) size) == (int) size)
+				{
+					/* valid and in the database's encoding: one copy */
+					*result = PointerGetDatum(cstring_to_text_with_len(s, (int) size));
+					return true;
+				}
+				str = davro_string(d, s, size, &len);
 				*result = PointerGetDatum(cstring_to_text_with_len(str, len));
 				return true;
 			}
 			return false;
 		case AVRO_BYTES:
 		case AVRO_FIXED:
+			if (typid == NUMERICOID && n->logical == AVRO_LOGICAL_DECIMAL)
+			{
+				const void *buf;
+				size_t		size;
+				const uint8 *b;
+				int64		unscaled;
+
+				if (n->type == AVRO_BYTES)
+					avro_value_get_bytes(v, &buf, &size);
+				else
+					avro_value_get_fixed(v, &buf, &size);
+				if (size == 0 || size > 8)
+					return false;	/* the general path: any size */
+				/* big-endian two's complement, sign-extended */
+				b = buf;
+				unscaled = (b[0] & 0x80) ? -1 : 0;
+				for (size_t i = 0; i < size; i++)
+					unscaled = (int64) (((uint64) unscaled << 8) | b[i]);
+				*result = NumericGetDatum(int64_div_fast_to_numeric(unscaled, n->scale));
+				if (col->typmod >= 0)
+					*result = DirectFunctionCall2(numeric, *result,
+												  Int32GetDatum(col->typmod));
+				return true;
+			}
 			if (typid == BYTEAOID && n->logical != AVRO_LOGICAL_DECIMAL)
 			{
 				const void *buf;
@@ -1767,6 +1811,7 @@ DecodeAvro(KappaDecoder *d, const char *data, size_t len,
 						plan->id, d->cols[plan->missing_notnull[c]].name),
 				 errhint("Give the column a default, or produce the field again.")));
 	davro_fill(d, plan, d->strict, values, nulls);
+	d->drift = plan->drift;
 }
 
 /*
@@ -1939,6 +1984,8 @@ davro_row_map(KappaDecoder *d, AvroNode *n)
 	{
 		int			c = DecodeFindColumn(d, n->names[i]);
 
+		if (c < 0)
+			map->drift = true;
 		if (c >= 0 && d->cols[c].kind != DECODE_COL_PAYLOAD)
 			c = -1;
 		map->field_col[i] = c;
@@ -1972,6 +2019,8 @@ DecodeAvroEventRow(KappaDecoder *d, bool after, const bool *only,
 	if (n == NULL)
 		return;
 	map = davro_row_map(d, n);
+	if (only == NULL && map->drift)
+		d->drift = true;
 	old = MemoryContextSwitchTo(d->outcxt);
 	for (int i = 0; i < n->nchildren; i++)
 	{

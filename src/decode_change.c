@@ -1047,6 +1047,8 @@ dchg_row(KappaDecoder *d, DchgValue *obj, DchgSchema *s, bool keys_only,
 		{
 			if (d->strict && !keys_only)
 				DecodeUnknownField(name, v.start, v.len);
+			if (!keys_only)
+				d->drift = true;
 			continue;
 		}
 		if (d->cols[col].kind != DECODE_COL_PAYLOAD ||
@@ -1618,6 +1620,8 @@ KappaDecodeChange(KappaDecoder *d, const char *payload, size_t len,
 	d->outcxt = outcxt;
 	d->meta = meta;
 	d->cur_col = -1;
+	if (!(c->envelope == KAPPA_ENVELOPE_UPSERT && payload != NULL && !wrapped))
+		d->drift = false;		/* else KappaDecode has just set it */
 
 	errcallback.callback = DecodeErrorCallback;
 	errcallback.arg = (void *) d;

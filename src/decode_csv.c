@@ -178,6 +178,8 @@ DecodeCsv(KappaDecoder *d, char *data, int len,
 			if (c < 0 && d->strict)
 				DecodeUnknownField(header[i].isnull ? "" : header[i].value,
 								   NULL, 0);
+			if (c < 0)
+				d->drift = true;
 			if (c >= 0 && d->cols[c].kind != DECODE_COL_PAYLOAD)
 				c = -1;			/* metadata or generated: ignored */
 			for (int j = 0; c >= 0 && j < i; j++)
@@ -209,6 +211,8 @@ DecodeCsv(KappaDecoder *d, char *data, int len,
 						   d->header ? " after the header" : "",
 						   DecodeSample(data + pos, len - pos))));
 
+	if (nfields > ncols)
+		d->drift = true;
 	if (nfields > ncols && d->strict)
 		ereport(ERROR,
 				(errcode(ERRCODE_BAD_COPY_FILE_FORMAT),

@@ -154,6 +154,8 @@ struct KappaDecoder
 
 	/* per message */
 	bool	   *filled;
+	bool		drift;			/* a field named no column (and strict is
+								 * off): schema drift upstream */
 	const KappaMessageMeta *meta;
 
 	/*

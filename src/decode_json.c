@@ -36,6 +36,7 @@
 /* What a JSON field name resolves to, besides a column index. */
 #define DJSON_FIELD_IGNORED	(-1)	/* no payload column: skip the value */
 #define DJSON_FIELD_REFUSED	(-2)	/* names no column, and strict is on */
+#define DJSON_FIELD_UNKNOWN	(-3)	/* names no column: skip it, note drift */
 
 /* State of the JSON callbacks of the general path for one message. */
 typedef struct DecodeJsonState
@@ -194,6 +195,7 @@ djson_field_start(void *state, char *fname, bool isnull)
 	if (i < 0)
 	{
 		st->unknown = d->strict;
+		d->drift = !d->strict;
 		return;
 	}
 	if (d->cols[i].kind != DECODE_COL_PAYLOAD)
@@ -309,7 +311,8 @@ djson_general(KappaDecoder *d, char *data, int len,
 /*
  * djson_field_column tells what the field name 'name' ('len' bytes, not
  * NUL-terminated, no escapes) at position 'pos' of the object fills: a
- * payload column's index, DJSON_FIELD_IGNORED or DJSON_FIELD_REFUSED -- the
+ * payload column's index, DJSON_FIELD_IGNORED, DJSON_FIELD_UNKNOWN or
+ * DJSON_FIELD_REFUSED -- the
  * same answer djson_field_start gives.  *fname is set to the name,
  * NUL-terminated, for errors.
  */
@@ -336,7 +339,7 @@ djson_field_column(KappaDecoder *d, int pos, const char *name, int len,
 	copy = pnstrdup(name, len);
 	i = DecodeFindColumn(d, copy);
 	if (i < 0)
-		result = d->strict ? DJSON_FIELD_REFUSED : DJSON_FIELD_IGNORED;
+		result = d->strict ? DJSON_FIELD_REFUSED : DJSON_FIELD_UNKNOWN;
 	else if (d->cols[i].kind != DECODE_COL_PAYLOAD)
 		result = DJSON_FIELD_IGNORED;
 	else
@@ -443,6 +446,11 @@ djson_flat_value(KappaDecoder *d, JsonLexContext *lex, int col,
 	int			len;
 	bool		copied;
 
+	if (col == DJSON_FIELD_UNKNOWN)
+	{
+		d->drift = true;
+		col = DJSON_FIELD_IGNORED;
+	}
 	switch (lex->token_type)
 	{
 		case JSON_TOKEN_OBJECT_START:

@@ -195,7 +195,7 @@ extern void KappaStatusSetError(KappaWorkerState state, const char *fmt,...)
 			pg_attribute_printf(2, 3);
 extern void KappaStatusForgetError(void);
 extern void KappaStatusBatch(int64 messages, int64 bytes, int64 dead,
-							 int64 out_of_order);
+							 int64 out_of_order, int64 drift);
 extern void KappaStatusBatchCommitted(void);
 extern void KappaStatusSchemas(List *schema_ids, int32 last_schema_id);
 extern bool KappaStatusFlushDue(TimestampTz now);
@@ -269,6 +269,13 @@ extern int32 KappaAvroSchemaId(const char *data, size_t len);
  */
 extern void KappaAvroNewColumns(int32 id, TupleDesc tupdesc,
 								List **names, List **types);
+
+/*
+ * KappaDecoderDrift tells whether the message decoded last had a field
+ * that names no column of the target (ignored, since option strict is off):
+ * schema drift upstream, which kappa.sources counts.
+ */
+extern bool KappaDecoderDrift(KappaDecoder *decoder);
 
 /*
  * KappaDecoderUsesTimeAndHeaders tells whether the target has a

@@ -131,6 +131,7 @@ typedef struct KaApply
 	rd_kafka_message_t **msgs;
 	int			nmsgs;
 	ErrorData **dead;			/* why msgs[i] is a dead letter, or NULL */
+	bool	   *drifted;		/* msgs[i] had fields naming no column */
 	int64		out_of_order;	/* changes the ordering guard dropped */
 	int			failed_index;	/* message being processed, -1 in apply */
 
@@ -454,6 +455,7 @@ ka_insert_range(Relation rel, int lo, int hi)
 		else
 			KappaDecode(ka_apply.decoder, m->payload ? (const char *) m->payload : "",
 						m->payload ? m->len : 0, &meta, ka_apply.values, ka_apply.nulls);
+		ka_apply.drifted[i] = KappaDecoderDrift(ka_apply.decoder);
 		ka_sink_put(&sink);
 		MemoryContextSwitchTo(old);
 	}
@@ -882,6 +884,7 @@ KappaApplyMessages(void)
 	Relation	rel;
 	int64		nbytes = 0;
 	int64		ndead;
+	int64		ndrift = 0;
 	int64	   *next;
 	MemoryContext old;
 	KappaSavedUser saved;
@@ -893,6 +896,8 @@ KappaApplyMessages(void)
 		return false;
 	ka_apply.dead = MemoryContextAllocZero(ka_apply.batch_cxt,
 										   sizeof(ErrorData *) * ka_apply.nmsgs);
+	ka_apply.drifted = MemoryContextAllocZero(ka_apply.batch_cxt,
+											  sizeof(bool) * ka_apply.nmsgs);
 	ka_apply.out_of_order = 0;
 
 	(void) KappaBeginTransaction(false);
@@ -930,8 +935,12 @@ KappaApplyMessages(void)
 	ndead = ka_store_dead_letters();
 	next = ka_store_offsets();
 	for (int i = 0; i < ka_apply.nmsgs; i++)
+	{
 		nbytes += ka_apply.msgs[i]->len;
-	KappaStatusBatch(ka_apply.nmsgs, nbytes, ndead, ka_apply.out_of_order);
+		if (ka_apply.drifted[i] && !ka_apply.dead[i])
+			ndrift++;
+	}
+	KappaStatusBatch(ka_apply.nmsgs, nbytes, ndead, ka_apply.out_of_order, ndrift);
 	if (ka_apply.avro_values || ka_apply.avro_keys)
 		KappaStatusSchemas(ka_apply.schema_ids, ka_apply.last_schema_id);
 	MemoryContextSwitchTo(old);
@@ -946,6 +955,7 @@ KappaApplyMessages(void)
 	ka_apply.msgs = NULL;
 	ka_apply.nmsgs = 0;
 	ka_apply.dead = NULL;
+	ka_apply.drifted = NULL;
 	ka_apply.insert_plans = NIL;
 	MemoryContextReset(ka_apply.batch_cxt);
 	KappaStatusBatchCommitted();

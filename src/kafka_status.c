@@ -226,20 +226,22 @@ ks_window_totals(int64 *messages, int64 *dead)
 
 /*
  * KappaStatusBatch counts a batch of 'messages' messages (of 'bytes' bytes
- * of payload), 'dead' of which became dead letters and 'out_of_order' of
- * which were changes the ordering guard dropped, into the rates and
+ * of payload), 'dead' of which became dead letters, 'out_of_order' of
+ * which were changes the ordering guard dropped and 'drift' of which had
+ * fields that name no column of the target, into the rates and
  * into the worker's row of kappa.source_status, with state running.  Runs
  * in the batch's transaction, SPI connected.
  */
 void
-KappaStatusBatch(int64 messages, int64 bytes, int64 dead, int64 out_of_order)
+KappaStatusBatch(int64 messages, int64 bytes, int64 dead, int64 out_of_order,
+				 int64 drift)
 {
-	Datum		values[9];
+	Datum		values[10];
 
 	if (ks_status.batch_plan == NULL)
 	{
-		Oid			argtypes[9] = {INT4OID, INT4OID, INT8OID, INT8OID, INT8OID,
-		FLOAT8OID, FLOAT8OID, TEXTOID, INT8OID};
+		Oid			argtypes[10] = {INT4OID, INT4OID, INT8OID, INT8OID, INT8OID,
+		FLOAT8OID, FLOAT8OID, TEXTOID, INT8OID, INT8OID};
 
 		ks_status.batch_plan =
 			KappaPrepareCatalogSql("UPDATE kappa.source_status SET messages = messages + $3, "
@@ -247,8 +249,9 @@ KappaStatusBatch(int64 messages, int64 bytes, int64 dead, int64 out_of_order)
 								   "batches = batches + 1, messages_per_sec = $6, bytes_per_sec = $7, "
 								   "state = $8, last_batch_at = pg_catalog.clock_timestamp(), "
 								   "out_of_order = out_of_order + $9, "
+								   "drift = drift + $10, "
 								   "updated_at = pg_catalog.now() "
-								   "WHERE source_id = $1 AND slot = $2", 9, argtypes);
+								   "WHERE source_id = $1 AND slot = $2", 10, argtypes);
 	}
 	ks_update_rates(messages, bytes, dead);
 	values[0] = Int32GetDatum(ks_status.source->id);
@@ -260,6 +263,7 @@ KappaStatusBatch(int64 messages, int64 bytes, int64 dead, int64 out_of_order)
 	values[6] = Float8GetDatum(ks_status.bytes_per_sec);
 	values[7] = CStringGetTextDatum(ks_state_names[KAPPA_WORKER_RUNNING]);
 	values[8] = Int64GetDatum(out_of_order);
+	values[9] = Int64GetDatum(drift);
 	(void) KappaExecCatalogPlan(ks_status.batch_plan, values, NULL, SPI_OK_UPDATE);
 }
 

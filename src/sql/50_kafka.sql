@@ -101,7 +101,9 @@ CREATE TABLE kappa.source_status (
     out_of_order    bigint NOT NULL DEFAULT 0,
     -- format avro: the writer schema ids seen, and the last message's
     schema_ids      integer[],
-    last_schema_id  integer
+    last_schema_id  integer,
+    -- messages applied that had fields naming no column (schema drift)
+    drift           bigint NOT NULL DEFAULT 0
 );
 
 -- The ordering guard of sources with order_by: per key (its columns' values
@@ -307,7 +309,8 @@ SELECT s.name AS source,
        s.order_by,
        st.out_of_order,
        st.schema_ids,
-       st.last_schema_id
+       st.last_schema_id,
+       st.drift
   FROM kappa.source_catalog s
   LEFT JOIN LATERAL (
     SELECT array_agg(next_offset ORDER BY partition) AS committed_offsets,
@@ -350,7 +353,8 @@ SELECT s.name AS source,
               FROM kappa.source_status s2 CROSS JOIN LATERAL unnest(s2.schema_ids) AS i
              WHERE s2.source_id = s.id) AS schema_ids,
            (array_agg(ss.last_schema_id ORDER BY ss.last_batch_at DESC NULLS LAST)
-              FILTER (WHERE ss.last_schema_id IS NOT NULL))[1] AS last_schema_id
+              FILTER (WHERE ss.last_schema_id IS NOT NULL))[1] AS last_schema_id,
+           coalesce(sum(ss.drift), 0)::bigint AS drift
       FROM kappa.source_status ss
       -- by pid only: other roles see no backend_type of the owner's workers
       LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = ss.pid

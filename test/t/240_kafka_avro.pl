@@ -45,7 +45,7 @@ plan skip_all => "/usr/bin/python3 has no avro module (Debian's python3-avro)"
 my $json = JSON::PP->new->utf8->canonical;
 my $registry = kafka_start_registry();
 my $reg = $registry->{url};
-my $broker = kafka_start_broker(types => 2, small => 1, events => 2, acct => 2, acct1 => 1, evol => 1, dbz => 1);
+my $broker = kafka_start_broker(types => 2, small => 1, events => 2, acct => 2, acct1 => 1, evol => 1, dbz => 1, jdrift => 1);
 my $bs = $broker->{bootstrap};
 my $node = kafka_node('kafka_avro');
 my $http = HTTP::Tiny->new;
@@ -173,6 +173,8 @@ is(count_of(q{SELECT count(*) FROM kappa.errors WHERE source = 'types_src'}), 0,
 is(count_of(q{SELECT schema_ids = ARRAY[} . $types_id . q{] AND last_schema_id = } . $types_id
 		  . q{ FROM kappa.sources WHERE source = 'types_src'}),
 	't', 'types: kappa.sources shows the schema id');
+kafka_wait($node, q{SELECT drift FROM kappa.sources WHERE source = 'types_src'}, 300,
+	'types: every message counted as drift (field "extra" has no column)');
 # spot checks of conversions a populate_recordset cannot tell apart
 is(count_of(q{SELECT count(*) FROM types WHERE un ~ '^[0-9]+$' AND id % 2 = 1}), 150,
 	'types: union branch int fills a text column with its number');
@@ -341,6 +343,23 @@ is(count_of(q{SELECT schema_ids::text || ' ' || last_schema_id FROM kappa.source
 	'{' . join(',', @ids) . "} $small4", 'kappa.sources: the schema ids seen and the last one');
 kafka_wait($node, q{SELECT state FROM kappa.sources WHERE source = 'small_src'}, 'degraded',
 	'the source shows degraded');
+is(count_of(q{SELECT drift FROM kappa.sources WHERE source = 'small_src'}), 5,
+	'drift: the v2 messages, whose field "added" has no column');
+
+# the same rules for JSON: drift counted, or refused with strict
+$node->safe_psql('postgres', q{
+CREATE TABLE jdrift (id int, v text);
+CREATE TABLE jdrift_strict (id int, v text);
+SELECT kappa.create_kafka_source('jdrift_src', target => 'jdrift', topic => 'jdrift', server => 'reg');
+SELECT kappa.create_kafka_source('jdrift_strict_src', target => 'jdrift_strict', topic => 'jdrift',
+    server => 'reg', options => '{"strict": true}');
+});
+kafka_produce($broker, 'jdrift', [ map { $_ % 4 ? qq({"id": $_, "v": "x"}) : qq({"id": $_, "v": "x", "new": $_}) } 1 .. 40 ]);
+kafka_wait($node, q{SELECT (SELECT count(*) FROM jdrift) || ' ' || drift FROM kappa.sources WHERE source = 'jdrift_src'},
+	'40 10', 'json: unknown keys are ignored and counted as drift');
+kafka_wait($node, q{SELECT (SELECT count(*) FROM jdrift_strict) || ' ' || dead_letters || ' ' || drift
+                      FROM kappa.sources WHERE source = 'jdrift_strict_src'},
+	'30 10 0', 'json with strict: those messages are dead letters');
 
 # ---------------------------------------------------------------- stream, view, SIGKILL
 my $events_schema = $json->encode({

@@ -43,7 +43,8 @@ COMMENT ON FUNCTION kappa.create_kafka_source(text, text, text, text, text, text
 
 ALTER TABLE kappa.source_status ADD COLUMN out_of_order bigint NOT NULL DEFAULT 0;
 ALTER TABLE kappa.source_status ADD COLUMN schema_ids integer[],
-                                ADD COLUMN last_schema_id integer;
+                                ADD COLUMN last_schema_id integer,
+                                ADD COLUMN drift bigint NOT NULL DEFAULT 0;
 
 -- The ordering guard of sources with order_by: per key (its columns' values
 -- as a JSON array of their text), the position of the change applied last
@@ -124,7 +125,8 @@ SELECT s.name AS source,
        s.order_by,
        st.out_of_order,
        st.schema_ids,
-       st.last_schema_id
+       st.last_schema_id,
+       st.drift
   FROM kappa.source_catalog s
   LEFT JOIN LATERAL (
     SELECT array_agg(next_offset ORDER BY partition) AS committed_offsets,
@@ -167,7 +169,8 @@ SELECT s.name AS source,
               FROM kappa.source_status s2 CROSS JOIN LATERAL unnest(s2.schema_ids) AS i
              WHERE s2.source_id = s.id) AS schema_ids,
            (array_agg(ss.last_schema_id ORDER BY ss.last_batch_at DESC NULLS LAST)
-              FILTER (WHERE ss.last_schema_id IS NOT NULL))[1] AS last_schema_id
+              FILTER (WHERE ss.last_schema_id IS NOT NULL))[1] AS last_schema_id,
+           coalesce(sum(ss.drift), 0)::bigint AS drift
       FROM kappa.source_status ss
       -- by pid only: other roles see no backend_type of the owner's workers
       LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = ss.pid
