@@ -7,12 +7,14 @@ type, error bodies and codes, global ids shared across subjects, versions,
 compatibility levels), in memory, on 127.0.0.1 only.  Standard library only.
 
     test/dev_registry.py [--port N] [--port-file PATH] [--exit-on-eof]
+                         [--basic-auth USER:PASSWORD]
 
 Prints "REGISTRY http://127.0.0.1:PORT" on stdout when it accepts requests.
 Stops on SIGTERM or SIGINT, and with --exit-on-eof when stdin reaches EOF.
 """
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -402,6 +404,10 @@ class Handler(BaseHTTPRequestHandler):
         with reg.lock:
             if parts[:1] == ["_dev"]:
                 return self.dev(reg, method, parts, raw)
+            if self.server.basic_auth is not None and \
+                    self.headers.get("Authorization") != self.server.basic_auth:
+                reg.counts["unauthorized"] = reg.counts.get("unauthorized", 0) + 1
+                return self.send(401, {"error_code": 401, "message": "Unauthorized"})
             kind, handler = route(reg, method, parts, query, lambda: body_json(raw))
             kind = kind or "other"
             reg.counts[kind] = reg.counts.get(kind, 0) + 1
@@ -431,6 +437,18 @@ class Handler(BaseHTTPRequestHandler):
                                        "usage: {\"status\": 5xx, \"count\": N}"})
             reg.fail_status, reg.fail_count = status, count
             return self.send(200, {"status": status, "count": count})
+        if parts == ["_dev", "auth"] and method == "POST":
+            try:
+                d = body_json(raw)
+                cred = d.get("basic")
+                if cred is not None and (not isinstance(cred, str) or ":" not in cred):
+                    raise ValueError
+            except (ApiError, ValueError, TypeError, AttributeError):
+                return self.send(400, {"error_code": 400, "message":
+                                       "usage: {\"basic\": \"user:password\"} or {\"basic\": null}"})
+            self.server.basic_auth = None if cred is None else \
+                "Basic " + base64.b64encode(cred.encode()).decode()
+            return self.send(200, {"basic": cred is not None})
         if parts == ["_dev", "requests"] and method == "GET":
             return self.send(200, dict(reg.counts))
         return self.send(404, {"error_code": 404, "message": "HTTP 404 Not Found"})
@@ -447,6 +465,9 @@ def main():
     ap.add_argument("--exit-on-eof", action="store_true",
                     help="stop when stdin reaches end of file")
     ap.add_argument("--verbose", action="store_true", help="log requests to stderr")
+    ap.add_argument("--basic-auth", metavar="USER:PASSWORD",
+                    help="answer 401 to requests without these HTTP basic auth "
+                    "credentials (the /_dev endpoints excepted)")
     args = ap.parse_args()
 
     ThreadingHTTPServer.allow_reuse_address = True
@@ -459,6 +480,9 @@ def main():
         return 1
     server.registry = Registry()
     server.verbose = args.verbose
+    server.basic_auth = None
+    if args.basic_auth is not None:
+        server.basic_auth = "Basic " + base64.b64encode(args.basic_auth.encode()).decode()
     url = "http://127.0.0.1:%d" % server.server_address[1]
 
     stop = threading.Event()

@@ -20,10 +20,12 @@
 #    changes the target cannot absorb (a record for an integer column, a
 #    NOT NULL column whose field vanished): dead letters naming the schema
 #    id, and the source shows degraded.  kappa.sources shows the schema ids.
-#  - a stream with a continuous view, through SIGKILLs of the worker: the
-#    view equals its query as plain SQL over the retained rows.
+#  - a stream with a continuous view, through SIGKILLs of the worker and of
+#    the postmaster: the view equals its query as plain SQL over the
+#    retained rows.
 #  - envelope 'upsert' with Avro keys (a record key and a one-value key)
 #    and Avro values; tombstones delete.
+#  - registry credentials from the user mapping; wrong ones: retrying.
 #  - who may point a worker at a registry, and at what.
 #
 # Every topic: messages produced = rows applied + dead letters, exactly.
@@ -396,6 +398,17 @@ for my $chunk (1 .. 8)
 		kill 'KILL', $pids[ int(rand(@pids)) ];
 		$kills++;
 	}
+	elsif ($chunk == 6)
+	{
+		# the postmaster itself; start once the old children are gone
+		$node->kill9;
+		for my $try (1 .. 50)
+		{
+			$node->{_pid} = undef;
+			last if $node->start(fail_ok => 1);
+			usleep(200_000);
+		}
+	}
 }
 cmp_ok($kills, '>=', 3, "events: killed workers $kills times");
 kafka_wait($node, q{SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM kappa.errors WHERE source = 'events_src')},
@@ -645,6 +658,37 @@ is(count_of(q{SELECT count(*) FROM (
    UNION ALL (SELECT a, count(*) FROM evol GROUP BY a EXCEPT ALL SELECT a, n FROM evol_by_a)) x}),
 	0, 'evolve: the view over the table is unaffected and equals its query');
 is(count_of(q{SELECT count(*) FROM kappa.errors WHERE source = 'evol_src'}), 0, 'evolve: no dead letters');
+
+# ---------------------------------------------------------------- registry credentials
+# the registry asks for HTTP basic auth: a source whose owner's user mapping
+# has them reads; one whose credentials are wrong waits in 'retrying' (401)
+$res = $http->post("$reg/_dev/auth", { content => '{"basic": "svc:s3cret"}' });
+ok($res->{success}, 'the registry asks for credentials from now on');
+$node->safe_psql('postgres', qq{
+CREATE SERVER reg_auth FOREIGN DATA WRAPPER kappa_kafka
+  OPTIONS (brokers '$bs', schema_registry '$reg', "schema_registry.username" 'svc');
+CREATE USER MAPPING FOR CURRENT_USER SERVER reg_auth OPTIONS ("schema_registry.password" 's3cret');
+CREATE ROLE wrong_pw LOGIN;
+CREATE TABLE types_auth (LIKE types);
+CREATE TABLE types_wrong (LIKE types);
+GRANT INSERT ON types_wrong TO wrong_pw;
+GRANT USAGE ON FOREIGN SERVER reg_auth TO wrong_pw;
+CREATE USER MAPPING FOR wrong_pw SERVER reg_auth OPTIONS ("schema_registry.password" 'nope');
+SELECT kappa.create_kafka_source('auth_src', target => 'types_auth', topic => 'types',
+    server => 'reg_auth', format => 'avro');
+SET ROLE wrong_pw;
+SELECT kappa.create_kafka_source('wrong_src', target => 'types_wrong', topic => 'types',
+    server => 'reg_auth', format => 'avro');
+});
+kafka_wait($node, 'SELECT count(*) FROM types_auth', 300, 'credentials from the user mapping: read');
+kafka_wait($node, q{SELECT state || ' ' || (last_error LIKE '%HTTP 401%') FROM kappa.sources WHERE source = 'wrong_src'},
+	'retrying true', 'wrong credentials: retrying, 401 in last_error');
+is(count_of(q{SELECT count(*) FROM types_wrong}) . ' '
+	  . count_of(q{SELECT count(*) FROM kappa.errors WHERE source = 'wrong_src'}),
+	'0 0', 'wrong credentials: nothing applied, no dead letter');
+is(count_of(q{SELECT count(*) FROM kappa.sources WHERE options::text LIKE '%s3cret%' OR last_error LIKE '%s3cret%'}),
+	0, 'the password appears nowhere in kappa.sources');
+$http->post("$reg/_dev/auth", { content => '{"basic": null}' });
 
 # ---------------------------------------------------------------- who points a worker where
 $node->safe_psql('postgres', q{
