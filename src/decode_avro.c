@@ -60,6 +60,7 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 
 #include "decode_internal.h"
 #include "schema_registry.h"
@@ -154,6 +155,8 @@ typedef struct AvroMemo
 
 static Datum davro_datum(KappaDecoder *d, DecodeColumn *col, DecodeColumn *element,
 						avro_value_t *v, AvroNode *n, bool *isnull);
+static char *davro_composite_text(KappaDecoder *d, avro_value_t *v, AvroNode *n,
+								  Oid typid);
 
 /* ---------------------------------------------------------------------
  * The writer schema as a tree of AvroNode
@@ -1482,6 +1485,135 @@ davro_direct(KappaDecoder *d, DecodeColumn *col, avro_value_t *v, AvroNode *n,
 }
 
 /*
+ * davro_append_quoted appends 'text' to a record or array literal as a
+ * double-quoted element; a NULL 'text' is nothing in a record literal and
+ * NULL in an array literal.
+ */
+static void
+davro_append_quoted(StringInfo buf, const char *text, bool array)
+{
+	if (text == NULL)
+	{
+		if (array)
+			appendStringInfoString(buf, "NULL");
+		return;
+	}
+	appendStringInfoChar(buf, '"');
+	for (const char *p = text; *p; p++)
+	{
+		if (*p == '"' || *p == '\\')
+			appendStringInfoChar(buf, '\\');
+		appendStringInfoChar(buf, *p);
+	}
+	appendStringInfoChar(buf, '"');
+}
+
+/*
+ * davro_element_text returns the text of Avro value 'v' of node 'n' as an
+ * attribute or element of type 'typid' reads it in a record or array
+ * literal: scalars as themselves, records as a nested composite (for a
+ * composite type) or JSON, arrays as an array literal (for an array type)
+ * or JSON, maps and other values as JSON; NULL for null.
+ */
+static char *
+davro_element_text(KappaDecoder *d, avro_value_t *v, AvroNode *n, Oid typid)
+{
+	avro_value_t branch;
+	char	   *text;
+	Oid			base = getBaseType(typid);
+
+	check_stack_depth();
+	while (n->type == AVRO_UNION)
+	{
+		int			disc;
+
+		avro_value_get_discriminant(v, &disc);
+		avro_value_get_current_branch(v, &branch);
+		v = &branch;
+		n = n->children[disc];
+	}
+	if (n->type == AVRO_NULL)
+		return NULL;
+	if (n->type == AVRO_RECORD && n->logical == AVRO_LOGICAL_NONE &&
+		get_typtype(base) == TYPTYPE_COMPOSITE)
+		return davro_composite_text(d, v, n, base);
+	if (n->type == AVRO_ARRAY && OidIsValid(get_element_type(base)))
+	{
+		StringInfoData buf;
+		size_t		size;
+		Oid			elemtype = get_element_type(base);
+
+		initStringInfo(&buf);
+		appendStringInfoChar(&buf, '{');
+		avro_value_get_size(v, &size);
+		for (size_t i = 0; i < size; i++)
+		{
+			avro_value_t item;
+
+			avro_value_get_by_index(v, i, &item, NULL);
+			if (i > 0)
+				appendStringInfoChar(&buf, ',');
+			davro_append_quoted(&buf, davro_element_text(d, &item, n->children[0], elemtype),
+								true);
+		}
+		appendStringInfoChar(&buf, '}');
+		return buf.data;
+	}
+	text = davro_scalar_text(d, v, n);
+	if (text == NULL)
+	{
+		JsonbParseState *state = NULL;
+		Jsonb	   *jb = JsonbValueToJsonb(davro_push_jsonb(d, &state, v, n, 0));
+
+		text = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+	}
+	return text;
+}
+
+/*
+ * davro_composite_text returns the literal of composite type 'typid' that
+ * Avro record 'v' (node 'n') fills: each attribute from the field of the
+ * same name, NULL where the record has none.  record_in then reads it, as
+ * the column's input function, with every attribute's input function.
+ */
+static char *
+davro_composite_text(KappaDecoder *d, avro_value_t *v, AvroNode *n, Oid typid)
+{
+	TupleDesc	tupdesc = lookup_rowtype_tupdesc(typid, -1);
+	StringInfoData buf;
+	bool		first = true;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '(');
+	for (int a = 0; a < tupdesc->natts; a++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, a);
+		char	   *text = NULL;
+
+		if (att->attisdropped)
+			continue;
+		if (!first)
+			appendStringInfoChar(&buf, ',');
+		first = false;
+		for (int i = 0; i < n->nchildren; i++)
+		{
+			if (strcmp(n->names[i], NameStr(att->attname)) == 0)
+			{
+				avro_value_t field;
+
+				avro_value_get_by_index(v, i, &field, NULL);
+				text = davro_element_text(d, &field, n->children[i], att->atttypid);
+				break;
+			}
+		}
+		davro_append_quoted(&buf, text, false);
+	}
+	appendStringInfoChar(&buf, ')');
+	ReleaseTupleDesc(tupdesc);
+	return buf.data;
+}
+
+/*
  * davro_datum converts Avro value 'v' of node 'n' to a Datum of 'col'
  * ('element': its element, when 'col' is an array), allocated in the
  * current memory context; *isnull for null.
@@ -1523,7 +1655,9 @@ davro_datum(KappaDecoder *d, DecodeColumn *col, DecodeColumn *element,
 	{
 		Oid			base = getBaseType(col->typid);
 
-		if (base == TEXTOID || base == VARCHAROID || base == BPCHAROID)
+		if (n->type == AVRO_RECORD && get_typtype(base) == TYPTYPE_COMPOSITE)
+			text = davro_composite_text(d, v, n, base);
+		else if (base == TEXTOID || base == VARCHAROID || base == BPCHAROID)
 		{
 			JsonbParseState *state = NULL;
 			Jsonb	   *jb = JsonbValueToJsonb(davro_push_jsonb(d, &state, v, n, 0));
@@ -1537,7 +1671,7 @@ davro_datum(KappaDecoder *d, DecodeColumn *col, DecodeColumn *element,
 							davro_type_name(n), col->name,
 							format_type_with_typemod(col->typid, col->typmod)),
 					 errhint("Records, maps and arrays go into jsonb, json or text columns, "
-							 "and arrays also into array columns.")));
+							 "records also into composite-type columns and arrays into array columns.")));
 	}
 	d->cur_value = text;
 	d->cur_len = strlen(text);

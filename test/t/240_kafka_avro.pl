@@ -5,7 +5,8 @@
 #
 #  - types: every primitive and logical type, enum (into text and into a
 #    PostgreSQL enum, the second through a named reference), fixed, array
-#    (into an array column), map and record (into jsonb), nullable and other
+#    (into an array column), map and record (into jsonb, and into a
+#    composite type by attribute name), nullable and other
 #    unions.  The expected table is computed independently: the same JSON
 #    the encoder was given, turned into rows by PostgreSQL's own
 #    jsonb_populate_recordset and input functions.
@@ -56,6 +57,7 @@ $node->safe_psql('postgres', qq{
 CREATE SERVER reg FOREIGN DATA WRAPPER kappa_kafka
   OPTIONS (brokers '$bs', schema_registry '$reg');
 CREATE TYPE mood AS ENUM ('HAPPY', 'SAD', 'ANGRY');
+CREATE TYPE inner_t AS (y text, x int, z date);  -- by name, not position
 });
 
 sub count_of
@@ -95,6 +97,7 @@ my $types_schema = $json->encode({
 		{ name => 'opt', type => [ 'null', 'string' ], default => undef },
 		{ name => 'un', type => [ 'int', 'string' ] },
 		{ name => 'money2', type => 'Money' },
+		{ name => 'rec2', type => 'Inner' },
 		{ name => 'extra', type => 'string' },
 	] });
 
@@ -103,7 +106,7 @@ my $types_schema = $json->encode({
 my $cols = q{id int, l bigint, f real, d float8, b boolean, s text, "by" bytea, fx bytea,
   dec numeric, decf numeric, dt date, tm time, tu time, tsm timestamptz, tsu timestamptz,
   lts timestamp, u uuid, e text, e2 mood, arr int[], m jsonb, rec jsonb, opt text, un text,
-  money2 numeric};
+  money2 numeric, rec2 inner_t};
 $node->safe_psql('postgres', qq{
 CREATE TABLE types ($cols, missing int DEFAULT 42, kafka_partition int, kafka_offset bigint);
 CREATE TABLE types_expected ($cols);
@@ -144,6 +147,7 @@ for my $i (1 .. 300)
 		opt => ($i % 3 ? "o$i" : undef),
 		un => ($i % 2 ? $i * 10 : "u$i"),
 		money2 => sprintf('%.4f', $i / 7),
+		rec2 => { x => -$i, y => ($i % 3 ? qq(a "quoted", \\ (y$i)) : undef) },
 		extra => 'not a column',
 	};
 }
@@ -161,7 +165,7 @@ INSERT INTO types_expected
 });
 
 kafka_wait($node, 'SELECT count(*) FROM types', 300, 'types: every message applied');
-my $collist = 'id, l, f, d, b, s, "by", fx, dec, decf, dt, tm, tu, tsm, tsu, lts, u, e, e2, arr, m, rec, opt, un, money2';
+my $collist = 'id, l, f, d, b, s, "by", fx, dec, decf, dt, tm, tu, tsm, tsu, lts, u, e, e2, arr, m, rec, opt, un, money2, rec2';
 is(count_of(qq{SELECT count(*) FROM (SELECT $collist FROM types EXCEPT ALL
                                      SELECT $collist FROM types_expected) x}),
 	0, 'types: no row that the independent encoding does not have');
