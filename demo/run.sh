@@ -23,10 +23,15 @@
 # revenue views and the source's state every second.  Beside it, a compacted
 # topic `card_limits` (keyed by card, with tombstones) is a changelog that a
 # second source applies to the table `cards` (envelope 'upsert'), and a
-# continuous view over that table stays exact as its rows change.  At the
-# end it checks that every message produced is either counted by the views
-# (or applied to the table) or kept as a dead letter in kappa.errors, and
-# that the view over the table equals its query.
+# continuous view over that table stays exact as its rows change.  A third
+# topic, `refunds`, carries Avro messages (Confluent wire format, encoded by
+# Debian's python3-avro through test/avro_tool.py) whose writer schema lives
+# in the dev schema registry (test/dev_registry.py); a source with format
+# 'avro' reads them into the stream `refunds`.  The stream payments has a
+# data contract: an expectation that amounts are positive, whose violations
+# are dead letters.  At the end it checks that every message produced is
+# either counted by the views (or applied to the table) or kept as a dead
+# letter in kappa.errors, and that the view over the table equals its query.
 # shellcheck disable=SC2317  # cleanup() runs from a trap
 set -uo pipefail
 
@@ -74,6 +79,7 @@ TMP=
 SERVER_UP=
 GEN_PID=
 BROKER_PID=
+REGISTRY_PID=
 STOP=
 cleanup() {
     trap - EXIT
@@ -88,6 +94,10 @@ cleanup() {
     if [ -n "$BROKER_PID" ]; then
         kill "$BROKER_PID" 2>/dev/null
         wait "$BROKER_PID" 2>/dev/null
+    fi
+    if [ -n "$REGISTRY_PID" ]; then
+        kill "$REGISTRY_PID" 2>/dev/null
+        wait "$REGISTRY_PID" 2>/dev/null
     fi
     if [ -n "$SERVER_UP" ]; then
         kappa_as_pg_user pg_ctl -D "$TMP/data" -m fast -w -t 30 stop >/dev/null 2>&1 \
@@ -141,7 +151,8 @@ PSQL=(psql -X -q -P pager=off -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v
 
 # ---------------------------------------------------------------- broker
 [ -x "$KAPPA_REPO/test/dev_broker" ] || kappa_die "test/dev_broker is not built (run without --no-build)"
-"$KAPPA_REPO/test/dev_broker" --topic payments:4 --topic card_limits:2 >"$TMP/broker.out" 2>"$TMP/broker.err" </dev/null &
+"$KAPPA_REPO/test/dev_broker" --topic payments:4 --topic card_limits:2 --topic refunds:2 \
+    >"$TMP/broker.out" 2>"$TMP/broker.err" </dev/null &
 BROKER_PID=$!
 BOOTSTRAP=
 for _ in $(seq 1 100); do
@@ -151,7 +162,30 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 [ -n "$BOOTSTRAP" ] || { cat "$TMP/broker.err" >&2; kappa_die "the dev broker did not start"; }
-kappa_log "dev broker (Kafka protocol) at $BOOTSTRAP, topics payments (4 partitions) and card_limits (2)"
+kappa_log "dev broker (Kafka protocol) at $BOOTSTRAP, topics payments (4 partitions), card_limits (2), refunds (2)"
+
+# ---------------------------------------------------------------- schema registry
+/usr/bin/python3 -c 'import avro.io' 2>/dev/null \
+    || kappa_die "python3-avro is missing (run without --no-build to install it)"
+python3 "$KAPPA_REPO/test/dev_registry.py" --port-file "$TMP/registry.url" \
+    >"$TMP/registry.out" 2>"$TMP/registry.err" </dev/null &
+REGISTRY_PID=$!
+REGISTRY=
+for _ in $(seq 1 100); do
+    REGISTRY=$(cat "$TMP/registry.url" 2>/dev/null)
+    [ -n "$REGISTRY" ] && break
+    kill -0 "$REGISTRY_PID" 2>/dev/null || break
+    sleep 0.1
+done
+[ -n "$REGISTRY" ] || { cat "$TMP/registry.err" >&2; kappa_die "the dev schema registry did not start"; }
+kappa_log "dev schema registry at $REGISTRY"
+cat >"$TMP/refund.avsc" <<'AVSC'
+{"type": "record", "name": "Refund", "namespace": "demo",
+ "fields": [{"name": "merchant", "type": "string"},
+            {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}},
+            {"name": "reason", "type": {"type": "enum", "name": "Reason", "symbols": ["damaged", "late", "fraud", "other"]}},
+            {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
+AVSC
 
 # ---------------------------------------------------------------- schema
 kappa_log "creating the stream payments and its continuous views"
@@ -177,6 +211,17 @@ SELECT kappa.create_view('payment_totals',
   $$SELECT count(*) AS payments, sum(amount) AS volume, max(ts) AS last_payment
       FROM payments$$);
 
+-- a data contract: a payment's amount is positive, else a dead letter
+SELECT kappa.add_expectation('payments', 'positive_amount', 'amount > 0',
+                             on_violation => 'dead_letter');
+
+-- refunds arrive as Avro (topic refunds), into their own stream
+SELECT kappa.create_stream('refunds', 'merchant text, amount numeric, reason text, ts timestamptz');
+SELECT kappa.create_view('refunds_per_merchant',
+  $$SELECT merchant, reason, count(*) AS refunds, sum(amount) AS refunded
+      FROM refunds
+     GROUP BY merchant, reason$$);
+
 -- a table kept by a changelog (the card_limits topic), and a view over it
 CREATE TABLE cards (card text PRIMARY KEY, credit_limit numeric NOT NULL, status text NOT NULL);
 SELECT kappa.create_view('cards_by_status',
@@ -190,15 +235,19 @@ then
 fi
 kappa_log "creating the Kafka server kafka_dev and the source payments_src: topic payments -> stream payments"
 "${PSQL[@]}" -c "CREATE SERVER kafka_dev FOREIGN DATA WRAPPER kappa_kafka
-                   OPTIONS (brokers '$BOOTSTRAP')" \
+                   OPTIONS (brokers '$BOOTSTRAP', schema_registry '$REGISTRY')" \
              -c "SELECT kappa.create_kafka_source('payments_src',
                    target => 'payments', topic => 'payments', server => 'kafka_dev',
                    format => 'json', start => 'earliest')" \
              -c "SELECT kappa.create_kafka_source('cards_src',
                    target => 'cards', topic => 'card_limits', server => 'kafka_dev',
-                   envelope => 'upsert', key_format => 'text')" >>"$TMP/setup.log" 2>&1 \
+                   envelope => 'upsert', key_format => 'text')" \
+             -c "SELECT kappa.create_kafka_source('refunds_src',
+                   target => 'refunds', topic => 'refunds', server => 'kafka_dev',
+                   format => 'avro')" >>"$TMP/setup.log" 2>&1 \
     || { cat "$TMP/setup.log" >&2; kappa_die "could not create the Kafka sources"; }
 kappa_log "source cards_src: topic card_limits (keyed by card) -> table cards, envelope 'upsert'"
+kappa_log "source refunds_src: topic refunds (Avro, schema registry) -> stream refunds"
 
 # ---------------------------------------------------------------- generator
 # One batch of $RATE JSON payment events per second, produced to the topic by
@@ -247,9 +296,33 @@ produce_card_batch() {
     }' | kcat -P -b "$BOOTSTRAP" -t card_limits -K '|' -Z
 }
 
+# And one batch of $REFUND_RATE refunds per second to refunds, in Avro,
+# encoded by python3-avro (test/avro_tool.py registers the schema and
+# produces with kcat); one in fifty is not Avro at all.  $TMP/refunds holds
+# the number produced so far.
+REFUND_RATE=$(( RATE / 20 > 0 ? RATE / 20 : 1 ))
+produce_refund_batch() {
+    awk -v n="$REFUND_RATE" -v seed="$((RANDOM * 32768 + RANDOM))" -v first="$1" \
+        -v ts="$(date -u '+%Y-%m-%dT%H:%M:%S.000Z')" 'BEGIN {
+        srand(seed)
+        split("Acme Books,Blue Bottle,City Cabs,Daily Grocer,Echo Electronics,Fjord Travel,Green Garden,Harbor Hotel", m, ",")
+        split("damaged,late,fraud,other", r, ",")
+        for (i = 0; i < n; i++) {
+            if ((first + i) % 50 == 7)
+                printf "{\"value_raw_hex\": \"6e6f7420617672\"}\n"
+            else
+                printf "{\"value\": {\"merchant\": \"%s\", \"amount\": \"%.2f\", \"reason\": \"%s\", \"ts\": \"%s\"}}\n", \
+                    m[1 + int(rand() * 8)], 1 + rand() * 200, r[1 + int(rand() * 4)], ts
+        }
+    }' >"$TMP/refunds.jsonl"
+    /usr/bin/python3 "$KAPPA_REPO/test/avro_tool.py" produce --registry "$REGISTRY" \
+        --broker "$BOOTSTRAP" --topic refunds --input "$TMP/refunds.jsonl" \
+        --value-schema "$TMP/refund.avsc" --value-subject refunds-value >/dev/null
+}
+
 generator() {
     trap - INT TERM EXIT
-    local total=0 cards=0
+    local total=0 cards=0 refunds=0
     while [ ! -e "$TMP/stop" ]; do
         if produce_batch "$total" >>"$TMP/generator.log" 2>&1; then
             total=$((total + RATE))
@@ -259,11 +332,16 @@ generator() {
             cards=$((cards + CARD_RATE))
             echo "$cards" >"$TMP/card_changes.new" && mv "$TMP/card_changes.new" "$TMP/card_changes"
         fi
+        if produce_refund_batch "$refunds" >>"$TMP/generator.log" 2>&1; then
+            refunds=$((refunds + REFUND_RATE))
+            echo "$refunds" >"$TMP/refunds.new" && mv "$TMP/refunds.new" "$TMP/refunds"
+        fi
         sleep 1
     done
 }
 echo 0 >"$TMP/generated"
 echo 0 >"$TMP/card_changes"
+echo 0 >"$TMP/refunds"
 generator &
 GEN_PID=$!
 
@@ -273,6 +351,11 @@ view_count() {
 }
 dead_count() {
     "${PSQL[@]}" -At -c "SELECT coalesce(sum(messages), 0) FROM kappa.errors WHERE source = 'payments_src'" 2>/dev/null || echo '?'
+}
+# refunds counted by the view, plus dead letters
+refund_count() {
+    "${PSQL[@]}" -At -c "SELECT (SELECT coalesce(sum(refunds), 0) FROM refunds_per_merchant)
+                              + (SELECT count(*) FROM kappa.errors WHERE source = 'refunds_src')" 2>/dev/null || echo '?'
 }
 # card changes applied to the table, plus dead letters
 card_count() {
@@ -288,8 +371,12 @@ snapshot() {
         -c "SELECT * FROM suspicious_cards ORDER BY total DESC, card LIMIT 6" \
         -c '\echo Cards by status (view cards_by_status over the table cards, kept by the changelog card_limits)' \
         -c "SELECT * FROM cards_by_status ORDER BY status" \
+        -c '\echo Refunds per merchant, from Avro messages (view refunds_per_merchant), the biggest' \
+        -c "SELECT * FROM refunds_per_merchant ORDER BY refunded DESC LIMIT 4" \
+        -c '\echo Data contract of payments (kappa.expectations)' \
+        -c "SELECT relation, name, rule, action, rows_checked, rows_violating FROM kappa.expectations" \
         -c '\echo Kafka sources (kappa.sources) and their dead letters (kappa.errors)' \
-        -c "SELECT source, state, envelope, partitions || '/' || partitions_in_topic AS partitions, messages, lag, round(messages_per_sec) AS msgs_per_s, dead_letters, recorded_gaps AS gaps, last_batch_at FROM kappa.sources ORDER BY source" \
+        -c "SELECT source, state, format, envelope, partitions || '/' || partitions_in_topic AS partitions, messages, lag, round(messages_per_sec) AS msgs_per_s, dead_letters, recorded_gaps AS gaps, schema_ids FROM kappa.sources ORDER BY source" \
         -c "SELECT \"offset\", partition, left(convert_from(payload, 'UTF8'), 40) AS payload, left(error, 50) AS error FROM kappa.errors ORDER BY \"when\" DESC LIMIT 3" 2>&1
 }
 
@@ -327,13 +414,16 @@ wait "$GEN_PID" 2>/dev/null
 GEN_PID=
 generated=$(cat "$TMP/generated")
 card_changes=$(cat "$TMP/card_changes")
+refunds=$(cat "$TMP/refunds")
 # the sources catch up within their batch latency; give them a few seconds
 for _ in $(seq 1 60); do
     counted=$(view_count)
     dead=$(dead_count)
     cards_done=$(card_count)
+    refunds_done=$(refund_count)
     [ "$counted" != '?' ] && [ "$dead" != '?' ] && [ $((counted + dead)) -ge "$generated" ] \
-        && [ "$cards_done" != '?' ] && [ -n "$cards_done" ] && [ "$cards_done" -ge "$card_changes" ] && break
+        && [ "$cards_done" != '?' ] && [ -n "$cards_done" ] && [ "$cards_done" -ge "$card_changes" ] \
+        && [ "$refunds_done" != '?' ] && [ -n "$refunds_done" ] && [ "$refunds_done" -ge "$refunds" ] && break
     sleep 0.5
 done
 # the view over the table against its query as plain SQL
@@ -350,7 +440,12 @@ if [ -s "$TMP/generator.log" ]; then
 fi
 echo "messages produced: $generated = payments counted by the views: $counted + dead letters and lost messages: $dead"
 echo "card changes produced: $card_changes = applied to the table cards or kept as dead letters: $cards_done; view cards_by_status rows differing from its query: $cards_diff"
+echo "Avro refunds produced: $refunds = counted by the view refunds_per_merchant or kept as dead letters: $refunds_done"
 status=0
+if [ "$refunds_done" != "$refunds" ]; then
+    echo "MISMATCH: Avro refunds neither counted nor kept as dead letters" >&2
+    status=1
+fi
 if [ "$cards_done" != "$card_changes" ] || [ "$cards_diff" != 0 ]; then
     echo "MISMATCH: card changes not all applied, or the view over the table differs from its query" >&2
     status=1
