@@ -92,8 +92,8 @@ typedef struct AvroNode
 	AvroLogical logical;
 	int			scale;			/* decimal */
 	int64		fixed_size;		/* fixed */
-	int			nchildren;		/* union branches, record fields, the items
-								 * of an array or the values of a map */
+	int			nchildren;		/* union branches, record fields, the items of
+								 * an array or the values of a map */
 	struct AvroNode **children;
 	char	  **names;			/* record: field names */
 	int			nsymbols;		/* enum */
@@ -121,7 +121,7 @@ struct DecodeAvroState
 	HTAB	   *key_plans;		/* schema id -> AvroPlan, of keys */
 
 	/* the Debezium change event decoded last (DecodeAvroEvent) */
-	avro_value_t event_rows[2];	/* its after and before records */
+	avro_value_t event_rows[2]; /* its after and before records */
 	AvroNode   *event_nodes[2]; /* their nodes, NULL when null */
 	List	   *row_maps;		/* of AvroRowMap, per record node */
 	avro_reader_t reader;
@@ -139,8 +139,8 @@ typedef struct AvroRowMap
 /* What davro_check_value walks. */
 typedef struct AvroCursor
 {
-	const uint8 *p;
-	const uint8 *end;
+	const		uint8 *p;
+	const		uint8 *end;
 	int64		items;			/* array and map items so far */
 	int64		max_items;
 	const char *field;			/* top-level field being walked */
@@ -154,8 +154,8 @@ typedef struct AvroMemo
 } AvroMemo;
 
 static Datum davro_datum(KappaDecoder *d, DecodeColumn *col, DecodeColumn *element,
-						avro_value_t *v, AvroNode *n, bool *isnull);
-static char *davro_composite_text(KappaDecoder *d, avro_value_t *v, AvroNode *n,
+						 avro_value_t * v, AvroNode *n, bool *isnull);
+static char *davro_composite_text(KappaDecoder *d, avro_value_t * v, AvroNode *n,
 								  Oid typid);
 
 /* ---------------------------------------------------------------------
@@ -330,7 +330,7 @@ davro_build_node(avro_schema_t s, JsonbValue *jv, List **memo)
 					node->names[i] = pstrdup(avro_schema_record_field_name(s, i));
 					node->children[i] =
 						davro_build_node(avro_schema_record_field_get_by_index(s, i),
-										davro_json_member(field, "type"), memo);
+										 davro_json_member(field, "type"), memo);
 				}
 				break;
 			}
@@ -339,19 +339,19 @@ davro_build_node(avro_schema_t s, JsonbValue *jv, List **memo)
 			node->children = palloc0(sizeof(AvroNode *) * Max(node->nchildren, 1));
 			for (int i = 0; i < node->nchildren; i++)
 				node->children[i] = davro_build_node(avro_schema_union_branch(s, i),
-													davro_json_element(jv, i), memo);
+													 davro_json_element(jv, i), memo);
 			break;
 		case AVRO_ARRAY:
 			node->nchildren = 1;
 			node->children = palloc(sizeof(AvroNode *));
 			node->children[0] = davro_build_node(avro_schema_array_items(s),
-												davro_json_member(jv, "items"), memo);
+												 davro_json_member(jv, "items"), memo);
 			break;
 		case AVRO_MAP:
 			node->nchildren = 1;
 			node->children = palloc(sizeof(AvroNode *));
 			node->children[0] = davro_build_node(avro_schema_map_values(s),
-												davro_json_member(jv, "values"), memo);
+												 davro_json_member(jv, "values"), memo);
 			break;
 		case AVRO_ENUM:
 			node->nsymbols = avro_schema_enum_number_of_symbols(s);
@@ -415,8 +415,8 @@ davro_check_skip(AvroCursor *c, int64 n, const char *what)
 {
 	if (n < 0 || n > c->end - c->p)
 		davro_bad_body(c, psprintf("%s of " INT64_FORMAT " bytes does not fit in the "
-								  INT64_FORMAT " bytes left", what, n,
-								  (int64) (c->end - c->p)));
+								   INT64_FORMAT " bytes left", what, n,
+								   (int64) (c->end - c->p)));
 	c->p += n;
 }
 
@@ -463,13 +463,13 @@ davro_check_value(AvroCursor *c, AvroNode *n)
 			v = davro_check_long(c, 10);
 			if (v < 0 || v >= n->nsymbols)
 				davro_bad_body(c, psprintf("enum index " INT64_FORMAT " is not one of its %d symbols",
-										  v, n->nsymbols));
+										   v, n->nsymbols));
 			break;
 		case AVRO_UNION:
 			v = davro_check_long(c, 10);
 			if (v < 0 || v >= n->nchildren)
 				davro_bad_body(c, psprintf("union branch " INT64_FORMAT " is not one of its %d branches",
-										  v, n->nchildren));
+										   v, n->nchildren));
 			davro_check_value(c, n->children[v]);
 			break;
 		case AVRO_RECORD:
@@ -494,8 +494,8 @@ davro_check_value(AvroCursor *c, AvroNode *n)
 				}
 				if (count > c->max_items - c->items)
 					davro_bad_body(c, psprintf("an array or map claims " INT64_FORMAT
-											  " items, more than the message can hold",
-											  count));
+											   " items, more than the message can hold",
+											   count));
 				c->items += count;
 				for (int64 i = 0; i < count; i++)
 				{
@@ -780,7 +780,7 @@ davro_string(KappaDecoder *d, const char *s, size_t size, int *len)
  * big-endian unscaled integer with 'scale' digits after the point.
  */
 static char *
-davro_decimal_text(const uint8 *bytes, size_t size, int scale)
+davro_decimal_text(const uint8 * bytes, size_t size, int scale)
 {
 	uint8	   *mag;
 	bool		negative = size > 0 && (bytes[0] & 0x80);
@@ -801,7 +801,7 @@ davro_decimal_text(const uint8 *bytes, size_t size, int scale)
 
 		for (int i = (int) size - 1; i >= 0; i--)
 		{
-			int			v = (uint8) ~mag[i] + carry;
+			int			v = (uint8) ~ mag[i] + carry;
 
 			mag[i] = (uint8) v;
 			carry = v >> 8;
@@ -941,13 +941,63 @@ davro_logical_datum(KappaDecoder *d, AvroNode *n, int64 value, Oid *typid)
 	}
 }
 
+/* davro_integer returns the value of an Avro int or long. */
+static int64
+davro_integer(avro_value_t * v, AvroNode *n)
+{
+	if (n->type == AVRO_INT32)
+	{
+		int32		i = 0;
+
+		avro_value_get_int(v, &i);
+		return i;
+	}
+	else
+	{
+		int64		l = 0;
+
+		avro_value_get_long(v, &l);
+		return l;
+	}
+}
+
+/* davro_bytes points *buf and *size at the value of an Avro bytes or fixed. */
+static void
+davro_bytes(avro_value_t * v, AvroNode *n, const void **buf, size_t *size)
+{
+	*buf = NULL;
+	*size = 0;
+	if (n->type == AVRO_BYTES)
+		avro_value_get_bytes(v, buf, size);
+	else
+		avro_value_get_fixed(v, buf, size);
+}
+
+/*
+ * davro_resolve makes *v and *n the branch a union value holds (using
+ * 'branch' as storage); other values are left alone.
+ */
+static void
+davro_resolve(avro_value_t * *v, AvroNode **n, avro_value_t * branch)
+{
+	while ((*n)->type == AVRO_UNION)
+	{
+		int			disc;
+
+		avro_value_get_discriminant(*v, &disc);
+		avro_value_get_current_branch(*v, branch);
+		*v = branch;
+		*n = (*n)->children[disc];
+	}
+}
+
 /*
  * davro_variable_decimal_text returns the decimal text of Debezium's
  * VariableScaleDecimal, a record of "scale" (int) and "value" (bytes, the
  * unscaled two's-complement integer).
  */
 static char *
-davro_variable_decimal_text(avro_value_t *v, AvroNode *n)
+davro_variable_decimal_text(avro_value_t * v, AvroNode *n)
 {
 	int32		scale = -1;
 	const void *buf = NULL;
@@ -956,23 +1006,16 @@ davro_variable_decimal_text(avro_value_t *v, AvroNode *n)
 	for (int i = 0; i < n->nchildren; i++)
 	{
 		avro_value_t field;
+		avro_value_t branch;
+		avro_value_t *fv = &field;
 		AvroNode   *fn = n->children[i];
 
 		avro_value_get_by_index(v, i, &field, NULL);
-		if (fn->type == AVRO_UNION)
-		{
-			avro_value_t branch;
-			int			disc;
-
-			avro_value_get_discriminant(&field, &disc);
-			avro_value_get_current_branch(&field, &branch);
-			field = branch;
-			fn = fn->children[disc];
-		}
+		davro_resolve(&fv, &fn, &branch);
 		if (strcmp(n->names[i], "scale") == 0 && fn->type == AVRO_INT32)
-			avro_value_get_int(&field, &scale);
+			avro_value_get_int(fv, &scale);
 		else if (strcmp(n->names[i], "value") == 0 && fn->type == AVRO_BYTES)
-			avro_value_get_bytes(&field, &buf, &size);
+			avro_value_get_bytes(fv, &buf, &size);
 	}
 	if (scale < 0 || scale > NUMERIC_MAX_DISPLAY_SCALE || buf == NULL)
 		ereport(ERROR,
@@ -989,7 +1032,7 @@ davro_variable_decimal_text(avro_value_t *v, AvroNode *n)
  * record, map or array.
  */
 static char *
-davro_scalar_text(KappaDecoder *d, avro_value_t *v, AvroNode *n)
+davro_scalar_text(KappaDecoder *d, avro_value_t * v, AvroNode *n)
 {
 	switch (n->type)
 	{
@@ -1007,15 +1050,7 @@ davro_scalar_text(KappaDecoder *d, avro_value_t *v, AvroNode *n)
 				Oid			typid;
 				Datum		datum;
 
-				if (n->type == AVRO_INT32)
-				{
-					int32		i;
-
-					avro_value_get_int(v, &i);
-					value = i;
-				}
-				else
-					avro_value_get_long(v, &value);
+				value = davro_integer(v, n);
 				if (n->logical == AVRO_LOGICAL_NONE)
 					return psprintf(INT64_FORMAT, value);
 				datum = davro_logical_datum(d, n, value, &typid);
@@ -1064,10 +1099,7 @@ davro_scalar_text(KappaDecoder *d, avro_value_t *v, AvroNode *n)
 				size_t		size;
 				int			len;
 
-				if (n->type == AVRO_BYTES)
-					avro_value_get_bytes(v, &buf, &size);
-				else
-					avro_value_get_fixed(v, &buf, &size);
+				davro_bytes(v, n, &buf, &size);
 				if (n->logical == AVRO_LOGICAL_DECIMAL)
 					return davro_decimal_text(buf, size, n->scale);
 				/* bytes read as a string (Avro's bytes-to-string promotion) */
@@ -1075,7 +1107,7 @@ davro_scalar_text(KappaDecoder *d, avro_value_t *v, AvroNode *n)
 			}
 		case AVRO_ENUM:
 			{
-				int			symbol;
+				int symbol;
 
 				avro_value_get_enum(v, &symbol);
 				return pstrdup(n->symbols[symbol]);
@@ -1094,8 +1126,8 @@ davro_scalar_text(KappaDecoder *d, avro_value_t *v, AvroNode *n)
  * (as 'token': WJB_VALUE, WJB_ELEM, or 0 for the root).
  */
 static JsonbValue *
-davro_push_jsonb(KappaDecoder *d, JsonbParseState **state, avro_value_t *v,
-				AvroNode *n, JsonbIteratorToken token)
+davro_push_jsonb(KappaDecoder *d, JsonbParseState **state, avro_value_t * v,
+				 AvroNode *n, JsonbIteratorToken token)
 {
 	JsonbValue	jv;
 	avro_value_t child;
@@ -1103,15 +1135,7 @@ davro_push_jsonb(KappaDecoder *d, JsonbParseState **state, avro_value_t *v,
 	JsonbValue *res = NULL;
 
 	check_stack_depth();
-	while (n->type == AVRO_UNION)
-	{
-		int			disc;
-
-		avro_value_get_discriminant(v, &disc);
-		avro_value_get_current_branch(v, &child);
-		v = &child;
-		n = n->children[disc];
-	}
+	davro_resolve(&v, &n, &child);
 
 	switch (n->type)
 	{
@@ -1142,8 +1166,8 @@ davro_push_jsonb(KappaDecoder *d, JsonbParseState **state, avro_value_t *v,
 				key.val.string.len = len;
 				pushJsonbValue(state, WJB_KEY, &key);
 				davro_push_jsonb(d, state, &item,
-								n->type == AVRO_RECORD ? n->children[i] : n->children[0],
-								WJB_VALUE);
+								 n->type == AVRO_RECORD ? n->children[i] : n->children[0],
+								 WJB_VALUE);
 			}
 			return pushJsonbValue(state, WJB_END_OBJECT, NULL);
 		case AVRO_ARRAY:
@@ -1179,7 +1203,7 @@ davro_push_jsonb(KappaDecoder *d, JsonbParseState **state, avro_value_t *v,
 				char	   *text = davro_scalar_text(d, v, n);
 				bool		number = (n->logical == AVRO_LOGICAL_NONE &&
 									  n->type != AVRO_BYTES && n->type != AVRO_FIXED) ||
-					n->logical == AVRO_LOGICAL_DECIMAL;
+				n->logical == AVRO_LOGICAL_DECIMAL;
 
 				if (number && (n->type == AVRO_FLOAT || n->type == AVRO_DOUBLE))
 				{
@@ -1199,6 +1223,7 @@ davro_push_jsonb(KappaDecoder *d, JsonbParseState **state, avro_value_t *v,
 				{
 					jv.type = jbvString;
 					jv.val.string.val = text;
+
 					jv.val.string.len = strlen(text);
 				}
 				break;
@@ -1209,6 +1234,7 @@ davro_push_jsonb(KappaDecoder *d, JsonbParseState **state, avro_value_t *v,
 
 				jv.type = jbvString;
 				jv.val.string.val = text;
+
 				jv.val.string.len = strlen(text);
 				break;
 			}
@@ -1230,7 +1256,7 @@ davro_push_jsonb(KappaDecoder *d, JsonbParseState **state, avro_value_t *v,
  * column 'col' (its text for json).
  */
 static Datum
-davro_json_datum(KappaDecoder *d, DecodeColumn *col, avro_value_t *v, AvroNode *n)
+davro_json_datum(KappaDecoder *d, DecodeColumn *col, avro_value_t * v, AvroNode *n)
 {
 	JsonbParseState *state = NULL;
 	Jsonb	   *jb = JsonbValueToJsonb(davro_push_jsonb(d, &state, v, n, 0));
@@ -1247,7 +1273,7 @@ davro_json_datum(KappaDecoder *d, DecodeColumn *col, avro_value_t *v, AvroNode *
  */
 static Datum
 davro_array_datum(KappaDecoder *d, DecodeColumn *col, DecodeColumn *element,
-				 avro_value_t *v, AvroNode *n)
+				  avro_value_t * v, AvroNode *n)
 {
 	size_t		size;
 	Datum	   *elems;
@@ -1290,8 +1316,8 @@ davro_array_datum(KappaDecoder *d, DecodeColumn *col, DecodeColumn *element,
  * false when they do not.
  */
 static bool
-davro_direct(KappaDecoder *d, DecodeColumn *col, avro_value_t *v, AvroNode *n,
-			Datum *result)
+davro_direct(KappaDecoder *d, DecodeColumn *col, avro_value_t * v, AvroNode *n,
+			 Datum *result)
 {
 	Oid			typid = col->typid;
 
@@ -1316,15 +1342,7 @@ davro_direct(KappaDecoder *d, DecodeColumn *col, avro_value_t *v, AvroNode *n,
 				Oid			ltype;
 				Datum		ldatum;
 
-				if (n->type == AVRO_INT32)
-				{
-					int32		i;
-
-					avro_value_get_int(v, &i);
-					value = i;
-				}
-				else
-					avro_value_get_long(v, &value);
+				value = davro_integer(v, n);
 				switch (typid)
 				{
 					case INT8OID:
@@ -1368,6 +1386,7 @@ davro_direct(KappaDecoder *d, DecodeColumn *col, avro_value_t *v, AvroNode *n,
 					*result = ldatum;
 					return true;
 				}
+
 				/*
 				 * An instant into timestamp without time zone, or a wall
 				 * clock into timestamp with time zone: both as UTC, whatever
@@ -1432,13 +1451,10 @@ davro_direct(KappaDecoder *d, DecodeColumn *col, avro_value_t *v, AvroNode *n,
 			{
 				const void *buf;
 				size_t		size;
-				const uint8 *b;
+				const		uint8 *b;
 				int64		unscaled;
 
-				if (n->type == AVRO_BYTES)
-					avro_value_get_bytes(v, &buf, &size);
-				else
-					avro_value_get_fixed(v, &buf, &size);
+				davro_bytes(v, n, &buf, &size);
 				if (size == 0 || size > 8)
 					return false;	/* the general path: any size */
 				/* big-endian two's complement, sign-extended */
@@ -1458,10 +1474,7 @@ davro_direct(KappaDecoder *d, DecodeColumn *col, avro_value_t *v, AvroNode *n,
 				size_t		size;
 				bytea	   *b;
 
-				if (n->type == AVRO_BYTES)
-					avro_value_get_bytes(v, &buf, &size);
-				else
-					avro_value_get_fixed(v, &buf, &size);
+				davro_bytes(v, n, &buf, &size);
 				b = palloc(size + VARHDRSZ);
 				SET_VARSIZE(b, size + VARHDRSZ);
 				memcpy(VARDATA(b), buf, size);
@@ -1472,7 +1485,7 @@ davro_direct(KappaDecoder *d, DecodeColumn *col, avro_value_t *v, AvroNode *n,
 		case AVRO_ENUM:
 			if (typid == TEXTOID)
 			{
-				int			symbol;
+				int symbol;
 
 				avro_value_get_enum(v, &symbol);
 				*result = CStringGetTextDatum(n->symbols[symbol]);
@@ -1516,22 +1529,14 @@ davro_append_quoted(StringInfo buf, const char *text, bool array)
  * or JSON, maps and other values as JSON; NULL for null.
  */
 static char *
-davro_element_text(KappaDecoder *d, avro_value_t *v, AvroNode *n, Oid typid)
+davro_element_text(KappaDecoder *d, avro_value_t * v, AvroNode *n, Oid typid)
 {
 	avro_value_t branch;
 	char	   *text;
 	Oid			base = getBaseType(typid);
 
 	check_stack_depth();
-	while (n->type == AVRO_UNION)
-	{
-		int			disc;
-
-		avro_value_get_discriminant(v, &disc);
-		avro_value_get_current_branch(v, &branch);
-		v = &branch;
-		n = n->children[disc];
-	}
+	davro_resolve(&v, &n, &branch);
 	if (n->type == AVRO_NULL)
 		return NULL;
 	if (n->type == AVRO_RECORD && n->logical == AVRO_LOGICAL_NONE &&
@@ -1560,6 +1565,7 @@ davro_element_text(KappaDecoder *d, avro_value_t *v, AvroNode *n, Oid typid)
 		return buf.data;
 	}
 	text = davro_scalar_text(d, v, n);
+
 	if (text == NULL)
 	{
 		JsonbParseState *state = NULL;
@@ -1577,7 +1583,7 @@ davro_element_text(KappaDecoder *d, avro_value_t *v, AvroNode *n, Oid typid)
  * the column's input function, with every attribute's input function.
  */
 static char *
-davro_composite_text(KappaDecoder *d, avro_value_t *v, AvroNode *n, Oid typid)
+davro_composite_text(KappaDecoder *d, avro_value_t * v, AvroNode *n, Oid typid)
 {
 	TupleDesc	tupdesc = lookup_rowtype_tupdesc(typid, -1);
 	StringInfoData buf;
@@ -1603,6 +1609,7 @@ davro_composite_text(KappaDecoder *d, avro_value_t *v, AvroNode *n, Oid typid)
 
 				avro_value_get_by_index(v, i, &field, NULL);
 				text = davro_element_text(d, &field, n->children[i], att->atttypid);
+
 				break;
 			}
 		}
@@ -1620,22 +1627,14 @@ davro_composite_text(KappaDecoder *d, avro_value_t *v, AvroNode *n, Oid typid)
  */
 static Datum
 davro_datum(KappaDecoder *d, DecodeColumn *col, DecodeColumn *element,
-		   avro_value_t *v, AvroNode *n, bool *isnull)
+			avro_value_t * v, AvroNode *n, bool *isnull)
 {
 	avro_value_t branch;
 	Datum		result;
 	char	   *text;
 
 	*isnull = false;
-	if (n->type == AVRO_UNION)
-	{
-		int			disc;
-
-		avro_value_get_discriminant(v, &disc);
-		avro_value_get_current_branch(v, &branch);
-		v = &branch;
-		n = n->children[disc];
-	}
+	davro_resolve(&v, &n, &branch);
 	if (n->type == AVRO_NULL)
 	{
 		*isnull = true;
@@ -1651,12 +1650,14 @@ davro_datum(KappaDecoder *d, DecodeColumn *col, DecodeColumn *element,
 		return davro_array_datum(d, col, element, v, n);
 
 	text = davro_scalar_text(d, v, n);
+
 	if (text == NULL)
 	{
 		Oid			base = getBaseType(col->typid);
 
 		if (n->type == AVRO_RECORD && get_typtype(base) == TYPTYPE_COMPOSITE)
 			text = davro_composite_text(d, v, n, base);
+
 		else if (base == TEXTOID || base == VARCHAROID || base == BPCHAROID)
 		{
 			JsonbParseState *state = NULL;
@@ -1674,6 +1675,7 @@ davro_datum(KappaDecoder *d, DecodeColumn *col, DecodeColumn *element,
 							 "records also into composite-type columns and arrays into array columns.")));
 	}
 	d->cur_value = text;
+
 	d->cur_len = strlen(text);
 	if (col->is_text)
 		return PointerGetDatum(cstring_to_text_with_len(text, d->cur_len));
@@ -1994,25 +1996,21 @@ DecodeAvroKey(KappaDecoder *d, const char *data, size_t len,
  * field.
  */
 static bool
-davro_field(avro_value_t *record, AvroNode *n, const char *name,
-			avro_value_t *value, AvroNode **node)
+davro_field(avro_value_t * record, AvroNode *n, const char *name,
+			avro_value_t * value, AvroNode **node)
 {
 	for (int i = 0; n->type == AVRO_RECORD && i < n->nchildren; i++)
 	{
+		avro_value_t branch;
+		avro_value_t *v = value;
+
 		if (strcmp(n->names[i], name) != 0)
 			continue;
 		avro_value_get_by_index(record, i, value, NULL);
 		*node = n->children[i];
-		while ((*node)->type == AVRO_UNION)
-		{
-			avro_value_t branch;
-			int			disc;
-
-			avro_value_get_discriminant(value, &disc);
-			avro_value_get_current_branch(value, &branch);
-			*value = branch;
-			*node = (*node)->children[disc];
-		}
+		davro_resolve(&v, node, &branch);
+		if (v != value)
+			*value = *v;
 		return true;
 	}
 	return false;

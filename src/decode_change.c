@@ -1263,6 +1263,53 @@ dchg_keys_equal(KappaDecoder *d, Datum *v1, bool *n1, Datum *v2, bool *n2)
 }
 
 /*
+ * dchg_old_key_start gets ready to read the old primary key of an update
+ * (a Debezium 'before'): *ov and *on, in the caller's context of
+ * KappaDecodeChange, all NULL, and the columns marked unfilled.  Returns
+ * what was filled before, for dchg_old_key_finish.
+ */
+static bool *
+dchg_old_key_start(KappaDecoder *d, Datum **ov, bool **on)
+{
+	bool	   *saved = palloc(sizeof(bool) * d->natts);
+
+	*ov = MemoryContextAlloc(d->outcxt, sizeof(Datum) * d->natts);
+	*on = MemoryContextAlloc(d->outcxt, sizeof(bool) * d->natts);
+	memcpy(saved, d->filled, sizeof(bool) * d->natts);
+	for (int i = 0; i < d->natts; i++)
+	{
+		(*ov)[i] = (Datum) 0;
+		(*on)[i] = true;
+		d->filled[i] = false;
+	}
+	return saved;
+}
+
+/*
+ * dchg_old_key_finish ends reading an old primary key into ov/on: when every
+ * key column was there and the key differs from the new row's, the change
+ * moved the row ('moved', old_values, old_nulls).  Restores what was filled.
+ */
+static void
+dchg_old_key_finish(KappaDecoder *d, KappaChange *change, Datum *ov, bool *on,
+					bool *saved)
+{
+	DecodeChange *c = d->change;
+	bool		all = true;
+
+	for (int k = 0; k < c->nkeys; k++)
+		if (!d->filled[c->keycols[k]])
+			all = false;
+	memcpy(d->filled, saved, sizeof(bool) * d->natts);
+	if (all && !dchg_keys_equal(d, ov, on, change->values, change->nulls))
+	{
+		change->moved = true;
+		change->old_values = ov;
+		change->old_nulls = on;
+	}
+}
+
+/*
  * dchg_debezium decodes one Debezium change event 's' ('slen' bytes, in the
  * database encoding) into 'change'.
  */
@@ -1347,29 +1394,12 @@ dchg_debezium(KappaDecoder *d, char *s, int slen,
 
 				if (opc == 'u' && before.type == JSON_TOKEN_OBJECT_START)
 				{
-					Datum	   *ov = MemoryContextAlloc(d->outcxt, sizeof(Datum) * d->natts);
-					bool	   *on = MemoryContextAlloc(d->outcxt, sizeof(bool) * d->natts);
-					bool	   *saved = palloc(sizeof(bool) * d->natts);
-					bool		all = true;
+					Datum	   *ov;
+					bool	   *on;
+					bool	   *saved = dchg_old_key_start(d, &ov, &on);
 
-					memcpy(saved, d->filled, sizeof(bool) * d->natts);
-					for (int i = 0; i < d->natts; i++)
-					{
-						ov[i] = (Datum) 0;
-						on[i] = true;
-						d->filled[i] = false;
-					}
 					dchg_row(d, &before, &c->value_schema, true, false, NULL, ov, on);
-					for (int k = 0; k < c->nkeys; k++)
-						if (!d->filled[c->keycols[k]])
-							all = false;
-					memcpy(d->filled, saved, sizeof(bool) * d->natts);
-					if (all && !dchg_keys_equal(d, ov, on, change->values, change->nulls))
-					{
-						change->moved = true;
-						change->old_values = ov;
-						change->old_nulls = on;
-					}
+					dchg_old_key_finish(d, change, ov, on, saved);
 				}
 				MemoryContextSwitchTo(d->outcxt);
 				DecodeFinishRow(d, meta, change->values, change->nulls);
@@ -1450,29 +1480,12 @@ dchg_debezium_avro(KappaDecoder *d, const char *payload, size_t len,
 
 				if (ev.op == 'u' && ev.has_before)
 				{
-					Datum	   *ov = MemoryContextAlloc(d->outcxt, sizeof(Datum) * d->natts);
-					bool	   *on = MemoryContextAlloc(d->outcxt, sizeof(bool) * d->natts);
-					bool	   *saved = palloc(sizeof(bool) * d->natts);
-					bool		all = true;
+					Datum	   *ov;
+					bool	   *on;
+					bool	   *saved = dchg_old_key_start(d, &ov, &on);
 
-					memcpy(saved, d->filled, sizeof(bool) * d->natts);
-					for (int i = 0; i < d->natts; i++)
-					{
-						ov[i] = (Datum) 0;
-						on[i] = true;
-						d->filled[i] = false;
-					}
 					DecodeAvroEventRow(d, false, c->iskey, NULL, ov, on);
-					for (int k = 0; k < c->nkeys; k++)
-						if (!d->filled[c->keycols[k]])
-							all = false;
-					memcpy(d->filled, saved, sizeof(bool) * d->natts);
-					if (all && !dchg_keys_equal(d, ov, on, change->values, change->nulls))
-					{
-						change->moved = true;
-						change->old_values = ov;
-						change->old_nulls = on;
-					}
+					dchg_old_key_finish(d, change, ov, on, saved);
 				}
 				MemoryContextSwitchTo(d->outcxt);
 				DecodeFinishRow(d, meta, change->values, change->nulls);

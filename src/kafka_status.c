@@ -80,7 +80,7 @@ typedef struct KsStatus
 	int32		last_schema_written;
 } KsStatus;
 
-static KsStatus ks_status = {.state = KAPPA_WORKER_STARTING, .last_schema_written = -1};
+static KsStatus ks_status = {.state = KAPPA_WORKER_STARTING};
 
 /* The names of KappaWorkerState, as kappa.sources shows them. */
 static const char *const ks_state_names[] = {
@@ -102,6 +102,7 @@ KappaStatusInit(KappaSource *source, int slot)
 {
 	ks_status.source = source;
 	ks_status.slot = slot;
+	ks_status.last_schema_written = -1;
 	ks_status.rate_start = GetCurrentTimestamp();
 }
 

@@ -285,20 +285,13 @@ kw_check_source(void)
 }
 
 /*
- * kw_fail_and_exit records an error that stops the worker in kappa.sources
- * (state failed, last_error) and exits, to be restarted from the stored
- * offsets with a backoff.  Call it from a PG_CATCH block, after
- * CopyErrorData, once the worker has started (kw_start).
+ * kw_flush_status_after_error writes the status (with the error just
+ * recorded) outside any transaction, after an error was handled; an error
+ * while writing it is only logged.
  */
 static void
-kw_fail_and_exit(ErrorData *edata, const char *what)
+kw_flush_status_after_error(void)
 {
-	EmitErrorReport();
-	FlushErrorState();
-	AbortCurrentTransaction();
-	KappaStatusForgetError();
-	KappaStatusSetError(KAPPA_WORKER_FAILED, "%s: %s%s%s", what, edata->message,
-						edata->detail ? ": " : "", edata->detail ? edata->detail : "");
 	PG_TRY();
 	{
 		int			nparts;
@@ -315,6 +308,24 @@ kw_fail_and_exit(ErrorData *edata, const char *what)
 		AbortCurrentTransaction();
 	}
 	PG_END_TRY();
+}
+
+/*
+ * kw_fail_and_exit records an error that stops the worker in kappa.sources
+ * (state failed, last_error) and exits, to be restarted from the stored
+ * offsets with a backoff.  Call it from a PG_CATCH block, after
+ * CopyErrorData, once the worker has started (kw_start).
+ */
+static void
+kw_fail_and_exit(ErrorData *edata, const char *what)
+{
+	EmitErrorReport();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	KappaStatusForgetError();
+	KappaStatusSetError(KAPPA_WORKER_FAILED, "%s: %s%s%s", what, edata->message,
+						edata->detail ? ": " : "", edata->detail ? edata->detail : "");
+	kw_flush_status_after_error();
 	proc_exit(1);
 }
 
@@ -342,22 +353,7 @@ kw_stopped_by_expectation(ErrorData *edata)
 	KappaStatusSetError(KAPPA_WORKER_FAILED, "stopped by an expectation: %s%s%s",
 						edata->message, edata->detail ? ": " : "",
 						edata->detail ? edata->detail : "");
-	PG_TRY();
-	{
-		int			nparts;
-		int			topic_partitions;
-		const KappaPartition *parts = KappaConsumerPartitions(&nparts,
-															  &topic_partitions);
-
-		KappaStatusFlush(parts, nparts, topic_partitions);
-	}
-	PG_CATCH();
-	{
-		EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
-	}
-	PG_END_TRY();
+	kw_flush_status_after_error();
 
 	for (;;)
 	{

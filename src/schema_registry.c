@@ -312,6 +312,7 @@ kr_store_schema(KappaWriterSchema *entry, const char *body, char **error)
 		return true;
 	}
 	entry->text = text;
+
 	entry->json = kr_parse_json(text, &jerror);
 	if (entry->json == NULL)
 	{
