@@ -815,10 +815,32 @@ ka_fetch_schemas(void)
 }
 
 /*
+ * ka_add_columns_sql returns "ALTER <kind> <relation> ADD COLUMN IF NOT
+ * EXISTS ..." for the new fields (names and types), relation quoted and
+ * schema-qualified.
+ */
+static char *
+ka_add_columns_sql(const char *kind, const char *nspname, const char *relname,
+				   List *names, List *types)
+{
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "ALTER %s %s", kind, quote_qualified_identifier(nspname, relname));
+	for (int f = 0; f < list_length(names); f++)
+		appendStringInfo(&sql, "%s ADD COLUMN IF NOT EXISTS %s %s", f ? "," : "",
+						 quote_identifier(list_nth(names, f)),
+						 (char *) list_nth(types, f));
+	return sql.data;
+}
+
+/*
  * ka_evolve_target adds to the target a nullable column for every field of
  * the batch's writer schemas that it has no column for (option evolve
  * 'add_columns'), as the source's owner, who owns the target; a schema id
- * is looked at once per worker.  Runs in the batch's transaction before the
+ * is looked at once per worker.  A stream that retains rows gets the same
+ * columns in its retained-rows table (as the extension's owner, who owns
+ * it), so that both stay alike.  Runs in the batch's transaction before the
  * target is opened; the new columns are NULL in the rows already there.
  */
 static void
@@ -833,7 +855,9 @@ ka_evolve_target(void)
 		Relation	rel;
 		List	   *names;
 		List	   *types;
-		StringInfoData sql;
+		char	   *nspname;
+		char	   *relname;
+		bool		is_stream;
 		MemoryContext old;
 
 		if (id < 0 || list_member_int(ka_apply.evolved_ids, id))
@@ -842,23 +866,33 @@ ka_evolve_target(void)
 		if (rel == NULL)
 			return;				/* KappaApplyMessages says so */
 		KappaAvroNewColumns(id, RelationGetDescr(rel), &names, &types);
-		initStringInfo(&sql);
-		appendStringInfo(&sql, "ALTER TABLE %s.%s",
-						 quote_identifier(get_namespace_name(RelationGetNamespace(rel))),
-						 quote_identifier(RelationGetRelationName(rel)));
+		nspname = get_namespace_name(RelationGetNamespace(rel));
+		relname = pstrdup(RelationGetRelationName(rel));
+		is_stream = KappaIsStream(RelationGetRelid(rel));
 		relation_close(rel, AccessShareLock);
-		for (int f = 0; f < list_length(names); f++)
-			appendStringInfo(&sql, "%s ADD COLUMN IF NOT EXISTS %s %s", f ? "," : "",
-							 quote_identifier(list_nth(names, f)),
-							 (char *) list_nth(types, f));
 		if (names != NIL)
 		{
+			char	   *sql = ka_add_columns_sql(is_stream ? "FOREIGN TABLE" : "TABLE",
+												 nspname, relname, names, types);
+			Oid			backing = is_stream ? KappaStreamBackingRelid(source->target) : InvalidOid;
+
 			ereport(LOG,
 					(errmsg("kafka source \"%s\": writer schema id %d has new fields, adding columns",
 							source->name, id),
-					 errdetail_internal("%s", sql.data)));
-			if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
+					 errdetail_internal("%s", sql)));
+			if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
 				elog(ERROR, "could not add columns for writer schema id %d", id);
+			if (OidIsValid(backing))
+			{
+				KappaSavedUser saved;
+
+				sql = ka_add_columns_sql("TABLE", get_namespace_name(get_rel_namespace(backing)),
+										 get_rel_name(backing), names, types);
+				KappaBecomeExtensionOwner(&saved);
+				if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+					elog(ERROR, "could not add columns for writer schema id %d", id);
+				KappaRestoreUser(&saved);
+			}
 		}
 		old = MemoryContextSwitchTo(ka_apply.cxt);
 		ka_apply.evolved_ids = lappend_int(ka_apply.evolved_ids, id);

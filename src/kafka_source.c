@@ -665,11 +665,6 @@ kappa_create_kafka_source_0_3(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("option \"evolve\" 'add_columns' is not supported with envelope debezium yet"),
 					 errhint("Add the columns with ALTER TABLE; until then new fields are ignored.")));
-		if (KappaIsStream(source->target))
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("option \"evolve\" 'add_columns' is not supported for streams yet"),
-					 errhint("Consume the topic into a table, or leave new fields out of the stream.")));
 		{
 			HeapTuple	reltup = SearchSysCache1(RELOID, ObjectIdGetDatum(source->target));
 

@@ -48,7 +48,7 @@ plan skip_all => "/usr/bin/python3 has no avro module (Debian's python3-avro)"
 my $json = JSON::PP->new->utf8->canonical;
 my $registry = kafka_start_registry();
 my $reg = $registry->{url};
-my $broker = kafka_start_broker(types => 2, small => 1, events => 2, acct => 2, acct1 => 1, evol => 1, dbz => 1, jdrift => 1);
+my $broker = kafka_start_broker(types => 2, small => 1, events => 2, acct => 2, acct1 => 1, evol => 1, dbz => 1, jdrift => 1, evols => 1);
 my $bs = $broker->{bootstrap};
 my $node = kafka_node('kafka_avro');
 my $http = HTTP::Tiny->new;
@@ -662,6 +662,35 @@ is(count_of(q{SELECT count(*) FROM (
    UNION ALL (SELECT a, count(*) FROM evol GROUP BY a EXCEPT ALL SELECT a, n FROM evol_by_a)) x}),
 	0, 'evolve: the view over the table is unaffected and equals its query');
 is(count_of(q{SELECT count(*) FROM kappa.errors WHERE source = 'evol_src'}), 0, 'evolve: no dead letters');
+
+# the same into a stream that retains its rows: the stream and its
+# retained-rows table get the columns alike
+$node->safe_psql('postgres', q{
+SELECT kappa.create_stream('evols', 'id int, a text', retain => 'infinity');
+SELECT kappa.create_view('evols_by_a', $$SELECT a, count(*) AS n, sum(id) AS ids FROM evols GROUP BY a$$);
+SELECT kappa.create_kafka_source('evols_src', target => 'evols', topic => 'evols', server => 'reg',
+    format => 'avro', options => '{"evolve": "add_columns"}');
+});
+kafka_produce_avro($registry, $broker, 'evols',
+	[ map { $json->encode({ value => { id => $_, a => "a" . ($_ % 3) } }) } 1 .. 10 ],
+	value_schema => $evol_v1, value_subject => 'evol-value');
+kafka_wait($node, 'SELECT count(*) FROM evols', 10, 'evolve, stream: v1 rows');
+kafka_produce_avro($registry, $broker, 'evols',
+	[ map { $json->encode({ value => { id => $_, a => "a" . ($_ % 3), b => $_ * 1000,
+					when => '2026-11-26T10:00:00.000001Z', tags => [ "t$_" ],
+					price => '1.000', Nested => { x => $_ } } }) } 11 .. 20 ],
+	value_schema => $evol_v2, value_subject => 'evol-value');
+kafka_wait($node, 'SELECT count(*) FROM evols', 20, 'evolve, stream: v2 rows');
+is(count_of(q{SELECT count(*) FROM evols WHERE id > 10 AND b = id * 1000 AND tags = ARRAY['t' || id]
+                AND "Nested" = jsonb_build_object('x', id)}),
+	10, 'evolve, stream: the new fields in the new columns, read back from the retained rows');
+is(count_of(q{SELECT count(*) FROM evols WHERE id <= 10 AND b IS NULL}), 10,
+	'evolve, stream: NULL in the rows before');
+is(count_of(q{SELECT count(*) FROM (
+   (SELECT a, n, ids FROM evols_by_a EXCEPT ALL SELECT a, count(*), sum(id) FROM evols GROUP BY a)
+   UNION ALL (SELECT a, count(*), sum(id) FROM evols GROUP BY a EXCEPT ALL SELECT a, n, ids FROM evols_by_a)) x}),
+	0, 'evolve, stream: the view equals its query over the retained rows');
+is(count_of(q{SELECT count(*) FROM kappa.errors WHERE source = 'evols_src'}), 0, 'evolve, stream: no dead letters');
 
 # ---------------------------------------------------------------- registry credentials
 # the registry asks for HTTP basic auth: a source whose owner's user mapping
