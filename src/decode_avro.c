@@ -1762,7 +1762,8 @@ davro_pg_type(AvroNode *n)
  * KappaAvroNewColumns: see kafka.h.
  */
 void
-KappaAvroNewColumns(int32 id, TupleDesc tupdesc, List **names, List **types)
+KappaAvroNewColumns(int32 id, bool debezium, TupleDesc tupdesc, List **names,
+					List **types)
 {
 	KappaWriterSchema *ws = KappaRegistryLookup(id);
 	JsonbValue	root;
@@ -1776,6 +1777,21 @@ KappaAvroNewColumns(int32 id, TupleDesc tupdesc, List **names, List **types)
 	root.val.binary.data = &ws->json->root;
 	root.val.binary.len = VARSIZE(ws->json) - VARHDRSZ;
 	node = davro_build_node(ws->schema, &root, &memo);
+	if (debezium)
+	{
+		/* the row is the record of the envelope's "after" */
+		AvroNode   *after = NULL;
+
+		for (int i = 0; i < node->nchildren; i++)
+			if (strcmp(node->names[i], "after") == 0)
+				after = node->children[i];
+		for (int b = 0; after != NULL && after->type == AVRO_UNION && b < after->nchildren; b++)
+			if (after->children[b]->type == AVRO_RECORD)
+				after = after->children[b];
+		if (after == NULL || after->type != AVRO_RECORD)
+			return;
+		node = after;
+	}
 	for (int i = 0; i < node->nchildren; i++)
 	{
 		bool		found = false;

@@ -261,13 +261,14 @@ extern void KappaDecode(KappaDecoder *decoder, const char *payload, size_t len,
 extern int32 KappaAvroSchemaId(const char *data, size_t len);
 
 /*
- * KappaAvroNewColumns returns the top-level fields of writer schema 'id'
- * (fetched from the registry by this process) that 'tupdesc' has no column
- * of the same name for: their names and the PostgreSQL types that take
- * them (type names as format_type writes them), in two lists of strings.
+ * KappaAvroNewColumns returns the fields of writer schema 'id' (fetched
+ * from the registry by this process) that 'tupdesc' has no column of the
+ * same name for -- the top-level fields, or with 'debezium' those of the
+ * envelope's "after" record: their names and the PostgreSQL types that
+ * take them (schema-qualified type names), in two lists of strings.
  * Nothing when the schema is not a usable record.
  */
-extern void KappaAvroNewColumns(int32 id, TupleDesc tupdesc,
+extern void KappaAvroNewColumns(int32 id, bool debezium, TupleDesc tupdesc,
 								List **names, List **types);
 
 /*

@@ -865,7 +865,8 @@ ka_evolve_target(void)
 		rel = try_relation_open(source->target, AccessShareLock);
 		if (rel == NULL)
 			return;				/* KappaApplyMessages says so */
-		KappaAvroNewColumns(id, RelationGetDescr(rel), &names, &types);
+		KappaAvroNewColumns(id, source->envelope == KAPPA_ENVELOPE_DEBEZIUM,
+							RelationGetDescr(rel), &names, &types);
 		nspname = get_namespace_name(RelationGetNamespace(rel));
 		relname = pstrdup(RelationGetRelationName(rel));
 		is_stream = KappaIsStream(RelationGetRelid(rel));

@@ -660,11 +660,6 @@ kappa_create_kafka_source_0_3(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("option \"evolve\" 'add_columns' needs format avro"),
 					 errdetail("The type of a new column comes from the field's type in the writer schema.")));
-		if (source->envelope == KAPPA_ENVELOPE_DEBEZIUM)
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("option \"evolve\" 'add_columns' is not supported with envelope debezium yet"),
-					 errhint("Add the columns with ALTER TABLE; until then new fields are ignored.")));
 		{
 			HeapTuple	reltup = SearchSysCache1(RELOID, ObjectIdGetDatum(source->target));
 

@@ -620,6 +620,27 @@ is(count_of(q{SELECT coalesce(string_agg(concat_ws('|', id, first_name, coalesce
 	'debezium avro: the table equals the changes applied in order (c, r, u with key changes, d, t, TOAST placeholder)');
 is(count_of(q{SELECT count(*) FROM kappa.errors WHERE source = 'dbz_src'}), 0, 'debezium avro: no dead letters');
 
+# the same topic into a table that has only the key and first_name, with
+# evolve: the other fields of "after" become columns, typed from the schema
+$node->safe_psql('postgres', q{
+CREATE TABLE customers2 (id int PRIMARY KEY, first_name text NOT NULL);
+SELECT kappa.create_kafka_source('dbz2_src', target => 'customers2', topic => 'dbz', server => 'reg',
+    format => 'avro', envelope => 'debezium', key_format => 'avro', order_by => 'source.lsn',
+    options => '{"evolve": "add_columns"}');
+});
+kafka_wait($node, q{SELECT out_of_order FROM kappa.sources WHERE source = 'dbz2_src'}, 1,
+	'debezium avro with evolve: caught up', 90);
+is(count_of(q{SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
+                FROM pg_attribute WHERE attrelid = 'customers2'::regclass AND attnum > 0 AND NOT attisdropped}),
+	'id integer, first_name text, bio text, balance numeric, created timestamp without time zone, birthday date, score numeric',
+	'debezium avro with evolve: a column per new field of "after", typed from the schema');
+is(count_of(q{SELECT count(*) FROM ((SELECT id, first_name, bio, balance, created, birthday, score FROM customers
+                                     EXCEPT ALL SELECT id, first_name, bio, balance, created, birthday, score FROM customers2)
+                                    UNION ALL
+                                    (SELECT id, first_name, bio, balance, created, birthday, score FROM customers2
+                                     EXCEPT ALL SELECT id, first_name, bio, balance, created, birthday, score FROM customers)) x}),
+	0, 'debezium avro with evolve: the same rows as the table that had the columns');
+
 # ---------------------------------------------------------------- evolve => 'add_columns'
 $node->safe_psql('postgres', q{
 CREATE TABLE evol (id int PRIMARY KEY, a text);
