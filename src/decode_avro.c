@@ -124,6 +124,7 @@ struct DecodeAvroState
 	avro_value_t event_rows[2]; /* its after and before records */
 	AvroNode   *event_nodes[2]; /* their nodes, NULL when null */
 	List	   *row_maps;		/* of AvroRowMap, per record node */
+	struct AvroPlan *last_value;	/* DecodeAvro's last record's plan */
 	avro_reader_t reader;
 };
 
@@ -1964,6 +1965,7 @@ DecodeAvro(KappaDecoder *d, const char *data, size_t len,
 				 errhint("Give the column a default, or produce the field again.")));
 	davro_fill(d, plan, d->strict, values, nulls);
 	d->drift = plan->drift;
+	d->avro->last_value = plan;
 }
 
 /*
@@ -2033,6 +2035,44 @@ davro_field(avro_value_t * record, AvroNode *n, const char *name,
 }
 
 /*
+ * davro_position returns, as a numeric in d->outcxt, the value at the path
+ * 'order_by' (a NULL-terminated array of field names) in 'record' of node
+ * 'n'; false if the path leads nowhere or to null.  A value that is not a
+ * number is an error.
+ */
+static bool
+davro_position(KappaDecoder *d, avro_value_t *record, AvroNode *n,
+			   char *const *order_by, Datum *position)
+{
+	avro_value_t cur = *record;
+	AvroNode   *curn = n;
+	bool		found = true;
+	char	   *text;
+	MemoryContext old;
+
+	for (int i = 0; order_by[i] != NULL && found; i++)
+	{
+		avro_value_t next;
+
+		found = davro_field(&cur, curn, order_by[i], &next, &curn);
+		cur = next;
+	}
+	if (!found || curn->type == AVRO_NULL)
+		return false;
+	text = davro_scalar_text(d, &cur, curn);
+	if (text == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("the order_by path of the message leads to an Avro %s, not a number",
+						davro_type_name(curn))));
+	old = MemoryContextSwitchTo(d->outcxt);
+	*position = DirectFunctionCall3(numeric_in, CStringGetDatum(text),
+									ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/*
  * DecodeAvroEvent decodes a Debezium change event in Avro (the Confluent
  * wire format): its op, whether it has an after and a before record (kept
  * for DecodeAvroEventRow), and the value at the path 'order_by' (a
@@ -2074,35 +2114,23 @@ DecodeAvroEvent(KappaDecoder *d, const char *data, size_t len,
 	ev->has_before = a->event_nodes[1] != NULL;
 
 	if (order_by != NULL)
-	{
-		avro_value_t cur = *record;
-		AvroNode   *curn = plan->root;
-		bool		found = true;
+		ev->has_position = davro_position(d, record, plan->root, order_by,
+										  &ev->position);
+}
 
-		for (int i = 0; order_by[i] != NULL && found; i++)
-		{
-			avro_value_t next;
+/*
+ * DecodeAvroValuePosition finds the value at the path 'order_by' in the
+ * record of the message DecodeAvro decoded last (the ordering guard of an
+ * 'upsert' source): returns false if the record has no value there.
+ */
+bool
+DecodeAvroValuePosition(KappaDecoder *d, char *const *order_by, Datum *position)
+{
+	AvroPlan   *plan = d->avro->last_value;
 
-			found = davro_field(&cur, curn, order_by[i], &next, &curn);
-			cur = next;
-		}
-		if (found && curn->type != AVRO_NULL)
-		{
-			char	   *text = davro_scalar_text(d, &cur, curn);
-			MemoryContext old = MemoryContextSwitchTo(d->outcxt);
-
-			if (text == NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATATYPE_MISMATCH),
-						 errmsg("the order_by path of a Debezium change event leads to an Avro %s, not a number",
-								davro_type_name(curn))));
-			ev->position = DirectFunctionCall3(numeric_in, CStringGetDatum(text),
-											   ObjectIdGetDatum(InvalidOid),
-											   Int32GetDatum(-1));
-			ev->has_position = true;
-			MemoryContextSwitchTo(old);
-		}
-	}
+	if (plan == NULL)
+		return false;
+	return davro_position(d, &plan->schema->value, plan->root, order_by, position);
 }
 
 /*

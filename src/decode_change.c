@@ -1658,6 +1658,10 @@ KappaDecodeChange(KappaDecoder *d, const char *payload, size_t len,
 		dchg_key(d, meta, change->values, change->nulls);
 		if (payload == NULL)
 			change->kind = KAPPA_CHANGE_DELETE;
+		else if (c->order_by != NULL && change->kind == KAPPA_CHANGE_UPSERT &&
+				 d->format == KAPPA_FORMAT_AVRO)
+			change->has_position = DecodeAvroValuePosition(d, c->order_by,
+														   &change->position);
 		else if (c->order_by != NULL && change->kind == KAPPA_CHANGE_UPSERT)
 		{
 			if (value.type == JSON_TOKEN_INVALID)
@@ -1762,11 +1766,11 @@ KappaChangeDecoderCreate(KappaFormat format, KappaEnvelope envelope,
 				 errdetail("The primary key of the target has %d columns.", nkeys),
 				 errhint("Use key format json, whose keys are objects of key column name to value.")));
 	if (order_by != NULL && envelope == KAPPA_ENVELOPE_UPSERT &&
-		format != KAPPA_FORMAT_JSON)
+		format != KAPPA_FORMAT_JSON && format != KAPPA_FORMAT_AVRO)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("order_by needs format json"),
-				 errdetail("order_by names a path into a JSON value.")));
+				 errmsg("order_by needs format json or avro"),
+				 errdetail("order_by names a path into a JSON or Avro value.")));
 
 	d = DecodeCreate(format, tupdesc, options, true);
 	if (key_format == KAPPA_FORMAT_AVRO && d->avro == NULL)

@@ -206,6 +206,8 @@ extern void DecodeAvroEvent(KappaDecoder *d, const char *data, size_t len,
 							char *const *order_by, DecodeAvroEventInfo *ev);
 extern void DecodeAvroEventRow(KappaDecoder *d, bool after, const bool *only,
 							   bool **unavailable, Datum *values, bool *nulls);
+extern bool DecodeAvroValuePosition(KappaDecoder *d, char *const *order_by,
+									Datum *position);
 
 /* in decode_json.c */
 extern void DecodeJson(KappaDecoder *d, char *data, int len,

@@ -48,7 +48,7 @@ plan skip_all => "/usr/bin/python3 has no avro module (Debian's python3-avro)"
 my $json = JSON::PP->new->utf8->canonical;
 my $registry = kafka_start_registry();
 my $reg = $registry->{url};
-my $broker = kafka_start_broker(types => 2, small => 1, events => 2, acct => 2, acct1 => 1, evol => 1, dbz => 1, jdrift => 1, evols => 1);
+my $broker = kafka_start_broker(types => 2, small => 1, events => 2, acct => 2, acct1 => 1, evol => 1, dbz => 1, jdrift => 1, evols => 1, acctv => 1);
 my $bs = $broker->{bootstrap};
 my $node = kafka_node('kafka_avro');
 my $http = HTTP::Tiny->new;
@@ -476,6 +476,26 @@ kafka_wait($node, q{SELECT coalesce(string_agg(id || '|' || owner || '|' || bala
 	$want1_text, 'upsert: a one-value key ("string") gives the latest row per key', 90);
 is(count_of(q{SELECT count(*) FROM kappa.errors WHERE source IN ('acct_src', 'acct1_src')}), 0,
 	'upsert: no dead letters');
+
+# the ordering guard on an Avro value: a change older than the one applied
+# for its key is dropped and counted
+$node->safe_psql('postgres', q{
+CREATE TABLE acctv (id text PRIMARY KEY, owner text, version bigint);
+SELECT kappa.create_kafka_source('acctv_src', target => 'acctv', topic => 'acctv', server => 'reg',
+    format => 'avro', envelope => 'upsert', key_format => 'text', order_by => 'meta.version');
+});
+my $acctv_value = $json->encode({ type => 'record', name => 'AcctV',
+		fields => [ { name => 'owner', type => 'string' },
+			{ name => 'meta', type => { type => 'record', name => 'Meta', fields => [ { name => 'version', type => 'long' } ] } },
+			{ name => 'version', type => 'long' } ] });
+kafka_produce_avro($registry, $broker, 'acctv',
+	[ map { $json->encode({ key => $_->[0], value => { owner => "o$_->[1]", meta => { version => $_->[1] }, version => $_->[1] } }) }
+		  ([ 'k1', 1 ], [ 'k1', 3 ], [ 'k2', 5 ], [ 'k1', 2 ], [ 'k2', 4 ], [ 'k2', 6 ]) ],
+	value_schema => $acctv_value, value_subject => 'acctv-value');
+kafka_wait($node, q{SELECT out_of_order FROM kappa.sources WHERE source = 'acctv_src'}, 2,
+	'upsert avro with order_by: two stale changes dropped and counted');
+is(count_of(q{SELECT string_agg(id || '=' || owner || '/' || version, ',' ORDER BY id) FROM acctv}),
+	'k1=o3/3,k2=o6/6', 'upsert avro with order_by: the newest change of each key');
 
 # ---------------------------------------------------------------- Debezium in Avro
 # The schemas the PostgreSQL connector registers with the AvroConverter
