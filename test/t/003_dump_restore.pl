@@ -17,7 +17,10 @@
 #     keep updating;
 #   - a new view on the retained stream is backfilled from the restored rows;
 #   - the non-superuser owner can still feed its stream, and the reader role
-#     still read the granted view.
+#     still read the granted view;
+#   - data contracts: the expectations on a table and on a stream are
+#     listed as before and still act (a violating row is skipped, a
+#     warned one kept).
 
 use strict;
 use warnings;
@@ -47,6 +50,15 @@ $node->safe_psql('src', q{
 CREATE EXTENSION pg_kappa;
 GRANT CREATE ON SCHEMA public TO kappa_owner;
 CREATE SCHEMA "Analytics";
+
+-- data contracts on a table and on a retained stream
+CREATE TABLE orders (id int, amount numeric, note text);
+SELECT kappa.add_expectation('orders', 'positive amount', 'amount > 0', on_violation => 'dead_letter');
+SELECT kappa.add_expectation('orders', 'has_note', 'note IS NOT NULL', on_violation => 'warn');
+SELECT kappa.create_stream('checked', 'id int, v int', retain => 'infinity');
+SELECT kappa.add_expectation('checked', 'small', 'v < 100', on_violation => 'dead_letter');
+INSERT INTO orders VALUES (1, 10, 'a'), (2, -1, 'b'), (3, 5, NULL);
+INSERT INTO checked VALUES (1, 1), (2, 500);
 
 SELECT kappa.create_stream('events',
   'user_id int, url text, amount numeric, ts timestamptz', retain => NULL);
@@ -168,7 +180,11 @@ my $catalog_sql = q{
 SELECT string_agg(format('%s|%s|%s', stream, columns, retention), E'\n' ORDER BY stream::text)
   FROM kappa.streams;
 SELECT string_agg(format('%s|%s|%s', view, stream, groups), E'\n' ORDER BY view::text)
-  FROM kappa.views;};
+  FROM kappa.views;
+SELECT string_agg(format('%s|%s|%s|%s', relation, name, rule, action), E'\n' ORDER BY relation::text, name)
+  FROM kappa.expectations;
+SELECT string_agg(id::text, ',' ORDER BY id) FROM orders;
+SELECT string_agg(id::text, ',' ORDER BY id) FROM checked;};
 my $catalog = $node->safe_psql('src', $catalog_sql);
 note "source catalog:\n$catalog";
 
@@ -197,6 +213,16 @@ sub check_restored
 		"$db: the retained rows are back");
 	my @bad = differing($db);
 	is(join(', ', @bad), '', "$db: every view equals its query over the restored shadows");
+
+	# the expectations still act
+	my ($r, $o, $e) = $node->psql($db, q{
+INSERT INTO orders VALUES (10, 1, 'x'), (11, 0, 'y'), (12, 2, NULL);
+INSERT INTO checked VALUES (10, 2), (11, 200);
+SELECT string_agg(id::text, ',' ORDER BY id) FROM orders WHERE id >= 10;
+SELECT string_agg(id::text, ',' ORDER BY id) FROM checked WHERE id >= 10;});
+	is("$r|$o", "0|10,12\n10", "$db: the restored expectations skip violating rows and keep warned ones");
+	like($e, qr/skipped 1 row of table "orders".*\n.*"positive amount"/, "$db: with a WARNING naming the expectation");
+	$node->safe_psql($db, 'DELETE FROM orders WHERE id >= 10');
 
 	# new rows: existing groups (u0..u6, users 1..23) and new ones (x0..x6, days)
 	feed($db, 2001, 6000, 'x');
