@@ -43,6 +43,7 @@
 
 #include <math.h>
 
+#include "catalog/heap.h"
 #include "catalog/pg_type.h"
 #include "common/int.h"
 #include "fmgr.h"
@@ -1804,7 +1805,18 @@ KappaAvroNewColumns(int32 id, bool debezium, TupleDesc tupdesc, List **names,
 			if (!att->attisdropped && strcmp(NameStr(att->attname), node->names[i]) == 0)
 				found = true;
 		}
-		if (found || strlen(node->names[i]) >= NAMEDATALEN)
+		/*
+		 * Names a column cannot have (too long, a system column's) or that
+		 * would make it a metadata column are left out: the field stays
+		 * unread, as without option evolve.
+		 */
+		if (found || strlen(node->names[i]) >= NAMEDATALEN ||
+			SystemAttributeByName(node->names[i]) != NULL ||
+			strcmp(node->names[i], "kafka_key") == 0 ||
+			strcmp(node->names[i], "kafka_partition") == 0 ||
+			strcmp(node->names[i], "kafka_offset") == 0 ||
+			strcmp(node->names[i], "kafka_timestamp") == 0 ||
+			strcmp(node->names[i], "kafka_headers") == 0)
 			continue;
 		*names = lappend(*names, node->names[i]);
 		*types = lappend(*types, (char *) davro_pg_type(node->children[i]));

@@ -266,7 +266,8 @@ extern int32 KappaAvroSchemaId(const char *data, size_t len);
  * same name for -- the top-level fields, or with 'debezium' those of the
  * envelope's "after" record: their names and the PostgreSQL types that
  * take them (schema-qualified type names), in two lists of strings.
- * Nothing when the schema is not a usable record.
+ * Fields whose names a column cannot have, or that name a kafka_* metadata
+ * column, are left out.  Nothing when the schema is not a usable record.
  */
 extern void KappaAvroNewColumns(int32 id, bool debezium, TupleDesc tupdesc,
 								List **names, List **types);

@@ -677,7 +677,10 @@ my $evol_v2 = $json->encode({ type => 'record', name => 'Evol',
 			{ name => 'tags', type => { type => 'array', items => 'string' }, default => [] },
 			{ name => 'price', type => { type => 'bytes', logicalType => 'decimal', precision => 9, scale => 3 }, default => "\u0000" },
 			{ name => 'Nested', type => { type => 'record', name => 'Nest', fields => [ { name => 'x', type => 'int' } ] },
-			  default => { x => 0 } } ] });
+			  default => { x => 0 } },
+			# names a column cannot have, or that would make a metadata column
+			{ name => 'xmin', type => 'int', default => 0 },
+			{ name => 'kafka_offset', type => 'string', default => '' } ] });
 kafka_produce_avro($registry, $broker, 'evol',
 	[ map { $json->encode({ value => { id => $_, a => "a" . ($_ % 3) } }) } 1 .. 10 ],
 	value_schema => $evol_v1, value_subject => 'evol-value');
