@@ -234,7 +234,34 @@ SELECT kappa.decode_preview('clicks', 'json', convert_to('{}', 'UTF8'), '{"time_
 SELECT kappa.decode_preview('clicks', 'json', convert_to('{}', 'UTF8'), '[1]');
 SELECT kappa.decode_preview('pg_class_oid_index', 'json', convert_to('{}', 'UTF8'));
 
-DROP TABLE clicks, events, events_bin, bad_meta, bad_meta2, bad_meta3, dflt,
+-- Avro: a backend fetches no writer schema, so the message's schema comes
+-- with option writer_schema.  The message was encoded by Debian's
+-- python3-avro (test/avro_tool.py encode, schema id 1) from
+-- {"user_id": 42, "url": "/home", "amount": "-12.34",
+--  "ts": "2026-11-26T10:00:00.123Z", "tags": ["a", "b"]}
+CREATE TABLE avro_clicks (user_id int, url text, amount numeric(6,2), ts timestamptz,
+                          tags text[], missing int DEFAULT 7);
+SELECT kappa.decode_preview('avro_clicks', 'avro',
+  '\x0000000001540a2f686f6d6504fb2ef6d5e1f4c268040261026200',
+  '{"writer_schema": {"type": "record", "name": "Click", "fields": [
+      {"name": "user_id", "type": "int"}, {"name": "url", "type": "string"},
+      {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 8, "scale": 2}},
+      {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+      {"name": "tags", "type": {"type": "array", "items": "string"}}]}}');
+-- the same body cut short, without the magic byte, and without a schema
+SELECT kappa.decode_preview('avro_clicks', 'avro', '\x0000000001540a2f686f6d6504fb2e',
+  '{"writer_schema": {"type": "record", "name": "Click", "fields": [
+      {"name": "user_id", "type": "int"}, {"name": "url", "type": "string"},
+      {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 8, "scale": 2}},
+      {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+      {"name": "tags", "type": {"type": "array", "items": "string"}}]}}');
+SELECT kappa.decode_preview('avro_clicks', 'avro', '\x540a2f686f6d65');
+SELECT kappa.decode_preview('avro_clicks', 'avro', '\x0000000063540a2f686f6d6504fb2ef6d5e1f4c268040261026200');
+SELECT kappa.decode_preview('avro_clicks', 'avro', '\x0000000064540a',
+  '{"writer_schema": "{\"type\": \"record\", \"name\": \"R\", \"fields\": [{\"name\": \"x\", \"type\": \"nosuchtype\"}]}"}');
+SELECT kappa.decode_preview('avro_clicks', 'avro', '\x0000000001', '{"columns": ["url"]}');
+
+DROP TABLE clicks, events, events_bin, bad_meta, bad_meta2, bad_meta3, dflt, avro_clicks,
     rows3, lines, docs, short, two_texts, numbers_only, blobs;
 DROP DOMAIN positive;
 DROP SEQUENCE seq;

@@ -75,6 +75,7 @@
 #include "utils/varlena.h"
 
 #include "decode_internal.h"
+#include "schema_registry.h"
 
 PG_FUNCTION_INFO_V1(kappa_decode_preview);
 
@@ -1187,6 +1188,58 @@ dec_preview_headers(Jsonb *headers)
  * jsonb object of column name to value.  Defaults are evaluated (a nextval
  * default advances its sequence); nothing is inserted.
  */
+/*
+ * dec_preview_writer_schema takes option writer_schema out of 'options' and
+ * stores it as the writer schema of the Avro message 'payload'
+ * (KappaRegistryAdd), for kappa.decode_preview; returns the other options.
+ * Without it, the message's schema id is unknown to the backend, which the
+ * decoder reports.
+ */
+static Jsonb *
+dec_preview_writer_schema(Jsonb *options, bytea *payload)
+{
+	JsonbParseState *state = NULL;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	   *schema = NULL;
+	bool		skip = false;
+	int32		id;
+
+	if (options == NULL || !JB_ROOT_IS_OBJECT(options))
+		return options;
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	it = JsonbIteratorInit(&options->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			skip = (v.val.string.len == strlen("writer_schema") &&
+					memcmp(v.val.string.val, "writer_schema", v.val.string.len) == 0);
+			if (!skip)
+				pushJsonbValue(&state, WJB_KEY, &v);
+		}
+		else if (tok == WJB_VALUE && skip)
+		{
+			if (v.type == jbvString)
+				schema = pnstrdup(v.val.string.val, v.val.string.len);
+			else if (v.type == jbvBinary)
+				schema = JsonbToCString(NULL, v.val.binary.data, v.val.binary.len);
+			else
+				dec_option_error("writer_schema", "an Avro schema, as JSON or as a string of JSON");
+		}
+		else if (tok == WJB_VALUE)
+			pushJsonbValue(&state, WJB_VALUE, &v);
+	}
+	if (schema == NULL)
+		return options;
+	id = KappaAvroSchemaId(payload ? VARDATA_ANY(payload) : NULL,
+						   payload ? VARSIZE_ANY_EXHDR(payload) : 0);
+	if (id >= 0)
+		KappaRegistryAdd(id, schema);
+	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+}
+
 Datum
 kappa_decode_preview(PG_FUNCTION_ARGS)
 {
@@ -1202,6 +1255,8 @@ kappa_decode_preview(PG_FUNCTION_ARGS)
 	HeapTuple	tuple;
 	Datum		json;
 	rd_kafka_headers_t *volatile headers = NULL;
+	KappaFormat format;
+	Jsonb	   *options;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -1217,11 +1272,19 @@ kappa_decode_preview(PG_FUNCTION_ARGS)
 				 errmsg("\"%s\" is not a table or a stream",
 						RelationGetRelationName(rel))));
 	tupdesc = RelationGetDescr(rel);
-
-	d = KappaDecoderCreate(KappaParseFormat(text_to_cstring(PG_GETARG_TEXT_PP(1))),
-						   tupdesc, PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3));
-
+	format = KappaParseFormat(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	options = PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3);
 	payload = PG_ARGISNULL(2) ? NULL : PG_GETARG_BYTEA_PP(2);
+
+	/*
+	 * Avro: a backend asks no schema registry; option writer_schema gives the
+	 * message's writer schema instead (as JSON, or as a string of JSON).
+	 */
+	if (format == KAPPA_FORMAT_AVRO)
+		options = dec_preview_writer_schema(options, payload);
+
+	d = KappaDecoderCreate(format, tupdesc, options);
+
 	if (!PG_ARGISNULL(4))
 		key = PG_GETARG_BYTEA_PP(4);
 	meta.key = key ? VARDATA_ANY(key) : NULL;

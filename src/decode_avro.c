@@ -583,7 +583,8 @@ davro_plan(KappaDecoder *d, int32 id, const int *keycols, int nkeys)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("writer schema id %d of an Avro message was not fetched", id),
-				 errdetail("Only the Kafka workers fetch writer schemas from the schema registry.")));
+				 errdetail("Only the Kafka workers fetch writer schemas from the schema registry."),
+				 errhint("Give kappa.decode_preview the writer schema as option \"writer_schema\".")));
 	if (ws->state != KAPPA_SCHEMA_OK)
 		ereport(ERROR,
 				(errcode(ws->state == KAPPA_SCHEMA_MISSING ? ERRCODE_UNDEFINED_OBJECT :

@@ -39,6 +39,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -307,7 +308,7 @@ kr_store_schema(KappaWriterSchema *entry, const char *body, char **error)
 	type = kr_json_string(reply, "schemaType");
 	if (type != NULL && strcmp(type, "AVRO") != 0)
 	{
-		entry->error = psprintf("schema id %d is a %s schema, not an Avro schema",
+		entry->error = psprintf("Schema id %d is a %s schema, not an Avro schema",
 								entry->id, type);
 		return true;
 	}
@@ -316,19 +317,19 @@ kr_store_schema(KappaWriterSchema *entry, const char *body, char **error)
 	entry->json = kr_parse_json(text, &jerror);
 	if (entry->json == NULL)
 	{
-		entry->error = psprintf("schema id %d is not valid JSON: %s", entry->id, jerror);
+		entry->error = psprintf("Schema id %d is not valid JSON: %s", entry->id, jerror);
 		return true;
 	}
 	if (avro_schema_from_json_length(text, strlen(text), &entry->schema) != 0)
 	{
-		entry->error = psprintf("schema id %d is not an Avro schema avro-c can read: %s",
+		entry->error = psprintf("Schema id %d is not an Avro schema avro-c can read: %s",
 								entry->id, avro_strerror());
 		return true;
 	}
 	entry->iface = avro_generic_class_from_schema(entry->schema);
 	if (entry->iface == NULL || avro_generic_value_new(entry->iface, &entry->value) != 0)
 	{
-		entry->error = psprintf("schema id %d cannot be decoded by avro-c: %s",
+		entry->error = psprintf("Schema id %d cannot be decoded by avro-c: %s",
 								entry->id, avro_strerror());
 		return true;
 	}
@@ -379,7 +380,7 @@ KappaRegistryFetch(int32 id, char **error)
 		if (status == 404)
 		{
 			entry->state = KAPPA_SCHEMA_MISSING;
-			entry->error = psprintf("schema id %d is not in the schema registry (404)", id);
+			entry->error = psprintf("Schema id %d is not in the schema registry (404)", id);
 		}
 		else if (!kr_store_schema(entry, reply.data ? reply.data : "", error))
 		{
@@ -401,6 +402,40 @@ KappaRegistryFetch(int32 id, char **error)
 	free(reply.data);
 	pfree(url);
 	return ok;
+}
+
+/*
+ * KappaRegistryAdd: see schema_registry.h.
+ */
+void
+KappaRegistryAdd(int32 id, const char *schema_text)
+{
+	KappaWriterSchema *entry;
+	bool		found;
+	MemoryContext old;
+	char	   *error = NULL;
+	StringInfoData reply;
+
+	if (kr_registry.cxt == NULL)
+		kr_registry.cxt = AllocSetContextCreate(TopMemoryContext,
+												"pg_kappa schema registry",
+												ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(kr_registry.cxt);
+	entry = kr_entry(id, &found);
+	memset(((char *) entry) + sizeof(int32), 0,
+		   sizeof(KappaWriterSchema) - sizeof(int32));
+	entry->fetched_at = GetCurrentTimestamp();
+	/* as the registry would answer */
+	initStringInfo(&reply);
+	appendStringInfoString(&reply, "{\"schema\": ");
+	escape_json(&reply, schema_text);
+	appendStringInfoChar(&reply, '}');
+	if (!kr_store_schema(entry, reply.data, &error))
+	{
+		entry->state = KAPPA_SCHEMA_UNUSABLE;
+		entry->error = error;
+	}
+	MemoryContextSwitchTo(old);
 }
 
 /*

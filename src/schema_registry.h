@@ -62,6 +62,13 @@ extern void KappaRegistryConfigure(const char *url, const char *username,
 extern bool KappaRegistryFetch(int32 id, char **error);
 
 /*
+ * KappaRegistryAdd stores 'schema_text' as writer schema 'id' of this
+ * process, as if the registry had answered it (kappa.decode_preview's
+ * option writer_schema); an unusable schema is stored as such.
+ */
+extern void KappaRegistryAdd(int32 id, const char *schema_text);
+
+/*
  * KappaRegistryLookup returns what is known of schema 'id', or NULL if it
  * was never fetched in this process.
  */

@@ -262,7 +262,7 @@ my $errors = count_of(q{SELECT string_agg(error, E'\n' ORDER BY "offset") FROM k
 my @errors = split /\n/, $errors;
 is(scalar(@errors), 8, 'small: eight dead letters');
 like($errors[0], qr/not in the Avro wire format/, 'no magic byte: dead letter');
-like($errors[1], qr/schema id 999999 is not in the schema registry \(404\)/, 'unknown schema id: dead letter');
+like($errors[1], qr/Schema id 999999 is not in the schema registry \(404\)/, 'unknown schema id: dead letter');
 like($errors[2], qr/invalid byte sequence for encoding "UTF8".*writer schema id $small1/,
 	'invalid UTF-8: dead letter naming the schema id');
 like($errors[3], qr/enum index 4 is not one of its 2 symbols/, 'enum index out of range: dead letter');
