@@ -743,6 +743,7 @@ KappaConsumerRefreshAssignment(bool consuming)
 				continue;
 			rd_kafka_topic_partition_list_add(add, source->topic, p)->offset = starts[p];
 			part->committed = starts[p];
+			part->positioned = true;
 			part->polled_next = starts[p];
 		}
 		kc_assign(add);
@@ -1066,6 +1067,44 @@ KappaConsumerRewind(TimestampTz resume)
 	kc_consumer.batch_bytes = 0;
 	KappaConsumerUnassignAll();
 	kc_consumer.next_metadata = resume;
+}
+
+/*
+ * KappaConsumerOffsetsMoved tells whether the stored next offset of one of
+ * this worker's partitions is no longer the one it committed: someone else
+ * moved it (kappa.rewind_source, kafka_rewind.c), and the worker must read
+ * from the stored offsets again (KappaConsumerRewind).  Looks at the
+ * partitions held, or with 'held_only' false at every partition the worker
+ * has held (a failed worker holds none).  Call it between batches, in a
+ * transaction.
+ */
+bool
+KappaConsumerOffsetsMoved(bool held_only)
+{
+	Oid			t = INT4OID;
+	Datum		v = Int32GetDatum(kc_consumer.source->id);
+	bool		moved = false;
+
+	SPI_connect();
+	KappaExecCatalogSql("SELECT partition, next_offset FROM kappa.source_offsets "
+						"WHERE source_id OPERATOR(pg_catalog.=) $1", 1, &t, &v, NULL);
+	for (uint64 r = 0; r < SPI_processed && !moved; r++)
+	{
+		bool		isnull;
+		int32		p = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r],
+													SPI_tuptable->tupdesc, 1, &isnull));
+		int64		o = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													SPI_tuptable->tupdesc, 2, &isnull));
+		KappaPartition *part;
+
+		if (p < 0 || p >= kc_consumer.nparts)
+			continue;
+		part = &kc_consumer.parts[p];
+		if ((held_only ? part->assigned : part->positioned) && part->committed != o)
+			moved = true;
+	}
+	SPI_finish();
+	return moved;
 }
 
 /*

@@ -280,6 +280,17 @@ KappaSourceLoad(int32 source_id, bool missing_ok)
 }
 
 /*
+ * KappaSourceLookup reads the source with the given name, locking its
+ * catalog row if 'for_update' (as the functions that change a source do);
+ * raises an error if there is none.
+ */
+KappaSource *
+KappaSourceLookup(const char *name, bool for_update)
+{
+	return ksrc_source_lookup(0, name, false, for_update);
+}
+
+/*
  * ksrc_xact_callback starts workers (without the launcher) or wakes the
  * launcher once the transaction that changed a source has committed, so
  * that workers never look for a row they cannot see yet.
