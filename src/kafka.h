@@ -103,7 +103,7 @@ extern PGDLLEXPORT void KappaScannerMain(Datum arg);
 
 /* in kafka_source.c */
 extern KappaSource *KappaSourceLoad(int32 source_id, bool missing_ok);
-extern KappaSource *KappaSourceLookup(const char *name, bool for_update);
+extern KappaSource *KappaSourceLookupForChange(const char *name);
 
 /* in kafka_options.c */
 struct ForeignServer;

@@ -522,7 +522,7 @@ kappa_rewind_source(PG_FUNCTION_ARGS)
 	kr_parse_position(fcinfo, &pos);
 
 	/* everything that needs no broker first */
-	source = KappaSourceLookup(text_to_cstring(PG_GETARG_TEXT_PP(0)), true);
+	source = KappaSourceLookupForChange(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	if (!has_privs_of_role(GetUserId(), source->owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
