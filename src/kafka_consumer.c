@@ -13,7 +13,10 @@
  * to KC_METADATA_BACKOFF_MAX_MS).  A partition never seen gets its first
  * offset from the source's start (earliest, latest or a time), stored by
  * whichever slot sees it first, so that the lag of partitions no worker
- * reads shows; partition p is assigned to slot p % parallelism.
+ * reads shows; partition p is assigned to slot p % parallelism.  When
+ * someone else moves the stored offsets (kappa.rewind_source), the worker
+ * sees it between batches (KappaConsumerOffsetsMoved) and assigns its
+ * partitions again from them.
  *
  * The batch.  KappaConsumerPoll takes messages from the consumer queue into
  * the current batch, up to the batch's size and bytes; the batch is held

@@ -352,7 +352,7 @@ kr_resolve(KappaSource *source, const KrPosition *pos, KrTarget *t)
 		else
 		{
 			int64		ms = pos->time / 1000 +
-				(int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+			(int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
 
 			/* before 1970: the first message of each partition */
 			kr_list_offsets(rk, source, n, Max(ms, 0), t->offsets);
