@@ -103,6 +103,7 @@ extern PGDLLEXPORT void KappaScannerMain(Datum arg);
 
 /* in kafka_source.c */
 extern KappaSource *KappaSourceLoad(int32 source_id, bool missing_ok);
+extern KappaSource *KappaSourceLookupForChange(const char *name);
 
 /* in kafka_options.c */
 struct ForeignServer;
@@ -145,6 +146,7 @@ typedef struct KappaPartition
 	bool		assigned;		/* given to librdkafka */
 	bool		lost;			/* the broker no longer holds its next offset */
 	int64		committed;		/* next offset, as stored */
+	bool		positioned;		/* committed is known (it was assigned) */
 	int64		hwm;			/* high watermark, -1 if unknown */
 	int64		polled_next;	/* next offset after the last one polled */
 } KappaPartition;
@@ -173,6 +175,7 @@ extern TimestampTz KappaConsumerBatchDeadline(void);
 extern struct rd_kafka_message_s **KappaConsumerBatch(int *nmsgs);
 extern void KappaConsumerBatchCommitted(const int64 *next);
 extern void KappaConsumerRewind(TimestampTz resume);
+extern bool KappaConsumerOffsetsMoved(bool held_only);
 extern bool KappaConsumerCaughtUp(void);
 extern bool KappaConsumerAnyLost(void);
 extern KappaDataLossResult KappaConsumerHandleDataLoss(int *partition);

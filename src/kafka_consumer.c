@@ -13,7 +13,10 @@
  * to KC_METADATA_BACKOFF_MAX_MS).  A partition never seen gets its first
  * offset from the source's start (earliest, latest or a time), stored by
  * whichever slot sees it first, so that the lag of partitions no worker
- * reads shows; partition p is assigned to slot p % parallelism.
+ * reads shows; partition p is assigned to slot p % parallelism.  When
+ * someone else moves the stored offsets (kappa.rewind_source), the worker
+ * sees it between batches (KappaConsumerOffsetsMoved) and assigns its
+ * partitions again from them.
  *
  * The batch.  KappaConsumerPoll takes messages from the consumer queue into
  * the current batch, up to the batch's size and bytes; the batch is held
@@ -743,6 +746,7 @@ KappaConsumerRefreshAssignment(bool consuming)
 				continue;
 			rd_kafka_topic_partition_list_add(add, source->topic, p)->offset = starts[p];
 			part->committed = starts[p];
+			part->positioned = true;
 			part->polled_next = starts[p];
 		}
 		kc_assign(add);
@@ -1066,6 +1070,44 @@ KappaConsumerRewind(TimestampTz resume)
 	kc_consumer.batch_bytes = 0;
 	KappaConsumerUnassignAll();
 	kc_consumer.next_metadata = resume;
+}
+
+/*
+ * KappaConsumerOffsetsMoved tells whether the stored next offset of one of
+ * this worker's partitions is no longer the one it committed: someone else
+ * moved it (kappa.rewind_source, kafka_rewind.c), and the worker must read
+ * from the stored offsets again (KappaConsumerRewind).  Looks at the
+ * partitions held, or with 'held_only' false at every partition the worker
+ * has held (a failed worker holds none).  Call it between batches, in a
+ * transaction.
+ */
+bool
+KappaConsumerOffsetsMoved(bool held_only)
+{
+	Oid			t = INT4OID;
+	Datum		v = Int32GetDatum(kc_consumer.source->id);
+	bool		moved = false;
+
+	SPI_connect();
+	KappaExecCatalogSql("SELECT partition, next_offset FROM kappa.source_offsets "
+						"WHERE source_id OPERATOR(pg_catalog.=) $1", 1, &t, &v, NULL);
+	for (uint64 r = 0; r < SPI_processed && !moved; r++)
+	{
+		bool		isnull;
+		int32		p = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r],
+													SPI_tuptable->tupdesc, 1, &isnull));
+		int64		o = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													SPI_tuptable->tupdesc, 2, &isnull));
+		KappaPartition *part;
+
+		if (p < 0 || p >= kc_consumer.nparts)
+			continue;
+		part = &kc_consumer.parts[p];
+		if ((held_only ? part->assigned : part->positioned) && part->committed != o)
+			moved = true;
+	}
+	SPI_finish();
+	return moved;
 }
 
 /*

@@ -218,11 +218,12 @@ ksrc_source_from_spi(HeapTuple tup, TupleDesc desc)
 
 /*
  * ksrc_source_lookup reads one source by id (name NULL) or by name, in the
- * current transaction, as the catalog owner.  Returns NULL if missing and
+ * current transaction, as the catalog owner, locking its row with 'lock'
+ * ("FOR UPDATE", or NULL for no lock).  Returns NULL if missing and
  * missing_ok.  The result is allocated in the caller's memory context.
  */
 static KappaSource *
-ksrc_source_lookup(int32 id, const char *name, bool missing_ok, bool for_update)
+ksrc_source_lookup(int32 id, const char *name, bool missing_ok, const char *lock)
 {
 	MemoryContext callercxt = CurrentMemoryContext;
 	KappaSavedUser saved;
@@ -233,8 +234,8 @@ ksrc_source_lookup(int32 id, const char *name, bool missing_ok, bool for_update)
 	int			rc;
 
 	snprintf(sql, sizeof(sql),
-			 "SELECT " KAPPA_SOURCE_COLUMNS " FROM kappa.source_catalog WHERE %s = $1%s",
-			 name ? "name" : "id", for_update ? " FOR UPDATE" : "");
+			 "SELECT " KAPPA_SOURCE_COLUMNS " FROM kappa.source_catalog WHERE %s = $1 %s",
+			 name ? "name" : "id", lock ? lock : "");
 	if (name)
 	{
 		arg = CStringGetTextDatum(name);
@@ -276,7 +277,20 @@ ksrc_source_lookup(int32 id, const char *name, bool missing_ok, bool for_update)
 KappaSource *
 KappaSourceLoad(int32 source_id, bool missing_ok)
 {
-	return ksrc_source_lookup(source_id, NULL, missing_ok, false);
+	return ksrc_source_lookup(source_id, NULL, missing_ok, NULL);
+}
+
+/*
+ * KappaSourceLookupForChange reads the source with the given name and locks
+ * its catalog row FOR NO KEY UPDATE, against a concurrent drop or change
+ * but not against the foreign-key checks of its workers' batches (a
+ * rewind waits for a batch in flight while holding it); raises an error if
+ * there is none.
+ */
+KappaSource *
+KappaSourceLookupForChange(const char *name)
+{
+	return ksrc_source_lookup(0, name, false, "FOR NO KEY UPDATE");
 }
 
 /*
@@ -770,7 +784,7 @@ kappa_create_kafka_source_0_3(PG_FUNCTION_ARGS)
 static void
 ksrc_set_paused(const char *name, bool paused, const char *onDataLoss)
 {
-	KappaSource *source = ksrc_source_lookup(0, name, false, true);
+	KappaSource *source = ksrc_source_lookup(0, name, false, "FOR UPDATE");
 	KappaSavedUser saved;
 	Datum		values[3];
 	char		nulls[3] = "   ";
@@ -830,7 +844,7 @@ Datum
 kappa_drop_source(PG_FUNCTION_ARGS)
 {
 	KappaSource *source = ksrc_source_lookup(0, text_to_cstring(PG_GETARG_TEXT_PP(0)),
-											 false, true);
+											 false, "FOR UPDATE");
 	KappaSavedUser saved;
 	Datum		value = Int32GetDatum(source->id);
 	Oid			argtype = INT4OID;

@@ -25,6 +25,11 @@
  * current until the cause is gone (blocked: rechecked with the source) or
  * the worker is restarted (failed).
  *
+ * Rewinds.  kappa.rewind_source moves the stored offsets; between batches
+ * kw_check_source notices that they are not the ones the worker committed
+ * and the worker reads from them again (a failed worker starts over); a
+ * batch that raced the rewind fails on its offsets and the worker restarts.
+ *
  * Stopping.  A worker exits cleanly when its source is dropped, paused (but
  * for slot 0) or shrunk below its slot, and exits to be started over when
  * the source was replaced, a batch failed for a reason that is not a
@@ -229,6 +234,27 @@ kw_stop(KwStopReason reason)
 }
 
 /*
+ * kw_offsets_moved follows offsets someone else stored for the worker's
+ * partitions (kappa.rewind_source): a consuming worker lets go of its
+ * partitions and assigns them again at once, from the stored offsets; a
+ * failed one exits, to be started over from them.
+ */
+static void
+kw_offsets_moved(void)
+{
+	ereport(LOG,
+			(errmsg("kafka source \"%s\" worker %d: the stored offsets were moved, reading from them",
+					kw_worker.source->name, kw_worker.args.slot)));
+	if (kw_worker.mode == KW_MODE_FAILED)
+	{
+		if (kw_worker.args.managed)
+			KappaLauncherWake();
+		proc_exit(1);
+	}
+	KappaConsumerRewind(GetCurrentTimestamp());
+}
+
+/*
  * kw_check_source re-reads the source and returns why this worker must stop
  * (gone, replaced, resized or, for slots other than 0, paused), or
  * KW_STOP_NONE; slot 0 of a paused source stays, holding no partition.
@@ -242,6 +268,7 @@ kw_check_source(void)
 	KwStopReason why = KW_STOP_NONE;
 	char	   *blocked = NULL;
 	bool		paused = false;
+	bool		moved = false;
 
 	if (KappaBeginTransaction(true) != KAPPA_EXTENSION_MISSING)
 		s = KappaSourceLoad(kw_worker.source->id, true);
@@ -262,10 +289,16 @@ kw_check_source(void)
 	}
 	if (s != NULL)
 		paused = s->paused;
+	/* offsets moved by kappa.rewind_source: read from the stored ones */
+	if (why == KW_STOP_NONE &&
+		(kw_worker.mode == KW_MODE_CONSUMING || kw_worker.mode == KW_MODE_FAILED))
+		moved = KappaConsumerOffsetsMoved(kw_worker.mode == KW_MODE_CONSUMING);
 	KappaCommitTransaction();
 
 	if (why != KW_STOP_NONE)
 		return why;
+	if (moved)
+		kw_offsets_moved();
 	if (kw_worker.mode == KW_MODE_FAILED)
 		return KW_STOP_NONE;	/* only a restart ends it */
 	if (paused)

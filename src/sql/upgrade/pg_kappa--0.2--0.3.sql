@@ -41,6 +41,36 @@ LANGUAGE C CALLED ON NULL INPUT VOLATILE;
 COMMENT ON FUNCTION kappa.create_kafka_source(text, text, text, text, text, text, text, text, integer, jsonb, text, text, text) IS
   'create a Kafka source: background workers consume a topic into a stream or table, exactly once';
 
+-- Rewinding a source into a table (src/kafka_rewind.c, docs/kafka.md
+-- "Rewinding a source"): its offsets move to 'earliest', 'latest', a time
+-- or explicit offsets {"partition": offset}, in the caller's transaction;
+-- returns the new offsets.  POSITION is a keyword that PostgreSQL does not
+-- take as an unquoted parameter name: call positionally, or "position" =>.
+CREATE FUNCTION kappa.rewind_source(name text, "position" text,
+                                    truncate_target boolean DEFAULT false)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'kappa_rewind_source'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE;
+
+CREATE FUNCTION kappa.rewind_source(name text, "position" timestamptz,
+                                    truncate_target boolean DEFAULT false)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'kappa_rewind_source'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE;
+
+CREATE FUNCTION kappa.rewind_source(name text, "position" jsonb,
+                                    truncate_target boolean DEFAULT false)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'kappa_rewind_source'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE;
+
+COMMENT ON FUNCTION kappa.rewind_source(text, text, boolean) IS
+  'move a Kafka source into a table to earliest, latest, a timestamptz or jsonb {"partition": offset}; truncate_target for envelope none';
+COMMENT ON FUNCTION kappa.rewind_source(text, timestamptz, boolean) IS
+  'move a Kafka source into a table to the first message at or after a time in each partition';
+COMMENT ON FUNCTION kappa.rewind_source(text, jsonb, boolean) IS
+  'move a Kafka source into a table to the offsets {"partition": offset} given';
+
 ALTER TABLE kappa.source_status ADD COLUMN out_of_order bigint NOT NULL DEFAULT 0;
 ALTER TABLE kappa.source_status ADD COLUMN schema_ids integer[],
                                 ADD COLUMN last_schema_id integer,
