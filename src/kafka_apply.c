@@ -781,6 +781,7 @@ static bool
 ka_fetch_schemas(void)
 {
 	int32		last = -1;
+	int32		previous[2] = {-1, -1}; /* of values, of keys */
 
 	for (int i = 0; i < ka_apply.nmsgs * 2; i++)
 	{
@@ -796,6 +797,10 @@ ka_fetch_schemas(void)
 		if (id < 0)
 			continue;
 		last = id;
+		/* most messages have their predecessor's schema: known already */
+		if (id == previous[i % 2])
+			continue;
+		previous[i % 2] = id;
 		if (!list_member_int(ka_apply.schema_ids, id))
 		{
 			MemoryContext old = MemoryContextSwitchTo(ka_apply.cxt);
@@ -860,7 +865,10 @@ ka_evolve_target(void)
 		bool		is_stream;
 		MemoryContext old;
 
-		if (id < 0 || list_member_int(ka_apply.evolved_ids, id))
+		if (id < 0 || (i > 0 && id == KappaAvroSchemaId(ka_apply.msgs[i - 1]->payload,
+														ka_apply.msgs[i - 1]->payload ?
+														ka_apply.msgs[i - 1]->len : 0)) ||
+			list_member_int(ka_apply.evolved_ids, id))
 			continue;
 		rel = try_relation_open(source->target, AccessShareLock);
 		if (rel == NULL)
