@@ -88,6 +88,7 @@
 PG_FUNCTION_INFO_V1(kappa_replace_view);
 PG_FUNCTION_INFO_V1(kappa_rebuild_view);
 PG_FUNCTION_INFO_V1(kappa_cancel_rebuild);
+PG_FUNCTION_INFO_V1(kappa_rebuild_swapping);
 
 /* One row of kappa.view_rebuilds. */
 typedef struct RbRow
@@ -110,6 +111,9 @@ typedef struct RbRange
 	int64		start;
 	int64		end;
 } RbRange;
+
+/* the view whose user-facing view rb_swap is redefining, or InvalidOid */
+static Oid	rb_swapping_view = InvalidOid;
 
 /* workers to start (no launcher) or a launcher to wake at commit */
 static List *rb_pending_starts = NIL;
@@ -776,6 +780,18 @@ kappa_cancel_rebuild(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(true);
 }
 
+/*
+ * kappa.rebuild_swapping(view) tells the DDL event trigger whether this
+ * session is swapping in a new version of 'view' (rb_swap), the one time
+ * its user-facing view may be redefined.
+ */
+Datum
+kappa_rebuild_swapping(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(OidIsValid(rb_swapping_view) &&
+				   rb_swapping_view == PG_GETARG_OID(0));
+}
+
 /* ---------------------------------------------------------------- worker */
 
 /*
@@ -790,7 +806,8 @@ rb_swap(RbRow *row)
 	Relation	vrel;
 	Oid			owner;
 	char	   *qualified;
-	KappaViewInfo *info;
+	char	   *sql;
+	KappaViewShape *shape;
 	KappaSavedUser saved;
 	Oid			types[4] = {OIDOID, OIDOID, OIDOID, INT4OID};
 	Datum		v[4];
@@ -805,11 +822,21 @@ rb_swap(RbRow *row)
 										   RelationGetRelationName(vrel));
 	relation_close(vrel, NoLock);
 
-	info = KappaViewInfoLoad(row->view, row->mat, row->def, CurrentMemoryContext);
+	/* the user-facing view over the new materialization, as its owner */
+	sql = rb_current_query(row->def);
 	KappaBecomeUser(owner, &saved);
-	KappaDefineUserView(info->shape, qualified, row->mat, true);
+	shape = KappaBuildViewShape(KappaParseViewQuery(sql, true), sql);
+	rb_swapping_view = row->view;
+	PG_TRY();
+	{
+		KappaDefineUserView(shape, qualified, row->mat, true);
+	}
+	PG_FINALLY();
+	{
+		rb_swapping_view = InvalidOid;
+	}
+	PG_END_TRY();
 	KappaRestoreUser(&saved);
-	KappaViewInfoFree(info);
 
 	v[0] = ObjectIdGetDatum(row->view);
 	v[1] = ObjectIdGetDatum(row->mat);
@@ -910,17 +937,20 @@ rb_build_from_kafka(int32 id)
 						1, &type, &key, NULL);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		bool		isnull;
+		/* (the list outlives SPI and the transaction) */
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
 		sources = lappend_int(sources,
 							  DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
 														  SPI_tuptable->tupdesc, 1, &isnull)));
+		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
 	KappaCommitTransaction();
 
 	foreach(lc, sources)
 		KappaReplaySource(id, lfirst_int(lc), row.mat);
+	list_free(sources);
 
 	/* every range read: swapping */
 	(void) KappaBeginTransaction(false);

@@ -72,6 +72,14 @@ LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION kappa.cancel_rebuild(text) IS
   'drop the version of a continuous view being built; the live one stays';
 
+-- Whether this session is swapping in the new version of a view: the one
+-- CREATE OR REPLACE VIEW of a continuous view that kappa.on_ddl_command_end
+-- lets through.
+CREATE FUNCTION kappa.rebuild_swapping(view regclass)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'kappa_rebuild_swapping'
+LANGUAGE C STRICT VOLATILE;
+
 -- Plain DROP of a view, of its stream or of a building version's pieces
 -- takes the building version with it.
 CREATE FUNCTION kappa.on_sql_drop_rebuilds()

@@ -588,3 +588,61 @@ SELECT v.view,
   JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN LATERAL kappa.view_stats(v.view) st ON true
   LEFT JOIN kappa.view_rebuilds b ON b.view OPERATOR(pg_catalog.=) v.view;
+
+-- The DDL event trigger lets a rebuild's swap redefine the user-facing view.
+CREATE OR REPLACE FUNCTION kappa.on_ddl_command_end()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c record;
+    rel oid;
+    v record;
+BEGIN
+    IF to_regclass('kappa.view_catalog') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR c IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+        CONTINUE WHEN c.command_tag IN ('GRANT', 'REVOKE', 'COMMENT', 'SECURITY LABEL',
+                                        'CREATE INDEX', 'ALTER INDEX');
+        rel := CASE c.classid
+                 WHEN 'pg_class'::regclass THEN c.objid
+                 WHEN 'pg_trigger'::regclass THEN
+                   (SELECT tg.tgrelid FROM pg_trigger tg WHERE tg.oid = c.objid)
+                 WHEN 'pg_rewrite'::regclass THEN
+                   (SELECT r.ev_class FROM pg_rewrite r WHERE r.oid = c.objid)
+                 WHEN 'pg_policy'::regclass THEN
+                   (SELECT p.polrelid FROM pg_policy p WHERE p.oid = c.objid)
+               END;
+        CONTINUE WHEN rel IS NULL;
+        FOR v IN SELECT * FROM kappa.view_catalog vc
+                  WHERE vc.view = rel OR vc.mat = rel OR vc.def = rel
+        LOOP
+            IF rel = v.view::oid THEN
+                -- (a rebuild's swap redefines it over the new version)
+                IF c.command_tag = 'CREATE VIEW' AND NOT kappa.rebuild_swapping(v.view) THEN
+                    RAISE EXCEPTION 'cannot replace the query of continuous view %', v.view
+                          USING ERRCODE = 'wrong_object_type',
+                                DETAIL = 'The view reads the materialization pg_kappa maintains for its query.',
+                                HINT = 'Drop it with kappa.drop_view() and create it again with kappa.create_view().';
+                END IF;
+                PERFORM kappa.sync_view_owner(v.view);
+            ELSIF c.command_tag = 'CREATE TRIGGER' AND c.classid = 'pg_trigger'::regclass
+                  AND (SELECT tg.tgfoid FROM pg_trigger tg WHERE tg.oid = c.objid)
+                      = 'kappa.refuse_materialization_change()'::regprocedure THEN
+                -- pg_restore recreating the engine's own trigger
+                NULL;
+            ELSE
+                RAISE EXCEPTION 'cannot alter the % of continuous view %',
+                      CASE WHEN rel = v.mat::oid THEN 'materialization' ELSE 'definition' END,
+                      v.view
+                      USING ERRCODE = 'wrong_object_type',
+                            DETAIL = format('Only pg_kappa changes it: %s would make the view disagree with its query.',
+                                            c.command_tag),
+                            HINT = 'Alter the continuous view itself (its name, owner, privileges), or drop it with kappa.drop_view() and create it again.';
+            END IF;
+        END LOOP;
+    END LOOP;
+END;
+$$;
