@@ -761,6 +761,13 @@ kappa_cancel_rebuild(PG_FUNCTION_ARGS)
 			proc->databaseId == MyDatabaseId)
 			(void) kill(row.pid, SIGTERM);
 	}
+
+	/*
+	 * Wait for the batches writing the building version (the worker's, and
+	 * live ones) and keep new ones out, before taking the row that they
+	 * update: the other order could deadlock with them.
+	 */
+	LockRelationOid(row.mat, AccessExclusiveLock);
 	key = Int32GetDatum(row.id);
 	KappaExecCatalogSql("DELETE FROM kappa.view_rebuilds WHERE id OPERATOR(pg_catalog.=) $1 "
 						"RETURNING mat::oid, def::oid",
@@ -1027,7 +1034,8 @@ rb_record_error(int32 id, const char *message, bool final)
 	KappaExecCatalogSql("UPDATE kappa.view_rebuilds SET last_error = $2, "
 						"state = CASE WHEN $3 THEN 'failed' ELSE state END, "
 						"updated_at = pg_catalog.now() "
-						"WHERE id OPERATOR(pg_catalog.=) $1 RETURNING stream::oid",
+						"WHERE id OPERATOR(pg_catalog.=) $1 "
+						"AND state OPERATOR(pg_catalog.<>) 'failed' RETURNING stream::oid",
 						3, types, v, NULL);
 	if (final && SPI_processed == 1)
 	{
