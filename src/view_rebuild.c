@@ -412,8 +412,9 @@ rb_kafka_ranges(List *bounds, bool haveFrom, int64 *to_replay, int64 *gaps)
 			r->source_id = b->source->id;
 			r->partition = p;
 			r->end = committed;
+			/* "from" narrows the history, never widens it */
 			if (haveFrom)
-				r->start = Min(low, committed);
+				r->start = Min(Max(began, low), committed);
 			else
 			{
 				r->start = Min(Max(began, low), committed);
@@ -554,6 +555,8 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 	KappaStreamServerOid(false);
 	viewRelid = rb_lookup_view(name, &live);
 	owner = rb_rel_owner(viewRelid);
+	/* one registration or cancel of a view's rebuild at a time */
+	LockRelationOid(viewRelid, ShareUpdateExclusiveLock);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -739,6 +742,7 @@ kappa_cancel_rebuild(PG_FUNCTION_ARGS)
 	Oid			type = INT4OID;
 	Datum		key;
 
+	LockRelationOid(viewRelid, ShareUpdateExclusiveLock);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (!rb_read_row("view", ObjectIdGetDatum(viewRelid), false, &row))
