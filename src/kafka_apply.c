@@ -590,6 +590,7 @@ ka_process_range(Relation rel, int lo, int hi)
 			lo = failed + 1;
 			continue;
 		}
+
 		/*
 		 * failed while applying to the views: a rebuild's replay fails (the
 		 * new definition is at fault, not a message); else bisect
