@@ -196,19 +196,15 @@ catalog_read_view_row(Relation rel, Datum *values, bool *nulls, void *arg)
 	*rows = lappend(*rows, row);
 }
 
-/* A row of kappa.view_rebuilds whose version live batches feed. */
+/* A row of kappa.view_rebuilds; listed if live batches feed its version. */
 static void
 catalog_read_rebuild_row(Relation rel, Datum *values, bool *nulls, void *arg)
 {
 	List	  **rows = arg;
 	KappaViewRow *row;
-	char	   *history = TextDatumGetCString(values[KappaCatalogAttnum(rel, "history") - 1]);
 
-	/*
-	 * A table's or retained rows' rebuild is one transaction: not fed; nor is
-	 * a failed one.
-	 */
-	if (strcmp(history, "kafka") != 0 ||
+	/* fed from registration (Kafka) or once built (table, retained rows) */
+	if (!DatumGetBool(values[KappaCatalogAttnum(rel, "fed") - 1]) ||
 		strcmp(TextDatumGetCString(values[KappaCatalogAttnum(rel, "state") - 1]), "failed") == 0)
 		return;
 	row = palloc(sizeof(KappaViewRow));

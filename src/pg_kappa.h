@@ -252,8 +252,8 @@ typedef struct KappaViewRow
 	Oid			stream;
 	Oid			mat;			/* materialization */
 	Oid			def;			/* definition */
-	bool		building;		/* a version being rebuilt from Kafka (mat and
-								 * def are kappa.view_rebuilds') */
+	bool		building;		/* a version being rebuilt that live batches
+								 * feed (mat and def are kappa.view_rebuilds') */
 } KappaViewRow;
 
 /* in catalog.c */

@@ -264,7 +264,8 @@ apply_skips(KappaViewFeed *feed, KappaViewInfo *view)
  * stream's views are reloaded).  Written in the caller's transaction.
  */
 static void
-apply_fail_building(KappaViewFeed *feed, KappaViewInfo *view, ErrorData *edata)
+apply_fail_building(KappaViewFeed *feed, Oid streamRelid, KappaViewInfo *view,
+					ErrorData *edata)
 {
 	Oid			types[2] = {OIDOID, TEXTOID};
 	Datum		values[2];
@@ -280,10 +281,13 @@ apply_fail_building(KappaViewFeed *feed, KappaViewInfo *view, ErrorData *edata)
 						"WHERE mat::oid OPERATOR(pg_catalog.=) $1",
 						2, types, values, NULL);
 	SPI_finish();
-	CacheInvalidateRelcacheByRelid(feed->streamRelid);
-	oldcxt = MemoryContextSwitchTo(feed->cxt);
-	feed->failedMats = lappend_oid(feed->failedMats, view->matRelid);
-	MemoryContextSwitchTo(oldcxt);
+	CacheInvalidateRelcacheByRelid(streamRelid);
+	if (feed != NULL)
+	{
+		oldcxt = MemoryContextSwitchTo(feed->cxt);
+		feed->failedMats = lappend_oid(feed->failedMats, view->matRelid);
+		MemoryContextSwitchTo(oldcxt);
+	}
 	ereport(LOG,
 			(errmsg("the rebuild of continuous view \"%s\" failed on live rows; the live version goes on",
 					get_rel_name(view->viewRelid)),
@@ -291,25 +295,26 @@ apply_fail_building(KappaViewFeed *feed, KappaViewInfo *view, ErrorData *edata)
 }
 
 /*
- * Run 'step' for 'view'.  For a building version fed by a live batch, in a
+ * Run 'step' for 'view' of the relation 'streamRelid', fed by 'feed' (NULL:
+ * a table's changes).  For a building version fed by live rows, in a
  * subtransaction: an error in its code fails the rebuild (see the file
- * header) instead of the batch -- but for errors that are not the view's
- * (cancel, shutdown, lack of resources, serialization failures), which are
- * raised.
+ * header) instead of the batch or statement -- but for errors that are not
+ * the view's (cancel, shutdown, lack of resources, serialization
+ * failures), which are raised.
  */
 static void
-apply_guarded(KappaViewFeed *feed, KappaViewInfo *view, FeedView *fv, FeedStep step,
-			  void *arg)
+apply_guarded_for(KappaViewFeed *feed, Oid streamRelid, KappaViewInfo *view,
+				  FeedView *fv, FeedStep step, void *arg)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 
-	if (!view->building || OidIsValid(feed->onlyMat))
+	if (!view->building || (feed != NULL && OidIsValid(feed->onlyMat)))
 	{
 		step(feed, view, fv, arg);
 		return;
 	}
-	if (list_member_oid(feed->failedMats, view->matRelid))
+	if (feed != NULL && list_member_oid(feed->failedMats, view->matRelid))
 		return;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
@@ -335,11 +340,19 @@ apply_guarded(KappaViewFeed *feed, KappaViewInfo *view, FeedView *fv, FeedStep s
 			class == ERRCODE_OPERATOR_INTERVENTION ||
 			class == ERRCODE_SYSTEM_ERROR)
 			ReThrowError(edata);
-		apply_fail_building(feed, view, edata);
+		apply_fail_building(feed, streamRelid, view, edata);
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(oldcxt);
 	CurrentResourceOwner = oldowner;
+}
+
+/* apply_guarded_for a view of a feed. */
+static void
+apply_guarded(KappaViewFeed *feed, KappaViewInfo *view, FeedView *fv, FeedStep step,
+			  void *arg)
+{
+	apply_guarded_for(feed, feed->streamRelid, view, fv, step, arg);
 }
 
 /*
@@ -724,6 +737,50 @@ apply_change_stores(List *changes, TupleTableSlot *slot, bool **made)
 	return stores;
 }
 
+/* What apply_changes_step needs: a table's changes, for every view. */
+typedef struct ChangesStep
+{
+	MemoryContext cxt;
+	TupleTableSlot *slot;
+	TupleDesc	rowtype;
+	List	   *changes;
+	Tuplestorestate ***stores;	/* made on first use, shared by the views */
+	bool	  **made;
+} ChangesStep;
+
+/* Apply a table's changes to one view. */
+static void
+apply_changes_step(KappaViewFeed *feed, KappaViewInfo *view, FeedView *fv, void *arg)
+{
+	ChangesStep *cs = arg;
+	KappaViewAccum *acc = KappaAccumCreate(view, cs->cxt);
+
+	if (acc == NULL || (view->push == NULL && view->changesPlan == NULL))
+		elog(ERROR, "continuous view \"%s\" over a table cannot take changed rows",
+			 get_rel_name(view->viewRelid));
+	if (view->push != NULL)
+		apply_push_changes(view, acc, cs->slot, cs->changes);
+	else
+	{
+		if (*cs->stores == NULL)
+			*cs->stores = apply_change_stores(cs->changes, cs->slot, cs->made);
+		apply_delta_changes(view, acc, cs->rowtype, cs->changes, *cs->stores);
+	}
+	apply_flush(view, acc, true);
+}
+
+/* Empty one view and apply its table as it is now (KappaViewTruncate). */
+static void
+apply_truncate_step(KappaViewFeed *feed, KappaViewInfo *view, FeedView *fv, void *arg)
+{
+	KappaSavedUser saved;
+
+	apply_begin_view_work(view, GetLatestSnapshot(), &saved);
+	KappaMergeEmpty(view);
+	apply_end_view_work(&saved);
+	KappaViewBackfill(view, false);
+}
+
 /*
  * KappaViewFeedChanges applies the changes of an ordinary table -- a list
  * of KappaTableChanges, rows of row type 'rowtype' entering (+1) or leaving
@@ -747,28 +804,20 @@ KappaViewFeedChanges(KappaStreamViews *locked, TupleDesc rowtype, List *changes)
 	ListCell   *lc;
 	int			i;
 
+	ChangesStep cs;
+
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "pg_kappa table changes",
 								ALLOCSET_DEFAULT_SIZES);
 	oldcxt = MemoryContextSwitchTo(cxt);
 	slot = MakeSingleTupleTableSlot(rowtype, &TTSOpsMinimalTuple);
+	cs.cxt = cxt;
+	cs.slot = slot;
+	cs.rowtype = rowtype;
+	cs.changes = changes;
+	cs.stores = &stores;
+	cs.made = &made;
 	foreach(lc, locked->views)
-	{
-		KappaViewInfo *view = lfirst(lc);
-		KappaViewAccum *acc = KappaAccumCreate(view, cxt);
-
-		if (acc == NULL || (view->push == NULL && view->changesPlan == NULL))
-			elog(ERROR, "continuous view \"%s\" over a table cannot take changed rows",
-				 get_rel_name(view->viewRelid));
-		if (view->push != NULL)
-			apply_push_changes(view, acc, slot, changes);
-		else
-		{
-			if (stores == NULL)
-				stores = apply_change_stores(changes, slot, &made);
-			apply_delta_changes(view, acc, rowtype, changes, stores);
-		}
-		apply_flush(view, acc, true);
-	}
+		apply_guarded_for(NULL, locked->relid, lfirst(lc), NULL, apply_changes_step, &cs);
 	for (i = 0; stores != NULL && i < list_length(changes); i++)
 	{
 		if (made[i])
@@ -790,13 +839,5 @@ KappaViewTruncate(KappaStreamViews *locked)
 	ListCell   *lc;
 
 	foreach(lc, locked->views)
-	{
-		KappaViewInfo *view = lfirst(lc);
-		KappaSavedUser saved;
-
-		apply_begin_view_work(view, GetLatestSnapshot(), &saved);
-		KappaMergeEmpty(view);
-		apply_end_view_work(&saved);
-		KappaViewBackfill(view, false);
-	}
+		apply_guarded_for(NULL, locked->relid, lfirst(lc), NULL, apply_truncate_step, NULL);
 }

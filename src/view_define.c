@@ -32,6 +32,7 @@
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
 #include "parser/parse_relation.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -434,6 +435,40 @@ kappa_drop_view(PG_FUNCTION_ARGS)
 	KappaStreamViewsInvalidate(streamRelid);
 	table_close(streamRel, NoLock);
 	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(kappa_view_query);
+
+/*
+ * kappa.view_query(view) returns the query of a continuous view's live
+ * version as committed now -- a reader whose snapshot predates a rebuild's
+ * swap would otherwise name a definition the swap dropped -- or NULL if it
+ * is not a continuous view.
+ */
+Datum
+kappa_view_query(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	KappaViewRow row;
+
+	for (int tries = 0; tries < 100; tries++)
+	{
+		Datum		query;
+
+		if (!KappaFindView("view", relid, &row))
+			PG_RETURN_NULL();
+		LockRelationOid(row.def, AccessShareLock);
+		if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(row.def)))
+		{
+			/* swapped meanwhile: the new version's definition */
+			UnlockRelationOid(row.def, AccessShareLock);
+			continue;
+		}
+		query = DirectFunctionCall1(pg_get_viewdef, ObjectIdGetDatum(row.def));
+		UnlockRelationOid(row.def, AccessShareLock);
+		PG_RETURN_DATUM(query);
+	}
+	PG_RETURN_NULL();
 }
 
 PG_FUNCTION_INFO_V1(kappa_view_stats);

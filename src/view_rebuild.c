@@ -26,15 +26,22 @@
  *	   the live batches together give the new version every message once.
  *
  * Building and swapping.  For 'table' and 'retained' the worker computes
- * the new version and swaps it in one transaction that holds a lock on the
- * relation (writers wait; readers never do).  For 'kafka' it replays each
- * source (kafka_replay.c), each batch in a transaction with its offsets, so
- * it resumes after a crash without counting a message twice; then, holding
- * a SHARE lock on the stream for a moment, it swaps.  The swap redefines
- * the user-facing view over the new materialization (CREATE OR REPLACE VIEW:
- * name, grants, comments and dependents stay), points kappa.view_catalog at
- * the new version and drops the old one, in one transaction: a reader sees
- * the old version or the new one, never both or neither.
+ * the new version in one transaction that holds a lock on the relation
+ * (writers wait for the build; readers never do), and from its commit on
+ * live writers feed the new version too ('fed').  For 'kafka' it replays
+ * each source (kafka_replay.c), each batch in a transaction with its
+ * offsets, so it resumes after a crash without counting a message twice.
+ * Then the state is 'swapping': the worker waits, as CREATE INDEX
+ * CONCURRENTLY does, until every transaction whose snapshot predates the
+ * end of the build has ended -- no reader may read the new version with a
+ * snapshot that misses part of it -- and swaps, in one transaction that
+ * takes the view without queueing for it (a queued lock would hold up new
+ * readers behind an open one) and keeps the relation's writers out for a
+ * moment.  The swap redefines the user-facing view over the new
+ * materialization (CREATE OR REPLACE VIEW: name, grants, comments and
+ * dependents stay), points kappa.view_catalog at the new version and drops
+ * the old one: a reader sees the old version or the new one, never both or
+ * neither.
  *
  * Failures.  A rebuild that cannot be completed (the log lost messages
  * under on_data_loss 'fail', the new definition fails, the swap is refused)
@@ -101,6 +108,7 @@ typedef struct RbRow
 	char		history[16];
 	char		state[16];
 	int32		pid;			/* 0 if none recorded */
+	bool		fed;			/* live batches feed the new version */
 } RbRow;
 
 /* One partition's range of a Kafka history. */
@@ -114,6 +122,9 @@ typedef struct RbRange
 
 /* the view whose user-facing view rb_swap is redefining, or InvalidOid */
 static Oid	rb_swapping_view = InvalidOid;
+
+/* how often a swap tries again to take the view */
+#define RB_SWAP_RETRY_MS	10
 
 /* workers to start (no launcher) or a launcher to wake at commit */
 static List *rb_pending_starts = NIL;
@@ -147,7 +158,7 @@ rb_query_latest(const char *sql, int nargs, Oid *argtypes, Datum *values)
 }
 
 /* rb_row_from_tuple fills *row from a SELECT of RB_ROW_COLUMNS. */
-#define RB_ROW_COLUMNS "id, view::oid, stream::oid, mat::oid, def::oid, history, state, pid"
+#define RB_ROW_COLUMNS "id, view::oid, stream::oid, mat::oid, def::oid, history, state, pid, fed"
 
 static void
 rb_row_from_tuple(HeapTuple tup, TupleDesc desc, RbRow *row)
@@ -168,6 +179,7 @@ rb_row_from_tuple(HeapTuple tup, TupleDesc desc, RbRow *row)
 	strlcpy(row->state, str, sizeof(row->state));
 	d = SPI_getbinval(tup, desc, 8, &isnull);
 	row->pid = isnull ? 0 : DatumGetInt32(d);
+	row->fed = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
 }
 
 /*
@@ -639,8 +651,9 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 	(void) KappaDefineVersion(get_rel_name(viewRelid), shape, deftext, owner,
 							  &defRelid, &matRelid);
 	{
-		Oid			types[8] = {OIDOID, OIDOID, OIDOID, OIDOID, TEXTOID, INT8OID, INT8OID};
-		Datum		v[7];
+		Oid			types[8] = {OIDOID, OIDOID, OIDOID, OIDOID, TEXTOID, INT8OID, INT8OID,
+		BOOLOID};
+		Datum		v[8];
 
 		v[0] = ObjectIdGetDatum(viewRelid);
 		v[1] = ObjectIdGetDatum(live.stream);
@@ -649,10 +662,11 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 		v[4] = CStringGetTextDatum(history);
 		v[5] = Int64GetDatum(to_replay);
 		v[6] = Int64GetDatum(gaps);
+		v[7] = BoolGetDatum(bounds != NIL);
 		KappaExecCatalogSql("INSERT INTO kappa.view_rebuilds "
-							"(view, stream, mat, def, history, to_replay, gaps) "
-							"VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-							7, types, v, NULL);
+							"(view, stream, mat, def, history, to_replay, gaps, fed) "
+							"VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+							8, types, v, NULL);
 		id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 										 &isnull));
 	}
@@ -853,8 +867,10 @@ rb_swap(RbRow *row)
 	v[1] = ObjectIdGetDatum(row->mat);
 	v[2] = ObjectIdGetDatum(row->def);
 	v[3] = Int32GetDatum(row->id);
-	KappaExecCatalogSql("UPDATE kappa.view_catalog SET mat = $2, def = $3 "
-						"WHERE view::oid OPERATOR(pg_catalog.=) $1", 3, types, v, NULL);
+	KappaExecCatalogSql("UPDATE kappa.view_catalog SET mat = $2, def = $3, "
+						"history_gaps = (SELECT b.gaps FROM kappa.view_rebuilds b "
+						"WHERE b.id OPERATOR(pg_catalog.=) $4) "
+						"WHERE view::oid OPERATOR(pg_catalog.=) $1", 4, types, v, NULL);
 	KappaExecCatalogSql("DELETE FROM kappa.view_rebuilds WHERE id OPERATOR(pg_catalog.=) $1",
 						1, &types[3], &v[3], NULL);
 	CommandCounterIncrement();
@@ -866,8 +882,9 @@ rb_swap(RbRow *row)
 
 /*
  * rb_build_from_relation builds a version from its table or its stream's
- * retained rows and swaps it in, in one transaction holding a lock that
- * keeps the relation's writers out.  Returns false if the rebuild is gone.
+ * retained rows, in one transaction holding a lock that keeps the
+ * relation's writers out, which live writers then feed too (fed).  Returns
+ * false if the rebuild is gone.
  */
 static bool
 rb_build_from_relation(int32 id)
@@ -910,7 +927,16 @@ rb_build_from_relation(int32 id)
 	info = KappaViewInfoLoad(row.view, row.mat, row.def, CurrentMemoryContext);
 	KappaViewBackfill(info, !table);
 	KappaViewInfoFree(info);
-	rb_swap(&row);
+	{
+		Datum		key = Int32GetDatum(id);
+		Oid			type = INT4OID;
+
+		KappaExecCatalogSql("UPDATE kappa.view_rebuilds SET fed = true, replayed = to_replay, "
+							"updated_at = pg_catalog.now() "
+							"WHERE id OPERATOR(pg_catalog.=) $1", 1, &type, &key, NULL);
+	}
+	/* the writers waiting for the lock feed the new version from now on */
+	KappaStreamViewsInvalidate(row.stream);
 	table_close(rel, NoLock);
 	SPI_finish();
 	KappaCommitTransaction();
@@ -920,7 +946,7 @@ rb_build_from_relation(int32 id)
 
 /*
  * rb_build_from_kafka replays every source of rebuild 'id' to the end of
- * its ranges, then swaps.  Returns false if the rebuild is gone.
+ * its ranges.  Returns false if the rebuild is gone.
  */
 static bool
 rb_build_from_kafka(int32 id)
@@ -932,7 +958,6 @@ rb_build_from_kafka(int32 id)
 	Datum		key = Int32GetDatum(id);
 	bool		done;
 	bool		isnull;
-	Relation	rel;
 
 	(void) KappaBeginTransaction(false);
 	SPI_connect();
@@ -963,7 +988,7 @@ rb_build_from_kafka(int32 id)
 		KappaReplaySource(id, lfirst_int(lc), row.mat);
 	list_free(sources);
 
-	/* every range read: swapping */
+	/* every range read? */
 	(void) KappaBeginTransaction(false);
 	SPI_connect();
 	KappaExecCatalogSql("SELECT NOT EXISTS (SELECT FROM kappa.rebuild_offsets "
@@ -972,10 +997,53 @@ rb_build_from_kafka(int32 id)
 						1, &type, &key, NULL);
 	done = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 									  &isnull));
+	SPI_finish();
+	KappaCommitTransaction();
 	if (!done)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("rebuild %d has ranges left to replay", id)));
+	return true;
+}
+
+/*
+ * rb_lock_view_for_swap takes the ACCESS EXCLUSIVE lock on a view that its
+ * swap needs without queueing for it: a queued request would hold up every
+ * new reader behind a reader's open transaction.  It tries again until no
+ * transaction holds the view.
+ */
+static void
+rb_lock_view_for_swap(Oid view)
+{
+	while (!ConditionalLockRelationOid(view, AccessExclusiveLock))
+	{
+		int			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								   RB_SWAP_RETRY_MS, PG_WAIT_EXTENSION);
+
+		if (rc & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * rb_swap_when_ready swaps in the built version of rebuild 'id' (state
+ * swapping meanwhile): once every transaction whose snapshot predates the
+ * end of the build has ended -- as CREATE INDEX CONCURRENTLY waits -- so
+ * that no reader can read the new version with a snapshot that misses
+ * part of it; then, holding the view for a moment and the relation's
+ * writers out, in one transaction (rb_swap).
+ */
+static void
+rb_swap_when_ready(int32 id)
+{
+	RbRow		row;
+	Oid			type = INT4OID;
+	Datum		key = Int32GetDatum(id);
+	Relation	rel;
+
+	(void) KappaBeginTransaction(false);
+	SPI_connect();
 	KappaExecCatalogSql("UPDATE kappa.view_rebuilds SET state = 'swapping', "
 						"updated_at = pg_catalog.now() "
 						"WHERE id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'building'",
@@ -983,21 +1051,31 @@ rb_build_from_kafka(int32 id)
 	SPI_finish();
 	KappaCommitTransaction();
 
+	/* without a snapshot of our own, which others would wait for */
+	StartTransactionCommand();
+	InvalidateCatalogSnapshot();
+	pgstat_report_activity(STATE_RUNNING, "pg_kappa: waiting for older snapshots to swap a view");
+	WaitForOlderSnapshots(ReadNextTransactionId(), false);
+	CommitTransactionCommand();
+
 	(void) KappaBeginTransaction(false);
 	SPI_connect();
-	rel = table_open(row.stream, ShareLock);
-	if (!rb_read_row("id", key, true, &row))
+	if (!rb_read_row("id", key, false, &row))
 	{
-		table_close(rel, NoLock);
 		SPI_finish();
 		KappaCommitTransaction();
-		return false;
+		return;
 	}
-	rb_swap(&row);
+	pgstat_report_activity(STATE_RUNNING, "pg_kappa: swapping a view");
+	rb_lock_view_for_swap(row.view);
+	rel = table_open(row.stream, strcmp(row.history, "table") == 0 ?
+					 ShareRowExclusiveLock : ShareLock);
+	if (rb_read_row("id", key, true, &row))
+		rb_swap(&row);
 	table_close(rel, NoLock);
 	SPI_finish();
 	KappaCommitTransaction();
-	return true;
+	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 /*
@@ -1111,10 +1189,14 @@ KappaRebuildWorkerMain(Datum main_arg)
 
 	PG_TRY();
 	{
+		bool		built;
+
 		if (strcmp(row.history, "kafka") == 0)
-			(void) rb_build_from_kafka(row.id);
+			built = rb_build_from_kafka(row.id);
 		else
-			(void) rb_build_from_relation(row.id);
+			built = row.fed || rb_build_from_relation(row.id);
+		if (built)
+			rb_swap_when_ready(row.id);
 	}
 	PG_CATCH();
 	{

@@ -51,7 +51,10 @@ CREATE TABLE kappa.view_catalog (
     stream      regclass NOT NULL,          -- a stream in kappa.stream_catalog
     mat         regclass NOT NULL UNIQUE,   -- materialization: keys, states, finals
     def         regclass NOT NULL UNIQUE,   -- definition: the query as a plain view
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- messages the view's history lacks: the log no longer held them when
+    -- it was last rebuilt from Kafka (docs/reprocessing.md)
+    history_gaps bigint NOT NULL DEFAULT 0
 );
 
 SELECT pg_catalog.pg_extension_config_dump('kappa.stream_catalog', '');

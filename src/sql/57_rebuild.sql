@@ -17,6 +17,9 @@ CREATE TABLE kappa.view_rebuilds (
     state       text NOT NULL DEFAULT 'building'
                 CHECK (state IN ('building', 'swapping', 'failed')),
     pid         integer,                    -- of the rebuild worker
+    -- live batches feed the new version too: from registration for Kafka,
+    -- from the end of the build for a table or retained rows
+    fed         boolean NOT NULL DEFAULT false,
     to_replay   bigint NOT NULL DEFAULT 0,  -- rows (estimated) or messages
     replayed    bigint NOT NULL DEFAULT 0,
     dead_letters bigint NOT NULL DEFAULT 0, -- messages the replay could not apply
@@ -121,6 +124,13 @@ $$;
 CREATE EVENT TRIGGER kappa_sql_drop_rebuilds ON sql_drop
   EXECUTE FUNCTION kappa.on_sql_drop_rebuilds();
 
+-- The query of a continuous view's live version (read as committed now:
+-- a swap may have just dropped the definition a reader's snapshot names).
+CREATE FUNCTION kappa.view_query(view regclass)
+RETURNS text
+AS 'MODULE_PATHNAME', 'kappa_view_query'
+LANGUAGE C STRICT STABLE;
+
 -- kappa.views with the state of each view: live, or building / swapping a
 -- new version, with its progress.
 CREATE OR REPLACE VIEW kappa.views AS
@@ -128,7 +138,7 @@ SELECT v.view,
        n.nspname AS schema_name,
        c.relname AS view_name,
        v.stream,
-       pg_get_viewdef(v.def) AS query,
+       kappa.view_query(v.view) AS query,
        st.groups,
        st.rows_applied,
        st.last_update,
@@ -149,7 +159,8 @@ SELECT v.view,
        b.dead_letters AS rebuild_dead_letters,
        b.gaps AS rebuild_gaps,
        b.started_at AS rebuild_started_at,
-       b.last_error AS rebuild_error
+       b.last_error AS rebuild_error,
+       v.history_gaps
   FROM kappa.view_catalog v
   JOIN pg_class c ON c.oid = v.view
   JOIN pg_namespace n ON n.oid = c.relnamespace
