@@ -137,6 +137,19 @@ batch_form_tuple(KappaBatch *batch, TupleTableSlot *slot)
 KappaBatch *
 KappaBatchCreate(Relation stream, MemoryContext parent)
 {
+	return KappaBatchCreateForRebuild(stream, InvalidOid, parent);
+}
+
+/*
+ * KappaBatchCreateForRebuild returns an empty batch for 'stream' that, with
+ * 'buildingMat' valid, feeds only the version of a view being rebuilt whose
+ * materialization that is (view_rebuild.c replays the stream's Kafka
+ * history into it): the rows are checked as any batch's, but not retained
+ * and not counted -- the live batches did both when they first arrived.
+ */
+KappaBatch *
+KappaBatchCreateForRebuild(Relation stream, Oid buildingMat, MemoryContext parent)
+{
 	KappaBatch *batch;
 
 	batch = MemoryContextAllocZero(parent, sizeof(KappaBatch));
@@ -155,14 +168,19 @@ KappaBatchCreate(Relation stream, MemoryContext parent)
 	 * KappaBatchPush); the rows themselves are kept to the end only for
 	 * retained storage and the other views.
 	 */
+	batch->onlyMat = buildingMat;
 	batch->views = KappaStreamViewsGet(batch->streamRelid);
-	batch->feed = KappaViewFeedCreate(batch->views, batch->tupdesc, parent);
+	batch->feed = KappaViewFeedCreate(batch->views, batch->tupdesc, buildingMat,
+									  parent);
 	batch->pushesRows = KappaViewFeedPushes(batch->feed);
-	batch->keepRows = OidIsValid(batch->views->backingRelid) ||
+	batch->keepRows = (OidIsValid(batch->views->backingRelid) &&
+					   !OidIsValid(buildingMat)) ||
 		KappaViewFeedNeedsRows(batch->feed);
 
 	/* the stream's expectations, checked on every row after its constraints */
 	batch->contract = KappaContractBegin(batch->streamRelid, parent);
+	if (batch->contract != NULL && OidIsValid(buildingMat))
+		KappaContractQuiet(batch->contract);
 
 	/* the stream's NOT NULL and CHECK constraints, checked on every row */
 	if (RelationGetDescr(stream)->constr != NULL)
@@ -318,7 +336,8 @@ batch_append_to_storage(KappaBatch *batch, Oid backingRelid)
 static void
 batch_rows_done(KappaBatch *batch)
 {
-	KappaStatsCountStream(batch->streamRelid, batch->rowsAdded - batch->rowsCounted);
+	if (!OidIsValid(batch->onlyMat))
+		KappaStatsCountStream(batch->streamRelid, batch->rowsAdded - batch->rowsCounted);
 	batch->rowsCounted = batch->rowsAdded;
 	batch_forget_rows(batch);
 }
@@ -338,7 +357,8 @@ batch_apply_rows(KappaBatch *batch, bool accumulate)
 	locked = KappaStreamViewsGetLocked(batch->streamRelid);
 	PG_TRY();
 	{
-		if (OidIsValid(locked->backingRelid) && batch->nrows > 0)
+		if (OidIsValid(locked->backingRelid) && batch->nrows > 0 &&
+			!OidIsValid(batch->onlyMat))
 			batch_append_to_storage(batch, locked->backingRelid);
 		KappaViewFeedApply(batch->feed, locked, batch->rows, batch->nrows,
 						   accumulate);

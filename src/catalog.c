@@ -22,6 +22,7 @@
 #include "catalog/pg_foreign_table.h"
 #include "foreign/foreign.h"
 #include "parser/parse_relation.h"
+#include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -191,16 +192,43 @@ catalog_read_view_row(Relation rel, Datum *values, bool *nulls, void *arg)
 	row->stream = DatumGetObjectId(values[KappaCatalogAttnum(rel, "stream") - 1]);
 	row->mat = DatumGetObjectId(values[KappaCatalogAttnum(rel, "mat") - 1]);
 	row->def = DatumGetObjectId(values[KappaCatalogAttnum(rel, "def") - 1]);
+	row->building = false;
+	*rows = lappend(*rows, row);
+}
+
+/* A row of kappa.view_rebuilds whose version live batches feed. */
+static void
+catalog_read_rebuild_row(Relation rel, Datum *values, bool *nulls, void *arg)
+{
+	List	  **rows = arg;
+	KappaViewRow *row;
+	char	   *history = TextDatumGetCString(values[KappaCatalogAttnum(rel, "history") - 1]);
+
+	/*
+	 * A table's or retained rows' rebuild is one transaction: not fed; nor is
+	 * a failed one.
+	 */
+	if (strcmp(history, "kafka") != 0 ||
+		strcmp(TextDatumGetCString(values[KappaCatalogAttnum(rel, "state") - 1]), "failed") == 0)
+		return;
+	row = palloc(sizeof(KappaViewRow));
+	row->view = DatumGetObjectId(values[KappaCatalogAttnum(rel, "view") - 1]);
+	row->stream = DatumGetObjectId(values[KappaCatalogAttnum(rel, "stream") - 1]);
+	row->mat = DatumGetObjectId(values[KappaCatalogAttnum(rel, "mat") - 1]);
+	row->def = DatumGetObjectId(values[KappaCatalogAttnum(rel, "def") - 1]);
+	row->building = true;
 	*rows = lappend(*rows, row);
 }
 
 static int
 catalog_view_row_cmp(const ListCell *a, const ListCell *b)
 {
-	Oid			va = ((KappaViewRow *) lfirst(a))->view;
-	Oid			vb = ((KappaViewRow *) lfirst(b))->view;
+	const KappaViewRow *ra = lfirst(a);
+	const KappaViewRow *rb = lfirst(b);
 
-	return va < vb ? -1 : (va > vb ? 1 : 0);
+	if (ra->view != rb->view)
+		return ra->view < rb->view ? -1 : 1;
+	return (int) ra->building - (int) rb->building;
 }
 
 /*
@@ -218,8 +246,9 @@ KappaReadStreamRow(Oid relid, Snapshot snapshot, Oid *backingRelid)
 
 /*
  * KappaReadViewRows returns the catalog rows (KappaViewRow *) of the views
- * on stream 'relid' as 'snapshot' sees them, in view-OID order, in the
- * current memory context.
+ * on stream 'relid' as 'snapshot' sees them, in view-OID order, each
+ * followed by its version being rebuilt from Kafka if it has one (which
+ * live batches feed too), in the current memory context.
  */
 List *
 KappaReadViewRows(Oid relid, Snapshot snapshot)
@@ -228,6 +257,11 @@ KappaReadViewRows(Oid relid, Snapshot snapshot)
 
 	catalog_scan_rows("view_catalog", "stream", relid, snapshot,
 					  catalog_read_view_row, &rows);
+	/* (an extension not yet updated to 0.3 has no rebuilds) */
+	if (OidIsValid(get_relname_relid("view_rebuilds",
+									 get_namespace_oid(KAPPA_SCHEMA, false))))
+		catalog_scan_rows("view_rebuilds", "stream", relid, snapshot,
+						  catalog_read_rebuild_row, &rows);
 	list_sort(rows, catalog_view_row_cmp);
 	return rows;
 }

@@ -84,11 +84,16 @@ typedef struct KappaWorkerArgs
 	int32		source_id;
 	int32		slot;
 	bool		managed;		/* started by the launcher */
+	int32		rebuild_id;		/* a rebuild worker (view_rebuild.c) for this
+								 * kappa.view_rebuilds row; else 0 */
+	TransactionId wait_xid;		/* a rebuild worker waits for the transaction
+								 * that registered it, if valid */
 } KappaWorkerArgs;
 
 #define KAPPA_WORKER_TYPE		"pg_kappa worker"
 #define KAPPA_LAUNCHER_TYPE		"pg_kappa launcher"
 #define KAPPA_SCANNER_TYPE		"pg_kappa scanner"
+#define KAPPA_REBUILD_TYPE		"pg_kappa rebuild"
 
 /* in launcher.c */
 extern void KappaKafkaPreloadInit(void);
@@ -186,9 +191,20 @@ extern const KappaPartition *KappaConsumerPartitions(int *nparts,
 extern int	KappaConsumerEventFd(void);
 extern void KappaConsumerDrainEvents(void);
 
+/* in kafka_rewind.c */
+extern void KappaKafkaLogBounds(KappaSource *source, bool haveTime, TimestampTz time,
+								int *n, int64 **starts, int64 **ends);
+
+/* in kafka_replay.c */
+extern void KappaReplaySource(int32 rebuild_id, int32 source_id, Oid building_mat);
+
 /* in kafka_apply.c */
 extern void KappaApplyInit(KappaSource *source, MemoryContext parent);
 extern bool KappaApplyMessages(void);
+extern void KappaApplyReplayInit(KappaSource *source, int32 rebuildId,
+								 Oid buildingMat, MemoryContext parent);
+extern bool KappaApplyReplay(struct rd_kafka_message_s **msgs, int nmsgs,
+							 const int64 *from, int64 *next, int nparts);
 
 /* in kafka_status.c */
 extern void KappaStatusInit(KappaSource *source, int slot);

@@ -48,6 +48,14 @@
  * The messages belong to kafka_consumer.c, which is told when the batch
  * committed; the counters go to kafka_status.c.
  *
+ * Replays.  A rebuild of a view from Kafka (view_rebuild.c) applies the
+ * stream's history with the same code, through KappaApplyReplay: the
+ * messages are its own consumer's, the rows feed only the building version
+ * (KappaBatchCreateForRebuild), dead letters are counted but not stored
+ * again (the live source stored them when it first read the messages), and
+ * the offsets and counts go to the rebuild's rows in kappa.rebuild_offsets
+ * and kappa.view_rebuilds -- never to the live source's.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -146,6 +154,15 @@ typedef struct KaApply
 	List	   *evolved_ids;	/* option evolve: ids whose new fields have
 								 * columns (integers, in cxt) */
 	int32		last_schema_id; /* of the last message, or -1 */
+
+	/* a rebuild's replay (see the file header), or replay_id 0 */
+	int32		replay_id;		/* kappa.view_rebuilds.id */
+	Oid			replay_mat;		/* the building version's materialization */
+	const int64 *replay_from;	/* by partition: stored next offsets */
+	int			replay_nparts;
+	int64	   *replay_next;	/* by partition: the batch's next offsets */
+	SPIPlanPtr	replay_offsets_plan;
+	SPIPlanPtr	replay_progress_plan;
 } KaApply;
 
 static KaApply ka_apply;
@@ -324,7 +341,8 @@ ka_sink_open(KaSink *sink, Relation rel)
 	memset(sink, 0, sizeof(*sink));
 	sink->path = ka_apply.path;
 	if (sink->path == KA_PATH_STREAM)
-		sink->batch = KappaBatchCreate(rel, ka_apply.batch_cxt);
+		sink->batch = KappaBatchCreateForRebuild(rel, ka_apply.replay_mat,
+												 ka_apply.batch_cxt);
 	else if (sink->path == KA_PATH_DIRECT)
 		KappaSimpleTargetOpen(&sink->direct, rel);
 	else if (sink->path == KA_PATH_CHANGES)
@@ -810,7 +828,11 @@ ka_fetch_schemas(void)
 		}
 		if (!KappaRegistryFetch(id, &error))
 		{
-			KappaStatusSetError(KAPPA_WORKER_RETRYING, "schema registry: %s", error);
+			if (ka_apply.replay_id == 0)
+				KappaStatusSetError(KAPPA_WORKER_RETRYING, "schema registry: %s", error);
+			else
+				ereport(LOG,
+						(errmsg("rebuild %d: schema registry: %s", ka_apply.replay_id, error)));
 			return false;
 		}
 	}
@@ -910,31 +932,100 @@ ka_evolve_target(void)
 }
 
 /*
- * KappaApplyMessages applies the consumer's current batch, if it holds any
- * message, in one transaction of its own: rows, dead letters, offsets and
- * the status row; then tells the consumer and the status that it
- * committed.  Call it outside any transaction.  An error that is not a
- * message's fault (the target is gone, the owner lost its privilege, a
- * serialization failure) is raised with the transaction still open: the
- * caller aborts it and the messages stay unapplied.  Returns false, with
- * nothing applied, when the schema registry cannot be reached: the caller
- * tries again later.
+ * ka_store_replay_progress stores, for a rebuild's replay, the next offset
+ * of every partition the batch has messages of -- only where the stored one
+ * is still the one the batch started from -- and adds the batch's messages
+ * and dead letters to the rebuild's counts.  Raises a serialization failure
+ * if the rebuild was cancelled or its offsets moved meanwhile.
  */
-bool
-KappaApplyMessages(void)
+static void
+ka_store_replay_progress(int64 ndead)
 {
 	KappaSource *source = ka_apply.source;
+	int64	   *next = ka_apply.replay_next;
+
+	if (ka_apply.replay_offsets_plan == NULL)
+	{
+		Oid			argtypes[5] = {INT4OID, INT4OID, INT4OID, INT8OID, INT8OID};
+		Oid			progtypes[3] = {INT4OID, INT8OID, INT8OID};
+
+		ka_apply.replay_offsets_plan =
+			KappaPrepareCatalogSql("UPDATE kappa.rebuild_offsets SET next_offset = $4 "
+								   "WHERE rebuild_id OPERATOR(pg_catalog.=) $1 "
+								   "AND source_id OPERATOR(pg_catalog.=) $2 "
+								   "AND partition OPERATOR(pg_catalog.=) $3 "
+								   "AND next_offset OPERATOR(pg_catalog.=) $5",
+								   5, argtypes);
+		ka_apply.replay_progress_plan =
+			KappaPrepareCatalogSql("UPDATE kappa.view_rebuilds "
+								   "SET replayed = replayed OPERATOR(pg_catalog.+) $2, "
+								   "dead_letters = dead_letters OPERATOR(pg_catalog.+) $3, "
+								   "updated_at = pg_catalog.now() "
+								   "WHERE id OPERATOR(pg_catalog.=) $1 "
+								   "AND state OPERATOR(pg_catalog.=) 'building'",
+								   3, progtypes);
+	}
+	for (int p = 0; p < ka_apply.replay_nparts; p++)
+		next[p] = -1;
+	for (int i = 0; i < ka_apply.nmsgs; i++)
+	{
+		int32		p = ka_apply.msgs[i]->partition;
+
+		if (p >= 0 && p < ka_apply.replay_nparts && next[p] < ka_apply.msgs[i]->offset + 1)
+			next[p] = ka_apply.msgs[i]->offset + 1;
+	}
+	for (int p = 0; p < ka_apply.replay_nparts; p++)
+	{
+		Datum		v[5];
+
+		if (next[p] < 0)
+			continue;
+		v[0] = Int32GetDatum(ka_apply.replay_id);
+		v[1] = Int32GetDatum(source->id);
+		v[2] = Int32GetDatum(p);
+		v[3] = Int64GetDatum(next[p]);
+		v[4] = Int64GetDatum(ka_apply.replay_from[p]);
+		if (KappaExecCatalogPlan(ka_apply.replay_offsets_plan, v, NULL, SPI_OK_UPDATE) != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("the replay of partition %d of kafka source \"%s\" for rebuild %d was changed concurrently",
+							p, source->name, ka_apply.replay_id),
+					 errdetail("The rebuild was cancelled or another worker replayed the partition; this batch is discarded.")));
+	}
+	{
+		Datum		v[3];
+
+		v[0] = Int32GetDatum(ka_apply.replay_id);
+		v[1] = Int64GetDatum((int64) ka_apply.nmsgs);
+		v[2] = Int64GetDatum(ndead);
+		if (KappaExecCatalogPlan(ka_apply.replay_progress_plan, v, NULL, SPI_OK_UPDATE) != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("rebuild %d is no longer building", ka_apply.replay_id),
+					 errdetail("The rebuild was cancelled; this batch is discarded.")));
+	}
+}
+
+/*
+ * ka_apply_batch applies the messages ka_apply.msgs[0 .. nmsgs) in one
+ * transaction of its own: rows, dead letters (a replay counts them only),
+ * offsets, and the status row or the rebuild's progress.  See
+ * KappaApplyMessages for errors; returns false, with nothing applied, when
+ * the schema registry cannot be reached.
+ */
+static bool
+ka_apply_batch(void)
+{
+	KappaSource *source = ka_apply.source;
+	bool		replay = (ka_apply.replay_id != 0);
 	Relation	rel;
 	int64		nbytes = 0;
 	int64		ndead;
 	int64		ndrift = 0;
-	int64	   *next;
+	int64	   *next = NULL;
 	MemoryContext old;
 	KappaSavedUser saved;
 
-	ka_apply.msgs = KappaConsumerBatch(&ka_apply.nmsgs);
-	if (ka_apply.nmsgs == 0)
-		return true;
 	if ((ka_apply.avro_values || ka_apply.avro_keys) && !ka_fetch_schemas())
 		return false;
 	ka_apply.dead = MemoryContextAllocZero(ka_apply.batch_cxt,
@@ -944,21 +1035,28 @@ KappaApplyMessages(void)
 	ka_apply.out_of_order = 0;
 
 	(void) KappaBeginTransaction(false);
-	pgstat_report_activity(STATE_RUNNING, "pg_kappa: applying a batch");
+	pgstat_report_activity(STATE_RUNNING, replay ? "pg_kappa: replaying a batch" :
+						   "pg_kappa: applying a batch");
 	SPI_connect();
 
-	if (source->evolve_add_columns)
+	/* a replay neither changes the target nor needs the right to */
+	if (!replay && source->evolve_add_columns)
 		ka_evolve_target();
 	rel = try_relation_open(source->target, RowExclusiveLock);
 	if (rel == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("the target of kafka source \"%s\" was dropped", source->name)));
-	ka_check_privileges(rel);
+	if (!replay)
+		ka_check_privileges(rel);
 
 	/* the target's code runs as its owner (see the file header) */
 	KappaBecomeUser(rel->rd_rel->relowner, &saved);
 	ka_prepare_target(rel);
+	if (replay && !ka_apply.is_stream)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the target of kafka source \"%s\" is no longer a stream", source->name)));
 	if (ka_apply.path == KA_PATH_PLANNED)
 		ka_plan_insert();
 
@@ -975,17 +1073,28 @@ KappaApplyMessages(void)
 	ka_process_range(rel, 0, ka_apply.nmsgs);
 	KappaRestoreUser(&saved);
 
-	ndead = ka_store_dead_letters();
-	next = ka_store_offsets();
-	for (int i = 0; i < ka_apply.nmsgs; i++)
+	if (replay)
 	{
-		nbytes += ka_apply.msgs[i]->len;
-		if (ka_apply.drifted[i] && !ka_apply.dead[i])
-			ndrift++;
+		ndead = 0;
+		for (int i = 0; i < ka_apply.nmsgs; i++)
+			if (ka_apply.dead[i])
+				ndead++;
+		ka_store_replay_progress(ndead);
 	}
-	KappaStatusBatch(ka_apply.nmsgs, nbytes, ndead, ka_apply.out_of_order, ndrift);
-	if (ka_apply.avro_values || ka_apply.avro_keys)
-		KappaStatusSchemas(ka_apply.schema_ids, ka_apply.last_schema_id);
+	else
+	{
+		ndead = ka_store_dead_letters();
+		next = ka_store_offsets();
+		for (int i = 0; i < ka_apply.nmsgs; i++)
+		{
+			nbytes += ka_apply.msgs[i]->len;
+			if (ka_apply.drifted[i] && !ka_apply.dead[i])
+				ndrift++;
+		}
+		KappaStatusBatch(ka_apply.nmsgs, nbytes, ndead, ka_apply.out_of_order, ndrift);
+		if (ka_apply.avro_values || ka_apply.avro_keys)
+			KappaStatusSchemas(ka_apply.schema_ids, ka_apply.last_schema_id);
+	}
 	MemoryContextSwitchTo(old);
 
 	relation_close(rel, NoLock);
@@ -994,13 +1103,73 @@ KappaApplyMessages(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	/* committed: advance, and let the messages go */
-	KappaConsumerBatchCommitted(next);
+	if (!replay)
+		KappaConsumerBatchCommitted(next);
 	ka_apply.msgs = NULL;
 	ka_apply.nmsgs = 0;
 	ka_apply.dead = NULL;
 	ka_apply.drifted = NULL;
 	ka_apply.insert_plans = NIL;
 	MemoryContextReset(ka_apply.batch_cxt);
-	KappaStatusBatchCommitted();
+	if (!replay)
+		KappaStatusBatchCommitted();
 	return true;
+}
+
+/*
+ * KappaApplyMessages applies the consumer's current batch, if it holds any
+ * message, in one transaction of its own: rows, dead letters, offsets and
+ * the status row; then tells the consumer and the status that it
+ * committed.  Call it outside any transaction.  An error that is not a
+ * message's fault (the target is gone, the owner lost its privilege, a
+ * serialization failure) is raised with the transaction still open: the
+ * caller aborts it and the messages stay unapplied.  Returns false, with
+ * nothing applied, when the schema registry cannot be reached: the caller
+ * tries again later.
+ */
+bool
+KappaApplyMessages(void)
+{
+	ka_apply.msgs = KappaConsumerBatch(&ka_apply.nmsgs);
+	if (ka_apply.nmsgs == 0)
+		return true;
+	return ka_apply_batch();
+}
+
+/*
+ * KappaApplyReplayInit prepares applying a rebuild's replay of 'source' (see
+ * the file header): rebuild 'rebuildId' whose building version has the
+ * materialization 'buildingMat'; memory under 'parent', which the caller
+ * deletes when it is done with the source.
+ */
+void
+KappaApplyReplayInit(KappaSource *source, int32 rebuildId, Oid buildingMat,
+					 MemoryContext parent)
+{
+	memset(&ka_apply, 0, sizeof(ka_apply));
+	KappaApplyInit(source, parent);
+	ka_apply.replay_id = rebuildId;
+	ka_apply.replay_mat = buildingMat;
+}
+
+/*
+ * KappaApplyReplay applies 'nmsgs' messages of a replay in one transaction
+ * of its own, as KappaApplyMessages does, storing the rebuild's next
+ * offsets: from[p] is the next offset of partition p stored before the
+ * batch, for 'nparts' partitions; next[p] gets the one stored after it (-1:
+ * no message of p).  Returns false, with nothing applied, when the schema
+ * registry cannot be reached; the messages stay the caller's.
+ */
+bool
+KappaApplyReplay(rd_kafka_message_t **msgs, int nmsgs, const int64 *from,
+				 int64 *next, int nparts)
+{
+	if (nmsgs == 0)
+		return true;
+	ka_apply.msgs = msgs;
+	ka_apply.nmsgs = nmsgs;
+	ka_apply.replay_from = from;
+	ka_apply.replay_next = next;
+	ka_apply.replay_nparts = nparts;
+	return ka_apply_batch();
 }

@@ -676,8 +676,8 @@ kc_store_starts(int npart, bool consuming, int64 *starts, bool *known)
 				if (kc_consumer.parts[p].hwm < 0)
 					n[3] = 'n';
 				KappaExecCatalogSql("INSERT INTO kappa.source_offsets "
-									"(source_id, partition, next_offset, high_watermark) "
-									"VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", 4, t, v, n);
+									"(source_id, partition, next_offset, high_watermark, first_offset) "
+									"VALUES ($1, $2, $3, $4, $3) ON CONFLICT DO NOTHING", 4, t, v, n);
 				if (SPI_processed == 1)
 					known[p] = true;
 				else

@@ -69,6 +69,9 @@ PG_FUNCTION_INFO_V1(kappa_rewind_source);
 /* one metadata or offsets request of the backend to the broker */
 #define KR_BROKER_TIMEOUT_MS	5000
 
+/* the broker is asked for a rebuild (KappaKafkaLogBounds), not a rewind */
+static bool kr_for_rebuild = false;
+
 /* What the position argument says. */
 typedef enum KrPositionKind
 {
@@ -278,7 +281,7 @@ kr_list_offsets(rd_kafka_t *rk, KappaSource *source, int n, int64 ts, int64 *off
 				 errmsg("could not look up the offsets of topic \"%s\" for kafka source \"%s\"",
 						source->topic, source->name),
 				 errdetail_internal("%s", rd_kafka_err2str(err)),
-				 errhint("Nothing was changed. Try again when the broker can be reached, or give the offsets as jsonb.")));
+				 errhint("Nothing was changed. Try again when the broker can be reached%s.", kr_for_rebuild ? "" : ", or give the offsets as jsonb")));
 }
 
 /*
@@ -330,7 +333,7 @@ kr_resolve(KappaSource *source, const KrPosition *pos, KrTarget *t)
 					 errmsg("could not read the partitions of topic \"%s\" for kafka source \"%s\"",
 							source->topic, source->name),
 					 errdetail_internal("%s", rd_kafka_err2str(err)),
-					 errhint("Nothing was changed. Try again when the broker can be reached, or give the offsets as jsonb.")));
+					 errhint("Nothing was changed. Try again when the broker can be reached%s.", kr_for_rebuild ? "" : ", or give the offsets as jsonb")));
 		n = meta->topics[0].partition_cnt;
 		if (n <= 0)
 			ereport(ERROR,
@@ -370,6 +373,40 @@ kr_resolve(KappaSource *source, const KrPosition *pos, KrTarget *t)
 		rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
 	}
 	PG_END_TRY();
+}
+
+/*
+ * KappaKafkaLogBounds asks the broker, from a backend, for the partitions
+ * of the source's topic: *n of them, with the earliest offset each still
+ * holds in (*starts)[p] -- or, with 'haveTime', the first offset at or
+ * after 'time' (the end if there is none) -- and its end in (*ends)[p] (-1
+ * if unknown); arrays in the caller's memory context.  Raises an error if
+ * the broker cannot tell.  For rebuilds (view_rebuild.c).
+ */
+void
+KappaKafkaLogBounds(KappaSource *source, bool haveTime, TimestampTz time,
+					int *n, int64 **starts, int64 **ends)
+{
+	KrPosition	pos;
+	KrTarget	t;
+
+	memset(&pos, 0, sizeof(pos));
+	memset(&t, 0, sizeof(t));
+	pos.kind = haveTime ? KR_TIME : KR_EARLIEST;
+	pos.time = time;
+	kr_for_rebuild = true;
+	PG_TRY();
+	{
+		kr_resolve(source, &pos, &t);
+	}
+	PG_FINALLY();
+	{
+		kr_for_rebuild = false;
+	}
+	PG_END_TRY();
+	*n = t.n;
+	*starts = t.offsets;
+	*ends = t.ends;
 }
 
 /*
@@ -474,10 +511,11 @@ kr_store(KappaSource *source, const KrTarget *t, bool explicit, bool may_move_ba
 		else
 			v[3] = Int64GetDatum(t->ends[i]);
 		KappaExecCatalogSql("INSERT INTO kappa.source_offsets AS o "
-							"(source_id, partition, next_offset, high_watermark) "
-							"VALUES ($1, $2, $3, $4) "
+							"(source_id, partition, next_offset, high_watermark, first_offset) "
+							"VALUES ($1, $2, $3, $4, $3) "
 							"ON CONFLICT (source_id, partition) DO UPDATE "
 							"SET next_offset = EXCLUDED.next_offset, "
+							"first_offset = pg_catalog.least(o.first_offset, EXCLUDED.first_offset), "
 							"high_watermark = coalesce(EXCLUDED.high_watermark, o.high_watermark), "
 							"updated_at = pg_catalog.now()",
 							4, types, v, nulls);

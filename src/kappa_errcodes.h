@@ -46,5 +46,7 @@
  * check_violation, 23514, instead).
  */
 #define ERRCODE_KAPPA_EXPECTATION_FAILED		MAKE_SQLSTATE('K','V','0','2','6')
+/* a rebuild of a view cannot be completed: it stays failed until cancelled */
+#define ERRCODE_KAPPA_REBUILD_FAILED			MAKE_SQLSTATE('K','V','0','2','7')
 
 #endif							/* KAPPA_ERRCODES_H */

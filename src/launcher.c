@@ -26,6 +26,11 @@
  * functions start workers directly (KappaStartWorker), which the postmaster
  * restarts on failure until the server stops.
  *
+ * Rebuilds of continuous views (view_rebuild.c) are kept running the same
+ * way: a scanner also lists the rows of kappa.view_rebuilds still building,
+ * and the launcher keeps one rebuild worker per row, restarting it after a
+ * crash until the rebuild is swapped in, cancelled or has failed.
+ *
  * A paused source keeps one worker (slot 0), which reads nothing but keeps
  * the source's lag current in kappa.sources.  When a worker cannot be
  * started (no free background worker slot), the launcher says why in
@@ -53,6 +58,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_database.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -69,6 +75,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -90,13 +97,17 @@
 #define KAPPA_LAUNCHER_RESTART_S	5	/* the postmaster restarts it after */
 #define KAPPA_WORKER_RESTART_S		5	/* a worker without the launcher */
 
-/* One active (not paused) source, as found by a scanner. */
+/*
+ * One active (not paused) source, or one rebuild (rebuild_id > 0,
+ * source_id 0, parallelism 1), as found by a scanner.
+ */
 typedef struct KappaActiveSource
 {
 	Oid			dboid;
 	Oid			owner;
 	int32		source_id;
 	int32		parallelism;
+	int32		rebuild_id;
 } KappaActiveSource;
 
 /* Why a source's worker could not be started. */
@@ -128,6 +139,7 @@ typedef struct KlWorker
 	Oid			dboid;
 	int32		source_id;
 	int32		slot;
+	int32		rebuild_id;
 	Oid			owner;
 	bool		wanted;
 	BackgroundWorkerHandle *handle;
@@ -274,6 +286,17 @@ KappaStartWorker(const KappaWorkerArgs *args, const char *source_name,
 	BackgroundWorkerHandle *h = NULL;
 	char		name[BGW_MAXLEN];
 
+	if (args->rebuild_id > 0)
+	{
+		snprintf(name, sizeof(name), "pg_kappa rebuild %d", args->rebuild_id);
+		if (!kl_register_worker("KappaRebuildWorkerMain", KAPPA_REBUILD_TYPE, name,
+								restart_on_exit ? KAPPA_WORKER_RESTART_S : BGW_NEVER_RESTART,
+								(Datum) 0, args, handle ? &h : NULL))
+			return false;
+		if (handle)
+			*handle = h;
+		return true;
+	}
 	if (source_name)
 		snprintf(name, sizeof(name), "pg_kappa worker for source %s slot %d",
 				 source_name, args->slot);
@@ -358,6 +381,37 @@ KappaScannerMain(Datum main_arg)
 				found[nfound].source_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 				found[nfound].owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 				found[nfound].parallelism = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+				found[nfound].rebuild_id = 0;
+				nfound++;
+			}
+		}
+
+		/*
+		 * rebuilds still to do, run as the view's owner (an extension not
+		 * updated to 0.3 yet has none)
+		 */
+		if (OidIsValid(get_relname_relid("view_rebuilds",
+										 get_namespace_oid(KAPPA_SCHEMA, false))) &&
+			SPI_execute("SELECT r.id, c.relowner FROM kappa.view_rebuilds r "
+						"JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.view "
+						"WHERE r.state OPERATOR(pg_catalog.<>) 'failed' ORDER BY r.id",
+						true, 0) == SPI_OK_SELECT && SPI_processed > 0)
+		{
+			found = found == NULL ?
+				MemoryContextAlloc(TopMemoryContext,
+								   sizeof(KappaActiveSource) * SPI_processed) :
+				repalloc(found, sizeof(KappaActiveSource) * (nfound + SPI_processed));
+			for (uint64 i = 0; i < SPI_processed; i++)
+			{
+				HeapTuple	tup = SPI_tuptable->vals[i];
+				TupleDesc	desc = SPI_tuptable->tupdesc;
+				bool		isnull;
+
+				found[nfound].dboid = dboid;
+				found[nfound].source_id = 0;
+				found[nfound].rebuild_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+				found[nfound].owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+				found[nfound].parallelism = 1;
 				nfound++;
 			}
 		}
@@ -465,11 +519,11 @@ kl_scan(void)
 }
 
 static KlWorker *
-kl_find_worker(Oid dboid, int32 source_id, int32 slot)
+kl_find_worker(Oid dboid, int32 source_id, int32 slot, int32 rebuild_id)
 {
 	for (int i = 0; i < kl_nworkers; i++)
 		if (kl_workers[i].dboid == dboid && kl_workers[i].source_id == source_id &&
-			kl_workers[i].slot == slot)
+			kl_workers[i].slot == slot && kl_workers[i].rebuild_id == rebuild_id)
 			return &kl_workers[i];
 	if (kl_nworkers == kl_maxworkers)
 	{
@@ -481,6 +535,7 @@ kl_find_worker(Oid dboid, int32 source_id, int32 slot)
 	kl_workers[kl_nworkers].dboid = dboid;
 	kl_workers[kl_nworkers].source_id = source_id;
 	kl_workers[kl_nworkers].slot = slot;
+	kl_workers[kl_nworkers].rebuild_id = rebuild_id;
 	kl_workers[kl_nworkers].backoff_ms = KAPPA_RESTART_MIN_MS;
 	return &kl_workers[kl_nworkers++];
 }
@@ -590,7 +645,8 @@ kl_reconcile(void)
 	for (int i = 0; i < nsources; i++)
 		for (int slot = 0; slot < sources[i].parallelism; slot++)
 		{
-			KlWorker   *w = kl_find_worker(sources[i].dboid, sources[i].source_id, slot);
+			KlWorker   *w = kl_find_worker(sources[i].dboid, sources[i].source_id, slot,
+										   sources[i].rebuild_id);
 
 			w->wanted = true;
 			w->owner = sources[i].owner;
@@ -624,6 +680,8 @@ kl_reconcile(void)
 				args.owner = w->owner;
 				args.source_id = w->source_id;
 				args.slot = w->slot;
+				args.rebuild_id = w->rebuild_id;
+				args.wait_xid = InvalidTransactionId;
 				args.managed = true;
 				if (KappaStartWorker(&args, NULL, false, (void **) &w->handle))
 				{

@@ -103,6 +103,9 @@ typedef struct KappaBatch
 	uint64		rowsAdded;		/* rows added since the batch was created */
 	uint64		rowsCounted;	/* of those, counted in the statistics */
 	KappaContractRun *contract; /* the stream's expectations, or NULL */
+	Oid			onlyMat;		/* a rebuild's replay: feed only the building
+								 * version with this materialization, keep no
+								 * rows, count nothing; else InvalidOid */
 } KappaBatch;
 
 /* rows pushed into views at a time (one role switch per view per chunk) */
@@ -110,6 +113,8 @@ typedef struct KappaBatch
 
 /* in batch.c */
 extern KappaBatch *KappaBatchCreate(Relation stream, MemoryContext parent);
+extern KappaBatch *KappaBatchCreateForRebuild(Relation stream, Oid buildingMat,
+											  MemoryContext parent);
 extern void KappaBatchAdd(KappaBatch *batch, TupleTableSlot *slot);
 extern void KappaBatchPush(KappaBatch *batch);
 extern void KappaBatchAccumulate(KappaBatch *batch);
@@ -150,7 +155,9 @@ struct KappaStreamViews
 								 * table the views aggregate */
 	Oid			backingRelid;	/* heap of retained rows, or InvalidOid if the
 								 * stream keeps none */
-	List	   *views;			/* of KappaViewInfo *, in view-OID order */
+	List	   *views;			/* of KappaViewInfo *, in view-OID order; a
+								 * view being rebuilt from Kafka has its
+								 * building version right after it */
 	bool		valid;			/* false once invalidated */
 	MemoryContext cxt;			/* holds this entry and its views */
 };
@@ -164,7 +171,7 @@ extern void KappaStreamViewsInvalidate(Oid relid);
 
 /* in view_apply.c */
 extern KappaViewFeed *KappaViewFeedCreate(KappaStreamViews *views,
-										  TupleDesc rowtype,
+										  TupleDesc rowtype, Oid onlyMat,
 										  MemoryContext parent);
 extern bool KappaViewFeedNeedsRows(KappaViewFeed *feed);
 extern bool KappaViewFeedPushes(KappaViewFeed *feed);
@@ -223,6 +230,7 @@ extern void KappaContractsForKafka(void);
 extern KappaContractRun *KappaContractBegin(Oid relid, MemoryContext parent);
 extern bool KappaContractCheck(KappaContractRun *run, TupleTableSlot *slot);
 extern void KappaContractEnd(KappaContractRun *run);
+extern void KappaContractQuiet(KappaContractRun *run);
 extern bool KappaIsExpectationTrigger(const struct Trigger *trigger);
 extern bool KappaExpectationStops(Oid relid, const char *name);
 
@@ -244,6 +252,8 @@ typedef struct KappaViewRow
 	Oid			stream;
 	Oid			mat;			/* materialization */
 	Oid			def;			/* definition */
+	bool		building;		/* a version being rebuilt from Kafka (mat and
+								 * def are kappa.view_rebuilds') */
 } KappaViewRow;
 
 /* in catalog.c */

@@ -151,6 +151,7 @@ stream_views_load(Oid relid)
 				continue;
 
 			view = KappaViewInfoLoad(row->view, row->mat, row->def, cxt);
+			view->building = row->building;
 			oldcxt = MemoryContextSwitchTo(cxt);
 			entry->views = lappend(entry->views, view);
 			MemoryContextSwitchTo(oldcxt);

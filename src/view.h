@@ -135,6 +135,9 @@ struct KappaViewInfo
 	Oid			defRelid;
 	Oid			indexRelid;		/* unique index on the keys of mat */
 	Oid			ownerId;		/* deltas run with the owner's rights */
+	bool		building;		/* a new version being rebuilt from Kafka
+								 * (view_rebuild.c): live batches feed it
+								 * after the live version */
 	MemoryContext cxt;			/* everything below lives here */
 	KappaViewShape *shape;
 	char	   *sql;			/* the definition, for error context */
@@ -225,6 +228,18 @@ extern void KappaAccumRetractRow(KappaViewAccum *acc, TupleTableSlot *row);
 extern bool KappaAccumCurrentGroup(KappaViewAccum *acc, bool *hasAdded);
 extern bool KappaAccumRetractInto(KappaViewAccum *acc, AggState *aggcontext,
 								  Datum *states, bool *nulls);
+
+/* in view_define.c */
+extern void KappaDefineUserView(KappaViewShape *shape, const char *qualifiedName,
+								Oid matRelid, bool replace);
+extern void KappaCheckViewReadPermissions(Query *query, Oid role);
+extern char *KappaDeparseQualified(Query *query);
+extern int64 KappaDefineVersion(const char *name, KappaViewShape *shape,
+								const char *deftext, Oid owner,
+								Oid *defRelid, Oid *matRelid);
+
+/* in view_rebuild.c */
+extern PGDLLEXPORT void KappaRebuildWorkerMain(Datum main_arg);
 
 /* in view_shape.c */
 extern KappaViewShape *KappaBuildViewShape(Query *query, const char *sql);

@@ -71,7 +71,8 @@ typedef enum FeedStrategy
 /* One view of a feed. */
 typedef struct FeedView
 {
-	Oid			viewRelid;
+	Oid			matRelid;		/* identifies the version (a view being
+								 * rebuilt has two) */
 	KappaViewInfo *view;		/* the view as loaded when first fed */
 	KappaViewAccum *acc;		/* NULL for FEED_DELTA */
 	FeedStrategy strategy;
@@ -85,6 +86,7 @@ typedef struct FeedView
 struct KappaViewFeed
 {
 	Oid			streamRelid;
+	Oid			onlyMat;		/* a rebuild's replay feeds only this version */
 	MemoryContext cxt;			/* the feed and its accumulators */
 	List	   *views;			/* FeedView *: views that have been fed */
 	bool		accumulating;	/* views accumulate until KappaViewFeedFlush */
@@ -210,12 +212,12 @@ apply_feed_view(KappaViewFeed *feed, KappaViewInfo *view)
 	foreach(lc, feed->views)
 	{
 		fv = lfirst(lc);
-		if (fv->viewRelid == view->viewRelid)
+		if (fv->matRelid == view->matRelid)
 			return fv;
 	}
 	oldcxt = MemoryContextSwitchTo(feed->cxt);
 	fv = palloc0(sizeof(FeedView));
-	fv->viewRelid = view->viewRelid;
+	fv->matRelid = view->matRelid;
 	fv->view = view;
 	fv->strategy = FEED_DELTA;
 	if (feed->accumulating)
@@ -229,25 +231,36 @@ apply_feed_view(KappaViewFeed *feed, KappaViewInfo *view)
 	return fv;
 }
 
+/* Does the feed skip 'view' (a replay feeds one building version only)? */
+static inline bool
+apply_skips(KappaViewFeed *feed, KappaViewInfo *view)
+{
+	return OidIsValid(feed->onlyMat) && view->matRelid != feed->onlyMat;
+}
+
 /*
  * KappaViewFeedCreate prepares feeding the views of 'views' (a stream's
  * cache entry, which the caller holds until KappaViewFeedDestroy) with rows
- * of row type 'rowtype', allocating under 'parent'.  Views that can take
- * pushed rows are set up for it now.
+ * of row type 'rowtype', allocating under 'parent'; with 'onlyMat' valid
+ * (a rebuild's replay) only the version with that materialization.  Views
+ * that can take pushed rows are set up for it now.
  */
 KappaViewFeed *
-KappaViewFeedCreate(KappaStreamViews *views, TupleDesc rowtype,
+KappaViewFeedCreate(KappaStreamViews *views, TupleDesc rowtype, Oid onlyMat,
 					MemoryContext parent)
 {
 	KappaViewFeed *feed = MemoryContextAllocZero(parent, sizeof(KappaViewFeed));
 	ListCell   *lc;
 
 	feed->streamRelid = views->relid;
+	feed->onlyMat = onlyMat;
 	feed->cxt = parent;
 	foreach(lc, views->views)
 	{
 		KappaViewInfo *view = lfirst(lc);
 
+		if (apply_skips(feed, view))
+			continue;
 		if (view->push != NULL)
 		{
 			feed->accumulating = true;
@@ -345,7 +358,11 @@ KappaViewFeedApply(KappaViewFeed *feed, KappaStreamViews *locked,
 	foreach(lc, locked->views)
 	{
 		KappaViewInfo *view = lfirst(lc);
-		FeedView   *fv = feed->accumulating ? apply_feed_view(feed, view) : NULL;
+		FeedView   *fv;
+
+		if (apply_skips(feed, view))
+			continue;
+		fv = feed->accumulating ? apply_feed_view(feed, view) : NULL;
 
 		if (fv == NULL || fv->strategy == FEED_DELTA)
 			apply_delta(view, &source, NULL, GetTransactionSnapshot());
@@ -379,7 +396,7 @@ KappaViewFeedFlush(KappaViewFeed *feed, KappaStreamViews *locked)
 			continue;
 		foreach(lc2, locked->views)
 		{
-			if (((KappaViewInfo *) lfirst(lc2))->viewRelid == fv->viewRelid)
+			if (((KappaViewInfo *) lfirst(lc2))->matRelid == fv->matRelid)
 			{
 				apply_flush(fv->view, fv->acc, false);
 				break;

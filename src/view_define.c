@@ -157,9 +157,15 @@ define_append_order_item(StringInfo buf, int i, SortGroupClause *sgc, Oid type)
 	appendStringInfoString(buf, sgc->nulls_first ? " NULLS FIRST" : " NULLS LAST");
 }
 
-/* The user-facing view over the materialization. */
-static void
-define_user_view(KappaViewShape *shape, const char *qualifiedName, Oid matRelid)
+/*
+ * KappaDefineUserView creates the user-facing view 'qualifiedName' over the
+ * materialization 'matRelid' of a view of shape 'shape', as the current
+ * user; with 'replace', redefines it (CREATE OR REPLACE VIEW: its grants,
+ * comments and dependents stay).
+ */
+void
+KappaDefineUserView(KappaViewShape *shape, const char *qualifiedName, Oid matRelid,
+					bool replace)
 {
 	StringInfoData buf;
 	ListCell   *lc;
@@ -167,7 +173,8 @@ define_user_view(KappaViewShape *shape, const char *qualifiedName, Oid matRelid)
 	int			i;
 
 	initStringInfo(&buf);
-	appendStringInfo(&buf, "CREATE VIEW %s AS SELECT ", qualifiedName);
+	appendStringInfo(&buf, "CREATE %sVIEW %s AS SELECT ", replace ? "OR REPLACE " : "",
+					 qualifiedName);
 	i = 0;
 	foreach(lc, shape->outNames)
 	{
@@ -195,9 +202,12 @@ define_user_view(KappaViewShape *shape, const char *qualifiedName, Oid matRelid)
 	KappaExecSql(buf.data);
 }
 
-/* Check that the caller may read every relation the query reads. */
-static void
-define_check_read_permissions(Query *query)
+/*
+ * KappaCheckViewReadPermissions checks that 'role', who will own the view,
+ * may read every relation the query reads.
+ */
+void
+KappaCheckViewReadPermissions(Query *query, Oid role)
 {
 	ListCell   *lc;
 
@@ -207,21 +217,57 @@ define_check_read_permissions(Query *query)
 
 		if (rte->rtekind != RTE_RELATION)
 			continue;
-		if (pg_class_aclcheck(rte->relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		if (pg_class_aclcheck(rte->relid, role, ACL_SELECT) != ACLCHECK_OK)
 			aclcheck_error(ACLCHECK_NO_PRIV, get_relkind_objtype(get_rel_relkind(rte->relid)),
 						   get_rel_name(rte->relid));
 	}
 }
 
+/*
+ * KappaDefineVersion creates the definition (a plain view of 'deftext') and
+ * the materialization of a version of the continuous view named 'name' of
+ * shape 'shape' in kappa_data, owned by 'owner'; returns the number in
+ * their names (kappa.view_catalog_id_seq) and sets *defRelid, *matRelid.
+ */
+int64
+KappaDefineVersion(const char *name, KappaViewShape *shape, const char *deftext,
+				   Oid owner, Oid *defRelid, Oid *matRelid)
+{
+	KappaSavedUser saved;
+	int64		id;
+	char	   *defname;
+	char	   *matname;
+
+	KappaBecomeExtensionOwner(&saved);
+	id = nextval_internal(get_relname_relid("view_catalog_id_seq",
+											get_namespace_oid(KAPPA_SCHEMA, false)),
+						  false);
+	defname = KappaDataRelName(name, psprintf("_def_" INT64_FORMAT, id));
+	matname = KappaDataRelName(name, psprintf("_mat_" INT64_FORMAT, id));
+	KappaExecSql(psprintf("CREATE VIEW %s AS %s",
+						  quote_qualified_identifier(KAPPA_DATA_SCHEMA, defname),
+						  deftext));
+	*defRelid = get_relname_relid(defname, get_namespace_oid(KAPPA_DATA_SCHEMA, false));
+	*matRelid = define_mat_table(shape, matname);
+
+	/* the view's owner owns what stores it */
+	ATExecChangeOwner(*defRelid, owner, false, AccessExclusiveLock);
+	ATExecChangeOwner(*matRelid, owner, false, AccessExclusiveLock);
+	KappaRestoreUser(&saved);
+	CommandCounterIncrement();
+	return id;
+}
+
 PG_FUNCTION_INFO_V1(kappa_create_view);
 
 /*
- * The text of a query analyzed as its author meant it, with every name
- * qualified (deparsed with search_path pinned), so that creating the
- * definition view from it as another role reads the same objects.
+ * KappaDeparseQualified returns the text of a query analyzed as its author
+ * meant it, with every name qualified (deparsed with search_path pinned),
+ * so that creating the definition view from it as another role reads the
+ * same objects.
  */
-static char *
-define_deparse_qualified(Query *query)
+char *
+KappaDeparseQualified(Query *query)
 {
 	KappaSavedUser saved;
 	char	   *querytext;
@@ -246,8 +292,6 @@ kappa_create_view(PG_FUNCTION_ARGS)
 	Query	   *query;
 	KappaViewShape *shape;
 	int64		id;
-	char	   *defname;
-	char	   *matname;
 	char	   *deftext;
 	Oid			defRelid;
 	Oid			matRelid;
@@ -273,8 +317,8 @@ kappa_create_view(PG_FUNCTION_ARGS)
 	/* the query as the caller means it, with the caller's search_path */
 	query = KappaParseViewQuery(sql, true);
 	shape = KappaBuildViewShape(query, sql);
-	define_check_read_permissions(query);
-	deftext = define_deparse_qualified(KappaParseViewQuery(sql, false));
+	KappaCheckViewReadPermissions(query, GetUserId());
+	deftext = KappaDeparseQualified(KappaParseViewQuery(sql, false));
 
 	/*
 	 * A view over a table gives the table triggers, which needs its owner's
@@ -297,26 +341,11 @@ kappa_create_view(PG_FUNCTION_ARGS)
 						   shape->factIsTable ? ShareRowExclusiveLock : ShareLock);
 
 	/* definition and materialization live in kappa_data */
-	KappaBecomeExtensionOwner(&saved);
-	id = nextval_internal(get_relname_relid("view_catalog_id_seq",
-											get_namespace_oid(KAPPA_SCHEMA, false)),
-						  false);
-	defname = KappaDataRelName(rv->relname, psprintf("_def_" INT64_FORMAT, id));
-	matname = KappaDataRelName(rv->relname, psprintf("_mat_" INT64_FORMAT, id));
-	KappaExecSql(psprintf("CREATE VIEW %s AS %s",
-						  quote_qualified_identifier(KAPPA_DATA_SCHEMA, defname),
-						  deftext));
-	defRelid = get_relname_relid(defname, get_namespace_oid(KAPPA_DATA_SCHEMA, false));
-	matRelid = define_mat_table(shape, matname);
-
-	/* the caller owns what stores the view */
-	ATExecChangeOwner(defRelid, creator, false, AccessExclusiveLock);
-	ATExecChangeOwner(matRelid, creator, false, AccessExclusiveLock);
-	KappaRestoreUser(&saved);
-	CommandCounterIncrement();
+	id = KappaDefineVersion(rv->relname, shape, deftext, creator,
+							&defRelid, &matRelid);
 
 	KappaBecomeUser(creator, &saved);
-	define_user_view(shape, qualifiedName, matRelid);
+	KappaDefineUserView(shape, qualifiedName, matRelid, false);
 	KappaRestoreUser(&saved);
 	viewRelid = get_relname_relid(rv->relname, nspid);
 

@@ -260,7 +260,8 @@ BEGIN
                   WHERE vc.view = rel OR vc.mat = rel OR vc.def = rel
         LOOP
             IF rel = v.view::oid THEN
-                IF c.command_tag = 'CREATE VIEW' THEN
+                -- (a rebuild's swap redefines it over the new version)
+                IF c.command_tag = 'CREATE VIEW' AND NOT kappa.rebuild_swapping(v.view) THEN
                     RAISE EXCEPTION 'cannot replace the query of continuous view %', v.view
                           USING ERRCODE = 'wrong_object_type',
                                 DETAIL = 'The view reads the materialization pg_kappa maintains for its query.',

@@ -71,7 +71,10 @@ CREATE TABLE kappa.source_offsets (
     next_offset     bigint NOT NULL,
     high_watermark  bigint,                 -- last one seen by a worker
     updated_at      timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (source_id, partition)
+    PRIMARY KEY (source_id, partition),
+    -- where the source began reading the partition: a rebuild replays from
+    -- here (NULL for partitions stored before version 0.3: from offset 0)
+    first_offset    bigint
 );
 
 -- Worker status, one row per source and parallelism slot (not dumped).
