@@ -2,7 +2,8 @@
 -- kappa.replace_view, kappa.rebuild_view, kappa.cancel_rebuild: what is
 -- refused at once, before a new version is registered or a worker started
 -- (the rebuilds themselves are in test/t/260_view_rebuild.pl).  Each call
--- goes through rb_try, which shows the SQLSTATE, the message and the hint.
+-- goes through rb_try, which shows the SQLSTATE, the message, the detail and
+-- the hint.
 -- At the end every view is as it was: live, same definition, same rows.
 --
 CREATE SCHEMA regress_rb;
@@ -12,13 +13,16 @@ CREATE FUNCTION rb_try(sql text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     st text;
     msg text;
+    detail text;
     hint text;
 BEGIN
     EXECUTE sql;
     RETURN 'ok';
 EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
-    RETURN st || ': ' || msg || coalesce(E'\nHINT: ' || nullif(hint, ''), '');
+    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+                            detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+    RETURN st || ': ' || msg || coalesce(E'\nDETAIL: ' || nullif(detail, ''), '')
+           || coalesce(E'\nHINT: ' || nullif(hint, ''), '');
 END $$;
 
 -- the functions
@@ -61,6 +65,16 @@ SELECT rb_try($$SELECT kappa.replace_view('rb_tv', 'SELECT cust FROM rb_t')$$) A
 SELECT rb_try($$SELECT kappa.replace_view('rb_tv',
   'SELECT cust, count(*) AS n, sum(qty) AS q, max(random()) AS r FROM rb_t GROUP BY cust')$$) AS volatile;
 SELECT rb_try($$SELECT kappa.replace_view('rb_tv', 'SELECT cust, count(*) AS n, sum(qty) AS q')$$) AS not_sql;
+
+-- another relation than the view's
+SELECT rb_try($$SELECT kappa.replace_view('rb_tv',
+  'SELECT v AS cust, count(*) AS n, sum(id) AS q FROM rb_s GROUP BY v')$$) AS other_relation;
+-- "from" applies to Kafka histories only; NULL names and queries
+SELECT rb_try($$SELECT kappa.rebuild_view('rb_tv', "from" => now() - interval '1 day')$$) AS from_for_a_table;
+SELECT rb_try($$SELECT kappa.replace_view(NULL, 'SELECT 1')$$) AS null_name;
+SELECT rb_try($$SELECT kappa.replace_view('rb_tv', NULL)$$) AS null_query;
+SELECT rb_try($$SELECT kappa.rebuild_view(NULL)$$) AS null_name;
+SELECT kappa.cancel_rebuild(NULL) AS null_name;
 
 -- not a continuous view, or nothing by that name
 SELECT rb_try($$SELECT kappa.replace_view('rb_plain', 'SELECT 1 AS x')$$) AS plain_view;
