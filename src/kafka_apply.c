@@ -590,7 +590,18 @@ ka_process_range(Relation rel, int lo, int hi)
 			lo = failed + 1;
 			continue;
 		}
-		/* failed while applying to the views: bisect */
+
+		/*
+		 * failed while applying to the views: a rebuild's replay fails (the
+		 * new definition is at fault, not a message); else bisect
+		 */
+		if (ka_apply.replay_id != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_KAPPA_REBUILD_FAILED),
+					 errmsg("the new version of the view failed on replayed rows: %s",
+							edata->message),
+					 edata->detail ? errdetail("%s", edata->detail) : 0,
+					 errhint("Cancel the rebuild with kappa.cancel_rebuild(), correct the definition and replace the view again.")));
 		if (live == 1)
 		{
 			for (int i = lo; i < hi; i++)
@@ -1002,7 +1013,7 @@ ka_store_replay_progress(int64 ndead)
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("rebuild %d is no longer building", ka_apply.replay_id),
-					 errdetail("The rebuild was cancelled; this batch is discarded.")));
+					 errdetail("The rebuild was cancelled or has failed; this batch is discarded.")));
 	}
 }
 

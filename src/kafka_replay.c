@@ -61,6 +61,8 @@ typedef struct KrReplay
 	bool	   *active;			/* still to read */
 	bool	   *done_in_batch;	/* its last message is in the current batch */
 	int64	   *batch_next;		/* KappaApplyReplay's result */
+	rd_kafka_message_t **msgs;	/* the batch being read or applied */
+	int			nmsgs;
 } KrReplay;
 
 /*
@@ -336,7 +338,7 @@ KappaReplaySource(int32 rebuild_id, int32 source_id, Oid building_mat)
 	KappaApplyReplayInit(r.source, rebuild_id, building_mat, cxt);
 	kr_create_consumer(&r, conf);
 	batch_size = r.source->batch_size > 0 ? r.source->batch_size : kappa_batch_size;
-	msgs = palloc(sizeof(rd_kafka_message_t *) * batch_size);
+	msgs = r.msgs = palloc(sizeof(rd_kafka_message_t *) * batch_size);
 
 	PG_TRY();
 	{
@@ -393,6 +395,7 @@ KappaReplaySource(int32 rebuild_id, int32 source_id, Oid building_mat)
 					continue;
 				}
 				msgs[n++] = m;
+				r.nmsgs = n;
 				if (m->offset + 1 >= r.end[p])
 				{
 					/* its last message: unassigned once the batch is in */
@@ -415,6 +418,7 @@ KappaReplaySource(int32 rebuild_id, int32 source_id, Oid building_mat)
 						r.next[p] = r.batch_next[p];
 				for (int i = 0; i < n; i++)
 					rd_kafka_message_destroy(msgs[i]);
+				r.nmsgs = 0;
 				/* partitions whose last message was in the batch */
 				for (int p = 0; p < r.nparts; p++)
 					if (r.done_in_batch[p])
@@ -436,6 +440,9 @@ KappaReplaySource(int32 rebuild_id, int32 source_id, Oid building_mat)
 	}
 	PG_FINALLY();
 	{
+		/* librdkafka waits for every message to be let go before it ends */
+		for (int i = 0; i < r.nmsgs; i++)
+			rd_kafka_message_destroy(r.msgs[i]);
 		rd_kafka_destroy_flags(r.rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
 	}
 	PG_END_TRY();

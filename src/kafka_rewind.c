@@ -515,7 +515,7 @@ kr_store(KappaSource *source, const KrTarget *t, bool explicit, bool may_move_ba
 							"VALUES ($1, $2, $3, $4, $3) "
 							"ON CONFLICT (source_id, partition) DO UPDATE "
 							"SET next_offset = EXCLUDED.next_offset, "
-							"first_offset = pg_catalog.least(o.first_offset, EXCLUDED.first_offset), "
+							"first_offset = LEAST(o.first_offset, EXCLUDED.first_offset), "
 							"high_watermark = coalesce(EXCLUDED.high_watermark, o.high_watermark), "
 							"updated_at = pg_catalog.now()",
 							4, types, v, nulls);

@@ -42,14 +42,25 @@
  * output expressions -- runs as the view's owner, in a security-restricted
  * operation (KappaBecomeUser), as REFRESH MATERIALIZED VIEW does.
  *
+ * A view being rebuilt from Kafka (view_rebuild.c) has a second, building
+ * version that live batches feed after the live one.  Its code runs in a
+ * subtransaction of its own (apply_guarded): if the new definition fails on
+ * a row, the rebuild is marked failed and live batches stop feeding it,
+ * while the live version and the batch go on untouched.  A rebuild's replay
+ * feeds the building version alone (onlyMat).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "executor/executor.h"
+#include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/queryenvironment.h"
@@ -93,7 +104,12 @@ struct KappaViewFeed
 	bool		pushes;			/* some view is FEED_PUSH */
 	bool		needsRows;		/* some view runs its delta query */
 	TupleTableSlot *pushSlot;	/* a row being pushed */
+	List	   *failedMats;		/* building versions that failed in this feed */
 };
+
+/* One step of feeding a view, for apply_guarded. */
+typedef void (*FeedStep) (KappaViewFeed *feed, KappaViewInfo *view, FeedView *fv,
+						  void *arg);
 
 /*
  * Set up what a view's delta or merge runs in: a command counter that sees
@@ -231,11 +247,99 @@ apply_feed_view(KappaViewFeed *feed, KappaViewInfo *view)
 	return fv;
 }
 
-/* Does the feed skip 'view' (a replay feeds one building version only)? */
+/*
+ * Does the feed skip 'view' (a replay feeds one building version only; a
+ * building version that failed is fed no more)?
+ */
 static inline bool
 apply_skips(KappaViewFeed *feed, KappaViewInfo *view)
 {
-	return OidIsValid(feed->onlyMat) && view->matRelid != feed->onlyMat;
+	return (OidIsValid(feed->onlyMat) && view->matRelid != feed->onlyMat) ||
+		list_member_oid(feed->failedMats, view->matRelid);
+}
+
+/*
+ * The rebuild whose building version 'view' is failed with 'edata': its row
+ * in kappa.view_rebuilds says so, and live batches stop feeding it (the
+ * stream's views are reloaded).  Written in the caller's transaction.
+ */
+static void
+apply_fail_building(KappaViewFeed *feed, KappaViewInfo *view, ErrorData *edata)
+{
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		values[2];
+	MemoryContext oldcxt;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	values[0] = ObjectIdGetDatum(view->matRelid);
+	values[1] = CStringGetTextDatum(edata->message);
+	KappaExecCatalogSql("UPDATE kappa.view_rebuilds SET state = 'failed', "
+						"last_error = 'the new version failed on live rows: ' "
+						"OPERATOR(pg_catalog.||) $2, updated_at = pg_catalog.now() "
+						"WHERE mat::oid OPERATOR(pg_catalog.=) $1",
+						2, types, values, NULL);
+	SPI_finish();
+	CacheInvalidateRelcacheByRelid(feed->streamRelid);
+	oldcxt = MemoryContextSwitchTo(feed->cxt);
+	feed->failedMats = lappend_oid(feed->failedMats, view->matRelid);
+	MemoryContextSwitchTo(oldcxt);
+	ereport(LOG,
+			(errmsg("the rebuild of continuous view \"%s\" failed on live rows; the live version goes on",
+					get_rel_name(view->viewRelid)),
+			 errdetail("%s", edata->message)));
+}
+
+/*
+ * Run 'step' for 'view'.  For a building version fed by a live batch, in a
+ * subtransaction: an error in its code fails the rebuild (see the file
+ * header) instead of the batch -- but for errors that are not the view's
+ * (cancel, shutdown, lack of resources, serialization failures), which are
+ * raised.
+ */
+static void
+apply_guarded(KappaViewFeed *feed, KappaViewInfo *view, FeedView *fv, FeedStep step,
+			  void *arg)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+
+	if (!view->building || OidIsValid(feed->onlyMat))
+	{
+		step(feed, view, fv, arg);
+		return;
+	}
+	if (list_member_oid(feed->failedMats, view->matRelid))
+		return;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		step(feed, view, fv, arg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		int			class;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		class = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
+		if (class == ERRCODE_TRANSACTION_ROLLBACK ||
+			class == ERRCODE_INSUFFICIENT_RESOURCES ||
+			class == ERRCODE_OPERATOR_INTERVENTION ||
+			class == ERRCODE_SYSTEM_ERROR)
+			ReThrowError(edata);
+		apply_fail_building(feed, view, edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = oldowner;
 }
 
 /*
@@ -305,6 +409,30 @@ KappaViewFeedAccumulating(KappaViewFeed *feed)
 	return feed->accumulating;
 }
 
+/* Rows pushed into a view at once. */
+typedef struct PushChunk
+{
+	HeapTuple  *rows;
+	int			nrows;
+} PushChunk;
+
+/* Push a chunk of rows into one view's accumulator, as the view's owner. */
+static void
+apply_push_step(KappaViewFeed *feed, KappaViewInfo *view, FeedView *fv, void *arg)
+{
+	PushChunk  *chunk = arg;
+	KappaSavedUser saved;
+
+	KappaBecomeUser(view->ownerId, &saved);
+	for (int i = 0; i < chunk->nrows; i++)
+	{
+		ExecStoreHeapTuple(chunk->rows[i], feed->pushSlot, false);
+		KappaAccumPushRow(fv->acc, feed->pushSlot);
+	}
+	ExecClearTuple(feed->pushSlot);
+	KappaRestoreUser(&saved);
+}
+
 /*
  * KappaViewFeedPush advances the views that take pushed rows by 'nrows'
  * stream rows: each view's WHERE, keys and transition functions run as the
@@ -315,23 +443,42 @@ KappaViewFeedPush(KappaViewFeed *feed, HeapTuple *rows, int nrows)
 {
 	ListCell   *lc;
 
+	PushChunk	chunk;
+
+	chunk.rows = rows;
+	chunk.nrows = nrows;
 	foreach(lc, feed->views)
 	{
 		FeedView   *fv = lfirst(lc);
-		KappaSavedUser saved;
-		int			i;
 
 		if (fv->strategy != FEED_PUSH)
 			continue;
-		KappaBecomeUser(fv->view->ownerId, &saved);
-		for (i = 0; i < nrows; i++)
-		{
-			ExecStoreHeapTuple(rows[i], feed->pushSlot, false);
-			KappaAccumPushRow(fv->acc, feed->pushSlot);
-		}
-		ExecClearTuple(feed->pushSlot);
-		KappaRestoreUser(&saved);
+		apply_guarded(feed, fv->view, fv, apply_push_step, &chunk);
 	}
+}
+
+/* Apply a batch's rows ('arg', their scan source) to one view. */
+static void
+apply_rows_step(KappaViewFeed *feed, KappaViewInfo *view, FeedView *fv, void *arg)
+{
+	KappaScanSource *source = arg;
+
+	if (fv == NULL || fv->strategy == FEED_DELTA)
+		apply_delta(view, source, NULL, GetTransactionSnapshot());
+	else if (fv->strategy == FEED_ACCUMULATE)
+	{
+		apply_delta(view, source, fv->acc, GetTransactionSnapshot());
+		apply_check_memory(fv);
+	}
+	else
+		apply_check_memory(fv); /* its rows went straight in */
+}
+
+/* Merge what one view accumulated. */
+static void
+apply_flush_step(KappaViewFeed *feed, KappaViewInfo *view, FeedView *fv, void *arg)
+{
+	apply_flush(fv->view, fv->acc, false);
 }
 
 /*
@@ -363,16 +510,7 @@ KappaViewFeedApply(KappaViewFeed *feed, KappaStreamViews *locked,
 		if (apply_skips(feed, view))
 			continue;
 		fv = feed->accumulating ? apply_feed_view(feed, view) : NULL;
-
-		if (fv == NULL || fv->strategy == FEED_DELTA)
-			apply_delta(view, &source, NULL, GetTransactionSnapshot());
-		else if (fv->strategy == FEED_ACCUMULATE)
-		{
-			apply_delta(view, &source, fv->acc, GetTransactionSnapshot());
-			apply_check_memory(fv);
-		}
-		else
-			apply_check_memory(fv); /* its rows went straight in */
+		apply_guarded(feed, view, fv, apply_rows_step, &source);
 	}
 }
 
@@ -398,7 +536,7 @@ KappaViewFeedFlush(KappaViewFeed *feed, KappaStreamViews *locked)
 		{
 			if (((KappaViewInfo *) lfirst(lc2))->matRelid == fv->matRelid)
 			{
-				apply_flush(fv->view, fv->acc, false);
+				apply_guarded(feed, fv->view, fv, apply_flush_step, NULL);
 				break;
 			}
 		}

@@ -412,8 +412,9 @@ rb_kafka_ranges(List *bounds, bool haveFrom, int64 *to_replay, int64 *gaps)
 			r->source_id = b->source->id;
 			r->partition = p;
 			r->end = committed;
+			/* "from" narrows the history, never widens it */
 			if (haveFrom)
-				r->start = Min(low, committed);
+				r->start = Min(Max(began, low), committed);
 			else
 			{
 				r->start = Min(Max(began, low), committed);
@@ -554,6 +555,8 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 	KappaStreamServerOid(false);
 	viewRelid = rb_lookup_view(name, &live);
 	owner = rb_rel_owner(viewRelid);
+	/* one registration or cancel of a view's rebuild at a time */
+	LockRelationOid(viewRelid, ShareUpdateExclusiveLock);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -739,6 +742,7 @@ kappa_cancel_rebuild(PG_FUNCTION_ARGS)
 	Oid			type = INT4OID;
 	Datum		key;
 
+	LockRelationOid(viewRelid, ShareUpdateExclusiveLock);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (!rb_read_row("view", ObjectIdGetDatum(viewRelid), false, &row))
@@ -761,6 +765,13 @@ kappa_cancel_rebuild(PG_FUNCTION_ARGS)
 			proc->databaseId == MyDatabaseId)
 			(void) kill(row.pid, SIGTERM);
 	}
+
+	/*
+	 * Wait for the batches writing the building version (the worker's, and
+	 * live ones) and keep new ones out, before taking the row that they
+	 * update: the other order could deadlock with them.
+	 */
+	LockRelationOid(row.mat, AccessExclusiveLock);
 	key = Int32GetDatum(row.id);
 	KappaExecCatalogSql("DELETE FROM kappa.view_rebuilds WHERE id OPERATOR(pg_catalog.=) $1 "
 						"RETURNING mat::oid, def::oid",
@@ -1027,7 +1038,8 @@ rb_record_error(int32 id, const char *message, bool final)
 	KappaExecCatalogSql("UPDATE kappa.view_rebuilds SET last_error = $2, "
 						"state = CASE WHEN $3 THEN 'failed' ELSE state END, "
 						"updated_at = pg_catalog.now() "
-						"WHERE id OPERATOR(pg_catalog.=) $1 RETURNING stream::oid",
+						"WHERE id OPERATOR(pg_catalog.=) $1 "
+						"AND state OPERATOR(pg_catalog.<>) 'failed' RETURNING stream::oid",
 						3, types, v, NULL);
 	if (final && SPI_processed == 1)
 	{

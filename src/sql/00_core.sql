@@ -227,7 +227,8 @@ LANGUAGE C STRICT VOLATILE;
 
 -- DDL on the pieces of a continuous view: ALTER, new triggers, rules and
 -- policies on a materialization or definition are refused, as is replacing
--- the user-facing view's query; ALTER VIEW ... OWNER TO carries over to the
+-- the user-facing view's query (but by a rebuild's swap, which redefines it
+-- over the new version); ALTER VIEW ... OWNER TO carries over to the
 -- pieces.  (Indexes on a materialization are allowed: they only speed up
 -- reads, and pg_restore creates the engine's own.)
 CREATE FUNCTION kappa.on_ddl_command_end()
@@ -260,7 +261,6 @@ BEGIN
                   WHERE vc.view = rel OR vc.mat = rel OR vc.def = rel
         LOOP
             IF rel = v.view::oid THEN
-                -- (a rebuild's swap redefines it over the new version)
                 IF c.command_tag = 'CREATE VIEW' AND NOT kappa.rebuild_swapping(v.view) THEN
                     RAISE EXCEPTION 'cannot replace the query of continuous view %', v.view
                           USING ERRCODE = 'wrong_object_type',

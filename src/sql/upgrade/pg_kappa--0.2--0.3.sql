@@ -513,6 +513,14 @@ LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION kappa.cancel_rebuild(text) IS
   'drop the version of a continuous view being built; the live one stays';
 
+-- Whether this session is swapping in the new version of a view: the one
+-- CREATE OR REPLACE VIEW of a continuous view that kappa.on_ddl_command_end
+-- lets through.
+CREATE FUNCTION kappa.rebuild_swapping(view regclass)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'kappa_rebuild_swapping'
+LANGUAGE C STRICT VOLATILE;
+
 -- Plain DROP of a view, of its stream or of a building version's pieces
 -- takes the building version with it.
 CREATE FUNCTION kappa.on_sql_drop_rebuilds()
@@ -620,7 +628,6 @@ BEGIN
                   WHERE vc.view = rel OR vc.mat = rel OR vc.def = rel
         LOOP
             IF rel = v.view::oid THEN
-                -- (a rebuild's swap redefines it over the new version)
                 IF c.command_tag = 'CREATE VIEW' AND NOT kappa.rebuild_swapping(v.view) THEN
                     RAISE EXCEPTION 'cannot replace the query of continuous view %', v.view
                           USING ERRCODE = 'wrong_object_type',
