@@ -8,31 +8,40 @@
 # good message it produces (same values, same partition and offset).
 #
 #  1. a view over a table, replace_view changing the filter while pgbench
-#     inserts, updates and deletes
+#     inserts, updates and deletes; the writer must not be held up by the
+#     build for more than a moment (issue 11: the old version keeps
+#     updating until the swap)
 #  2. a stream with retain 'infinity': a function the view calls is fixed,
 #     rebuild_view; then replace_view adding a column; pgbench inserts
 #  3. the main case: a non-retained stream fed by a running Kafka source
 #     (with malformed messages); replace_view changing the filter, adding a
 #     column, changing the tumbling window, while the test produces chunks
-#     and two readers (psql \watch, one through a dependent view, one as a
-#     role granted SELECT) poll throughout: every reading must be exactly one
-#     version over a prefix of each partition (counts, groups and sums are
-#     checked against the offsets the reading shows), never empty, never a
-#     step back to an older version; name, grants, comment and the dependent
-#     view survive; produced = applied + dead letters
-#  5. cancel_rebuild of that view: a second rebuild and a non-owner are
-#     refused while it builds; afterwards no extra relation in kappa_data, no
-#     rebuild process, the live view unchanged and still updating
+#     and readers (psql \watch: one as a role granted SELECT, one through a
+#     dependent view, one polling kappa.views) run throughout: every reading
+#     must be exactly one version over a prefix of each partition (counts,
+#     groups and sums are checked against the offsets the reading shows),
+#     never empty, never a step back to an older version, never an error;
+#     name, grants, comment and the dependent view survive; produced =
+#     applied + dead letters
+#  5. cancel_rebuild of that view (its new version held at the gate): a
+#     second rebuild and a non-owner are refused while it builds; afterwards
+#     no extra relation in kappa_data, no rebuild process, the live view
+#     unchanged and still updating
 #  4. SIGKILL of the rebuild worker during a Kafka replay (postmaster crash
 #     restart), then a plain restart during another rebuild: both resume and
 #     end exact
+#  3b. readers with open transactions: a swap waiting for one must not hold
+#     up other readers; a REPEATABLE READ snapshot taken before a swap still
+#     sees one whole version after it, and kappa.views still works
 #  6. a topic whose oldest messages the dev broker dropped: on_data_loss
 #     'fail' refuses naming the missing offsets; 'record' builds from what is
-#     there and counts the gap: produced = applied + dead letters + gaps
+#     there and counts the gap: produced = applied + dead letters + gaps,
+#     also once the new version is live
 #  7. hostile: a role that does not own the view; a trojan (operators and
 #     functions shadowing pg_catalog's on the owner's search_path) that must
 #     never run in the rebuild
 #  8. refusals: an incompatible column list, no history, a second rebuild
+#     (the other synchronous refusals are in sql/56_rebuild.sql)
 #
 # Builds are made observable, never timed: kt.pace() sleeps 1 ms on every
 # 20th row, and kt.gate() waits on an advisory lock the test holds, but only
@@ -463,8 +472,16 @@ is(q_or_err( q{SELECT dead_letters FROM kappa.sources WHERE source = 'ev_src'}),
 
 # ----------------------------------------------------- 5. cancel_rebuild
 
+# the new version (D through the gate) is held at the gate until cancelled
+(my $ev_gated = $evq{D}) =~ s/sum\(amount\)/sum(kt.gate(amount))/;
 my $rels = kappa_data_relations();
-call_ok(q{SELECT kappa.rebuild_view('ev_win')});
+my $gs = $node->background_psql('postgres');
+$gs->query_safe('SELECT pg_advisory_lock(4242)');
+call_ok("SELECT kappa.replace_view('ev_win', \$q\$$ev_gated\$q\$)");
+kafka_wait($node, q{
+SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted}, 't',
+	'cancel: the rebuild reaches the gate');
+$gs->query_safe('SELECT pg_advisory_unlock(4242), pg_advisory_lock(4242)');
 kafka_wait($node, q{SELECT state, replayed > 0 FROM kappa.views WHERE view_name = 'ev_win'},
 	'building|t', 'cancel: a rebuild is replaying');
 cmp_ok(kappa_data_relations(), '>', $rels, 'cancel: the building version has its relations in kappa_data');
@@ -483,6 +500,8 @@ for my $call (q{SELECT kappa.cancel_rebuild('ev_win')}, q{SELECT kappa.rebuild_v
 is(view_row('ev_win', 'state'), 'building', 'cancel: the refusals left the rebuild running');
 is(q_or_err( q{SELECT kappa.cancel_rebuild('ev_win')}), 't', 'cancel_rebuild: true');
 is(view_row('ev_win', 'state, history'), 'live|', 'cancel: state live at once');
+$gs->query_safe('SELECT pg_advisory_unlock(4242)');
+eval { $gs->quit; 1 };
 kafka_wait($node, q{SELECT count(*) FROM pg_stat_activity WHERE application_name ~ '^pg_kappa (rebuild|replay)'}, 0,
 	'cancel: no rebuild process left');
 kafka_wait($node, q{SELECT count(*) FROM pg_class WHERE relnamespace = 'kappa_data'::regnamespace}, $rels,
@@ -499,8 +518,8 @@ like($err, qr/NOTICE:  /, 'cancel_rebuild with nothing building: a notice');
 # back to an older version, and at the end version D
 # (a reader whose psql met an error has stopped: its .err file says why)
 is(q_or_err(q{SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_activity
-               WHERE application_name LIKE 'reader\_%'}),
-	'reader_catalog,reader_dependent,reader_grantee', 'the three readers are still connected');
+               WHERE application_name IN ('reader_dependent', 'reader_grantee')}),
+	'reader_dependent,reader_grantee', 'the two readers of the view are still connected');
 my $readers_secs = time - $readers_t0;
 stop_process($_) for values %readers;
 
@@ -633,7 +652,7 @@ SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 A
 
 ks_produce(40000);
 ks_wait_applied('kill: history');
-my $gs = $node->background_psql('postgres');
+$gs = $node->background_psql('postgres');
 $gs->query_safe('SELECT pg_advisory_lock(4242)');
 call_ok("SELECT kappa.replace_view('ks_v', \$q\$$ks_q\$q\$)");
 gated_progress($gs, 'kill');
