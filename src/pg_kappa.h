@@ -63,6 +63,7 @@ extern bool kappa_loaded_via_preload;
 typedef struct KappaStreamViews KappaStreamViews;
 typedef struct KappaViewFeed KappaViewFeed;
 typedef struct KappaContractRun KappaContractRun;
+typedef struct KappaScanCut KappaScanCut;
 
 /*
  * A batch of new rows for one stream.  The rows are heap tuples in the
@@ -181,7 +182,8 @@ extern void KappaViewFeedApply(KappaViewFeed *feed, KappaStreamViews *locked,
 							   HeapTuple *rows, int nrows, bool accumulate);
 extern void KappaViewFeedFlush(KappaViewFeed *feed, KappaStreamViews *locked);
 extern void KappaViewFeedDestroy(KappaViewFeed *feed);
-extern void KappaViewBackfill(KappaViewInfo *view, bool retained);
+extern void KappaViewBackfill(KappaViewInfo *view, bool retained,
+							  const KappaScanCut *cut);
 
 /*
  * Rows that entered (sign +1) or left (sign -1) an ordinary table that
@@ -206,12 +208,28 @@ extern void KappaViewTruncate(KappaStreamViews *locked);
  * Rows that scans of a stream return while a view's delta query runs
  * (stream_scan.c); 'retained' makes them read the retained rows instead.
  */
+/*
+ * A cut through a stream's retained rows: the rows whose inserting
+ * transaction a snapshot taken then saw as committed (its xmin, xmax and
+ * in-progress xids).  Retained rows are only ever appended, so the rows
+ * visible now that are inside the cut are the retained rows as they were
+ * then (view_rebuild.c).
+ */
+struct KappaScanCut
+{
+	TransactionId xmin;
+	TransactionId xmax;
+	int			nxip;
+	TransactionId *xip;
+};
+
 typedef struct KappaScanSource
 {
 	Oid			streamRelid;
 	HeapTuple  *rows;
 	int			nrows;
 	bool		retained;
+	const KappaScanCut *cut;	/* retained rows inside this cut only, or NULL */
 	struct KappaScanSource *outer;	/* set by KappaScanSourcePush */
 } KappaScanSource;
 

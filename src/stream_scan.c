@@ -50,7 +50,28 @@ typedef struct StreamScanState
 	TableScanDesc scan;
 	TupleTableSlot *backingSlot;
 	AttrNumber *map;			/* stream attno -> backing attno */
+	const KappaScanCut *cut;	/* retained rows inside it only, or NULL */
 } StreamScanState;
+
+/*
+ * Is a retained row inserted by 'xid' inside 'cut' (see KappaScanCut)?  A
+ * frozen row keeps its raw xmin; one so old that it reads as later than the
+ * cut is taken as inside.
+ */
+static bool
+scan_in_cut(TransactionId xid, const KappaScanCut *cut)
+{
+	if (!TransactionIdIsNormal(xid) || TransactionIdPrecedes(xid, cut->xmin))
+		return true;
+	if (TransactionIdFollowsOrEquals(xid, cut->xmax))
+		return false;
+	for (int i = 0; i < cut->nxip; i++)
+	{
+		if (TransactionIdEquals(xid, cut->xip[i]))
+			return false;
+	}
+	return true;
+}
 
 /*
  * KappaScanSourcePush makes 'source' (filled in by the caller, who keeps it
@@ -191,6 +212,8 @@ scan_begin(ForeignScanState *node, int eflags)
 	st->source = scan_source_of(relid);
 	if (st->source != NULL && !st->source->retained)
 		return;
+	if (st->source != NULL)
+		st->cut = st->source->cut;
 	st->source = NULL;
 
 	backingRelid = KappaStreamBackingRelid(relid);
@@ -224,8 +247,23 @@ scan_next(ForeignScanState *node)
 		return slot;
 	}
 
-	if (!table_scan_getnextslot(st->scan, ForwardScanDirection, st->backingSlot))
-		return slot;
+	for (;;)
+	{
+		bool		shouldFree;
+		HeapTuple	tuple;
+		bool		inside;
+
+		if (!table_scan_getnextslot(st->scan, ForwardScanDirection, st->backingSlot))
+			return slot;
+		if (st->cut == NULL)
+			break;
+		tuple = ExecFetchSlotHeapTuple(st->backingSlot, false, &shouldFree);
+		inside = scan_in_cut(HeapTupleHeaderGetRawXmin(tuple->t_data), st->cut);
+		if (shouldFree)
+			heap_freetuple(tuple);
+		if (inside)
+			break;
+	}
 	slot_getallattrs(st->backingSlot);
 	for (i = 0; i < natts; i++)
 	{

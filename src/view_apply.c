@@ -574,13 +574,14 @@ KappaViewFeedDestroy(KappaViewFeed *feed)
  * caller waited for that lock are counted (in any isolation level).
  */
 void
-KappaViewBackfill(KappaViewInfo *view, bool retained)
+KappaViewBackfill(KappaViewInfo *view, bool retained, const KappaScanCut *cut)
 {
 	KappaScanSource source;
 
 	memset(&source, 0, sizeof(source));
 	source.streamRelid = view->shape->streamRelid;
 	source.retained = retained;
+	source.cut = cut;
 	apply_delta(view, &source, NULL, GetLatestSnapshot());
 }
 
@@ -778,7 +779,7 @@ apply_truncate_step(KappaViewFeed *feed, KappaViewInfo *view, FeedView *fv, void
 	apply_begin_view_work(view, GetLatestSnapshot(), &saved);
 	KappaMergeEmpty(view);
 	apply_end_view_work(&saved);
-	KappaViewBackfill(view, false);
+	KappaViewBackfill(view, false, NULL);
 }
 
 /*

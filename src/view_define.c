@@ -383,7 +383,7 @@ kappa_create_view(PG_FUNCTION_ARGS)
 		KappaViewInfo *view = lfirst(lc);
 
 		if (view->viewRelid == viewRelid)
-			KappaViewBackfill(view, OidIsValid(sviews->backingRelid));
+			KappaViewBackfill(view, OidIsValid(sviews->backingRelid), NULL);
 	}
 	KappaStreamViewsRelease(sviews);
 

@@ -15,7 +15,11 @@
  *
  *	 - 'table': a view over an ordinary table is recomputed from the table;
  *	 - 'retained': a stream whose retained rows are its whole history
- *	   (retain 'infinity', or an interval longer than the stream's age);
+ *	   (retain 'infinity', or an interval longer than the stream's age):
+ *	   registration records the snapshot it took holding a SHARE lock on
+ *	   the stream (the cut); live batches feed the new version from then on,
+ *	   and the build reads the retained rows inside the cut (retained rows
+ *	   are only appended, so those are the rows of before);
  *	 - 'kafka': the Kafka sources whose target is the stream, replayed from
  *	   where each began reading (or from the broker's first offset, or the
  *	   first at "from") up to the offsets they had committed when the
@@ -25,10 +29,11 @@
  *	   (catalog.c lists it right after its live version), so the replay and
  *	   the live batches together give the new version every message once.
  *
- * Building and swapping.  For 'table' and 'retained' the worker computes
- * the new version in one transaction that holds a lock on the relation
- * (writers wait for the build; readers never do), and from its commit on
- * live writers feed the new version too ('fed').  For 'kafka' it replays
+ * Building and swapping.  For 'table' the worker computes the new version
+ * in one transaction that holds a lock on the table (writers wait for the
+ * build; readers never do), and from its commit on live writers feed the
+ * new version too ('fed').  For 'retained' it computes it in one
+ * transaction from the rows inside the cut, writers going on.  For 'kafka' it replays
  * each source (kafka_replay.c), each batch in a transaction with its
  * offsets, so it resumes after a crash without counting a message twice.
  * Then the state is 'swapping': the worker waits, as CREATE INDEX
@@ -77,6 +82,7 @@
 #include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -109,6 +115,7 @@ typedef struct RbRow
 	char		state[16];
 	int32		pid;			/* 0 if none recorded */
 	bool		fed;			/* live batches feed the new version */
+	bool		built;			/* table or retained rows: built */
 } RbRow;
 
 /* One partition's range of a Kafka history. */
@@ -158,7 +165,7 @@ rb_query_latest(const char *sql, int nargs, Oid *argtypes, Datum *values)
 }
 
 /* rb_row_from_tuple fills *row from a SELECT of RB_ROW_COLUMNS. */
-#define RB_ROW_COLUMNS "id, view::oid, stream::oid, mat::oid, def::oid, history, state, pid, fed"
+#define RB_ROW_COLUMNS "id, view::oid, stream::oid, mat::oid, def::oid, history, state, pid, fed, built"
 
 static void
 rb_row_from_tuple(HeapTuple tup, TupleDesc desc, RbRow *row)
@@ -180,6 +187,7 @@ rb_row_from_tuple(HeapTuple tup, TupleDesc desc, RbRow *row)
 	d = SPI_getbinval(tup, desc, 8, &isnull);
 	row->pid = isnull ? 0 : DatumGetInt32(d);
 	row->fed = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
+	row->built = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
 }
 
 /*
@@ -563,6 +571,7 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 	ListCell   *lc;
 	char	   *why = NULL;
 	bool		isnull;
+	Snapshot	cut;
 
 	KappaStreamServerOid(false);
 	viewRelid = rb_lookup_view(name, &live);
@@ -636,6 +645,7 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 	 * offsets committed now, and later batches see the new version.
 	 */
 	factRel = table_open(live.stream, shape->factIsTable ? ShareRowExclusiveLock : ShareLock);
+	cut = GetLatestSnapshot();
 	if (bounds != NIL)
 		ranges = rb_kafka_ranges(bounds, haveFrom, &to_replay, &gaps);
 	else
@@ -651,9 +661,12 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 	(void) KappaDefineVersion(get_rel_name(viewRelid), shape, deftext, owner,
 							  &defRelid, &matRelid);
 	{
-		Oid			types[8] = {OIDOID, OIDOID, OIDOID, OIDOID, TEXTOID, INT8OID, INT8OID,
-		BOOLOID};
-		Datum		v[8];
+		Oid			types[11] = {OIDOID, OIDOID, OIDOID, OIDOID, TEXTOID, INT8OID, INT8OID,
+		BOOLOID, XIDOID, XIDOID, XIDARRAYOID};
+		Datum		v[11];
+		char		n[12] = "           ";
+		bool		retained = strcmp(history, "retained") == 0;
+		Datum	   *xip = palloc(sizeof(Datum) * Max(cut->xcnt, 1));
 
 		v[0] = ObjectIdGetDatum(viewRelid);
 		v[1] = ObjectIdGetDatum(live.stream);
@@ -662,11 +675,21 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 		v[4] = CStringGetTextDatum(history);
 		v[5] = Int64GetDatum(to_replay);
 		v[6] = Int64GetDatum(gaps);
-		v[7] = BoolGetDatum(bounds != NIL);
+		/* Kafka and retained rows: fed from now on, the rest is history */
+		v[7] = BoolGetDatum(bounds != NIL || retained);
+		for (uint32 i = 0; i < cut->xcnt; i++)
+			xip[i] = TransactionIdGetDatum(cut->xip[i]);
+		v[8] = TransactionIdGetDatum(cut->xmin);
+		v[9] = TransactionIdGetDatum(cut->xmax);
+		v[10] = PointerGetDatum(construct_array(xip, cut->xcnt, XIDOID, sizeof(TransactionId),
+												true, TYPALIGN_INT));
+		if (!retained)
+			n[8] = n[9] = n[10] = 'n';
 		KappaExecCatalogSql("INSERT INTO kappa.view_rebuilds "
-							"(view, stream, mat, def, history, to_replay, gaps, fed) "
-							"VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-							8, types, v, NULL);
+							"(view, stream, mat, def, history, to_replay, gaps, fed, "
+							"cut_xmin, cut_xmax, cut_xip) "
+							"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+							11, types, v, n);
 		id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 										 &isnull));
 	}
@@ -687,8 +710,8 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 	}
 	SPI_finish();
 
-	/* live batches feed a version built from Kafka from now on */
-	if (bounds != NIL)
+	/* live batches feed a version built from Kafka or retained rows now */
+	if (bounds != NIL || strcmp(history, "retained") == 0)
 		KappaStreamViewsInvalidate(live.stream);
 	table_close(factRel, NoLock);
 	rb_start_after_commit(id, owner);
@@ -881,10 +904,48 @@ rb_swap(RbRow *row)
 }
 
 /*
+ * rb_read_cut reads the cut of a rebuild from retained rows (the snapshot
+ * taken at its registration) into *cut, in the current memory context.
+ * SPI must be connected.
+ */
+static void
+rb_read_cut(int32 id, KappaScanCut *cut)
+{
+	Oid			type = INT4OID;
+	Datum		key = Int32GetDatum(id);
+	bool		isnull;
+	Datum	   *elems;
+	int			n;
+	HeapTuple	tup;
+	TupleDesc	desc;
+
+	KappaExecCatalogSql("SELECT cut_xmin, cut_xmax, cut_xip FROM kappa.view_rebuilds "
+						"WHERE id OPERATOR(pg_catalog.=) $1 AND cut_xip IS NOT NULL",
+						1, &type, &key, NULL);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_REBUILD_FAILED),
+				 errmsg("rebuild %d from retained rows has no cut", id)));
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	cut->xmin = DatumGetTransactionId(SPI_getbinval(tup, desc, 1, &isnull));
+	cut->xmax = DatumGetTransactionId(SPI_getbinval(tup, desc, 2, &isnull));
+	deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 3, &isnull)),
+					  XIDOID, sizeof(TransactionId), true, TYPALIGN_INT,
+					  &elems, NULL, &n);
+	cut->nxip = n;
+	cut->xip = palloc(sizeof(TransactionId) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		cut->xip[i] = DatumGetTransactionId(elems[i]);
+}
+
+/*
  * rb_build_from_relation builds a version from its table or its stream's
- * retained rows, in one transaction holding a lock that keeps the
- * relation's writers out, which live writers then feed too (fed).  Returns
- * false if the rebuild is gone.
+ * retained rows, in one transaction.  From a table, holding a lock that
+ * keeps its writers out; live writers feed the new version from then on
+ * (fed).  From retained rows, writers go on (they have fed the new version
+ * since its registration): the build reads the rows inside the cut taken
+ * then.  Returns false if the rebuild is gone.
  */
 static bool
 rb_build_from_relation(int32 id)
@@ -893,18 +954,21 @@ rb_build_from_relation(int32 id)
 	Relation	rel;
 	KappaViewInfo *info;
 	bool		table;
+	KappaScanCut cut;
+	Datum		key = Int32GetDatum(id);
+	Oid			type = INT4OID;
 
 	(void) KappaBeginTransaction(false);
 	SPI_connect();
-	if (!rb_read_row("id", Int32GetDatum(id), false, &row))
+	if (!rb_read_row("id", key, false, &row))
 	{
 		SPI_finish();
 		KappaCommitTransaction();
 		return false;
 	}
 	table = strcmp(row.history, "table") == 0;
-	rel = table_open(row.stream, table ? ShareRowExclusiveLock : ShareLock);
-	if (!rb_read_row("id", Int32GetDatum(id), true, &row))
+	rel = table_open(row.stream, table ? ShareRowExclusiveLock : AccessShareLock);
+	if (!rb_read_row("id", key, true, &row))
 	{
 		table_close(rel, NoLock);
 		SPI_finish();
@@ -922,21 +986,18 @@ rb_build_from_relation(int32 id)
 							get_rel_name(row.stream)),
 					 errdetail("%s", why),
 					 errhint("Cancel the rebuild with kappa.cancel_rebuild().")));
+		rb_read_cut(id, &cut);
 	}
 	pgstat_report_activity(STATE_RUNNING, "pg_kappa: rebuilding a view");
 	info = KappaViewInfoLoad(row.view, row.mat, row.def, CurrentMemoryContext);
-	KappaViewBackfill(info, !table);
+	KappaViewBackfill(info, !table, table ? NULL : &cut);
 	KappaViewInfoFree(info);
-	{
-		Datum		key = Int32GetDatum(id);
-		Oid			type = INT4OID;
-
-		KappaExecCatalogSql("UPDATE kappa.view_rebuilds SET fed = true, replayed = to_replay, "
-							"updated_at = pg_catalog.now() "
-							"WHERE id OPERATOR(pg_catalog.=) $1", 1, &type, &key, NULL);
-	}
-	/* the writers waiting for the lock feed the new version from now on */
-	KappaStreamViewsInvalidate(row.stream);
+	KappaExecCatalogSql("UPDATE kappa.view_rebuilds SET fed = true, built = true, "
+						"replayed = to_replay, updated_at = pg_catalog.now() "
+						"WHERE id OPERATOR(pg_catalog.=) $1", 1, &type, &key, NULL);
+	/* a table's writers, waiting for the lock, feed the new version now */
+	if (table)
+		KappaStreamViewsInvalidate(row.stream);
 	table_close(rel, NoLock);
 	SPI_finish();
 	KappaCommitTransaction();
@@ -1194,7 +1255,7 @@ KappaRebuildWorkerMain(Datum main_arg)
 		if (strcmp(row.history, "kafka") == 0)
 			built = rb_build_from_kafka(row.id);
 		else
-			built = row.fed || rb_build_from_relation(row.id);
+			built = row.built || rb_build_from_relation(row.id);
 		if (built)
 			rb_swap_when_ready(row.id);
 	}

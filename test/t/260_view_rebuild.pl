@@ -11,7 +11,7 @@
 #     inserts, updates and deletes; the writer must not be held up by the
 #     build for more than a moment (issue 11: the old version keeps
 #     updating until the swap) -- a TODO: this version holds the writers of
-#     a table or retained stream while it computes the new version
+#     a table while it computes the new version
 #  2. a stream with retain 'infinity': a function the view calls is fixed,
 #     rebuild_view; then replace_view adding a column; pgbench inserts
 #  3. the main case: a non-retained stream fed by a running Kafka source
@@ -265,7 +265,7 @@ is(view_row('tv', 'state, history, rebuild_error IS NULL'), 'building|table|t',
 my ($held, $seq1, $seq2) = watch_writer('tv', 'orders_seq');
 TODO:
 {
-	local $TODO = 'a build from a table or retained rows holds its writers for the whole build (docs/reprocessing.md "Costs"; issue 11 note)';
+	local $TODO = 'a build from a table holds its writers for the whole build (docs/reprocessing.md "Costs"; issue 11 note)';
 	cmp_ok($held, '<', 1, sprintf('table: the writing client is never held up by the build for more than a moment (longest %.1f s)', $held));
 	cmp_ok($seq2, '>', $seq1, "table: the client's writes commit while the view builds ($seq1 -> $seq2)");
 }
@@ -302,12 +302,8 @@ $node->safe_psql('postgres',
 call_ok(q{SELECT kappa.rebuild_view('rv')});
 is(view_row('rv', 'state, history'), 'building|retained', 'retained: rebuild_view builds from the retained rows');
 ($held, $seq1, $seq2) = watch_writer('rv', 'rs_seq');
-TODO:
-{
-	local $TODO = 'a build from a table or retained rows holds its writers for the whole build (docs/reprocessing.md "Costs"; issue 11 note)';
-	cmp_ok($held, '<', 1, sprintf('retained: the inserting client is never held up by the build for more than a moment (longest %.1f s)', $held));
-	cmp_ok($seq2, '>', $seq1, "retained: the client's inserts commit while the view builds ($seq1 -> $seq2)");
-}
+cmp_ok($held, '<', 1, sprintf('retained: the inserting client is never held up by the build for more than a moment (longest %.1f s)', $held));
+cmp_ok($seq2, '>', $seq1, "retained: the client's inserts commit while the view builds ($seq1 -> $seq2)");
 wait_swapped('rv', 'bucket', 'retained: rebuild_view');
 is(diff_count('rv', $rv_q1), 0, 'retained: after rebuild_view, equals its query with the fixed function');
 call_ok("SELECT kappa.replace_view('rv', \$q\$$rv_q2\$q\$)");

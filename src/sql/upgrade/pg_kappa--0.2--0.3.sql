@@ -460,9 +460,15 @@ CREATE TABLE kappa.view_rebuilds (
     state       text NOT NULL DEFAULT 'building'
                 CHECK (state IN ('building', 'swapping', 'failed')),
     pid         integer,                    -- of the rebuild worker
-    -- live batches feed the new version too: from registration for Kafka,
-    -- from the end of the build for a table or retained rows
+    -- live batches feed the new version too: from registration for Kafka
+    -- and retained rows, from the end of the build for a table
     fed         boolean NOT NULL DEFAULT false,
+    built       boolean NOT NULL DEFAULT false, -- table or retained rows: done
+    -- retained rows: the snapshot at registration whose committed rows the
+    -- build reads (later ones are fed live)
+    cut_xmin    xid,
+    cut_xmax    xid,
+    cut_xip     xid[],
     to_replay   bigint NOT NULL DEFAULT 0,  -- rows (estimated) or messages
     replayed    bigint NOT NULL DEFAULT 0,
     dead_letters bigint NOT NULL DEFAULT 0, -- messages the replay could not apply
