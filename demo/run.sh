@@ -29,7 +29,10 @@
 # in the dev schema registry (test/dev_registry.py); a source with format
 # 'avro' reads them into the stream `refunds`.  The stream payments has a
 # data contract: an expectation that amounts are positive, whose violations
-# are dead letters.  At the end it checks that every message produced is
+# are dead letters.  A few seconds in, the view payment_totals gets a new
+# definition (kappa.replace_view, one more column): the new version is
+# rebuilt from the Kafka log beside the live one while payments keep
+# flowing, and swapped in.  At the end it checks that every message produced is
 # either counted by the views (or applied to the table) or kept as a dead
 # letter in kappa.errors, and that the view over the table equals its query.
 # shellcheck disable=SC2317  # cleanup() runs from a trap
@@ -363,8 +366,8 @@ card_count() {
 }
 snapshot() {
     "${PSQL[@]}" -P footer=off \
-        -c '\echo Totals (view payment_totals)' \
-        -c "SELECT payments, volume, last_payment FROM payment_totals" \
+        -c '\echo Totals (view payment_totals; state: live, or building while kappa.replace_view rebuilds it)' \
+        -c "SELECT t.*, v.state, v.replayed, v.to_replay FROM payment_totals t, kappa.views v WHERE v.view_name = 'payment_totals'" \
         -c '\echo Revenue per merchant and minute, latest minutes first (view revenue_per_minute)' \
         -c "SELECT * FROM revenue_per_minute ORDER BY minute DESC, revenue DESC LIMIT 8" \
         -c '\echo Cards with payments above 900 (view suspicious_cards)' \
@@ -380,6 +383,24 @@ snapshot() {
         -c "SELECT \"offset\", partition, left(convert_from(payload, 'UTF8'), 40) AS payload, left(error, 50) AS error FROM kappa.errors ORDER BY \"when\" DESC LIMIT 3" 2>&1
 }
 
+# Kappa reprocessing: a new definition of payment_totals, rebuilt from the
+# topic while the source keeps consuming (docs/reprocessing.md)
+REBUILD_AT=3
+[ -n "$DURATION" ] && [ "$DURATION" -lt 6 ] && REBUILD_AT=1
+REBUILT=
+replace_totals() {
+    kappa_log "kappa.replace_view('payment_totals', ...): a new column, the view rebuilt from the Kafka log while payments flow"
+    "${PSQL[@]}" -c "SELECT kappa.replace_view('payment_totals',
+      \$\$SELECT count(*) AS payments, sum(amount) AS volume, max(ts) AS last_payment,
+                min(amount) AS smallest
+           FROM payments\$\$)" >"$TMP/replace.log" 2>&1 \
+        || { cat "$TMP/replace.log" >&2; kappa_die "kappa.replace_view failed"; }
+    REBUILT=1
+}
+totals_state() {
+    "${PSQL[@]}" -At -c "SELECT state FROM kappa.views WHERE view_name = 'payment_totals'" 2>/dev/null || echo '?'
+}
+
 START=$SECONDS
 if [ -n "$DURATION" ]; then
     kappa_log "feeding $RATE rows/s for $DURATION s"
@@ -389,6 +410,7 @@ fi
 while [ -z "$STOP" ]; do
     elapsed=$((SECONDS - START))
     [ -n "$DURATION" ] && [ "$elapsed" -ge "$DURATION" ] && break
+    [ -z "$REBUILT" ] && [ "$elapsed" -ge "$REBUILD_AT" ] && replace_totals
     generated=$(cat "$TMP/generated" 2>/dev/null)
     if [ -n "$TTY_OUT" ] && [ -n "$INTERACTIVE" ]; then
         screen=$(
@@ -415,15 +437,18 @@ GEN_PID=
 generated=$(cat "$TMP/generated")
 card_changes=$(cat "$TMP/card_changes")
 refunds=$(cat "$TMP/refunds")
-# the sources catch up within their batch latency; give them a few seconds
-for _ in $(seq 1 60); do
+[ -z "$REBUILT" ] && replace_totals
+# the sources catch up within their batch latency, and the rebuilt
+# payment_totals is swapped in; give them a few seconds
+for _ in $(seq 1 120); do
     counted=$(view_count)
     dead=$(dead_count)
     cards_done=$(card_count)
     refunds_done=$(refund_count)
     [ "$counted" != '?' ] && [ "$dead" != '?' ] && [ $((counted + dead)) -ge "$generated" ] \
         && [ "$cards_done" != '?' ] && [ -n "$cards_done" ] && [ "$cards_done" -ge "$card_changes" ] \
-        && [ "$refunds_done" != '?' ] && [ -n "$refunds_done" ] && [ "$refunds_done" -ge "$refunds" ] && break
+        && [ "$refunds_done" != '?' ] && [ -n "$refunds_done" ] && [ "$refunds_done" -ge "$refunds" ] \
+        && [ "$(totals_state)" = live ] && break
     sleep 0.5
 done
 # the view over the table against its query as plain SQL
@@ -438,10 +463,16 @@ if [ -s "$TMP/generator.log" ]; then
     echo "generator messages (last 5):"
     tail -n 5 "$TMP/generator.log"
 fi
-echo "messages produced: $generated = payments counted by the views: $counted + dead letters and lost messages: $dead"
+totals=$(totals_state)
+echo "view payment_totals, replaced while payments flowed and rebuilt from the Kafka log: state $totals"
+echo "messages produced: $generated = payments counted by the rebuilt view payment_totals: $counted + dead letters and lost messages: $dead"
 echo "card changes produced: $card_changes = applied to the table cards or kept as dead letters: $cards_done; view cards_by_status rows differing from its query: $cards_diff"
 echo "Avro refunds produced: $refunds = counted by the view refunds_per_merchant or kept as dead letters: $refunds_done"
 status=0
+if [ "$totals" != live ]; then
+    echo "MISMATCH: the rebuilt payment_totals was not swapped in" >&2
+    status=1
+fi
 if [ "$refunds_done" != "$refunds" ]; then
     echo "MISMATCH: Avro refunds neither counted nor kept as dead letters" >&2
     status=1
