@@ -86,8 +86,6 @@ typedef struct KappaWorkerArgs
 	bool		managed;		/* started by the launcher */
 	int32		rebuild_id;		/* a rebuild worker (view_rebuild.c) for this
 								 * kappa.view_rebuilds row; else 0 */
-	TransactionId wait_xid;		/* a rebuild worker waits for the transaction
-								 * that registered it, if valid */
 } KappaWorkerArgs;
 
 #define KAPPA_WORKER_TYPE		"pg_kappa worker"
@@ -101,6 +99,7 @@ extern bool KappaLauncherActive(void);
 extern void KappaLauncherWake(void);
 extern bool KappaStartWorker(const KappaWorkerArgs *args, const char *source_name,
 							 bool restart_on_exit, void **handle);
+extern void KappaStartWorkerAtCommit(const KappaWorkerArgs *args);
 extern PGDLLEXPORT void KappaLauncherMain(Datum arg);
 extern PGDLLEXPORT void KappaScannerMain(Datum arg);
 

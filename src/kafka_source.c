@@ -72,11 +72,6 @@ PG_FUNCTION_INFO_V1(kappa_source_arrives_paused);
 /* True while kappa.create_kafka_source inserts its catalog row. */
 static bool ksrc_creating_source = false;
 
-/* Source ids whose workers must be started or woken when we commit. */
-static List *ksrc_pending_starts = NIL;
-static bool ksrc_pending_wake = false;
-static bool ksrc_xact_callback_registered = false;
-
 /*
  * ksrc_parse_ms parses a duration option: a number of milliseconds, or a
  * string with a unit ('10ms', '2s').
@@ -294,54 +289,15 @@ KappaSourceLookupForChange(const char *name)
 }
 
 /*
- * ksrc_xact_callback starts workers (without the launcher) or wakes the
- * launcher once the transaction that changed a source has committed, so
- * that workers never look for a row they cannot see yet.
- */
-static void
-ksrc_xact_callback(XactEvent event, void *arg)
-{
-	ListCell   *lc;
-
-	if (event == XACT_EVENT_COMMIT)
-	{
-		if (ksrc_pending_wake)
-			KappaLauncherWake();
-		foreach(lc, ksrc_pending_starts)
-		{
-			KappaWorkerArgs *wa = lfirst(lc);
-
-			if (!KappaStartWorker(wa, NULL, true, NULL))
-				ereport(WARNING,
-						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-						 errmsg("could not start a worker for kafka source %d", wa->source_id),
-						 errhint("Raise max_worker_processes.")));
-		}
-	}
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
-	{
-		/* the list lived in TopTransactionContext, gone with it */
-		ksrc_pending_starts = NIL;
-		ksrc_pending_wake = false;
-	}
-}
-
-/*
  * ksrc_after_commit arranges for the workers of a source to be started (or
  * the launcher to be woken) when the current transaction commits.
  */
 static void
 ksrc_after_commit(KappaSource *source, bool start)
 {
-	if (!ksrc_xact_callback_registered)
-	{
-		RegisterXactCallback(ksrc_xact_callback, NULL);
-		ksrc_xact_callback_registered = true;
-	}
-
 	if (KappaLauncherActive())
 	{
-		ksrc_pending_wake = true;
+		KappaStartWorkerAtCommit(NULL);
 		return;
 	}
 	if (!start)
@@ -354,16 +310,15 @@ ksrc_after_commit(KappaSource *source, bool start)
 			 errhint("Add pg_kappa to shared_preload_libraries and restart the server.")));
 	for (int slot = 0; slot < source->parallelism; slot++)
 	{
-		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
-		KappaWorkerArgs *wa = palloc0(sizeof(KappaWorkerArgs));
+		KappaWorkerArgs wa;
 
-		wa->dboid = MyDatabaseId;
-		wa->owner = source->owner;
-		wa->source_id = source->id;
-		wa->slot = slot;
-		wa->managed = false;
-		ksrc_pending_starts = lappend(ksrc_pending_starts, wa);
-		MemoryContextSwitchTo(old);
+		memset(&wa, 0, sizeof(wa));
+		wa.dboid = MyDatabaseId;
+		wa.owner = source->owner;
+		wa.source_id = source->id;
+		wa.slot = slot;
+		wa.managed = false;
+		KappaStartWorkerAtCommit(&wa);
 	}
 }
 

@@ -312,6 +312,70 @@ KappaStartWorker(const KappaWorkerArgs *args, const char *source_name,
 	return true;
 }
 
+/* workers to start (no launcher) or a launcher to wake at commit */
+static List *kl_pending_starts = NIL;
+static bool kl_pending_wake = false;
+static bool kl_xact_callback_registered = false;
+
+/* kl_xact_callback does what KappaStartWorkerAtCommit arranged. */
+static void
+kl_xact_callback(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+
+	if (event == XACT_EVENT_COMMIT)
+	{
+		if (kl_pending_wake)
+			KappaLauncherWake();
+		foreach(lc, kl_pending_starts)
+		{
+			KappaWorkerArgs *wa = lfirst(lc);
+
+			if (!KappaStartWorker(wa, NULL, true, NULL))
+				ereport(WARNING,
+						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+						 wa->rebuild_id > 0 ?
+						 errmsg("could not start the worker of rebuild %d", wa->rebuild_id) :
+						 errmsg("could not start a worker for kafka source %d", wa->source_id),
+						 errhint("Raise max_worker_processes.")));
+		}
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+	{
+		/* the list lived in TopTransactionContext, gone with it */
+		kl_pending_starts = NIL;
+		kl_pending_wake = false;
+	}
+}
+
+/*
+ * KappaStartWorkerAtCommit arranges for what the current transaction did to
+ * the workers' catalog to take effect once it commits, so that no worker
+ * looks for a row it cannot see yet: with the launcher, it is woken (and
+ * finds the rows); without it, a worker is started for 'args' if not NULL
+ * (restarted by the postmaster on failure).  Nothing happens on abort.
+ */
+void
+KappaStartWorkerAtCommit(const KappaWorkerArgs *args)
+{
+	if (!kl_xact_callback_registered)
+	{
+		RegisterXactCallback(kl_xact_callback, NULL);
+		kl_xact_callback_registered = true;
+	}
+	if (KappaLauncherActive())
+		kl_pending_wake = true;
+	else if (args != NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+		KappaWorkerArgs *wa = palloc(sizeof(KappaWorkerArgs));
+
+		memcpy(wa, args, sizeof(KappaWorkerArgs));
+		kl_pending_starts = lappend(kl_pending_starts, wa);
+		MemoryContextSwitchTo(old);
+	}
+}
+
 /*
  * kl_expire_retained_rows deletes the rows interval-retained streams keep
  * past their retention, in a transaction of its own; an error is logged and
@@ -681,7 +745,6 @@ kl_reconcile(void)
 				args.source_id = w->source_id;
 				args.slot = w->slot;
 				args.rebuild_id = w->rebuild_id;
-				args.wait_xid = InvalidTransactionId;
 				args.managed = true;
 				if (KappaStartWorker(&args, NULL, false, (void **) &w->handle))
 				{

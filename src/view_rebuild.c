@@ -133,10 +133,6 @@ static Oid	rb_swapping_view = InvalidOid;
 /* how often a swap tries again to take the view */
 #define RB_SWAP_RETRY_MS	10
 
-/* workers to start (no launcher) or a launcher to wake at commit */
-static List *rb_pending_starts = NIL;
-static bool rb_pending_wake = false;
-static bool rb_xact_callback_registered = false;
 
 /* ---------------------------------------------------------------- catalog */
 
@@ -463,67 +459,23 @@ rb_kafka_ranges(List *bounds, bool haveFrom, int64 *to_replay, int64 *gaps)
 
 /* ---------------------------------------------------------------- workers */
 
-/*
- * rb_xact_callback starts rebuild workers (without the launcher) or wakes
- * the launcher once the registering transaction has committed.
- */
-static void
-rb_xact_callback(XactEvent event, void *arg)
-{
-	ListCell   *lc;
-
-	if (event == XACT_EVENT_COMMIT)
-	{
-		if (rb_pending_wake)
-			KappaLauncherWake();
-		foreach(lc, rb_pending_starts)
-		{
-			KappaWorkerArgs *wa = lfirst(lc);
-
-			if (!KappaStartWorker(wa, NULL, true, NULL))
-				ereport(WARNING,
-						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-						 errmsg("could not start the worker of rebuild %d", wa->rebuild_id),
-						 errhint("Raise max_worker_processes.")));
-		}
-	}
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
-	{
-		/* the list lived in TopTransactionContext, gone with it */
-		rb_pending_starts = NIL;
-		rb_pending_wake = false;
-	}
-}
-
 /* rb_start_after_commit has the worker of rebuild 'id' started at commit. */
 static void
 rb_start_after_commit(int32 id, Oid owner)
 {
-	MemoryContext old;
-	KappaWorkerArgs *wa;
+	KappaWorkerArgs wa;
 
-	if (!rb_xact_callback_registered)
-	{
-		RegisterXactCallback(rb_xact_callback, NULL);
-		rb_xact_callback_registered = true;
-	}
-	if (KappaLauncherActive())
-	{
-		rb_pending_wake = true;
-		return;
-	}
-	ereport(WARNING,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("pg_kappa is not in shared_preload_libraries: the rebuild will not resume after a server restart"),
-			 errhint("Add pg_kappa to shared_preload_libraries and restart the server.")));
-	old = MemoryContextSwitchTo(TopTransactionContext);
-	wa = palloc0(sizeof(KappaWorkerArgs));
-	wa->dboid = MyDatabaseId;
-	wa->owner = owner;
-	wa->rebuild_id = id;
-	wa->managed = false;
-	rb_pending_starts = lappend(rb_pending_starts, wa);
-	MemoryContextSwitchTo(old);
+	if (!KappaLauncherActive())
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_kappa is not in shared_preload_libraries: the rebuild will not resume after a server restart"),
+				 errhint("Add pg_kappa to shared_preload_libraries and restart the server.")));
+	memset(&wa, 0, sizeof(wa));
+	wa.dboid = MyDatabaseId;
+	wa.owner = owner;
+	wa.rebuild_id = id;
+	wa.managed = false;
+	KappaStartWorkerAtCommit(&wa);
 }
 
 /* ---------------------------------------------------------------- register */
