@@ -18,6 +18,7 @@
 #include "access/skey.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_foreign_table.h"
 #include "foreign/foreign.h"
@@ -26,6 +27,7 @@
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -34,6 +36,14 @@
 
 /* the server all streams belong to, looked up once per backend */
 static Oid	catalog_stream_server = InvalidOid;
+
+/* building versions this transaction registered (KappaCatalogRebuildRegistered) */
+static List *catalog_own_rebuilds = NIL;
+
+/* KappaReadViewRows left one of them out since the last question */
+static bool catalog_skipped_own = false;
+
+static void catalog_at_xact_end(XactEvent event, void *arg);
 
 /* A foreign server changed: look the streams' server up again. */
 static void
@@ -51,6 +61,46 @@ KappaCatalogInit(void)
 {
 	CacheRegisterSyscacheCallback(FOREIGNSERVEROID, catalog_server_changed,
 								  (Datum) 0);
+	RegisterXactCallback(catalog_at_xact_end, NULL);
+}
+
+/* the list of KappaCatalogRebuildRegistered lives as long as its transaction */
+static void
+catalog_at_xact_end(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		catalog_own_rebuilds = NIL;
+}
+
+/*
+ * KappaCatalogSkippedOwnRebuild tells whether KappaReadViewRows has left out
+ * a version this transaction registered since the last call: what it
+ * returned holds for this transaction only.
+ */
+bool
+KappaCatalogSkippedOwnRebuild(void)
+{
+	bool		skipped = catalog_skipped_own;
+
+	catalog_skipped_own = false;
+	return skipped;
+}
+
+/*
+ * KappaCatalogRebuildRegistered notes that this transaction registered the
+ * building version whose materialization is 'mat' (view_rebuild.c): its own
+ * writes are inside the rebuild's cut, so KappaReadViewRows does not list
+ * that version for it.
+ */
+void
+KappaCatalogRebuildRegistered(Oid mat)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+	catalog_own_rebuilds = lappend_oid(catalog_own_rebuilds, mat);
+	MemoryContextSwitchTo(old);
 }
 
 /*
@@ -203,7 +253,16 @@ catalog_read_rebuild_row(Relation rel, Datum *values, bool *nulls, void *arg)
 	List	  **rows = arg;
 	KappaViewRow *row;
 
-	/* fed from registration (Kafka) or once built (table, retained rows) */
+	/*
+	 * fed from registration (Kafka, retained rows) or once built (table), but
+	 * not by the transaction that registered it
+	 */
+	if (list_member_oid(catalog_own_rebuilds,
+						DatumGetObjectId(values[KappaCatalogAttnum(rel, "mat") - 1])))
+	{
+		catalog_skipped_own = true;
+		return;
+	}
 	if (!DatumGetBool(values[KappaCatalogAttnum(rel, "fed") - 1]) ||
 		strcmp(TextDatumGetCString(values[KappaCatalogAttnum(rel, "state") - 1]), "failed") == 0)
 		return;

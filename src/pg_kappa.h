@@ -221,6 +221,8 @@ struct KappaScanCut
 	TransactionId xmax;
 	int			nxip;
 	TransactionId *xip;
+	int			nown;			/* the registering transaction's xids: its */
+	TransactionId *own;			/* rows are inside (it does not feed them) */
 };
 
 typedef struct KappaScanSource
@@ -283,6 +285,8 @@ extern AttrNumber KappaCatalogAttnum(Relation rel, const char *name);
 extern void KappaReadStreamRow(Oid relid, Snapshot snapshot, Oid *backingRelid);
 extern List *KappaReadViewRows(Oid relid, Snapshot snapshot);
 extern bool KappaFindView(const char *column, Oid relid, KappaViewRow *row);
+extern void KappaCatalogRebuildRegistered(Oid mat);
+extern bool KappaCatalogSkippedOwnRebuild(void);
 extern Oid	KappaStreamBackingRelid(Oid relid);
 
 /* in util.c (the rest in util.h) */

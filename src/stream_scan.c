@@ -63,6 +63,11 @@ scan_in_cut(TransactionId xid, const KappaScanCut *cut)
 {
 	if (!TransactionIdIsNormal(xid) || TransactionIdPrecedes(xid, cut->xmin))
 		return true;
+	for (int i = 0; i < cut->nown; i++)
+	{
+		if (TransactionIdEquals(xid, cut->own[i]))
+			return true;
+	}
 	if (TransactionIdFollowsOrEquals(xid, cut->xmax))
 		return false;
 	for (int i = 0; i < cut->nxip; i++)

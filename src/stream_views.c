@@ -55,6 +55,9 @@ static MemoryContext stream_views_cxt = NULL;
 static List *stream_views_retired = NIL;	/* invalidated, still in use */
 static int	stream_views_uses = 0;	/* entries handed out, not released */
 
+/* some entry was loaded for this transaction only (a rebuild it registered) */
+static bool stream_views_this_xact_only = false;
+
 /* invalidations seen while an entry is being loaded */
 static bool stream_views_loading = false;
 static bool stream_views_loading_reset_all = false;
@@ -114,6 +117,7 @@ stream_views_load(Oid relid)
 	KappaStreamViews *entry;
 	List	   *rows = NIL;
 	ListCell   *lc;
+	volatile bool skippedOwn = false;
 
 	cxt = AllocSetContextCreate(stream_views_cxt, "pg_kappa stream views",
 								ALLOCSET_SMALL_SIZES);
@@ -130,7 +134,9 @@ stream_views_load(Oid relid)
 		Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 
 		KappaReadStreamRow(relid, snapshot, &entry->backingRelid);
+		(void) KappaCatalogSkippedOwnRebuild();
 		rows = KappaReadViewRows(relid, snapshot);
+		skippedOwn = KappaCatalogSkippedOwnRebuild();
 		UnregisterSnapshot(snapshot);
 
 		foreach(lc, rows)
@@ -164,6 +170,9 @@ stream_views_load(Oid relid)
 	PG_END_TRY();
 
 	entry->valid = !stream_views_loading_reset_all;
+	/* loaded for the transaction that registered a rebuild: for it alone */
+	if (skippedOwn)
+		stream_views_this_xact_only = true;
 	foreach(lc, stream_views_loading_relids)
 	{
 		if (stream_views_depend_on(entry, lfirst_oid(lc)))
@@ -303,6 +312,10 @@ stream_views_at_xact_end(XactEvent event, void *arg)
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
 		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
 	{
+		/* entries that left out a rebuild this transaction registered */
+		if (stream_views_this_xact_only)
+			stream_views_relation_changed((Datum) 0, InvalidOid);
+		stream_views_this_xact_only = false;
 		stream_views_uses = 1;
 		KappaStreamViewsRelease(NULL);
 		stream_views_loading = false;

@@ -613,12 +613,16 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 	(void) KappaDefineVersion(get_rel_name(viewRelid), shape, deftext, owner,
 							  &defRelid, &matRelid);
 	{
-		Oid			types[11] = {OIDOID, OIDOID, OIDOID, OIDOID, TEXTOID, INT8OID, INT8OID,
-		BOOLOID, XIDOID, XIDOID, XIDARRAYOID};
-		Datum		v[11];
-		char		n[12] = "           ";
+		Oid			types[12] = {OIDOID, OIDOID, OIDOID, OIDOID, TEXTOID, INT8OID, INT8OID,
+		BOOLOID, XIDOID, XIDOID, XIDARRAYOID, XIDARRAYOID};
+		Datum		v[12];
+		char		n[13] = "            ";
 		bool		retained = strcmp(history, "retained") == 0;
 		Datum	   *xip = palloc(sizeof(Datum) * Max(cut->xcnt, 1));
+		TransactionId *children;
+		int			nchildren = xactGetCommittedChildren(&children);
+		Datum	   *own = palloc(sizeof(Datum) * (nchildren + 2));
+		int			nown = 0;
 
 		v[0] = ObjectIdGetDatum(viewRelid);
 		v[1] = ObjectIdGetDatum(live.stream);
@@ -635,13 +639,22 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 		v[9] = TransactionIdGetDatum(cut->xmax);
 		v[10] = PointerGetDatum(construct_array(xip, cut->xcnt, XIDOID, sizeof(TransactionId),
 												true, TYPALIGN_INT));
+		/* this transaction's rows are inside the cut: it does not feed them */
+		if (TransactionIdIsValid(GetTopTransactionIdIfAny()))
+			own[nown++] = TransactionIdGetDatum(GetTopTransactionIdIfAny());
+		if (TransactionIdIsValid(GetCurrentTransactionIdIfAny()))
+			own[nown++] = TransactionIdGetDatum(GetCurrentTransactionIdIfAny());
+		for (int i = 0; i < nchildren; i++)
+			own[nown++] = TransactionIdGetDatum(children[i]);
+		v[11] = PointerGetDatum(construct_array(own, nown, XIDOID, sizeof(TransactionId),
+												true, TYPALIGN_INT));
 		if (!retained)
-			n[8] = n[9] = n[10] = 'n';
+			n[8] = n[9] = n[10] = n[11] = 'n';
 		KappaExecCatalogSql("INSERT INTO kappa.view_rebuilds "
 							"(view, stream, mat, def, history, to_replay, gaps, fed, "
-							"cut_xmin, cut_xmax, cut_xip) "
-							"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
-							11, types, v, n);
+							"cut_xmin, cut_xmax, cut_xip, cut_own) "
+							"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+							12, types, v, n);
 		id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 										 &isnull));
 	}
@@ -662,7 +675,11 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 	}
 	SPI_finish();
 
-	/* live batches feed a version built from Kafka or retained rows now */
+	/*
+	 * Live batches feed a version built from Kafka or retained rows from now
+	 * on -- but this transaction's own: the cut counts them as before it.
+	 */
+	KappaCatalogRebuildRegistered(matRelid);
 	if (bounds != NIL || strcmp(history, "retained") == 0)
 		KappaStreamViewsInvalidate(live.stream);
 	table_close(factRel, NoLock);
@@ -871,7 +888,7 @@ rb_read_cut(int32 id, KappaScanCut *cut)
 	HeapTuple	tup;
 	TupleDesc	desc;
 
-	KappaExecCatalogSql("SELECT cut_xmin, cut_xmax, cut_xip FROM kappa.view_rebuilds "
+	KappaExecCatalogSql("SELECT cut_xmin, cut_xmax, cut_xip, cut_own FROM kappa.view_rebuilds "
 						"WHERE id OPERATOR(pg_catalog.=) $1 AND cut_xip IS NOT NULL",
 						1, &type, &key, NULL);
 	if (SPI_processed != 1)
@@ -889,6 +906,13 @@ rb_read_cut(int32 id, KappaScanCut *cut)
 	cut->xip = palloc(sizeof(TransactionId) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 		cut->xip[i] = DatumGetTransactionId(elems[i]);
+	deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 4, &isnull)),
+					  XIDOID, sizeof(TransactionId), true, TYPALIGN_INT,
+					  &elems, NULL, &n);
+	cut->nown = n;
+	cut->own = palloc(sizeof(TransactionId) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		cut->own[i] = DatumGetTransactionId(elems[i]);
 }
 
 /*

@@ -469,6 +469,7 @@ CREATE TABLE kappa.view_rebuilds (
     cut_xmin    xid,
     cut_xmax    xid,
     cut_xip     xid[],
+    cut_own     xid[],                      -- the registering transaction's
     to_replay   bigint NOT NULL DEFAULT 0,  -- rows (estimated) or messages
     replayed    bigint NOT NULL DEFAULT 0,
     dead_letters bigint NOT NULL DEFAULT 0, -- messages the replay could not apply
