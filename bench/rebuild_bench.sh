@@ -276,7 +276,7 @@ W1=$(busy_ticks); WT1=$(date +%s.%N)
 LIVE_CORES=$(awk "BEGIN{printf \"%.2f\", ($W1 - $W0) / $CLK_TCK / ($WT1 - $WT0)}")
 
 # rebuild K: kappa.rebuild_view, then kappa.view_rebuilds sampled every 5 ms
-# (one server-side loop) until the view is live again; prints "TO_REPLAY
+# (one server-side loop, a transaction a sample) until the view is live again; prints "TO_REPLAY
 # SECONDS_TO_LAST_REPLAYED SECONDS_TO_LIVE STEADY_RATE CPU_SECONDS
 # DEAD_LETTERS GAPS REGISTERED_MS LIVE_MS COMMITS" (REGISTERED_MS, LIVE_MS:
 # epoch ms; COMMITS: the replay's batches the samples saw)
@@ -300,6 +300,9 @@ BEGIN
             (SELECT CASE WHEN a.state = 'active' THEN coalesce(a.wait_event_type || ':' || a.wait_event, 'CPU')
                          ELSE 'between batches' END FROM pg_stat_activity a WHERE a.pid = live_pid));
         EXIT WHEN r.id IS NULL OR r.state = 'failed';
+        -- a sample a transaction: a snapshot held for the whole loop would
+        -- hold up the swap, which waits for older snapshots
+        COMMIT;
         PERFORM pg_sleep(0.005);
     END LOOP;
 END

@@ -164,6 +164,7 @@ typedef enum KappaDataLossResult
 } KappaDataLossResult;
 
 struct rd_kafka_message_s;
+struct rd_kafka_s;
 
 /* in kafka_consumer.c */
 extern void KappaConsumerInit(KappaSource *source, int slot, MemoryContext cxt);
@@ -188,6 +189,9 @@ extern void KappaConsumerRefreshAllWatermarks(void);
 extern const KappaPartition *KappaConsumerPartitions(int *nparts,
 													 int *topic_partitions);
 extern int	KappaConsumerEventFd(void);
+extern void KappaKafkaWakeFetcher(struct rd_kafka_s *rk, const char *topic,
+								  const bool *assigned, int nparts);
+extern int64 KappaKafkaWakeBytes(struct rd_kafka_s *rk);
 extern void KappaConsumerDrainEvents(void);
 
 /* in kafka_rewind.c */

@@ -201,8 +201,6 @@ KappaConsumerCreate(void)
 {
 	rd_kafka_conf_t *conf;
 	char		errstr[512];
-	char		value[64];
-	size_t		size = sizeof(value);
 
 	on_proc_exit(kc_exit, (Datum) 0);
 
@@ -222,10 +220,7 @@ KappaConsumerCreate(void)
 	rd_kafka_set_log_queue(kc_consumer.rk, NULL);
 
 	/* see kc_wake_fetcher */
-	kc_consumer.wake_bytes = (int64) KC_DEFAULT_QUEUE_KBYTES * 1024 / 2;
-	if (rd_kafka_conf_get(rd_kafka_conf(kc_consumer.rk), "queued.max.messages.kbytes",
-						  value, &size) == RD_KAFKA_CONF_OK)
-		kc_consumer.wake_bytes = Max(strtol(value, NULL, 10), 1) * (int64) 1024 / 2;
+	kc_consumer.wake_bytes = KappaKafkaWakeBytes(kc_consumer.rk);
 	kc_consumer.polled_bytes = 0;
 
 	rd_kafka_poll_set_consumer(kc_consumer.rk);
@@ -924,19 +919,52 @@ KappaConsumerAnyLost(void)
 static void
 kc_wake_fetcher(void)
 {
+	bool	   *assigned = palloc(sizeof(bool) * Max(kc_consumer.nparts, 1));
+
+	for (int p = 0; p < kc_consumer.nparts; p++)
+		assigned[p] = kc_consumer.parts[p].assigned;
+	KappaKafkaWakeFetcher(kc_consumer.rk, kc_consumer.source->topic, assigned,
+						  kc_consumer.nparts);
+	pfree(assigned);
+	kc_consumer.polled_bytes = 0;
+}
+
+/*
+ * KappaKafkaWakeFetcher is kc_wake_fetcher for consumer 'rk' of 'topic',
+ * whose partitions p < nparts with assigned[p] it reads; also for a
+ * rebuild's replay (kafka_replay.c).
+ */
+void
+KappaKafkaWakeFetcher(rd_kafka_t *rk, const char *topic, const bool *assigned, int nparts)
+{
 	rd_kafka_topic_partition_list_t *list;
 
-	list = rd_kafka_topic_partition_list_new(kc_consumer.nparts);
-	for (int p = 0; p < kc_consumer.nparts; p++)
+	list = rd_kafka_topic_partition_list_new(nparts);
+	for (int p = 0; p < nparts; p++)
 	{
-		if (kc_consumer.parts[p].assigned)
-			rd_kafka_topic_partition_list_add(list, kc_consumer.source->topic, p)->offset =
-				RD_KAFKA_OFFSET_END;
+		if (assigned[p])
+			rd_kafka_topic_partition_list_add(list, topic, p)->offset = RD_KAFKA_OFFSET_END;
 	}
 	if (list->cnt > 0)
-		(void) rd_kafka_offsets_for_times(kc_consumer.rk, list, 0);
+		(void) rd_kafka_offsets_for_times(rk, list, 0);
 	rd_kafka_topic_partition_list_destroy(list);
-	kc_consumer.polled_bytes = 0;
+}
+
+/*
+ * KappaKafkaWakeBytes returns after how many bytes taken from the queue of
+ * consumer 'rk' the fetcher must be woken (KappaKafkaWakeFetcher): half its
+ * queued.max.messages.kbytes.
+ */
+int64
+KappaKafkaWakeBytes(rd_kafka_t *rk)
+{
+	char		value[64];
+	size_t		size = sizeof(value);
+
+	if (rd_kafka_conf_get(rd_kafka_conf(rk), "queued.max.messages.kbytes",
+						  value, &size) == RD_KAFKA_CONF_OK)
+		return Max(strtol(value, NULL, 10), 1) * (int64) 1024 / 2;
+	return (int64) KC_DEFAULT_QUEUE_KBYTES * 1024 / 2;
 }
 
 /*

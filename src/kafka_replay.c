@@ -44,7 +44,8 @@
 #include "util.h"
 
 /* Timings */
-#define KR_POLL_MS				100 /* longest wait for a message */
+#define KR_POLL_MS				100 /* longest wait for a batch's first message */
+#define KR_FILL_MS				200 /* longest time to fill a batch */
 #define KR_BROKER_TIMEOUT_MS	5000	/* a watermark request */
 #define KR_RETRY_MIN_MS			500 /* the schema registry is down: backoff */
 #define KR_RETRY_MAX_MS			30000
@@ -63,6 +64,9 @@ typedef struct KrReplay
 	int64	   *batch_next;		/* KappaApplyReplay's result */
 	rd_kafka_message_t **msgs;	/* the batch being read or applied */
 	int			nmsgs;
+	int64		polled_bytes;	/* taken from the queue since the fetcher */
+	int64		wake_bytes;		/* was woken; wake it past this (see
+								 * kc_wake_fetcher in kafka_consumer.c) */
 } KrReplay;
 
 /*
@@ -292,6 +296,8 @@ kr_create_consumer(KrReplay *r, rd_kafka_conf_t *conf)
 	}
 	rd_kafka_set_log_queue(r->rk, NULL);
 	rd_kafka_poll_set_consumer(r->rk);
+	r->wake_bytes = KappaKafkaWakeBytes(r->rk);
+	r->polled_bytes = 0;
 	for (int p = 0; p < r->nparts; p++)
 		if (r->active[p])
 			kr_assign(r, p, r->next[p], false);
@@ -326,6 +332,7 @@ KappaReplaySource(int32 rebuild_id, int32 source_id, Oid building_mat)
 	rd_kafka_conf_t *conf = NULL;
 	rd_kafka_message_t **msgs;
 	int			batch_size;
+	int64		batch_bytes;
 	long		retry_ms = KR_RETRY_MIN_MS;
 	bool		any_active;
 
@@ -338,6 +345,8 @@ KappaReplaySource(int32 rebuild_id, int32 source_id, Oid building_mat)
 	KappaApplyReplayInit(r.source, rebuild_id, building_mat, cxt);
 	kr_create_consumer(&r, conf);
 	batch_size = r.source->batch_size > 0 ? r.source->batch_size : kappa_batch_size;
+	batch_bytes = r.source->batch_bytes > 0 ? r.source->batch_bytes :
+		(int64) kappa_batch_bytes_kb * 1024;
 	msgs = r.msgs = palloc(sizeof(rd_kafka_message_t *) * batch_size);
 
 	PG_TRY();
@@ -346,14 +355,31 @@ KappaReplaySource(int32 rebuild_id, int32 source_id, Oid building_mat)
 		{
 			int			n = 0;
 			int			lost = -1;
+			int64		nbytes = 0;
+			TimestampTz fill_until = 0;
 
-			while (n < batch_size)
+			/*
+			 * fill the batch as the live consumer does: to its size, its
+			 * bytes, or for KR_FILL_MS once it has a message
+			 */
+			while (n < batch_size && nbytes < batch_bytes)
 			{
-				rd_kafka_message_t *m = rd_kafka_consumer_poll(r.rk, n == 0 ? KR_POLL_MS : 0);
+				rd_kafka_message_t *m;
 				int32		p;
 
+				if (r.polled_bytes >= r.wake_bytes)
+				{
+					KappaKafkaWakeFetcher(r.rk, r.source->topic, r.active, r.nparts);
+					r.polled_bytes = 0;
+				}
+				m = rd_kafka_consumer_poll(r.rk, n == 0 ? KR_POLL_MS : 10);
 				if (m == NULL)
-					break;
+				{
+					if (n == 0 || GetCurrentTimestamp() >= fill_until)
+						break;
+					continue;
+				}
+				r.polled_bytes += m->len + m->key_len;
 				p = m->partition;
 				if (p < 0 || p >= r.nparts || !r.active[p])
 				{
@@ -394,7 +420,10 @@ KappaReplaySource(int32 rebuild_id, int32 source_id, Oid building_mat)
 					kr_finish_partition(&r, p);
 					continue;
 				}
+				if (n == 0)
+					fill_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KR_FILL_MS);
 				msgs[n++] = m;
+				nbytes += m->len + m->key_len;
 				r.nmsgs = n;
 				if (m->offset + 1 >= r.end[p])
 				{
