@@ -44,7 +44,8 @@
 #include "util.h"
 
 /* Timings */
-#define KR_POLL_MS				100 /* longest wait for a batch's first message */
+#define KR_POLL_MS				100 /* longest wait for a batch's first
+									 * message */
 #define KR_FILL_MS				200 /* longest time to fill a batch */
 #define KR_BROKER_TIMEOUT_MS	5000	/* a watermark request */
 #define KR_RETRY_MIN_MS			500 /* the schema registry is down: backoff */
