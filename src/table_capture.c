@@ -358,20 +358,6 @@ capture_installed(Oid relid)
 	return OidIsValid(get_trigger_oid(relid, capture_trigger_names[1], true));
 }
 
-/* The owner of a relation. */
-static Oid
-capture_rel_owner(Oid relid)
-{
-	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
-	return owner;
-}
-
 /*
  * KappaTableCaptureInstall gives table 'relid' the triggers that capture its
  * changes (see the file header), created as the table's owner, unless it
@@ -386,7 +372,7 @@ KappaTableCaptureInstall(Oid relid)
 	if (capture_installed(relid))
 		return;
 	qname = capture_qualified_name(relid);
-	KappaBecomeUser(capture_rel_owner(relid), &saved);
+	KappaBecomeUser(KappaRelationOwner(relid), &saved);
 	KappaExecSql(psprintf("CREATE TRIGGER %s BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s "
 						  "FOR EACH STATEMENT EXECUTE FUNCTION kappa.capture_table_change()",
 						  capture_trigger_names[0], qname));
@@ -428,7 +414,7 @@ KappaTableCaptureRemove(Oid relid)
 	if (rows != NIL)
 		return;
 	qname = capture_qualified_name(relid);
-	KappaBecomeUser(capture_rel_owner(relid), &saved);
+	KappaBecomeUser(KappaRelationOwner(relid), &saved);
 	for (i = 0; i < lengthof(capture_trigger_names); i++)
 		KappaExecSql(psprintf("DROP TRIGGER IF EXISTS %s ON %s",
 							  capture_trigger_names[i], qname));

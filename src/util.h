@@ -33,6 +33,7 @@ extern void KappaBecomeUser(Oid role, KappaSavedUser *saved);
 extern void KappaBecomeExtensionOwner(KappaSavedUser *saved);
 extern void KappaRestoreUser(KappaSavedUser *saved);
 extern char *KappaDataRelName(const char *base, const char *suffix);
+extern Oid	KappaRelationOwner(Oid relid);
 
 /* pg_kappa's catalog, written as the extension's owner (SPI connected) */
 extern void KappaExecCatalogSql(const char *sql, int nargs, Oid *argtypes,

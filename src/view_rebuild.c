@@ -212,20 +212,6 @@ rb_read_row(const char *column, Datum key, bool for_update, RbRow *row)
 
 /* ---------------------------------------------------------------- checks */
 
-/* rb_rel_owner returns the owner of relation 'relid'. */
-static Oid
-rb_rel_owner(Oid relid)
-{
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-	return owner;
-}
-
 /* rb_reltuples returns the planner's estimate of a relation's rows (0 if none). */
 static int64
 rb_reltuples(Oid relid)
@@ -527,7 +513,7 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 
 	KappaStreamServerOid(false);
 	viewRelid = rb_lookup_view(name, &live);
-	owner = rb_rel_owner(viewRelid);
+	owner = KappaRelationOwner(viewRelid);
 	/* one registration or cancel of a view's rebuild at a time */
 	LockRelationOid(viewRelid, ShareUpdateExclusiveLock);
 
