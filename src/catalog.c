@@ -243,10 +243,14 @@ catalog_read_view_row(Relation rel, Datum *values, bool *nulls, void *arg)
 	row->mat = DatumGetObjectId(values[KappaCatalogAttnum(rel, "mat") - 1]);
 	row->def = DatumGetObjectId(values[KappaCatalogAttnum(rel, "def") - 1]);
 	row->building = false;
+	row->log = InvalidOid;
 	*rows = lappend(*rows, row);
 }
 
-/* A row of kappa.view_rebuilds; listed if live batches feed its version. */
+/*
+ * A row of kappa.view_rebuilds; listed if live batches feed its version, or
+ * if writers log their changes for it (KappaViewRow.log).
+ */
 static void
 catalog_read_rebuild_row(Relation rel, Datum *values, bool *nulls, void *arg)
 {
@@ -263,8 +267,7 @@ catalog_read_rebuild_row(Relation rel, Datum *values, bool *nulls, void *arg)
 		catalog_skipped_own = true;
 		return;
 	}
-	if (!DatumGetBool(values[KappaCatalogAttnum(rel, "fed") - 1]) ||
-		strcmp(TextDatumGetCString(values[KappaCatalogAttnum(rel, "state") - 1]), "failed") == 0)
+	if (strcmp(TextDatumGetCString(values[KappaCatalogAttnum(rel, "state") - 1]), "failed") == 0)
 		return;
 	row = palloc(sizeof(KappaViewRow));
 	row->view = DatumGetObjectId(values[KappaCatalogAttnum(rel, "view") - 1]);
@@ -272,6 +275,19 @@ catalog_read_rebuild_row(Relation rel, Datum *values, bool *nulls, void *arg)
 	row->mat = DatumGetObjectId(values[KappaCatalogAttnum(rel, "mat") - 1]);
 	row->def = DatumGetObjectId(values[KappaCatalogAttnum(rel, "def") - 1]);
 	row->building = true;
+	row->log = InvalidOid;
+	if (!DatumGetBool(values[KappaCatalogAttnum(rel, "fed") - 1]))
+	{
+		/* not fed yet: being built from its table, writers log for it */
+		AttrNumber	log = KappaCatalogAttnum(rel, "log");
+
+		if (nulls[log - 1])
+		{
+			pfree(row);
+			return;
+		}
+		row->log = DatumGetObjectId(values[log - 1]);
+	}
 	*rows = lappend(*rows, row);
 }
 
@@ -302,8 +318,9 @@ KappaReadStreamRow(Oid relid, Snapshot snapshot, Oid *backingRelid)
 /*
  * KappaReadViewRows returns the catalog rows (KappaViewRow *) of the views
  * on stream 'relid' as 'snapshot' sees them, in view-OID order, each
- * followed by its version being rebuilt from Kafka if it has one (which
- * live batches feed too), in the current memory context.
+ * followed by its version being rebuilt if it has one that live batches
+ * feed too or that writers log their changes for (its 'log' is then
+ * valid), in the current memory context.
  */
 List *
 KappaReadViewRows(Oid relid, Snapshot snapshot)
@@ -350,6 +367,8 @@ KappaFindView(const char *column, Oid relid, KappaViewRow *row)
 		row->stream = DatumGetObjectId(slot_getattr(slot, KappaCatalogAttnum(rel, "stream"), &isnull));
 		row->mat = DatumGetObjectId(slot_getattr(slot, KappaCatalogAttnum(rel, "mat"), &isnull));
 		row->def = DatumGetObjectId(slot_getattr(slot, KappaCatalogAttnum(rel, "def"), &isnull));
+		row->building = false;
+		row->log = InvalidOid;
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	table_endscan(scan);

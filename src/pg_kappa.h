@@ -141,6 +141,9 @@ extern int64 KappaExpireRetainedRows(void);
 extern void KappaTableCaptureInit(void);
 extern void KappaTableCaptureInstall(Oid relid);
 extern void KappaTableCaptureRemove(Oid relid);
+extern Oid	KappaTableChangeLogCreate(Oid relid, Oid matRelid);
+extern List *KappaTableChangeLogTake(Oid log, TupleDesc rowtype, bool *truncated,
+									 int64 *nrows);
 
 /* ---------------------------------------------------------------- layer 4 */
 
@@ -159,6 +162,9 @@ struct KappaStreamViews
 	List	   *views;			/* of KappaViewInfo *, in view-OID order; a
 								 * view being rebuilt from Kafka has its
 								 * building version right after it */
+	List	   *logs;			/* OIDs of the change logs of new versions
+								 * being built from the table, which writers
+								 * append to (table_capture.c) */
 	bool		valid;			/* false once invalidated */
 	MemoryContext cxt;			/* holds this entry and its views */
 };
@@ -184,6 +190,7 @@ extern void KappaViewFeedFlush(KappaViewFeed *feed, KappaStreamViews *locked);
 extern void KappaViewFeedDestroy(KappaViewFeed *feed);
 extern void KappaViewBackfill(KappaViewInfo *view, bool retained,
 							  const KappaScanCut *cut);
+extern void KappaViewRecompute(KappaViewInfo *view, Snapshot snapshot);
 
 /*
  * Rows that entered (sign +1) or left (sign -1) an ordinary table that
@@ -274,6 +281,8 @@ typedef struct KappaViewRow
 	Oid			def;			/* definition */
 	bool		building;		/* a version being rebuilt that live batches
 								 * feed (mat and def are kappa.view_rebuilds') */
+	Oid			log;			/* or, a version being built from its table
+								 * that writers log their changes for */
 } KappaViewRow;
 
 /* in catalog.c */

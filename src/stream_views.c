@@ -91,7 +91,8 @@ stream_views_depend_on(KappaStreamViews *entry, Oid relid)
 {
 	ListCell   *lc;
 
-	if (entry->relid == relid || entry->backingRelid == relid)
+	if (entry->relid == relid || entry->backingRelid == relid ||
+		list_member_oid(entry->logs, relid))
 		return true;
 	foreach(lc, entry->views)
 	{
@@ -143,6 +144,19 @@ stream_views_load(Oid relid)
 		{
 			KappaViewRow *row = lfirst(lc);
 			KappaViewInfo *view;
+
+			/* a version built from the table: its change log, if not gone */
+			if (OidIsValid(row->log))
+			{
+				LockRelationOid(row->log, AccessShareLock);
+				if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(row->log)))
+				{
+					oldcxt = MemoryContextSwitchTo(cxt);
+					entry->logs = lappend_oid(entry->logs, row->log);
+					MemoryContextSwitchTo(oldcxt);
+				}
+				continue;
+			}
 
 			/*
 			 * Plain DROP VIEW or DROP TABLE of a view's pieces locks no
@@ -266,6 +280,8 @@ KappaStreamViewsGetLocked(Oid relid)
 
 		foreach(lc, entry->views)
 			KappaViewLockRelations(lfirst(lc));
+		foreach(lc, entry->logs)
+			LockRelationOid(lfirst_oid(lc), AccessShareLock);
 		if (entry->valid)
 			return entry;
 		KappaStreamViewsRelease(entry);

@@ -23,6 +23,16 @@
  * runs in the writer's transaction, so rollbacks and savepoints take the
  * view changes with the rows.
  *
+ * Change logs.  While a new version of a view over the table is built from
+ * the table (view_rebuild.c), writers do not feed it: they append their
+ * changes to its change log, kappa_data.<materialization>_log (sign
+ * smallint, r the table's row type): a row per changed row, sign +1 or -1,
+ * and for a TRUNCATE a row of sign 0 without r.  A log row commits or
+ * aborts with the change it records, so a snapshot sees in the log exactly
+ * the changes it sees in the table: the build reads the table with one
+ * snapshot and deletes what that snapshot sees of the log; the rest is
+ * applied later (KappaTableChangeLogTake).
+ *
  * When to apply.  A group whose rows cannot be retracted in place is
  * recomputed from the table as it is when the changes are applied; so by
  * then every change the table shows must be among the changes applied, or
@@ -40,8 +50,12 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/dependency.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
@@ -264,6 +278,67 @@ capture_add_store(List *changes, Tuplestorestate *store, int sign)
 }
 
 /*
+ * Append changes of a table -- rows of row type 'rowtype', or with
+ * 'truncate' its truncation -- to the change log 'log' of a version being
+ * built from the table (see "Change logs" in the file header).
+ */
+static void
+capture_log(Oid log, TupleDesc rowtype, List *changes, bool truncate)
+{
+	Relation	logrel = table_open(log, RowExclusiveLock);
+	TupleDesc	logdesc = RelationGetDescr(logrel);
+	MemoryContext rowcxt;
+	MemoryContext oldcxt;
+	TupleTableSlot *slot;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	ListCell   *lc;
+
+	if (truncate)
+	{
+		values[0] = Int16GetDatum(0);
+		values[1] = (Datum) 0;
+		nulls[1] = true;
+		simple_heap_insert(logrel, heap_form_tuple(logdesc, values, nulls));
+		table_close(logrel, NoLock);
+		return;
+	}
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "pg_kappa change log row",
+								   ALLOCSET_SMALL_SIZES);
+	slot = MakeSingleTupleTableSlot(rowtype, &TTSOpsMinimalTuple);
+	foreach(lc, changes)
+	{
+		KappaTableChanges *ch = lfirst(lc);
+		int			i = 0;
+
+		values[0] = Int16GetDatum(ch->sign);
+		if (ch->store != NULL)
+			tuplestore_rescan(ch->store);
+		for (;;)
+		{
+			if (ch->store != NULL)
+			{
+				if (!tuplestore_gettupleslot(ch->store, true, false, slot))
+					break;
+			}
+			else if (i < ch->nrows)
+				ExecStoreMinimalTuple(ch->rows[i++], slot, false);
+			else
+				break;
+			oldcxt = MemoryContextSwitchTo(rowcxt);
+			values[1] = ExecFetchSlotHeapTupleDatum(slot);
+			simple_heap_insert(logrel, heap_form_tuple(logdesc, values, nulls));
+			MemoryContextSwitchTo(oldcxt);
+			MemoryContextReset(rowcxt);
+		}
+		ExecClearTuple(slot);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	MemoryContextDelete(rowcxt);
+	table_close(logrel, NoLock);
+}
+
+/*
  * Apply changes of table 'rel' to its views (or, with 'truncate', empty
  * them), with the views' relations locked.
  */
@@ -275,10 +350,14 @@ capture_apply(Relation rel, List *changes, bool truncate)
 	locked = KappaStreamViewsGetLocked(RelationGetRelid(rel));
 	PG_TRY();
 	{
+		ListCell   *lc;
+
 		if (truncate)
 			KappaViewTruncate(locked);
 		else
 			KappaViewFeedChanges(locked, RelationGetDescr(rel), changes);
+		foreach(lc, locked->logs)
+			capture_log(lfirst_oid(lc), RelationGetDescr(rel), changes, truncate);
 	}
 	PG_FINALLY();
 	{
@@ -419,4 +498,104 @@ KappaTableCaptureRemove(Oid relid)
 		KappaExecSql(psprintf("DROP TRIGGER IF EXISTS %s ON %s",
 							  capture_trigger_names[i], qname));
 	KappaRestoreUser(&saved);
+}
+
+/*
+ * KappaTableChangeLogCreate creates the change log of the version with
+ * materialization 'matRelid' that is to be built from table 'relid' (see
+ * "Change logs" in the file header), owned by the extension's owner and
+ * dropped with the materialization; returns its OID.
+ */
+Oid
+KappaTableChangeLogCreate(Oid relid, Oid matRelid)
+{
+	KappaSavedUser saved;
+	char	   *logname = KappaDataRelName(get_rel_name(matRelid), "_log");
+	ObjectAddress logaddr;
+	ObjectAddress mataddr;
+	Oid			log;
+
+	KappaBecomeExtensionOwner(&saved);
+	KappaExecSql(psprintf("CREATE TABLE %s (sign pg_catalog.int2 NOT NULL, r %s)",
+						  quote_qualified_identifier(KAPPA_DATA_SCHEMA, logname),
+						  format_type_be_qualified(get_rel_type_id(relid))));
+	KappaRestoreUser(&saved);
+	log = get_relname_relid(logname, get_namespace_oid(KAPPA_DATA_SCHEMA, false));
+	ObjectAddressSet(logaddr, RelationRelationId, log);
+	ObjectAddressSet(mataddr, RelationRelationId, matRelid);
+	recordDependencyOn(&logaddr, &mataddr, DEPENDENCY_AUTO);
+	CommandCounterIncrement();
+	return log;
+}
+
+/*
+ * KappaTableChangeLogTake deletes from change log 'log' every row the
+ * active snapshot sees, and returns them as changes of a table of row type
+ * 'rowtype': a KappaTableChanges of the rows that left (sign -1), then one
+ * of those that entered (+1), each a tuplestore in the current memory
+ * context; NIL if none.  Sets *nrows to the number of log rows taken, and
+ * *truncated if a truncation was among them: the changes then do not say
+ * what the table holds, the caller recomputes from the table.  The caller
+ * holds a lock on the table that keeps TRUNCATE out (it is not MVCC-safe),
+ * taken before the snapshot.
+ */
+List *
+KappaTableChangeLogTake(Oid log, TupleDesc rowtype, bool *truncated, int64 *nrows)
+{
+	Relation	logrel = table_open(log, RowExclusiveLock);
+	TupleDesc	logdesc = RelationGetDescr(logrel);
+	TableScanDesc scan = table_beginscan(logrel, GetActiveSnapshot(), 0, NULL);
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext,
+												 "pg_kappa change log row",
+												 ALLOCSET_SMALL_SIZES);
+	Tuplestorestate *stores[2] = {NULL, NULL};
+	List	   *changes = NIL;
+	HeapTuple	tup;
+
+	*truncated = false;
+	*nrows = 0;
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		bool		isnull;
+		int16		sign = DatumGetInt16(heap_getattr(tup, 1, logdesc, &isnull));
+		Datum		r = heap_getattr(tup, 2, logdesc, &isnull);
+
+		simple_heap_delete(logrel, &tup->t_self);
+		(*nrows)++;
+		if (sign == 0)
+			*truncated = true;
+		else if (!*truncated && !isnull)
+		{
+			int			i = sign > 0 ? 1 : 0;
+			MemoryContext oldcxt = MemoryContextSwitchTo(rowcxt);
+			HeapTupleHeader th = DatumGetHeapTupleHeader(r);
+			HeapTupleData row;
+
+			row.t_len = HeapTupleHeaderGetDatumLength(th);
+			ItemPointerSetInvalid(&row.t_self);
+			row.t_tableOid = InvalidOid;
+			row.t_data = th;
+			MemoryContextSwitchTo(oldcxt);
+			if (stores[i] == NULL)
+				stores[i] = tuplestore_begin_heap(false, false, work_mem);
+			tuplestore_puttuple(stores[i], &row);
+			MemoryContextReset(rowcxt);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	table_endscan(scan);
+	table_close(logrel, NoLock);
+	MemoryContextDelete(rowcxt);
+	for (int i = 0; i < 2; i++)
+	{
+		if (stores[i] != NULL)
+		{
+			KappaTableChanges *ch = palloc0(sizeof(KappaTableChanges));
+
+			ch->sign = i == 0 ? -1 : 1;
+			ch->store = stores[i];
+			changes = lappend(changes, ch);
+		}
+	}
+	return changes;
 }

@@ -586,6 +586,25 @@ KappaViewBackfill(KappaViewInfo *view, bool retained, const KappaScanCut *cut)
 }
 
 /*
+ * KappaViewRecompute replaces what the materialization of 'view' (a view
+ * over an ordinary table) holds with its query over the table as
+ * 'snapshot' sees it, as the view's owner.
+ */
+void
+KappaViewRecompute(KappaViewInfo *view, Snapshot snapshot)
+{
+	KappaScanSource source;
+	KappaSavedUser saved;
+
+	apply_begin_view_work(view, snapshot, &saved);
+	KappaMergeEmpty(view);
+	apply_end_view_work(&saved);
+	memset(&source, 0, sizeof(source));
+	source.streamRelid = view->shape->streamRelid;
+	apply_delta(view, &source, NULL, snapshot);
+}
+
+/*
  * Run the changes plan of 'view' (a view over a table without a push path)
  * over 'nrows' changed rows of its table in 'store', of row type 'rowtype',
  * into 'dest': the rows are the ephemeral named relation KAPPA_CHANGES_ENR

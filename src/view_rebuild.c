@@ -29,13 +29,16 @@
  *	   (catalog.c lists it right after its live version), so the replay and
  *	   the live batches together give the new version every message once.
  *
- * Building and swapping.  For 'table' the worker computes the new version
- * in one transaction that holds a lock on the table (writers wait for the
- * build; readers never do), and from its commit on live writers feed the
- * new version too ('fed').  For 'retained' it computes it in one
- * transaction from the rows inside the cut, writers going on.  For 'kafka' it replays
- * each source (kafka_replay.c), each batch in a transaction with its
- * offsets, so it resumes after a crash without counting a message twice.
+ * Building and swapping.  For 'table' the table's writers go on: from the
+ * registration they append their changes to the rebuild's change log
+ * (table_capture.c); the worker computes the new version with one snapshot,
+ * then applies the logged changes that snapshot did not see, in rounds,
+ * and the last few holding the writers out for a moment; from then on live
+ * writers feed the new version too ('fed'; rb_build_from_table).  For
+ * 'retained' it computes it in one transaction from the rows inside the
+ * cut, writers going on.  For 'kafka' it replays each source
+ * (kafka_replay.c), each batch in a transaction with its offsets, so it
+ * resumes after a crash without counting a message twice.
  * Then the state is 'swapping': the worker waits, as CREATE INDEX
  * CONCURRENTLY does, until every transaction whose snapshot predates the
  * end of the build has ended -- no reader may read the new version with a
@@ -116,6 +119,9 @@ typedef struct RbRow
 	int32		pid;			/* 0 if none recorded */
 	bool		fed;			/* live batches feed the new version */
 	bool		built;			/* table or retained rows: built */
+	Oid			log;			/* table: the change log writers append to
+								 * until the build has caught up with them, or
+								 * InvalidOid */
 } RbRow;
 
 /* One partition's range of a Kafka history. */
@@ -161,7 +167,7 @@ rb_query_latest(const char *sql, int nargs, Oid *argtypes, Datum *values)
 }
 
 /* rb_row_from_tuple fills *row from a SELECT of RB_ROW_COLUMNS. */
-#define RB_ROW_COLUMNS "id, view::oid, stream::oid, mat::oid, def::oid, history, state, pid, fed, built"
+#define RB_ROW_COLUMNS "id, view::oid, stream::oid, mat::oid, def::oid, history, state, pid, fed, built, log::oid"
 
 static void
 rb_row_from_tuple(HeapTuple tup, TupleDesc desc, RbRow *row)
@@ -184,6 +190,8 @@ rb_row_from_tuple(HeapTuple tup, TupleDesc desc, RbRow *row)
 	row->pid = isnull ? 0 : DatumGetInt32(d);
 	row->fed = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
 	row->built = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
+	d = SPI_getbinval(tup, desc, 11, &isnull);
+	row->log = isnull ? InvalidOid : DatumGetObjectId(d);
 }
 
 /*
@@ -504,6 +512,7 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 	Relation	factRel;
 	Oid			defRelid;
 	Oid			matRelid;
+	Oid			logRelid = InvalidOid;
 	RbRow		existing;
 	int32		id;
 	ListCell   *lc;
@@ -579,10 +588,12 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 				 errhint("Leave \"from\" out.")));
 
 	/*
-	 * No writer in flight from here to commit: the Kafka history ends at the
-	 * offsets committed now, and later batches see the new version.
+	 * No writer of a stream in flight from here to commit: the Kafka history
+	 * ends at the offsets committed now, and later batches see the new
+	 * version.  A table's writers go on: the worker waits for those that may
+	 * not log their changes (rb_build_from_table).
 	 */
-	factRel = table_open(live.stream, shape->factIsTable ? ShareRowExclusiveLock : ShareLock);
+	factRel = table_open(live.stream, shape->factIsTable ? AccessShareLock : ShareLock);
 	cut = GetLatestSnapshot();
 	if (bounds != NIL)
 		ranges = rb_kafka_ranges(bounds, haveFrom, &to_replay, &gaps);
@@ -598,11 +609,13 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 	/* the new version, owned by the view's owner */
 	(void) KappaDefineVersion(get_rel_name(viewRelid), shape, deftext, owner,
 							  &defRelid, &matRelid);
+	if (shape->factIsTable)
+		logRelid = KappaTableChangeLogCreate(live.stream, matRelid);
 	{
-		Oid			types[12] = {OIDOID, OIDOID, OIDOID, OIDOID, TEXTOID, INT8OID, INT8OID,
-		BOOLOID, XIDOID, XIDOID, XIDARRAYOID, XIDARRAYOID};
-		Datum		v[12];
-		char		n[13] = "            ";
+		Oid			types[13] = {OIDOID, OIDOID, OIDOID, OIDOID, TEXTOID, INT8OID, INT8OID,
+		BOOLOID, XIDOID, XIDOID, XIDARRAYOID, XIDARRAYOID, OIDOID};
+		Datum		v[13];
+		char		n[14] = "             ";
 		bool		retained = strcmp(history, "retained") == 0;
 		Datum	   *xip = palloc(sizeof(Datum) * Max(cut->xcnt, 1));
 		TransactionId *children;
@@ -636,11 +649,15 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 												true, TYPALIGN_INT));
 		if (!retained)
 			n[8] = n[9] = n[10] = n[11] = 'n';
+		v[12] = ObjectIdGetDatum(logRelid);
+		if (!OidIsValid(logRelid))
+			n[12] = 'n';
 		KappaExecCatalogSql("INSERT INTO kappa.view_rebuilds "
 							"(view, stream, mat, def, history, to_replay, gaps, fed, "
-							"cut_xmin, cut_xmax, cut_xip, cut_own) "
-							"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-							12, types, v, n);
+							"cut_xmin, cut_xmax, cut_xip, cut_own, log) "
+							"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+							"RETURNING id",
+							13, types, v, n);
 		id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 										 &isnull));
 	}
@@ -663,11 +680,12 @@ rb_register(const char *name, const char *sql, bool haveFrom, TimestampTz from)
 
 	/*
 	 * Live batches feed a version built from Kafka or retained rows from now
-	 * on -- but this transaction's own: the cut counts them as before it.
+	 * on, and a table's writers log their changes for it -- but this
+	 * transaction's own: the cut counts them as before it, and the build from
+	 * a table reads them in the table.
 	 */
 	KappaCatalogRebuildRegistered(matRelid);
-	if (bounds != NIL || strcmp(history, "retained") == 0)
-		KappaStreamViewsInvalidate(live.stream);
+	KappaStreamViewsInvalidate(live.stream);
 	table_close(factRel, NoLock);
 	rb_start_after_commit(id, owner);
 }
@@ -778,8 +796,7 @@ kappa_cancel_rebuild(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	rb_drop_version(row.mat, row.def);
-	if (strcmp(row.history, "kafka") == 0)
-		KappaStreamViewsInvalidate(row.stream);
+	KappaStreamViewsInvalidate(row.stream);
 	PG_RETURN_BOOL(true);
 }
 
@@ -902,23 +919,21 @@ rb_read_cut(int32 id, KappaScanCut *cut)
 }
 
 /*
- * rb_build_from_relation builds a version from its table or its stream's
- * retained rows, in one transaction.  From a table, holding a lock that
- * keeps its writers out; live writers feed the new version from then on
- * (fed).  From retained rows, writers go on (they have fed the new version
- * since its registration): the build reads the rows inside the cut taken
- * then.  Returns false if the rebuild is gone.
+ * rb_build_from_retained builds a version from its stream's retained rows,
+ * in one transaction, writers going on (they have fed the new version since
+ * its registration): the build reads the rows inside the cut taken then.
+ * Returns false if the rebuild is gone.
  */
 static bool
-rb_build_from_relation(int32 id)
+rb_build_from_retained(int32 id)
 {
 	RbRow		row;
 	Relation	rel;
 	KappaViewInfo *info;
-	bool		table;
 	KappaScanCut cut;
 	Datum		key = Int32GetDatum(id);
 	Oid			type = INT4OID;
+	char	   *why;
 
 	(void) KappaBeginTransaction(false);
 	SPI_connect();
@@ -928,8 +943,7 @@ rb_build_from_relation(int32 id)
 		KappaCommitTransaction();
 		return false;
 	}
-	table = strcmp(row.history, "table") == 0;
-	rel = table_open(row.stream, table ? ShareRowExclusiveLock : AccessShareLock);
+	rel = table_open(row.stream, AccessShareLock);
 	if (!rb_read_row("id", key, true, &row))
 	{
 		table_close(rel, NoLock);
@@ -937,34 +951,178 @@ rb_build_from_relation(int32 id)
 		KappaCommitTransaction();
 		return false;
 	}
-	if (!table)
-	{
-		char	   *why;
-
-		if (!rb_retained_is_complete(row.stream, &why))
-			ereport(ERROR,
-					(errcode(ERRCODE_KAPPA_REBUILD_FAILED),
-					 errmsg("the retained rows of stream \"%s\" are no longer its whole history",
-							get_rel_name(row.stream)),
-					 errdetail("%s", why),
-					 errhint("Cancel the rebuild with kappa.cancel_rebuild().")));
-		rb_read_cut(id, &cut);
-	}
+	if (!rb_retained_is_complete(row.stream, &why))
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_REBUILD_FAILED),
+				 errmsg("the retained rows of stream \"%s\" are no longer its whole history",
+						get_rel_name(row.stream)),
+				 errdetail("%s", why),
+				 errhint("Cancel the rebuild with kappa.cancel_rebuild().")));
+	rb_read_cut(id, &cut);
 	pgstat_report_activity(STATE_RUNNING, "pg_kappa: rebuilding a view");
 	info = KappaViewInfoLoad(row.view, row.mat, row.def, CurrentMemoryContext);
-	KappaViewBackfill(info, !table, table ? NULL : &cut);
+	KappaViewBackfill(info, true, &cut);
 	KappaViewInfoFree(info);
-	KappaExecCatalogSql("UPDATE kappa.view_rebuilds SET fed = true, built = true, "
+	KappaExecCatalogSql("UPDATE kappa.view_rebuilds SET built = true, "
 						"replayed = to_replay, updated_at = pg_catalog.now() "
 						"WHERE id OPERATOR(pg_catalog.=) $1", 1, &type, &key, NULL);
-	/* a table's writers, waiting for the lock, feed the new version now */
-	if (table)
-		KappaStreamViewsInvalidate(row.stream);
 	table_close(rel, NoLock);
 	SPI_finish();
 	KappaCommitTransaction();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return true;
+}
+
+/* The steps of a build from a table (rb_table_step). */
+typedef enum RbTableStep
+{
+	RB_TABLE_BUILD,				/* compute from the table */
+	RB_TABLE_CATCH_UP,			/* apply logged changes, writers going on */
+	RB_TABLE_FINISH				/* apply the rest, writers held; then fed */
+} RbTableStep;
+
+/* catch-up rounds before the last step, at most */
+#define RB_CATCH_UP_ROUNDS		20
+/* a round that took fewer logged rows than this is the last one */
+#define RB_CATCH_UP_ENOUGH		1000
+
+/*
+ * rb_table_step runs one step of the build of 'row' (history 'table') in
+ * its own REPEATABLE READ transaction, whose snapshot is taken after the
+ * table's lock ('finish': one that keeps writers out; else one that keeps
+ * TRUNCATE out, which is not MVCC-safe).  Every step deletes from the
+ * change log what the snapshot sees of it, so after each the new version
+ * is its query over the table as of that snapshot:
+ *
+ *	 - build: computes it from the table (the changes the log shows are in
+ *	   the table already);
+ *	 - catch-up and finish: applies those logged changes
+ *	   (KappaViewFeedChanges; a truncation among them: recompute);
+ *	 - finish, with no writer in flight, also drops the log and lets live
+ *	   writers feed the new version from then on (fed).
+ *
+ * Sets *taken to the number of logged rows taken.  Returns false if the
+ * rebuild is gone or no longer building from its log.
+ */
+static bool
+rb_table_step(const RbRow *row, RbTableStep step, int64 *taken)
+{
+	Relation	rel;
+	RbRow		cur;
+	KappaViewInfo *info;
+	List	   *changes;
+	bool		truncated;
+	Datum		key = Int32GetDatum(row->id);
+	Oid			type = INT4OID;
+
+	*taken = 0;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	XactIsoLevel = XACT_REPEATABLE_READ;
+	rel = try_table_open(row->stream,
+						 step == RB_TABLE_FINISH ? ShareRowExclusiveLock : AccessShareLock);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	if (rel == NULL || !rb_read_row("id", key, true, &cur) ||
+		strcmp(cur.state, "building") != 0 || !OidIsValid(cur.log))
+	{
+		if (rel != NULL)
+			table_close(rel, NoLock);
+		SPI_finish();
+		KappaCommitTransaction();
+		return false;
+	}
+	pgstat_report_activity(STATE_RUNNING, step == RB_TABLE_BUILD ?
+						   "pg_kappa: rebuilding a view" :
+						   "pg_kappa: applying the changes logged during a rebuild");
+	info = KappaViewInfoLoad(cur.view, cur.mat, cur.def, CurrentMemoryContext);
+	KappaViewLockRelations(info);
+	changes = KappaTableChangeLogTake(cur.log, RelationGetDescr(rel), &truncated, taken);
+	if (step == RB_TABLE_BUILD || truncated)
+		KappaViewRecompute(info, GetActiveSnapshot());
+	else if (changes != NIL)
+	{
+		KappaStreamViews one;
+
+		memset(&one, 0, sizeof(one));
+		one.relid = cur.stream;
+		one.views = list_make1(info);
+		one.valid = true;
+		one.cxt = CurrentMemoryContext;
+		KappaViewFeedChanges(&one, RelationGetDescr(rel), changes);
+	}
+	KappaViewInfoFree(info);
+	if (step == RB_TABLE_BUILD)
+		KappaExecCatalogSql("UPDATE kappa.view_rebuilds SET built = true, "
+							"replayed = to_replay, updated_at = pg_catalog.now() "
+							"WHERE id OPERATOR(pg_catalog.=) $1", 1, &type, &key, NULL);
+	else if (step == RB_TABLE_FINISH)
+	{
+		ObjectAddress obj;
+
+		KappaExecCatalogSql("UPDATE kappa.view_rebuilds SET fed = true, log = NULL, "
+							"updated_at = pg_catalog.now() "
+							"WHERE id OPERATOR(pg_catalog.=) $1", 1, &type, &key, NULL);
+		ObjectAddressSet(obj, RelationRelationId, cur.log);
+		performDeletion(&obj, DROP_RESTRICT, PERFORM_DELETION_INTERNAL);
+		/* the writers waiting for the lock feed the new version now */
+		KappaStreamViewsInvalidate(cur.stream);
+	}
+	table_close(rel, NoLock);
+	SPI_finish();
+	KappaCommitTransaction();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return true;
+}
+
+/*
+ * rb_build_from_table builds a version from its table without holding up
+ * the table's writers but for a moment at the end: they log their changes
+ * meanwhile (table_capture.c, "Change logs"), and the build applies them in
+ * rounds until few are left (rb_table_step).  Returns false if the rebuild
+ * is gone.
+ */
+static bool
+rb_build_from_table(int32 id)
+{
+	RbRow		row;
+	bool		found;
+	int64		taken;
+
+	(void) KappaBeginTransaction(false);
+	SPI_connect();
+	found = rb_read_row("id", Int32GetDatum(id), false, &row);
+	SPI_finish();
+	KappaCommitTransaction();
+	if (!found)
+		return false;
+	if (row.fed)
+		return true;
+	if (!row.built)
+	{
+		LOCKTAG		tag;
+
+		/*
+		 * A writer that began before the registration may not log its
+		 * changes: wait for every one that writes now, as CREATE INDEX
+		 * CONCURRENTLY waits for them; later ones log.
+		 */
+		StartTransactionCommand();
+		pgstat_report_activity(STATE_RUNNING, "pg_kappa: waiting for the writers of a table");
+		SET_LOCKTAG_RELATION(tag, MyDatabaseId, row.stream);
+		WaitForLockers(tag, ShareLock, false);
+		CommitTransactionCommand();
+		if (!rb_table_step(&row, RB_TABLE_BUILD, &taken))
+			return false;
+	}
+	for (int round = 0; round < RB_CATCH_UP_ROUNDS; round++)
+	{
+		if (!rb_table_step(&row, RB_TABLE_CATCH_UP, &taken))
+			return false;
+		if (taken < RB_CATCH_UP_ENOUGH)
+			break;
+	}
+	return rb_table_step(&row, RB_TABLE_FINISH, &taken);
 }
 
 /*
@@ -1216,8 +1374,10 @@ KappaRebuildWorkerMain(Datum main_arg)
 
 		if (strcmp(row.history, "kafka") == 0)
 			built = rb_build_from_kafka(row.id);
+		else if (strcmp(row.history, "table") == 0)
+			built = rb_build_from_table(row.id);
 		else
-			built = row.built || rb_build_from_relation(row.id);
+			built = row.built || rb_build_from_retained(row.id);
 		if (built)
 			rb_swap_when_ready(row.id);
 	}

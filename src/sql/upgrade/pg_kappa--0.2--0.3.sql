@@ -470,6 +470,9 @@ CREATE TABLE kappa.view_rebuilds (
     cut_xmax    xid,
     cut_xip     xid[],
     cut_own     xid[],                      -- the registering transaction's
+    -- table: while it builds, the table's writers append their changes to
+    -- this log (sign, row); dropped once live writers feed the new version
+    log         regclass UNIQUE,
     to_replay   bigint NOT NULL DEFAULT 0,  -- rows (estimated) or messages
     replayed    bigint NOT NULL DEFAULT 0,
     dead_letters bigint NOT NULL DEFAULT 0, -- messages the replay could not apply
@@ -559,6 +562,7 @@ BEGIN
                  OR b.mat::oid OPERATOR(pg_catalog.=) ANY (dropped)
                  OR b.def::oid OPERATOR(pg_catalog.=) ANY (dropped)
                  OR b.stream::oid OPERATOR(pg_catalog.=) ANY (dropped)
+                 OR b.log::oid OPERATOR(pg_catalog.=) ANY (dropped)
           RETURNING b.mat, b.def
     LOOP
         IF NOT r.mat::oid OPERATOR(pg_catalog.=) ANY (dropped) THEN
