@@ -85,13 +85,15 @@ typedef struct KappaWorkerArgs
 	int32		slot;
 	bool		managed;		/* started by the launcher */
 	int32		rebuild_id;		/* a rebuild worker (view_rebuild.c) for this
-								 * kappa.view_rebuilds row; else 0 */
+								 * kappa.view_rebuilds row -- with source_id,
+								 * its replay worker for that source; else 0 */
 } KappaWorkerArgs;
 
 #define KAPPA_WORKER_TYPE		"pg_kappa worker"
 #define KAPPA_LAUNCHER_TYPE		"pg_kappa launcher"
 #define KAPPA_SCANNER_TYPE		"pg_kappa scanner"
 #define KAPPA_REBUILD_TYPE		"pg_kappa rebuild"
+#define KAPPA_REPLAY_TYPE		"pg_kappa replay"
 
 /* in launcher.c */
 extern void KappaKafkaPreloadInit(void);

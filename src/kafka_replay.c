@@ -14,7 +14,8 @@
  * decoders, envelopes and dead-letter rules as the live worker
  * (KappaApplyReplay), each batch in one transaction with its new next
  * offsets; so a rebuild killed at any instant resumes where it was, with
- * no message counted twice.
+ * no message counted twice.  Each source of a rebuild is replayed by a
+ * worker of its own, all at once (KappaReplayWorkerMain, view_rebuild.c).
  *
  * A range the broker no longer holds when the replay comes to it (the log
  * was truncated after the rebuild was registered) follows the source's
@@ -139,7 +140,7 @@ kr_finish_partition(KrReplay *r, int p)
 /*
  * kr_handle_loss deals with partition p, whose next offset the broker no
  * longer holds: under on_data_loss 'fail' the rebuild fails (an error the
- * rebuild worker records); under 'record' the missing messages are added to
+ * replay worker records); under 'record' the missing messages are added to
  * the rebuild's gaps, the partition's next offset moves to the broker's
  * first one, and reading goes on from there.
  */
@@ -320,7 +321,7 @@ kr_wait(long ms)
  * KappaReplaySource replays what rebuild 'rebuild_id' still has to read of
  * source 'source_id' into the building version whose materialization is
  * 'building_mat' (see the file header), and returns when every range is
- * read.  Runs outside any transaction; errors are raised to the rebuild
+ * read.  Runs outside any transaction; errors are raised to the replay
  * worker.
  */
 void

@@ -286,6 +286,18 @@ KappaStartWorker(const KappaWorkerArgs *args, const char *source_name,
 	BackgroundWorkerHandle *h = NULL;
 	char		name[BGW_MAXLEN];
 
+	if (args->rebuild_id > 0 && args->source_id > 0)
+	{
+		snprintf(name, sizeof(name), "pg_kappa rebuild %d replay of source %d",
+				 args->rebuild_id, args->source_id);
+		if (!kl_register_worker("KappaReplayWorkerMain", KAPPA_REPLAY_TYPE, name,
+								restart_on_exit ? KAPPA_WORKER_RESTART_S : BGW_NEVER_RESTART,
+								(Datum) 0, args, handle ? &h : NULL))
+			return false;
+		if (handle)
+			*handle = h;
+		return true;
+	}
 	if (args->rebuild_id > 0)
 	{
 		snprintf(name, sizeof(name), "pg_kappa rebuild %d", args->rebuild_id);

@@ -240,6 +240,7 @@ extern int64 KappaDefineVersion(const char *name, KappaViewShape *shape,
 
 /* in view_rebuild.c */
 extern PGDLLEXPORT void KappaRebuildWorkerMain(Datum main_arg);
+extern PGDLLEXPORT void KappaReplayWorkerMain(Datum main_arg);
 
 /* in view_shape.c */
 extern KappaViewShape *KappaBuildViewShape(Query *query, const char *sql);

@@ -36,9 +36,10 @@
  * and the last few holding the writers out for a moment; from then on live
  * writers feed the new version too ('fed'; rb_build_from_table).  For
  * 'retained' it computes it in one transaction from the rows inside the
- * cut, writers going on.  For 'kafka' it replays each source
- * (kafka_replay.c), each batch in a transaction with its offsets, so it
- * resumes after a crash without counting a message twice.
+ * cut, writers going on.  For 'kafka' a replay worker per source replays
+ * it (kafka_replay.c), all at once, each batch in a transaction with its
+ * offsets, so it resumes after a crash without counting a message twice;
+ * the rebuild worker keeps them running until every range is read.
  * Then the state is 'swapping': the worker waits, as CREATE INDEX
  * CONCURRENTLY does, until every transaction whose snapshot predates the
  * end of the build has ended -- no reader may read the new version with a
@@ -1125,66 +1126,156 @@ rb_build_from_table(int32 id)
 	return rb_table_step(&row, RB_TABLE_FINISH, &taken);
 }
 
+/* A replay worker of a rebuild from Kafka, as its rebuild worker keeps it. */
+typedef struct RbReplayer
+{
+	int32		source_id;
+	BackgroundWorkerHandle *handle; /* or NULL */
+	TimestampTz started_at;
+	TimestampTz next_start;
+	int			backoff_ms;
+} RbReplayer;
+
+/* the replay workers this rebuild worker started (TopMemoryContext) */
+static RbReplayer *rb_replayers = NULL;
+static int	rb_nreplayers = 0;
+
+/* this worker's arguments (what its replay workers are started with) */
+static KappaWorkerArgs rb_args;
+
+/* how often the rebuild worker looks at the replay's progress */
+#define RB_REPLAY_POLL_MS			100
+/* a replay worker that ended with ranges left starts again after this */
+#define RB_REPLAY_RESTART_MIN_MS	1000
+#define RB_REPLAY_RESTART_MAX_MS	30000
+
+/* before_shmem_exit: a rebuild worker that ends stops its replay workers */
+static void
+rb_stop_replayers(int code, Datum arg)
+{
+	for (int i = 0; i < rb_nreplayers; i++)
+		if (rb_replayers[i].handle != NULL)
+			TerminateBackgroundWorker(rb_replayers[i].handle);
+}
+
 /*
- * rb_build_from_kafka replays every source of rebuild 'id' to the end of
- * its ranges.  Returns false if the rebuild is gone.
+ * rb_keep_replayer keeps a replay worker running for source 'source_id' of
+ * this rebuild, which still has ranges to read: it starts one unless one
+ * runs, again after a back-off if the last one ended early.
+ */
+static void
+rb_keep_replayer(int32 source_id, TimestampTz now)
+{
+	RbReplayer *r = NULL;
+	pid_t		pid;
+
+	for (int i = 0; i < rb_nreplayers; i++)
+		if (rb_replayers[i].source_id == source_id)
+			r = &rb_replayers[i];
+	if (r == NULL)
+	{
+		if (rb_replayers == NULL)
+		{
+			rb_replayers = MemoryContextAlloc(TopMemoryContext, sizeof(RbReplayer));
+			before_shmem_exit(rb_stop_replayers, (Datum) 0);
+		}
+		else
+			rb_replayers = repalloc(rb_replayers, sizeof(RbReplayer) * (rb_nreplayers + 1));
+		r = &rb_replayers[rb_nreplayers++];
+		memset(r, 0, sizeof(*r));
+		r->source_id = source_id;
+	}
+	if (r->handle != NULL && GetBackgroundWorkerPid(r->handle, &pid) == BGWH_STOPPED)
+	{
+		pfree(r->handle);
+		r->handle = NULL;
+		if (TimestampDifferenceExceeds(r->started_at, now, RB_REPLAY_RESTART_MAX_MS))
+			r->backoff_ms = RB_REPLAY_RESTART_MIN_MS;
+		else
+			r->backoff_ms = Min(Max(r->backoff_ms * 2, RB_REPLAY_RESTART_MIN_MS),
+								RB_REPLAY_RESTART_MAX_MS);
+		r->next_start = TimestampTzPlusMilliseconds(now, r->backoff_ms);
+	}
+	if (r->handle == NULL && now >= r->next_start)
+	{
+		KappaWorkerArgs wa = rb_args;
+
+		wa.source_id = source_id;
+		wa.managed = false;
+		r->started_at = now;
+		if (!KappaStartWorker(&wa, NULL, false, (void **) &r->handle))
+		{
+			r->handle = NULL;
+			r->next_start = TimestampTzPlusMilliseconds(now, RB_REPLAY_RESTART_MIN_MS);
+			ereport(LOG,
+					(errmsg("rebuild %d: no free background worker slot for the replay of kafka source %d",
+							rb_args.rebuild_id, source_id),
+					 errhint("Raise max_worker_processes.")));
+		}
+	}
+}
+
+/*
+ * rb_build_from_kafka replays rebuild 'id' from Kafka: one replay worker per
+ * source with ranges left to read (KappaReplayWorkerMain), all at once, kept
+ * running until every range is read.  Returns true then, false if the
+ * rebuild is gone or failed.
  */
 static bool
 rb_build_from_kafka(int32 id)
 {
-	RbRow		row;
-	List	   *sources = NIL;
-	ListCell   *lc;
 	Oid			type = INT4OID;
 	Datum		key = Int32GetDatum(id);
-	bool		done;
-	bool		isnull;
 
-	(void) KappaBeginTransaction(false);
-	SPI_connect();
-	if (!rb_read_row("id", key, false, &row))
+	for (;;)
 	{
+		RbRow		row;
+		bool		found;
+		List	   *left = NIL;
+		ListCell   *lc;
+		int			rc;
+
+		(void) KappaBeginTransaction(false);
+		SPI_connect();
+		found = rb_read_row("id", key, false, &row);
+		if (found && strcmp(row.state, "building") == 0)
+		{
+			KappaExecCatalogSql("SELECT DISTINCT source_id FROM kappa.rebuild_offsets "
+								"WHERE rebuild_id OPERATOR(pg_catalog.=) $1 "
+								"AND next_offset OPERATOR(pg_catalog.<) end_offset ORDER BY 1",
+								1, &type, &key, NULL);
+			for (uint64 i = 0; i < SPI_processed; i++)
+			{
+				bool		isnull;
+
+				/* (the list outlives SPI and the transaction) */
+				MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+				left = lappend_int(left,
+								   DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+															   SPI_tuptable->tupdesc, 1,
+															   &isnull)));
+				MemoryContextSwitchTo(old);
+			}
+		}
 		SPI_finish();
 		KappaCommitTransaction();
-		return false;
+		if (!found || strcmp(row.state, "failed") == 0)
+			return false;
+		if (left == NIL)
+			return true;
+
+		pgstat_report_activity(STATE_RUNNING, "pg_kappa: replaying the sources of a rebuild");
+		foreach(lc, left)
+			rb_keep_replayer(lfirst_int(lc), GetCurrentTimestamp());
+		list_free(left);
+		/* a replay worker that ends sets the latch (bgw_notify_pid) */
+		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					   RB_REPLAY_POLL_MS, PG_WAIT_EXTENSION);
+		if (rc & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
 	}
-	KappaExecCatalogSql("SELECT DISTINCT source_id FROM kappa.rebuild_offsets "
-						"WHERE rebuild_id OPERATOR(pg_catalog.=) $1 "
-						"AND next_offset OPERATOR(pg_catalog.<) end_offset ORDER BY 1",
-						1, &type, &key, NULL);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		/* (the list outlives SPI and the transaction) */
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-		sources = lappend_int(sources,
-							  DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
-														  SPI_tuptable->tupdesc, 1, &isnull)));
-		MemoryContextSwitchTo(old);
-	}
-	SPI_finish();
-	KappaCommitTransaction();
-
-	foreach(lc, sources)
-		KappaReplaySource(id, lfirst_int(lc), row.mat);
-	list_free(sources);
-
-	/* every range read? */
-	(void) KappaBeginTransaction(false);
-	SPI_connect();
-	KappaExecCatalogSql("SELECT NOT EXISTS (SELECT FROM kappa.rebuild_offsets "
-						"WHERE rebuild_id OPERATOR(pg_catalog.=) $1 "
-						"AND next_offset OPERATOR(pg_catalog.<) end_offset)",
-						1, &type, &key, NULL);
-	done = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-									  &isnull));
-	SPI_finish();
-	KappaCommitTransaction();
-	if (!done)
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("rebuild %d has ranges left to replay", id)));
-	return true;
 }
 
 /*
@@ -1313,6 +1404,108 @@ rb_record_error(int32 id, const char *message, bool final)
 }
 
 /*
+ * rb_worker_begin connects a rebuild worker or one of its replay workers
+ * (source_id set) to its database as the view's owner, takes the session
+ * lock that keeps it the only one of its kind, names it and reads its
+ * rebuild into *row.  Returns false if it has nothing to do.
+ */
+static bool
+rb_worker_begin(KappaWorkerArgs *args, RbRow *row)
+{
+	LOCKTAG		tag;
+	char		appname[2 * NAMEDATALEN + 64];
+	bool		found;
+
+	memcpy(args, MyBgworkerEntry->bgw_extra, sizeof(KappaWorkerArgs));
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(args->dboid, args->owner, 0);
+	SetConfigOption("search_path", KAPPA_SAFE_SEARCH_PATH, PGC_SUSET, PGC_S_OVERRIDE);
+
+	if (KappaBeginTransaction(true) != KAPPA_EXTENSION_CURRENT)
+	{
+		KappaCommitTransaction();
+		return false;
+	}
+
+	/*
+	 * one worker per rebuild, and one replay worker per rebuild and source: a
+	 * session lock nobody else uses (field4 = 4)
+	 */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) args->rebuild_id,
+						 (uint32) args->source_id, 4);
+	if (LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+	{
+		KappaCommitTransaction();
+		return false;
+	}
+	SPI_connect();
+	found = rb_read_row("id", Int32GetDatum(args->rebuild_id), false, row);
+	if (!found || strcmp(row->state, "failed") == 0)
+	{
+		SPI_finish();
+		KappaCommitTransaction();
+		return false;
+	}
+	if (args->source_id > 0)
+	{
+		Oid			type = INT4OID;
+		Datum		key = Int32GetDatum(args->source_id);
+		bool		isnull;
+
+		KappaExecCatalogSql("SELECT name FROM kappa.source_catalog "
+							"WHERE id OPERATOR(pg_catalog.=) $1", 1, &type, &key, NULL);
+		snprintf(appname, sizeof(appname), "pg_kappa rebuild of %s: replay of %s",
+				 get_rel_name(row->view),
+				 SPI_processed == 1 ?
+				 TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 1, &isnull)) :
+				 "a dropped source");
+	}
+	else
+	{
+		Oid			types[2] = {INT4OID, INT4OID};
+		Datum		v[2];
+
+		snprintf(appname, sizeof(appname), "pg_kappa rebuild of %s", get_rel_name(row->view));
+		v[0] = Int32GetDatum(row->id);
+		v[1] = Int32GetDatum(MyProcPid);
+		KappaExecCatalogSql("UPDATE kappa.view_rebuilds SET pid = $2 "
+							"WHERE id OPERATOR(pg_catalog.=) $1", 2, types, v, NULL);
+	}
+	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
+	SPI_finish();
+	KappaCommitTransaction();
+	return true;
+}
+
+/*
+ * rb_worker_failed ends a rebuild or replay worker whose work raised an
+ * error (being handled): shown in the rebuild row, which is failed if the
+ * error is final (exit 0); else exit 1, to be started over.
+ */
+static void
+rb_worker_failed(int32 rebuild_id, MemoryContext cxt)
+{
+	ErrorData  *edata;
+	bool		final;
+	char	   *message;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	EmitErrorReport();
+	FlushErrorState();
+	AbortOutOfAnyTransaction();
+	final = rb_error_is_final(edata);
+	message = edata->detail ? psprintf("%s: %s", edata->message, edata->detail) :
+		edata->message;
+	/* a shutdown ends the worker; the next one resumes */
+	if (edata->sqlerrcode != ERRCODE_ADMIN_SHUTDOWN)
+		rb_record_error(rebuild_id, message, final);
+	proc_exit(final ? 0 : 1);
+}
+
+/*
  * KappaRebuildWorkerMain is the entry point of the worker of one rebuild;
  * bgw_extra holds its KappaWorkerArgs.  It exits 0 when the rebuild is
  * swapped in, gone or failed, and 1 to be started over.
@@ -1320,54 +1513,12 @@ rb_record_error(int32 id, const char *message, bool final)
 void
 KappaRebuildWorkerMain(Datum main_arg)
 {
-	KappaWorkerArgs args;
-	LOCKTAG		tag;
 	RbRow		row;
-	char		appname[NAMEDATALEN + 32];
 	MemoryContext cxt;
-	bool		found;
 
-	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(KappaWorkerArgs));
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(args.dboid, args.owner, 0);
-	SetConfigOption("search_path", KAPPA_SAFE_SEARCH_PATH, PGC_SUSET, PGC_S_OVERRIDE);
+	if (!rb_worker_begin(&rb_args, &row))
+		proc_exit(0);
 	cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa rebuild", ALLOCSET_DEFAULT_SIZES);
-
-	if (KappaBeginTransaction(true) != KAPPA_EXTENSION_CURRENT)
-	{
-		KappaCommitTransaction();
-		proc_exit(0);
-	}
-	/* one worker per rebuild: a session lock nobody else uses (field4 = 4) */
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) args.rebuild_id, 0, 4);
-	if (LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
-	{
-		KappaCommitTransaction();
-		proc_exit(0);
-	}
-	SPI_connect();
-	found = rb_read_row("id", Int32GetDatum(args.rebuild_id), false, &row);
-	if (!found || strcmp(row.state, "failed") == 0)
-	{
-		SPI_finish();
-		KappaCommitTransaction();
-		proc_exit(0);
-	}
-	snprintf(appname, sizeof(appname), "pg_kappa rebuild of %s", get_rel_name(row.view));
-	SetConfigOption("application_name", appname, PGC_USERSET, PGC_S_SESSION);
-	{
-		Oid			types[2] = {INT4OID, INT4OID};
-		Datum		v[2];
-
-		v[0] = Int32GetDatum(row.id);
-		v[1] = Int32GetDatum(MyProcPid);
-		KappaExecCatalogSql("UPDATE kappa.view_rebuilds SET pid = $2 "
-							"WHERE id OPERATOR(pg_catalog.=) $1", 2, types, v, NULL);
-	}
-	SPI_finish();
-	KappaCommitTransaction();
-
 	PG_TRY();
 	{
 		bool		built;
@@ -1383,22 +1534,34 @@ KappaRebuildWorkerMain(Datum main_arg)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-		bool		final;
-		char	   *message;
+		rb_worker_failed(rb_args.rebuild_id, cxt);
+	}
+	PG_END_TRY();
+	proc_exit(0);
+}
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		EmitErrorReport();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		final = rb_error_is_final(edata);
-		message = edata->detail ? psprintf("%s: %s", edata->message, edata->detail) :
-			edata->message;
-		/* a shutdown ends the worker; the next one resumes */
-		if (edata->sqlerrcode != ERRCODE_ADMIN_SHUTDOWN)
-			rb_record_error(args.rebuild_id, message, final);
-		proc_exit(final ? 0 : 1);
+/*
+ * KappaReplayWorkerMain is the entry point of a replay worker: it replays
+ * what its rebuild still has to read of its source (KappaReplaySource) and
+ * exits 0, or 1 to be started again by its rebuild worker.
+ */
+void
+KappaReplayWorkerMain(Datum main_arg)
+{
+	KappaWorkerArgs args;
+	RbRow		row;
+	MemoryContext cxt;
+
+	if (!rb_worker_begin(&args, &row))
+		proc_exit(0);
+	cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa replay", ALLOCSET_DEFAULT_SIZES);
+	PG_TRY();
+	{
+		KappaReplaySource(row.id, args.source_id, row.mat);
+	}
+	PG_CATCH();
+	{
+		rb_worker_failed(args.rebuild_id, cxt);
 	}
 	PG_END_TRY();
 	proc_exit(0);

@@ -32,9 +32,9 @@
 #     second rebuild and a non-owner are refused while it builds; afterwards
 #     no extra relation in kappa_data, no rebuild process, the live view
 #     unchanged and still updating
-#  4. SIGKILL of the rebuild worker during a Kafka replay (postmaster crash
-#     restart), then a plain restart during another rebuild: both resume and
-#     end exact
+#  4. a stream fed by two sources, so two replay workers at once (one per
+#     source); SIGKILL of a replay worker (postmaster crash restart), then a
+#     plain restart during another rebuild: both resume and end exact
 #  3b. readers with open transactions: the swap waits for transactions
 #     older than the build's end (state swapping) without holding up other
 #     readers; a REPEATABLE READ snapshot from before reads one whole
@@ -69,7 +69,7 @@ use Time::HiRes qw(usleep time);
 require "./test/t/100_kafka_common.pl";
 
 my $t_start = time;
-my $broker = kafka_start_broker(ev => 3, ks => 2, dl => 1);
+my $broker = kafka_start_broker(ev => 3, ks => 2, ks2 => 1, dl => 1);
 my $bs = $broker->{bootstrap};
 my $node = kafka_node('view_rebuild');
 my $tmp = PostgreSQL::Test::Utils::tempdir();
@@ -663,13 +663,16 @@ cmp_ok(scalar(@catalog), '>=', 20, 'reader_catalog: kappa.views polled throughou
 is(slurp_file("$tmp/reader_catalog.err"), '', 'reader_catalog: kappa.views never failed during the swaps');
 note sprintf("readers ran %.1f s", $readers_secs);
 
-# ------------------------- 4. SIGKILL of the rebuild worker; a restart
+# ------------------------- 4. SIGKILL of a replay worker; a restart
+# (two sources feed the stream: a replay worker each)
 
 $node->safe_psql('postgres', qq{
 SELECT kappa.create_stream('ks', 'id bigint, g int, v int');
 CREATE TABLE ks_shadow (id bigint, g int, v int);
 SELECT kappa.create_view('ks_v', \$\$SELECT g, count(*) AS n, sum(v) AS s FROM ks GROUP BY g\$\$);
 SELECT kappa.create_kafka_source('ks_src', target => 'ks', topic => 'ks', brokers => '$bs',
+    options => '{"batch_size": 100}');
+SELECT kappa.create_kafka_source('ks_src2', target => 'ks', topic => 'ks2', brokers => '$bs',
     options => '{"batch_size": 100}');
 });
 my $ks_q = q{SELECT g, count(*) AS n, sum(kt.gate(v)) AS s, max(id) AS hi FROM ks GROUP BY g};
@@ -682,12 +685,14 @@ sub ks_produce
 	my (@msgs, @rows);
 	for my $i ($ks_next .. $ks_next + $count - 1)
 	{
-		if ($i % 97 == 0) { push @{ $msgs[ $i % 2 ] }, qq({"id": $i, "g": ); $ks_bad++; next; }
-		push @{ $msgs[ $i % 2 ] }, sprintf('{"id": %d, "g": %d, "v": %d}', $i, $i % 5, $i % 10);
+		# partitions 0 and 1 of ks, and ks2 (a second source)
+		if ($i % 97 == 0) { push @{ $msgs[ $i % 3 ] }, qq({"id": $i, "g": ); $ks_bad++; next; }
+		push @{ $msgs[ $i % 3 ] }, sprintf('{"id": %d, "g": %d, "v": %d}', $i, $i % 5, $i % 10);
 		push @rows, sprintf('(%d,%d,%d)', $i, $i % 5, $i % 10);
 	}
 	$ks_next += $count;
 	kafka_produce($broker, 'ks', $msgs[$_], partition => $_) for (0, 1);
+	kafka_produce($broker, 'ks2', $msgs[2], partition => 0);
 	$node->safe_psql('postgres', 'INSERT INTO ks_shadow VALUES ' . join(',', @rows));
 	$ks_produced += $count;
 }
@@ -696,7 +701,7 @@ sub ks_wait_applied
 {
 	my ($what) = @_;
 	kafka_wait($node, q{
-SELECT (SELECT sum(n) FROM ks_v) + dead_letters FROM kappa.sources WHERE source = 'ks_src'},
+SELECT (SELECT sum(n) FROM ks_v) + sum(dead_letters) FROM kappa.sources WHERE source IN ('ks_src', 'ks_src2')},
 		$ks_produced, "$what: produced = applied + dead letters ($ks_produced)", 90);
 }
 
@@ -734,6 +739,11 @@ $gs = $node->background_psql('postgres');
 $gs->query_safe('SELECT pg_advisory_lock(4242)');
 call_ok("SELECT kappa.replace_view('ks_v', \$q\$$ks_q\$q\$)");
 gated_progress($gs, 'kill');
+kafka_wait($node, q{
+SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_activity
+ WHERE application_name ~ '^pg_kappa rebuild of ks_v: replay of '},
+	'pg_kappa rebuild of ks_v: replay of ks_src,pg_kappa rebuild of ks_v: replay of ks_src2',
+	'kill: one replay worker per source, at the same time');
 # the live version keeps updating while the rebuild is held
 ks_produce(1000);
 ks_wait_applied('kill: while the rebuild is held, the live view');
@@ -771,7 +781,7 @@ is(view_row('ks_v', 'rebuild_error IS NULL'), 't', 'restart: no rebuild error');
 ks_produce(1000);
 ks_wait_applied('restart: after the swap');
 is(diff_count('ks_v', $ks_shadow_q), 0, 'restart: exact, nothing counted twice or lost');
-is(q_or_err( q{SELECT dead_letters FROM kappa.sources WHERE source = 'ks_src'}),
+is(q_or_err( q{SELECT sum(dead_letters) FROM kappa.sources WHERE source IN ('ks_src', 'ks_src2')}),
 	$ks_bad, "kill, restart: every malformed message is one dead letter ($ks_bad)");
 
 # ------------------------------------ 3b. readers with open transactions
