@@ -296,7 +296,8 @@ BEGIN
         INSERT INTO rebuild_progress VALUES ($k, clock_timestamp(), coalesce(r.state, 'live'), r.replayed,
             r.to_replay, r.started_at, r.pid, r.dead_letters, r.gaps, r.last_error,
             (SELECT CASE WHEN a.state = 'active' THEN coalesce(a.wait_event_type || ':' || a.wait_event, 'CPU')
-                         ELSE 'between batches' END FROM pg_stat_activity a WHERE a.pid = r.pid),
+                         ELSE 'between batches' END FROM pg_stat_activity a
+              WHERE a.application_name = 'pg_kappa rebuild of live_v: replay of src_live'),
             (SELECT CASE WHEN a.state = 'active' THEN coalesce(a.wait_event_type || ':' || a.wait_event, 'CPU')
                          ELSE 'between batches' END FROM pg_stat_activity a WHERE a.pid = live_pid));
         EXIT WHEN r.id IS NULL OR r.state = 'failed';
@@ -367,7 +368,7 @@ for k in $(seq "$REBUILDS"); do
     kill -CONT $POLLER_PIDS 2>/dev/null
     rm -f "$TMP/pause"
     sleep 2
-    [ -n "$PERF" ] && [ "$k" = 1 ] && perf_attach 'pg_kappa rebuild of live_v' "$PERF.rebuild"
+    [ -n "$PERF" ] && [ "$k" = 1 ] && perf_attach 'pg_kappa rebuild of live_v: replay of src_live' "$PERF.rebuild"
     kappa_log "round $k of $REBUILDS: kappa.rebuild_view under the live load"
     rebuild "$k" >>"$TMP/rebuilds.txt"
     [ -n "$PERF_PID" ] && { wait "$PERF_PID" 2>/dev/null; PERF_PID=; }
@@ -422,7 +423,7 @@ R_GAPS=$(awk '{s += $7} END {print s}' "$TMP/rebuilds.txt")
 # the rebuilds' windows [registered, live again), one per line
 awk '{print $8, $9}' "$TMP/rebuilds.txt" >"$TMP/windows.txt"
 
-# where the rebuild worker's time went while it replayed, and the live
+# where the replay worker's time went while it replayed, and the live
 # worker's during the rebuilds: shares of the 5 ms samples of
 # pg_stat_activity (CPU: active and not waiting)
 waits() {
@@ -511,7 +512,7 @@ to live again / fresh source:     $(ratio "$R_REPLAY_LIVE" "$R_FRESH") (medians)
 CPU bound of this machine:        $(awk "BEGIN{b = ($CORES - $LIVE_CORES) / ($C_FRESH / $T_FRESH); printf \"%.2f\", (b > 1 ? 1 : b)}") (the live load alone takes $LIVE_CORES of the $CORES cores, the fresh source took $(awk "BEGIN{printf \"%.2f\", $C_FRESH / $T_FRESH}"))
 batches (as the samples saw them): fresh source $B_FRESH (~$(awk "BEGIN{printf \"%.0f\", $N_FRESH / $B_FRESH}") messages each), replay $B_REPLAY (~$(awk "BEGIN{printf \"%.0f\", $TO_REPLAY / $B_REPLAY}") each) (medians)
 fresh source's worker:            $WAITS_FRESH
-rebuild worker while replaying:   $WAITS_REBUILD
+replay worker while replaying:    $WAITS_REBUILD
 live worker during the rebuilds:  $WAITS_LIVE
 live producer:                    $LIVE_COUNT messages in $LIVE_SECONDS s = $(awk "BEGIN{printf \"%.0f\", $LIVE_COUNT / $LIVE_SECONDS}") messages/s (asked for $LIVE_RATE)
 live latency produce -> visible in the view (p50 p99 max ms, messages):
