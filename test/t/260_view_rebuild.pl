@@ -14,7 +14,9 @@
 #     swap): writers log their changes while it builds
 #     1b. held at the gate while building from a table: writes commit at
 #     once, a TRUNCATE (and rows after it) waits for the build's snapshot
-#     only and goes through the change log; no change log is left
+#     only and goes through the change log; 1c. SIGKILL of the rebuild
+#     worker while it applies the logged changes: it resumes, exact; no
+#     change log is left
 #  2. a stream with retain 'infinity': a function the view calls is fixed,
 #     rebuild_view; then replace_view adding a column; pgbench inserts; a
 #     transaction that writes the stream before and after its rebuild_view
@@ -74,6 +76,7 @@ my $bs = $broker->{bootstrap};
 my $node = kafka_node('view_rebuild');
 my $tmp = PostgreSQL::Test::Utils::tempdir();
 my ($ret, $out, $err);
+my $log_pos;
 
 $node->safe_psql('postgres', q{
 CREATE SCHEMA kt;
@@ -329,6 +332,37 @@ is(diff_count('iv', $iv_new), 0, 'table, gated: after TRUNCATE and writes during
 is(q_or_err(q{SELECT sum(n) FROM iv}), '356', 'table, gated: the view counts the rows after the TRUNCATE');
 $node->safe_psql('postgres', q{UPDATE items SET v = 0 WHERE id % 4 = 0; DELETE FROM items WHERE id % 7 = 1});
 is(diff_count('iv', $iv_new), 0, 'table, gated: live writers keep the new version exact after the swap');
+
+# 1c. SIGKILL of the rebuild worker between the build and the catch-up
+my $iv_new2 = q{SELECT g, count(*) AS n, sum(kt.gate(v)) AS s, min(v) AS lo, max(v) AS hi FROM items GROUP BY g};
+$ig = $node->background_psql('postgres');
+$ig->query_safe('SELECT pg_advisory_lock(4242)');
+call_ok("SELECT kappa.replace_view('iv', \$q\$$iv_new2\$q\$)");
+kafka_wait($node, q{
+SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted}, 't',
+	'table, kill: the build reaches the gate');
+$node->safe_psql('postgres', q{
+INSERT INTO items SELECT i, i % 5, i % 50 FROM generate_series(401, 600) i;
+UPDATE items SET v = v + 2 WHERE id % 3 = 0;
+DELETE FROM items WHERE id % 11 = 0});
+# let the build through; its catch-up stops at the gate on the logged rows
+$ig->query_safe('SELECT pg_advisory_unlock(4242), pg_advisory_lock(4242)');
+kafka_wait($node, q{
+SELECT b.built AND EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted)
+  FROM kappa.view_rebuilds b WHERE b.view = 'iv'::regclass}, 't',
+	'table, kill: built, and applying the changes logged meanwhile (at the gate)');
+my $tvictim = gate_waiter();
+like($tvictim, qr/^\d+ pg_kappa rebuild of iv$/, "table, kill: the rebuild worker waits ($tvictim)");
+($tvictim) = $tvictim =~ /^(\d+) /;
+$log_pos = -s $node->logfile;
+if (defined $tvictim && $tvictim > 1) { kill 'KILL', $tvictim; }
+else { fail('table, kill: no rebuild worker to kill'); }
+wait_log($log_pos, qr/terminated by signal 9.*reinitializing/s, 'table, kill: the postmaster saw the worker killed');
+eval { $ig->quit; 1 };
+kafka_wait($node, 'SELECT 1', 1, 'table, kill: the server is back');
+$node->safe_psql('postgres', q{UPDATE items SET g = (g + 1) % 5 WHERE id % 17 = 0});
+wait_swapped('iv', 'AS hi', 'table, kill: the rebuild resumed and finished', 90);
+is(diff_count('iv', $iv_new2), 0, 'table, kill: equals its new query, nothing applied twice or lost');
 is(q_or_err(q{SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                WHERE n.nspname = 'kappa_data' AND c.relname ~ '_log$'}), '0',
 	'table: no change log is left after the swaps');
@@ -750,7 +784,7 @@ ks_wait_applied('kill: while the rebuild is held, the live view');
 my $waiter = gate_waiter();
 like($waiter, qr/^\d+ .*rebuild/, "kill: the process replaying is the rebuild worker ($waiter)");
 my ($victim) = $waiter =~ /^(\d+) /;
-my $log_pos = -s $node->logfile;
+$log_pos = -s $node->logfile;
 # (never kill(KILL, 0): that would be this test's own process group)
 if (defined $victim && $victim > 1)
 {
