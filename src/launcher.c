@@ -273,7 +273,9 @@ KappaLauncherWake(void)
 }
 
 /*
- * KappaStartWorker registers a dynamic worker for one source slot.  With
+ * KappaStartWorker registers a dynamic worker for one source slot, for a
+ * rebuild (args->rebuild_id) or for a rebuild's replay of one source (both
+ * rebuild_id and source_id).  With
  * 'handle' the caller (the launcher) gets its handle and is notified when it
  * stops; restart_on_exit makes the postmaster restart it after a failure
  * (for workers started without a launcher).  Returns false when no worker
@@ -285,37 +287,34 @@ KappaStartWorker(const KappaWorkerArgs *args, const char *source_name,
 {
 	BackgroundWorkerHandle *h = NULL;
 	char		name[BGW_MAXLEN];
+	const char *function;
+	const char *type;
 
 	if (args->rebuild_id > 0 && args->source_id > 0)
 	{
+		function = "KappaReplayWorkerMain";
+		type = KAPPA_REPLAY_TYPE;
 		snprintf(name, sizeof(name), "pg_kappa rebuild %d replay of source %d",
 				 args->rebuild_id, args->source_id);
-		if (!kl_register_worker("KappaReplayWorkerMain", KAPPA_REPLAY_TYPE, name,
-								restart_on_exit ? KAPPA_WORKER_RESTART_S : BGW_NEVER_RESTART,
-								(Datum) 0, args, handle ? &h : NULL))
-			return false;
-		if (handle)
-			*handle = h;
-		return true;
 	}
-	if (args->rebuild_id > 0)
+	else if (args->rebuild_id > 0)
 	{
+		function = "KappaRebuildWorkerMain";
+		type = KAPPA_REBUILD_TYPE;
 		snprintf(name, sizeof(name), "pg_kappa rebuild %d", args->rebuild_id);
-		if (!kl_register_worker("KappaRebuildWorkerMain", KAPPA_REBUILD_TYPE, name,
-								restart_on_exit ? KAPPA_WORKER_RESTART_S : BGW_NEVER_RESTART,
-								(Datum) 0, args, handle ? &h : NULL))
-			return false;
-		if (handle)
-			*handle = h;
-		return true;
 	}
-	if (source_name)
-		snprintf(name, sizeof(name), "pg_kappa worker for source %s slot %d",
-				 source_name, args->slot);
 	else
-		snprintf(name, sizeof(name), "pg_kappa worker for source %d slot %d",
-				 args->source_id, args->slot);
-	if (!kl_register_worker("KappaKafkaWorkerMain", KAPPA_WORKER_TYPE, name,
+	{
+		function = "KappaKafkaWorkerMain";
+		type = KAPPA_WORKER_TYPE;
+		if (source_name)
+			snprintf(name, sizeof(name), "pg_kappa worker for source %s slot %d",
+					 source_name, args->slot);
+		else
+			snprintf(name, sizeof(name), "pg_kappa worker for source %d slot %d",
+					 args->source_id, args->slot);
+	}
+	if (!kl_register_worker(function, type, name,
 							restart_on_exit ? KAPPA_WORKER_RESTART_S : BGW_NEVER_RESTART,
 							(Datum) 0, args, handle ? &h : NULL))
 		return false;
