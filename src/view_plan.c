@@ -547,8 +547,7 @@ plan_push_info(KappaViewInfo *view, KappaViewShape *shape)
 	ListCell   *lc;
 	int			i;
 
-	if (list_length(query->rtable) != 1 || query->hasSubLinks ||
-		shape->groupingSets)
+	if (list_length(query->rtable) != 1 || query->hasSubLinks)
 		return NULL;
 	foreach(lc, shape->aggrefs)
 	{
@@ -568,8 +567,15 @@ plan_push_info(KappaViewInfo *view, KappaViewShape *shape)
 	i = 0;
 	foreach(lc, shape->keyExprs)
 	{
-		push->keyStates[i] = plan_row_input(lfirst(lc), &push->keyAttnos[i],
-											&push->maxAttno);
+		/* the id of a grouping set is no expression over the row */
+		if (i == 0 && shape->groupingSets)
+		{
+			push->keyStates[i] = NULL;
+			push->keyAttnos[i] = 0;
+		}
+		else
+			push->keyStates[i] = plan_row_input(lfirst(lc), &push->keyAttnos[i],
+												&push->maxAttno);
 		i++;
 	}
 	push->aggs = palloc0(sizeof(KappaPushAgg) * view->naggs);
