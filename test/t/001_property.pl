@@ -178,6 +178,16 @@ my @views = (
 		GROUP BY d.name},
 	},
 	{
+		# grouping sets: every level of a ROLLUP, its NULL keys apart from
+		# the rolled-up ones by grouping()
+		name => 'v_gsets',
+		keys => [qw(lvl g flag)],
+		floats => [qw(sf)],
+		query => q{SELECT grouping(g, flag) AS lvl, g, flag, count(*) AS n, sum(x) AS sx,
+			sum(f) AS sf, min(k) AS mink, max(ts) AS maxts
+		FROM {S} GROUP BY ROLLUP (g, flag)},
+	},
+	{
 		name => 'v_top',
 		keys => [qw(b)],
 		floats => [],
