@@ -10,7 +10,8 @@
  *	 - the definition ("def"): a plain view in kappa_data holding the user's
  *	   query, so that PostgreSQL tracks its dependencies, renames and dumps;
  *	 - the materialization ("mat"): a heap table in kappa_data with one row
- *	   per group: key columns k_1..k_n (unique index, NULLS NOT DISTINCT),
+ *	   per group: key columns k_1..k_n (unique index, NULLS NOT DISTINCT;
+ *	   with grouping sets, k_0 first, the set's id: see KappaViewShape),
  *	   aggregate transition states s_1..s_m, the output columns c_1..c_p
  *	   computed from the finalized states, h (HAVING) and o_1..o_q (ORDER BY
  *	   keys) when the query has them, and updated_at;

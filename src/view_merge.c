@@ -319,8 +319,9 @@ recompute_destroy(DestReceiver *self)
 
 /*
  * Recompute one group of a view over a table from the table itself: the
- * view's delta query restricted to the group's keys, run with 'snapshot'
- * (taken after the group's row was locked).  Returns true with the keys
+ * view's delta query restricted to the group's keys (with grouping sets,
+ * the query of the group's set, view_plan.c), run with 'snapshot' (taken
+ * after the group's row was locked).  Returns true with the keys
  * and states in r->recomputed, false if no row of the table is in the group.
  */
 static bool
@@ -332,8 +333,7 @@ merge_recompute(MergeReceiver *r, Datum *keys, bool *keynulls, Snapshot snapshot
 	RecomputeReceiver dest;
 	QueryDesc  *qd;
 	int			i;
-
-	int			set = -1;
+	int			set = -1;		/* the group's grouping set, if any */
 
 	if (view->groupingSets)
 	{

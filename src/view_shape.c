@@ -14,7 +14,10 @@
  *
  * KappaBuildViewShape is used both at creation (view_define.c) and whenever
  * a backend loads a view (view_plan.c), from the text of the view's
- * definition, so the two cannot disagree.  The shape's first aggregate is
+ * definition, so the two cannot disagree.  GROUPING SETS, ROLLUP and CUBE
+ * are expanded into their distinct sets, whose id (GROUPING() of every key)
+ * becomes key 0; grouping() in outputs is computed from it
+ * (shape_grouping_sets, shape_map_grouping).  The shape's first aggregate is
  * always count(*): it gives the rows applied to each group (column s_1 of
  * the materialization).  See view.h for the storage layout.
  *
