@@ -10,7 +10,8 @@
  * runs) and the output sorted by the group keys.  Executed over a batch of
  * stream rows (view_apply.c hands them to the stream's scan), it yields one
  * row per touched group: the keys and a partial state per aggregate.  It is
- * planned twice, for a few rows and for many.
+ * planned twice, for a few rows and for many.  With grouping sets the Agg
+ * node computes every set at once, and the set's id leads the keys.
  *
  * A view over the stream alone (no joins, no subqueries, plain aggregate
  * calls) also gets a push path (KappaPushInfo): its WHERE, keys and
@@ -18,7 +19,8 @@
  * into an accumulator (view_accum.c) without a delta query.
  *
  * A view over an ordinary table also gets the queries that recompute one
- * group from the tables (its delta query restricted to the group's keys)
+ * group from the tables (its delta query restricted to the group's keys;
+ * with grouping sets, one pair per set, grouped by the set's keys alone)
  * and, if it has no push path (it joins other tables), a "changes plan":
  * its delta query with the table's range table entry turned into the
  * ephemeral named relation KAPPA_CHANGES_ENR, which view_apply.c fills with
@@ -220,7 +222,6 @@ plan_delta_query_over(KappaViewShape *shape, Query *query, const char *sql,
 	AttrNumber	resno = 0;
 	ListCell   *lc;
 	PlannedStmt *pstmt;
-
 	List	   *sortClause = NIL;
 
 	if (shape->groupingSets)
