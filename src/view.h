@@ -10,7 +10,8 @@
  *	 - the definition ("def"): a plain view in kappa_data holding the user's
  *	   query, so that PostgreSQL tracks its dependencies, renames and dumps;
  *	 - the materialization ("mat"): a heap table in kappa_data with one row
- *	   per group: key columns k_1..k_n (unique index, NULLS NOT DISTINCT),
+ *	   per group: key columns k_1..k_n (unique index, NULLS NOT DISTINCT;
+ *	   with grouping sets, k_0 first, the set's id: see KappaViewShape),
  *	   aggregate transition states s_1..s_m, the output columns c_1..c_p
  *	   computed from the finalized states, h (HAVING) and o_1..o_q (ORDER BY
  *	   keys) when the query has them, and updated_at;
@@ -59,7 +60,25 @@ typedef struct KappaViewShape
 	List	   *sortClauses;	/* SortGroupClause of each ORDER BY item */
 	Node	   *limitCount;		/* Const or NULL */
 	Node	   *limitOffset;	/* Const or NULL */
+
+	/*
+	 * GROUPING SETS, ROLLUP, CUBE: key 0 (column k_0) is the grouping set's
+	 * id, GROUPING() of every other key (a bit set for each key the set rolls
+	 * up), so a rolled-up NULL never meets a real NULL key; keys 1..n are the
+	 * GROUP BY expressions, NULL where the set rolls them up.  Every row goes
+	 * into one group of each distinct set.
+	 */
+	bool		groupingSets;
+	List	   *gsetIds;		/* int: id of each distinct set, in order */
+	List	   *gsetCopies;		/* int: how often each appears in the expanded
+								 * list (plain SQL repeats its groups) */
 } KappaViewShape;
+
+/*
+ * The name of group key column i (0-based in keyExprs) of a materialization:
+ * k_1 .. k_n, or with grouping sets k_0 (the set's id), k_1 .. k_n.
+ */
+#define KAPPA_KEY_COLUMN(groupingSets, i) ((groupingSets) ? (i) : (i) + 1)
 
 /* How to merge, finalize and store one aggregate's transition state. */
 typedef struct KappaAggMerge
@@ -177,6 +196,14 @@ struct KappaViewInfo
 								 * read from the tuplestore KAPPA_CHANGES_ENR
 								 * of the query environment */
 	PlannedStmt *smallChangesPlan;	/* the same, planned for a few rows */
+	/* grouping sets (see KappaViewShape): key 0 is the set's id */
+	bool		groupingSets;
+	int			ngsets;			/* distinct sets */
+	int32	   *gsetIds;		/* id of each */
+	int32		emptyGsetId;	/* id of the empty set (), whose one group
+								 * always exists, or -1 */
+	PlannedStmt **gsetRecompute;	/* views over tables: recomputePlan and */
+	PlannedStmt **gsetRecomputeNull;	/* recomputeNullPlan of each set */
 	/* evaluation of outputs from the finals tuple */
 	TupleDesc	finalsDesc;
 	ExprState **outStates;

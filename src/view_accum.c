@@ -10,8 +10,10 @@
  *	   arrives (KappaAccumPushRow): its WHERE, keys and aggregate inputs,
  *	   compiled by view_plan.c, are evaluated and each aggregate's
  *	   transition function advances the group's state in memory; no delta
- *	   query runs.  Groups whose keys all compare by their bytes are found
- *	   by hashing those bytes (accum_image_hash), skipping function calls.
+ *	   query runs; with grouping sets, the row goes into its group of each
+ *	   set (key 0 the set's id, the keys it rolls up NULL).  Groups whose
+ *	   keys all compare by their bytes are found by hashing those bytes
+ *	   (accum_image_hash), skipping function calls.
  *	 - combined: a statement that streams more rows than
  *	   kappa.stream_batch_memory holds is applied in chunks.  Each chunk's
  *	   delta rows (group keys and partial states, as the delta plan produces
@@ -62,6 +64,13 @@ struct KappaViewAccum
 	struct AccumEntry *probe;	/* keys of the row being looked up */
 	int16	   *keyLens;
 	bool	   *keyByVals;
+	/* the keys of a pushed row, and of its group in one grouping set */
+	Datum	   *rowKeys;
+	bool	   *rowNulls;
+	Datum	   *setKeys;
+	bool	   *setNulls;
+	int			nsets;			/* groups a pushed row goes into: one per
+								 * grouping set, or 1 */
 	/* retracted rows (views over tables) */
 	TupleTableSlot *retractSlot;	/* a retracted row being evaluated */
 	struct AccumEntry *current; /* the group KappaAccumFlush is handing on */
@@ -98,6 +107,8 @@ typedef struct KeyGroup
 } KeyGroup;
 
 static uint32 accum_image_hash(KappaViewAccum *acc, AccumEntry *key);
+static void accum_retract_from(KappaViewAccum *acc, AccumEntry *ae,
+							   TupleTableSlot *row);
 static bool accum_image_equal(KappaViewAccum *acc, AccumEntry *a, AccumEntry *b);
 
 #define SH_PREFIX keygroups
@@ -273,6 +284,12 @@ KappaAccumCreate(KappaViewInfo *view, MemoryContext parent)
 		acc->probe->keys = palloc(sizeof(Datum) * nkeys);
 		acc->probe->keynulls = palloc(sizeof(bool) * nkeys);
 	}
+
+	acc->nsets = view->groupingSets ? view->ngsets : 1;
+	acc->rowKeys = palloc0(sizeof(Datum) * Max(nkeys, 1));
+	acc->rowNulls = palloc0(sizeof(bool) * Max(nkeys, 1));
+	acc->setKeys = palloc0(sizeof(Datum) * Max(nkeys, 1));
+	acc->setNulls = palloc0(sizeof(bool) * Max(nkeys, 1));
 
 	acc->aggExprContext = makeNode(ExprContext);
 	acc->aggExprContext->ecxt_per_tuple_memory = acc->statecxt;
@@ -666,27 +683,48 @@ accum_new_pushed_entry(KappaViewAccum *acc)
 }
 
 /*
- * The group of a pushed row (made if new), or NULL if the row fails the
- * view's WHERE; the row's expressions are evaluated in the push path's
- * per-row memory, which the caller resets.
+ * Evaluate a pushed row's WHERE and group keys (in the push path's per-row
+ * memory, which the caller resets) into acc->rowKeys / acc->rowNulls.
+ * Returns false if the row fails the view's WHERE.  With grouping sets, key
+ * 0 (the set's id) is left for accum_set_group.
  */
-static AccumEntry *
-accum_row_group(KappaViewAccum *acc, TupleTableSlot *row)
+static bool
+accum_row_keys(KappaViewAccum *acc, TupleTableSlot *row)
 {
 	KappaViewInfo *view = acc->view;
 	KappaPushInfo *push = view->push;
 	ExprContext *econtext = push->econtext;
-	TupleHashEntry entry;
-	AccumEntry *ae;
-	bool		isnew;
 	int			i;
 
 	econtext->ecxt_scantuple = row;
 	if (push->qual != NULL && !ExecQual(push->qual, econtext))
-		return NULL;
+		return false;
 
 	if (push->maxAttno > 0)
 		slot_getsomeattrs(row, push->maxAttno);
+	for (i = view->groupingSets ? 1 : 0; i < view->nkeys; i++)
+	{
+		if (push->keyStates[i] == NULL)
+		{
+			acc->rowKeys[i] = row->tts_values[push->keyAttnos[i] - 1];
+			acc->rowNulls[i] = row->tts_isnull[push->keyAttnos[i] - 1];
+		}
+		else
+			acc->rowKeys[i] = ExecEvalExpr(push->keyStates[i], econtext,
+										   &acc->rowNulls[i]);
+	}
+	return true;
+}
+
+/* The group of keys keys[] / keynulls[] (copied if new), made if new. */
+static AccumEntry *
+accum_keys_group(KappaViewAccum *acc, Datum *keys, bool *keynulls)
+{
+	KappaViewInfo *view = acc->view;
+	TupleHashEntry entry;
+	AccumEntry *ae;
+	bool		isnew;
+	int			i;
 
 	if (acc->groups != NULL)
 	{
@@ -695,103 +733,94 @@ accum_row_group(KappaViewAccum *acc, TupleTableSlot *row)
 		KeyGroup   *group;
 		bool		found;
 
-		for (i = 0; i < view->nkeys; i++)
-		{
-			if (push->keyStates[i] == NULL)
-			{
-				probe->keys[i] = row->tts_values[push->keyAttnos[i] - 1];
-				probe->keynulls[i] = row->tts_isnull[push->keyAttnos[i] - 1];
-			}
-			else
-				probe->keys[i] = ExecEvalExpr(push->keyStates[i], econtext,
-											  &probe->keynulls[i]);
-		}
+		memcpy(probe->keys, keys, sizeof(Datum) * view->nkeys);
+		memcpy(probe->keynulls, keynulls, sizeof(bool) * view->nkeys);
 		group = keygroups_insert(acc->groups, probe, &found);
 		if (found)
-			ae = group->entry;
-		else
-		{
-			ae = accum_new_pushed_entry(acc);
-			ae->keys = MemoryContextAlloc(acc->statecxt, sizeof(Datum) * view->nkeys);
-			ae->keynulls = MemoryContextAlloc(acc->statecxt, sizeof(bool) * view->nkeys);
-			for (i = 0; i < view->nkeys; i++)
-			{
-				ae->keynulls[i] = probe->keynulls[i];
-				ae->keys[i] = probe->keynulls[i] ? (Datum) 0 :
-					accum_datum_copy_key(probe->keys[i], acc->keyByVals[i],
-										 acc->keyLens[i], acc->statecxt);
-			}
-			group->entry = ae;
-		}
-	}
-	else
-	{
-		ExecClearTuple(acc->keySlot);
-		if (view->nkeys == 0)
-		{
-			acc->keySlot->tts_values[0] = Int32GetDatum(0);
-			acc->keySlot->tts_isnull[0] = false;
-		}
+			return group->entry;
+		ae = accum_new_pushed_entry(acc);
+		ae->keys = MemoryContextAlloc(acc->statecxt, sizeof(Datum) * view->nkeys);
+		ae->keynulls = MemoryContextAlloc(acc->statecxt, sizeof(bool) * view->nkeys);
 		for (i = 0; i < view->nkeys; i++)
 		{
-			if (push->keyStates[i] == NULL)
-			{
-				acc->keySlot->tts_values[i] = row->tts_values[push->keyAttnos[i] - 1];
-				acc->keySlot->tts_isnull[i] = row->tts_isnull[push->keyAttnos[i] - 1];
-			}
-			else
-				acc->keySlot->tts_values[i] = ExecEvalExpr(push->keyStates[i], econtext,
-														   &acc->keySlot->tts_isnull[i]);
+			ae->keynulls[i] = probe->keynulls[i];
+			ae->keys[i] = probe->keynulls[i] ? (Datum) 0 :
+				accum_datum_copy_key(probe->keys[i], acc->keyByVals[i],
+									 acc->keyLens[i], acc->statecxt);
 		}
-		ExecStoreVirtualTuple(acc->keySlot);
-
-		/* a view without GROUP BY has one group: find it once */
-		if (view->nkeys == 0 && acc->globalEntry != NULL)
-		{
-			entry = acc->globalEntry;
-			isnew = false;
-		}
-		else
-		{
-			entry = LookupTupleHashEntry(acc->table, acc->keySlot, &isnew, NULL);
-			if (view->nkeys == 0)
-				acc->globalEntry = entry;
-		}
-		if (isnew)
-		{
-			ae = accum_new_pushed_entry(acc);
-			entry->additional = ae;
-		}
-		else
-			ae = entry->additional;
+		group->entry = ae;
+		return ae;
 	}
+
+	/* a view without GROUP BY has one group: find it once */
+	if (view->nkeys == 0 && acc->globalEntry != NULL)
+		return acc->globalEntry->additional;
+	ExecClearTuple(acc->keySlot);
+	if (view->nkeys == 0)
+	{
+		acc->keySlot->tts_values[0] = Int32GetDatum(0);
+		acc->keySlot->tts_isnull[0] = false;
+	}
+	for (i = 0; i < view->nkeys; i++)
+	{
+		acc->keySlot->tts_values[i] = keys[i];
+		acc->keySlot->tts_isnull[i] = keynulls[i];
+	}
+	ExecStoreVirtualTuple(acc->keySlot);
+	entry = LookupTupleHashEntry(acc->table, acc->keySlot, &isnew, NULL);
+	if (view->nkeys == 0)
+		acc->globalEntry = entry;
+	if (isnew)
+	{
+		ae = accum_new_pushed_entry(acc);
+		entry->additional = ae;
+	}
+	else
+		ae = entry->additional;
 	return ae;
 }
 
 /*
- * KappaAccumPushRow applies one stream row to a view that reads the stream
- * alone, without a delta query: WHERE, group key, FILTER and the aggregates'
- * transition functions, as nodeAgg.c's advance_transition_function does,
- * into the group's in-memory state.  KappaAccumFlush writes the result.
+ * The group, made if new, of the row whose keys accum_row_keys evaluated in
+ * grouping set number 'set' (with grouping sets: key 0 is the set's id and
+ * the keys it rolls up are NULL; without, 'set' is 0).
  */
-void
-KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
+static AccumEntry *
+accum_set_group(KappaViewAccum *acc, int set)
+{
+	KappaViewInfo *view = acc->view;
+	int32		id;
+	int			i;
+
+	if (!view->groupingSets)
+		return accum_keys_group(acc, acc->rowKeys, acc->rowNulls);
+	id = view->gsetIds[set];
+	acc->setKeys[0] = Int32GetDatum(id);
+	acc->setNulls[0] = false;
+	for (i = 1; i < view->nkeys; i++)
+	{
+		bool		rolledUp = ((id >> (view->nkeys - 1 - i)) & 1) != 0;
+
+		acc->setKeys[i] = rolledUp ? (Datum) 0 : acc->rowKeys[i];
+		acc->setNulls[i] = rolledUp || acc->rowNulls[i];
+	}
+	return accum_keys_group(acc, acc->setKeys, acc->setNulls);
+}
+
+/*
+ * Advance the states of group 'ae' by pushed row 'row' (its keys evaluated
+ * by accum_row_keys, in the per-row memory the caller resets).
+ */
+static void
+accum_advance(KappaViewAccum *acc, AccumEntry *ae, TupleTableSlot *row)
 {
 	KappaViewInfo *view = acc->view;
 	KappaPushInfo *push = view->push;
 	ExprContext *econtext = push->econtext;
-	AccumEntry *ae;
 	MemoryContext oldcxt;
 	int			i;
 
-	ae = accum_row_group(acc, row);
-	if (ae == NULL)
-	{
-		ResetExprContext(econtext);
-		return;
-	}
 	ae->hasAdded = true;
-
 	oldcxt = MemoryContextSwitchTo(acc->tempcxt);
 	for (i = 0; i < view->naggs; i++)
 	{
@@ -844,9 +873,30 @@ KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
 		}
 	}
 	MemoryContextSwitchTo(oldcxt);
-	/* most rows allocate nothing: skip the calls then */
+	/* most rows allocate nothing: skip the call then */
 	if (!acc->tempcxt->isReset)
 		MemoryContextReset(acc->tempcxt);
+}
+
+/*
+ * KappaAccumPushRow applies one stream row to a view that reads the stream
+ * alone, without a delta query: WHERE, group key, FILTER and the aggregates'
+ * transition functions, as nodeAgg.c's advance_transition_function does,
+ * into the group's in-memory state -- with grouping sets, into its group of
+ * each set.  KappaAccumFlush writes the result.
+ */
+void
+KappaAccumPushRow(KappaViewAccum *acc, TupleTableSlot *row)
+{
+	ExprContext *econtext = acc->view->push->econtext;
+	int			set;
+
+	if (accum_row_keys(acc, row))
+	{
+		for (set = 0; set < acc->nsets; set++)
+			accum_advance(acc, accum_set_group(acc, set), row);
+	}
+	/* most rows allocate nothing: skip the call then */
 	if (!econtext->ecxt_per_tuple_memory->isReset)
 		ResetExprContext(econtext);
 }
@@ -862,12 +912,26 @@ void
 KappaAccumRetractRow(KappaViewAccum *acc, TupleTableSlot *row)
 {
 	KappaViewInfo *view = acc->view;
-	AccumEntry *ae;
+	int			set;
 
-	ae = accum_row_group(acc, row);
+	if (accum_row_keys(acc, row))
+	{
+		for (set = 0; set < acc->nsets; set++)
+			accum_retract_from(acc, accum_set_group(acc, set), row);
+	}
 	ResetExprContext(view->push->econtext);
-	if (ae == NULL)
-		return;
+}
+
+/*
+ * Record that 'row' left group 'ae' (KappaAccumRetractRow): the group is
+ * marked, and for a view whose aggregates all retract in place, a copy of
+ * the row kept with it.
+ */
+static void
+accum_retract_from(KappaViewAccum *acc, AccumEntry *ae, TupleTableSlot *row)
+{
+	KappaViewInfo *view = acc->view;
+
 	ae->hasRetracted = true;
 	if (!view->invertible)
 		return;

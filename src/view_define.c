@@ -76,9 +76,10 @@ define_mat_table(KappaViewShape *shape, const char *matname)
 	{
 		Node	   *key = lfirst(lc);
 
-		define_append_column(&buf, psprintf("k_%d", ++i), exprType(key),
-							 exprTypmod(key), exprCollation(key));
-		appendStringInfoString(&buf, ", ");
+		define_append_column(&buf, psprintf("k_%d", KAPPA_KEY_COLUMN(shape->groupingSets, i)),
+							 exprType(key), exprTypmod(key), exprCollation(key));
+		appendStringInfoString(&buf, i == 0 && shape->groupingSets ? " NOT NULL, " : ", ");
+		i++;
 	}
 	i = 0;
 	foreach(lc, shape->aggrefs)
@@ -114,8 +115,9 @@ define_mat_table(KappaViewShape *shape, const char *matname)
 	appendStringInfo(&buf, "CREATE UNIQUE INDEX ON %s (", qname);
 	if (shape->nkeys == 0)
 		appendStringInfoString(&buf, "k_0");
-	for (i = 1; i <= shape->nkeys; i++)
-		appendStringInfo(&buf, "%sk_%d", i > 1 ? ", " : "", i);
+	for (i = 0; i < shape->nkeys; i++)
+		appendStringInfo(&buf, "%sk_%d", i > 0 ? ", " : "",
+						 KAPPA_KEY_COLUMN(shape->groupingSets, i));
 	appendStringInfoString(&buf, ") NULLS NOT DISTINCT");
 	KappaExecSql(buf.data);
 
@@ -186,6 +188,28 @@ KappaDefineUserView(KappaViewShape *shape, const char *qualifiedName, Oid matRel
 	appendStringInfo(&buf, " FROM %s",
 					 quote_qualified_identifier(KAPPA_DATA_SCHEMA,
 												get_rel_name(matRelid)));
+	if (shape->groupingSets)
+	{
+		/*
+		 * a grouping set listed n times gives its groups n times in plain
+		 * SQL; the view stores them once
+		 */
+		bool		repeated = false;
+		ListCell   *lc3;
+
+		forboth(lc, shape->gsetIds, lc3, shape->gsetCopies)
+		{
+			if (lfirst_int(lc3) == 1)
+				continue;
+			appendStringInfoString(&buf, repeated ? " " :
+								   " CROSS JOIN LATERAL pg_catalog.generate_series(1, CASE");
+			appendStringInfo(&buf, " WHEN k_0 OPERATOR(pg_catalog.=) %d THEN %d",
+							 lfirst_int(lc), lfirst_int(lc3));
+			repeated = true;
+		}
+		if (repeated)
+			appendStringInfoString(&buf, " ELSE 1 END) AS kappa_copies(copy)");
+	}
 	if (shape->having)
 		appendStringInfoString(&buf, " WHERE h");
 	i = 0;
@@ -499,6 +523,15 @@ kappa_view_stats(PG_FUNCTION_ARGS)
 		if (rel != NULL)
 		{
 			AttrNumber	rowsAttno = attnameAttNum(rel, "s_1", false);
+
+			/*
+			 * With grouping sets, each set's groups hold every row: count
+			 * those of one set (k_0, the set's id; the one row of a view
+			 * without GROUP BY has k_0 too)
+			 */
+			AttrNumber	setAttno = attnameAttNum(rel, "k_0", false);
+			int32		set = 0;
+			bool		haveSet = false;
 			AttrNumber	updatedAttno = attnameAttNum(rel, "updated_at", false);
 			TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
 			TupleTableSlot *slot = table_slot_create(rel, NULL);
@@ -513,7 +546,19 @@ kappa_view_stats(PG_FUNCTION_ARGS)
 				Datum		d;
 
 				groups++;
-				if (rowsAttno > 0)
+				isnull = true;
+				d = (Datum) 0;
+				if (setAttno > 0)
+				{
+					d = slot_getattr(slot, setAttno, &isnull);
+					if (!isnull && !haveSet)
+					{
+						set = DatumGetInt32(d);
+						haveSet = true;
+					}
+				}
+				if (rowsAttno > 0 &&
+					(setAttno <= 0 || (!isnull && DatumGetInt32(d) == set)))
 				{
 					d = slot_getattr(slot, rowsAttno, &isnull);
 					if (!isnull && pg_add_s64_overflow(rows, DatumGetInt64(d), &rows))

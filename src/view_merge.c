@@ -319,8 +319,9 @@ recompute_destroy(DestReceiver *self)
 
 /*
  * Recompute one group of a view over a table from the table itself: the
- * view's delta query restricted to the group's keys, run with 'snapshot'
- * (taken after the group's row was locked).  Returns true with the keys
+ * view's delta query restricted to the group's keys (with grouping sets,
+ * the query of the group's set, view_plan.c), run with 'snapshot' (taken
+ * after the group's row was locked).  Returns true with the keys
  * and states in r->recomputed, false if no row of the table is in the group.
  */
 static bool
@@ -332,7 +333,24 @@ merge_recompute(MergeReceiver *r, Datum *keys, bool *keynulls, Snapshot snapshot
 	RecomputeReceiver dest;
 	QueryDesc  *qd;
 	int			i;
+	int			set = -1;		/* the group's grouping set, if any */
 
+	if (view->groupingSets)
+	{
+		/* the plans of the group's set (key 0) */
+		for (set = 0; set < view->ngsets; set++)
+		{
+			if (view->gsetIds[set] == DatumGetInt32(keys[0]))
+				break;
+		}
+		if (set == view->ngsets)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("materialization of continuous view \"%s\" holds a group of an unknown grouping set %d",
+							get_rel_name(view->viewRelid), DatumGetInt32(keys[0])),
+					 errhint("Rebuild the view with kappa.rebuild_view().")));
+		plan = view->gsetRecompute[set];
+	}
 	if (view->nkeys > 0)
 	{
 		params = makeParamList(view->nkeys);
@@ -342,8 +360,13 @@ merge_recompute(MergeReceiver *r, Datum *keys, bool *keynulls, Snapshot snapshot
 			params->params[i].isnull = keynulls[i];
 			params->params[i].pflags = PARAM_FLAG_CONST;
 			params->params[i].ptype = TupleDescAttr(view->finalsDesc, i)->atttypid;
-			if (keynulls[i])
+			if (!keynulls[i])
+				continue;
+			if (set < 0)
 				plan = view->recomputeNullPlan;
+			else if (i > 0 &&
+					 ((DatumGetInt32(keys[0]) >> (view->nkeys - 1 - i)) & 1) == 0)
+				plan = view->gsetRecomputeNull[set];	/* a grouped NULL key */
 		}
 	}
 	memset(&dest, 0, sizeof(dest));
@@ -459,7 +482,10 @@ merge_changed_group(MergeReceiver *r, TupleTableSlot *delta, Datum *keys,
 		}
 		PopActiveSnapshot();
 
+		/* the group of a view without GROUP BY, or of (), always exists */
 		empty = !view->globalView &&
+			!(view->groupingSets &&
+			  DatumGetInt32(keys[0]) == view->emptyGsetId) &&
 			!newslot->tts_isnull[countAttno - 1] &&
 			DatumGetInt64(newslot->tts_values[countAttno - 1]) == 0;
 		if (empty)

@@ -10,7 +10,8 @@
  * runs) and the output sorted by the group keys.  Executed over a batch of
  * stream rows (view_apply.c hands them to the stream's scan), it yields one
  * row per touched group: the keys and a partial state per aggregate.  It is
- * planned twice, for a few rows and for many.
+ * planned twice, for a few rows and for many.  With grouping sets the Agg
+ * node computes every set at once, and the set's id leads the keys.
  *
  * A view over the stream alone (no joins, no subqueries, plain aggregate
  * calls) also gets a push path (KappaPushInfo): its WHERE, keys and
@@ -18,7 +19,8 @@
  * into an accumulator (view_accum.c) without a delta query.
  *
  * A view over an ordinary table also gets the queries that recompute one
- * group from the tables (its delta query restricted to the group's keys)
+ * group from the tables (its delta query restricted to the group's keys;
+ * with grouping sets, one pair per set, grouped by the set's keys alone)
  * and, if it has no push path (it joins other tables), a "changes plan":
  * its delta query with the table's range table entry turned into the
  * ephemeral named relation KAPPA_CHANGES_ENR, which view_apply.c fills with
@@ -37,6 +39,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/pg_aggregate.h"
+#include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "nodes/makefuncs.h"
@@ -219,7 +222,31 @@ plan_delta_query_over(KappaViewShape *shape, Query *query, const char *sql,
 	AttrNumber	resno = 0;
 	ListCell   *lc;
 	PlannedStmt *pstmt;
+	List	   *sortClause = NIL;
 
+	if (shape->groupingSets)
+	{
+		/*
+		 * key 0, the grouping set's id, sorted first as in the unique index;
+		 * each distinct set once (GROUP BY DISTINCT), as the view stores it
+		 */
+		TargetEntry *ntle = makeTargetEntry(copyObject(linitial(shape->keyExprs)),
+											++resno, "k_0", false);
+		SortGroupClause *sgc = makeNode(SortGroupClause);
+
+		foreach(lc, query->targetList)
+			ntle->ressortgroupref = Max(ntle->ressortgroupref,
+										((TargetEntry *) lfirst(lc))->ressortgroupref);
+		ntle->ressortgroupref++;
+		sgc->tleSortGroupRef = ntle->ressortgroupref;
+		sgc->eqop = Int4EqualOperator;
+		sgc->sortop = Int4LessOperator;
+		sgc->nulls_first = false;
+		sgc->hashable = true;
+		sortClause = list_make1(sgc);
+		tlist = lappend(tlist, ntle);
+		delta->groupDistinct = true;
+	}
 	foreach(lc, query->groupClause)
 	{
 		SortGroupClause *sgc = lfirst(lc);
@@ -241,7 +268,7 @@ plan_delta_query_over(KappaViewShape *shape, Query *query, const char *sql,
 	delta->targetList = tlist;
 	delta->hasAggs = true;
 	delta->havingQual = NULL;
-	delta->sortClause = copyObject(query->groupClause);
+	delta->sortClause = list_concat(sortClause, copyObject(query->groupClause));
 	delta->limitCount = NULL;
 	delta->limitOffset = NULL;
 	delta->limitOption = LIMIT_OPTION_DEFAULT;
@@ -277,9 +304,35 @@ plan_delta_query_for(KappaViewShape *shape, const char *sql, double rows)
 }
 
 /*
+ * Group key 'key' (of 'sgc') compared with parameter $paramid by the key's
+ * equality operator, or, with 'nullSafe', by IS NOT DISTINCT FROM (which
+ * finds NULL keys but no index).
+ */
+static Expr *
+plan_key_qual(SortGroupClause *sgc, Node *key, int paramid, bool nullSafe)
+{
+	Param	   *param = makeNode(Param);
+	Expr	   *cmp;
+
+	param->paramkind = PARAM_EXTERN;
+	param->paramid = paramid;
+	param->paramtype = exprType(key);
+	param->paramtypmod = exprTypmod(key);
+	param->paramcollid = exprCollation(key);
+	param->location = -1;
+	cmp = make_opclause(sgc->eqop, BOOLOID, false, (Expr *) copyObject(key),
+						(Expr *) param, InvalidOid, exprCollation(key));
+	if (nullSafe)
+	{
+		NodeSetTag(cmp, T_DistinctExpr);
+		cmp = makeBoolExpr(NOT_EXPR, list_make1(cmp), -1);
+	}
+	return cmp;
+}
+
+/*
  * The condition that restricts a view over a table to one group: each group
- * key compared with parameter $i by the key's equality operator, or, with
- * 'nullSafe', by IS NOT DISTINCT FROM (which finds NULL keys but no index).
+ * key compared with parameter $i (plan_key_qual).
  */
 static Node *
 plan_group_qual(KappaViewShape *shape, bool nullSafe)
@@ -292,28 +345,88 @@ plan_group_qual(KappaViewShape *shape, bool nullSafe)
 	{
 		SortGroupClause *sgc = lfirst(lc);
 		TargetEntry *tle = get_sortgroupclause_tle(sgc, shape->query->targetList);
-		Node	   *key = (Node *) copyObject(tle->expr);
-		Param	   *param = makeNode(Param);
-		Expr	   *cmp;
 
-		param->paramkind = PARAM_EXTERN;
-		param->paramid = ++i;
-		param->paramtype = exprType(key);
-		param->paramtypmod = exprTypmod(key);
-		param->paramcollid = exprCollation(key);
-		param->location = -1;
-		cmp = make_opclause(sgc->eqop, BOOLOID, false, (Expr *) key,
-							(Expr *) param, InvalidOid, exprCollation(key));
-		if (nullSafe)
-		{
-			NodeSetTag(cmp, T_DistinctExpr);
-			cmp = makeBoolExpr(NOT_EXPR, list_make1(cmp), -1);
-		}
-		quals = lappend(quals, cmp);
+		quals = lappend(quals, plan_key_qual(sgc, (Node *) tle->expr, ++i, nullSafe));
 	}
 	if (quals == NIL)
 		return NULL;
 	return (Node *) make_ands_explicit(quals);
+}
+
+/*
+ * The query that recomputes one group of grouping set 'setId' of a view
+ * over a table with grouping sets: the view's query grouped by that set's
+ * keys alone, restricted to the group (its keys compared with $2 .. as
+ * plan_key_qual does; $1 is the set's id), with the delta query's columns
+ * -- the set's id, every key (NULL where the set rolls it up), the partial
+ * states.  The empty set's is a global aggregate: one row even over no rows,
+ * as plain SQL gives that set's group.
+ */
+static PlannedStmt *
+plan_gset_recompute(KappaViewShape *shape, const char *sql, int32 setId,
+					bool nullSafe)
+{
+	Query	   *query = shape->query;
+	Query	   *recompute = copyObject(query);
+	int			nkeys = list_length(query->groupClause);
+	List	   *tlist = NIL;
+	List	   *groupClause = NIL;
+	List	   *quals = NIL;
+	AttrNumber	resno = 0;
+	int			pos = 0;
+	ListCell   *lc;
+	PlannedStmt *pstmt;
+
+	tlist = lappend(tlist, makeTargetEntry((Expr *) makeConst(INT4OID, -1, InvalidOid,
+															  sizeof(int32),
+															  Int32GetDatum(setId),
+															  false, true),
+										   ++resno, "k_0", false));
+	foreach(lc, query->groupClause)
+	{
+		SortGroupClause *sgc = lfirst(lc);
+		TargetEntry *tle = get_sortgroupclause_tle(sgc, query->targetList);
+		Node	   *key = (Node *) tle->expr;
+		TargetEntry *ntle;
+
+		resno++;
+		if ((setId & (1 << (nkeys - 1 - pos))) == 0)
+		{
+			ntle = makeTargetEntry(copyObject(tle->expr), resno,
+								   psprintf("k_%d", pos + 1), false);
+			ntle->ressortgroupref = tle->ressortgroupref;
+			groupClause = lappend(groupClause, copyObject(sgc));
+			quals = lappend(quals, plan_key_qual(sgc, key, pos + 2, nullSafe));
+		}
+		else
+			ntle = makeTargetEntry((Expr *) makeNullConst(exprType(key), exprTypmod(key),
+														  exprCollation(key)),
+								   resno, psprintf("k_%d", pos + 1), false);
+		tlist = lappend(tlist, ntle);
+		pos++;
+	}
+	foreach(lc, shape->aggrefs)
+	{
+		resno++;
+		tlist = lappend(tlist, makeTargetEntry(copyObject(lfirst(lc)), resno,
+											   psprintf("s_%d", resno), false));
+	}
+	recompute->targetList = tlist;
+	recompute->hasAggs = true;
+	recompute->groupingSets = NIL;
+	recompute->groupDistinct = false;
+	recompute->groupClause = groupClause;
+	recompute->havingQual = NULL;
+	recompute->sortClause = NIL;
+	recompute->limitCount = NULL;
+	recompute->limitOffset = NULL;
+	recompute->limitOption = LIMIT_OPTION_DEFAULT;
+	if (quals != NIL)
+		recompute->jointree->quals = make_and_qual(recompute->jointree->quals,
+												   (Node *) make_ands_explicit(quals));
+	pstmt = pg_plan_query(recompute, sql, 0, NULL);
+	plan_make_partial(pstmt->planTree);
+	return pstmt;
 }
 
 /*
@@ -340,9 +453,25 @@ plan_table_view(KappaViewInfo *view, KappaViewShape *shape, const char *sql,
 					 errdetail("A continuous view over a table groups changed rows in a hash table."),
 					 errhint("Group by an expression of a type with a hash operator class, such as a cast to text.")));
 	}
-	*eqPlan = plan_delta_query(shape, sql, plan_group_qual(shape, false));
-	*nullPlan = view->nkeys == 0 ? *eqPlan :
-		plan_delta_query(shape, sql, plan_group_qual(shape, true));
+	if (view->groupingSets)
+	{
+		/* one pair of plans per grouping set; the first stands for all */
+		view->gsetRecompute = palloc(sizeof(PlannedStmt *) * view->ngsets);
+		view->gsetRecomputeNull = palloc(sizeof(PlannedStmt *) * view->ngsets);
+		for (i = 0; i < view->ngsets; i++)
+		{
+			view->gsetRecompute[i] = plan_gset_recompute(shape, sql, view->gsetIds[i], false);
+			view->gsetRecomputeNull[i] = plan_gset_recompute(shape, sql, view->gsetIds[i], true);
+		}
+		*eqPlan = view->gsetRecompute[0];
+		*nullPlan = view->gsetRecomputeNull[0];
+	}
+	else
+	{
+		*eqPlan = plan_delta_query(shape, sql, plan_group_qual(shape, false));
+		*nullPlan = view->nkeys == 0 ? *eqPlan :
+			plan_delta_query(shape, sql, plan_group_qual(shape, true));
+	}
 	*changesPlan = NULL;
 	*smallChangesPlan = NULL;
 	if (view->push == NULL)
@@ -439,8 +568,15 @@ plan_push_info(KappaViewInfo *view, KappaViewShape *shape)
 	i = 0;
 	foreach(lc, shape->keyExprs)
 	{
-		push->keyStates[i] = plan_row_input(lfirst(lc), &push->keyAttnos[i],
-											&push->maxAttno);
+		/* the id of a grouping set is no expression over the row */
+		if (i == 0 && shape->groupingSets)
+		{
+			push->keyStates[i] = NULL;
+			push->keyAttnos[i] = 0;
+		}
+		else
+			push->keyStates[i] = plan_row_input(lfirst(lc), &push->keyAttnos[i],
+												&push->maxAttno);
 		i++;
 	}
 	push->aggs = palloc0(sizeof(KappaPushAgg) * view->naggs);
@@ -574,6 +710,24 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	view->shape->having = copyObject(shape->having);
 	view->shape->sortExprs = copyObject(shape->sortExprs);
 	view->shape->streamRelid = shape->streamRelid;
+	view->shape->groupingSets = shape->groupingSets;
+	view->groupingSets = shape->groupingSets;
+	view->emptyGsetId = -1;
+	if (shape->groupingSets)
+	{
+		int32		emptyId = (int32) ((((int64) 1) << (shape->nkeys - 1)) - 1);
+
+		view->ngsets = list_length(shape->gsetIds);
+		view->gsetIds = palloc(sizeof(int32) * view->ngsets);
+		i = 0;
+		foreach(lc, shape->gsetIds)
+		{
+			view->gsetIds[i] = lfirst_int(lc);
+			if (view->gsetIds[i] == emptyId)
+				view->emptyGsetId = emptyId;
+			i++;
+		}
+	}
 
 	view->ownerId = ownerId;
 
@@ -592,7 +746,8 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	if (view->globalView)
 		view->keyAttnos[0] = plan_mat_attno(mat, "k_0");
 	for (i = 0; i < view->nkeys; i++)
-		view->keyAttnos[i] = plan_mat_attno(mat, psprintf("k_%d", i + 1));
+		view->keyAttnos[i] = plan_mat_attno(mat, psprintf("k_%d",
+														  KAPPA_KEY_COLUMN(view->groupingSets, i)));
 	view->stateAttnos = palloc(sizeof(AttrNumber) * view->naggs);
 	for (i = 0; i < view->naggs; i++)
 		view->stateAttnos[i] = plan_mat_attno(mat, psprintf("s_%d", i + 1));
@@ -660,6 +815,15 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 	view->keyNullsFirst = palloc(sizeof(bool) * Max(view->nkeys, 1));
 	view->keyHashable = palloc(sizeof(bool) * Max(view->nkeys, 1));
 	i = 0;
+	if (view->groupingSets)
+	{
+		/* key 0, the grouping set's id: an int4 */
+		view->keyEqOps[i] = Int4EqualOperator;
+		view->keySortOps[i] = Int4LessOperator;
+		view->keyNullsFirst[i] = false;
+		view->keyHashable[i] = true;
+		i++;
+	}
 	foreach(lc, shape->query->groupClause)
 	{
 		SortGroupClause *sgc = lfirst(lc);
@@ -722,6 +886,19 @@ KappaViewInfoLoad(Oid viewRelid, Oid matRelid, Oid defRelid, MemoryContext paren
 		MemoryContextSwitchTo(cxt);
 		view->recomputePlan = copyObject(eqPlan);
 		view->recomputeNullPlan = copyObject(nullPlan);
+		if (view->groupingSets)
+		{
+			PlannedStmt **eqPlans = view->gsetRecompute;
+			PlannedStmt **nullPlans = view->gsetRecomputeNull;
+
+			view->gsetRecompute = palloc(sizeof(PlannedStmt *) * view->ngsets);
+			view->gsetRecomputeNull = palloc(sizeof(PlannedStmt *) * view->ngsets);
+			for (i = 0; i < view->ngsets; i++)
+			{
+				view->gsetRecompute[i] = copyObject(eqPlans[i]);
+				view->gsetRecomputeNull[i] = copyObject(nullPlans[i]);
+			}
+		}
 		view->changesPlan = copyObject(changesPlan);
 		view->smallChangesPlan = copyObject(smallChangesPlan);
 	}

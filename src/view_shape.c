@@ -14,7 +14,10 @@
  *
  * KappaBuildViewShape is used both at creation (view_define.c) and whenever
  * a backend loads a view (view_plan.c), from the text of the view's
- * definition, so the two cannot disagree.  The shape's first aggregate is
+ * definition, so the two cannot disagree.  GROUPING SETS, ROLLUP and CUBE
+ * are expanded into their distinct sets, whose id (GROUPING() of every key)
+ * becomes key 0; grouping() in outputs is computed from it
+ * (shape_grouping_sets, shape_map_grouping).  The shape's first aggregate is
  * always count(*): it gives the rows applied to each group (column s_1 of
  * the materialization).  See view.h for the storage layout.
  *
@@ -52,6 +55,13 @@
 #include "kappa_errcodes.h"
 #include "util.h"
 #include "view.h"
+
+/*
+ * The most group keys a view with grouping sets may have: the id of a set
+ * is GROUPING() of every key, an int4 (PostgreSQL's own limit for
+ * GROUPING() arguments).
+ */
+#define KAPPA_MAX_GROUPING_KEYS 31
 
 typedef struct CheckContext
 {
@@ -163,31 +173,6 @@ shape_count_streams_walker(Node *node, CheckContext *ctx)
 		return query_tree_walker((Query *) node, shape_count_streams_walker, ctx,
 								 QTW_EXAMINE_RTES_BEFORE);
 	return expression_tree_walker(node, shape_count_streams_walker, ctx);
-}
-
-static bool
-shape_grouping_func_walker(Node *node, Node **found)
-{
-	if (node == NULL)
-		return false;
-	if (IsA(node, GroupingFunc))
-	{
-		*found = node;
-		return true;
-	}
-	if (IsA(node, Query))
-		return false;
-	return expression_tree_walker(node, shape_grouping_func_walker, found);
-}
-
-/* The first GROUPING() call in an expression tree, or NULL. */
-static Node *
-shape_find_grouping_func(Node *node)
-{
-	Node	   *found = NULL;
-
-	(void) shape_grouping_func_walker(node, &found);
-	return found;
 }
 
 /* Is range table entry 'rtindex' on the nullable side of an outer join? */
@@ -593,24 +578,14 @@ shape_check_query(Query *query, ParseState *pstate, bool *isTable)
 				 errmsg("window functions are not supported in a continuous view"),
 				 errdetail("A window function needs all rows of its partition at once."),
 				 errhint("Apply the window function when reading: SELECT ..., rank() OVER (...) FROM the continuous view.")));
-	if (query->groupingSets != NIL)
+	if (query->groupingSets != NIL && list_length(query->groupClause) > KAPPA_MAX_GROUPING_KEYS)
 		ereport(ERROR,
 				(errcode(ERRCODE_KAPPA_GROUPING_SETS),
-				 errmsg("GROUPING SETS, ROLLUP and CUBE are not supported in a continuous view"),
-				 errhint("Create one continuous view per grouping, or aggregate the finest grouping further when reading.")));
-	{
-		Node	   *grouping = shape_find_grouping_func((Node *) query->targetList);
-
-		if (grouping == NULL)
-			grouping = shape_find_grouping_func(query->havingQual);
-		if (grouping != NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_KAPPA_GROUPING_SETS),
-					 errmsg("GROUPING() is not supported in a continuous view"),
-					 errdetail("Without GROUPING SETS, ROLLUP or CUBE every group key is always grouped: GROUPING() is 0."),
-					 errhint("Write 0 instead, or create one continuous view per grouping."),
-					 parser_errposition(pstate, exprLocation(grouping))));
-	}
+				 errmsg("GROUPING SETS, ROLLUP and CUBE over more than %d group keys are not supported in a continuous view",
+						KAPPA_MAX_GROUPING_KEYS),
+				 errdetail("Each group is stored with the id of its grouping set, one bit per group key (what GROUPING() of every key returns), which takes at most %d keys.",
+						   KAPPA_MAX_GROUPING_KEYS),
+				 errhint("Group by fewer expressions, or create one continuous view per grouping.")));
 	if (query->hasTargetSRFs)
 		ereport(ERROR,
 				(errcode(ERRCODE_KAPPA_SET_RETURNING),
@@ -685,6 +660,137 @@ shape_check_query(Query *query, ParseState *pstate, bool *isTable)
 	return streamIndex;
 }
 
+/*
+ * GROUPING(args) over the finals tuple: 0 without grouping sets (every key
+ * is grouped); with them, a CASE over the set's id (key 0) giving, for each
+ * distinct set, a bit per argument that the set rolls up, the first
+ * argument the most significant, as PostgreSQL computes it.
+ */
+static Node *
+shape_map_grouping(KappaViewShape *shape, GroupingFunc *gf)
+{
+	List	   *groupClause = shape->query->groupClause;
+	int			nkeys = list_length(groupClause);
+	CaseExpr   *result;
+	ListCell   *lc;
+
+	if (!shape->groupingSets)
+		return (Node *) makeConst(INT4OID, -1, InvalidOid, sizeof(int32),
+								  Int32GetDatum(0), false, true);
+	result = makeNode(CaseExpr);
+	result->casetype = INT4OID;
+	result->casecollid = InvalidOid;
+	result->arg = NULL;
+	result->location = -1;
+	foreach(lc, shape->gsetIds)
+	{
+		int32		id = lfirst_int(lc);
+		int32		value = 0;
+		CaseWhen   *when = makeNode(CaseWhen);
+		ListCell   *lc2;
+
+		foreach(lc2, gf->refs)
+		{
+			Index		ref = lfirst_int(lc2);
+			int			pos = 0;
+			ListCell   *lc3;
+
+			foreach(lc3, groupClause)
+			{
+				if (((SortGroupClause *) lfirst(lc3))->tleSortGroupRef == ref)
+					break;
+				pos++;
+			}
+			if (pos == nkeys)
+				elog(ERROR, "argument of GROUPING() is not a group key");
+			value = (value << 1) | ((id >> (nkeys - 1 - pos)) & 1);
+		}
+		when->expr = make_opclause(Int4EqualOperator, BOOLOID, false,
+								   (Expr *) makeVar(1, 1, INT4OID, -1, InvalidOid, 0),
+								   (Expr *) makeConst(INT4OID, -1, InvalidOid, sizeof(int32),
+													  Int32GetDatum(id), false, true),
+								   InvalidOid, InvalidOid);
+		when->result = (Expr *) makeConst(INT4OID, -1, InvalidOid, sizeof(int32),
+										  Int32GetDatum(value), false, true);
+		when->location = -1;
+		result->args = lappend(result->args, when);
+	}
+	result->defresult = (Expr *) makeConst(INT4OID, -1, InvalidOid, sizeof(int32),
+										   Int32GetDatum(0), false, true);
+	return (Node *) result;
+}
+
+/*
+ * A query with GROUPING SETS, ROLLUP or CUBE: the id of each distinct set of
+ * its expanded list (expand_grouping_sets, as the planner expands it) and
+ * how often each appears, and key 0, the set's id -- GROUPING() of every
+ * group key, placed before the keys.
+ */
+static void
+shape_grouping_sets(KappaViewShape *shape, Query *query)
+{
+	List	   *sets = expand_grouping_sets(query->groupingSets,
+											query->groupDistinct, -1);
+	GroupingFunc *id = makeNode(GroupingFunc);
+	ListCell   *lc;
+
+	if (query->groupClause == NIL)
+	{
+		/* GROUP BY (): a global aggregate, as plain SQL plans it */
+		if (list_length(sets) == 1)
+			return;
+		ereport(ERROR,
+				(errcode(ERRCODE_KAPPA_GROUPING_SETS),
+				 errmsg("several empty grouping sets without group keys are not supported in a continuous view"),
+				 errdetail("The query repeats the one row of a global aggregate %d times.",
+						   list_length(sets)),
+				 errhint("Use one empty grouping set, or no GROUP BY.")));
+	}
+	foreach(lc, sets)
+	{
+		List	   *set = lfirst(lc);
+		int32		setId = 0;
+		ListCell   *lc2;
+		ListCell   *lc3;
+		bool		seen = false;
+
+		foreach(lc2, query->groupClause)
+		{
+			SortGroupClause *sgc = lfirst(lc2);
+
+			setId = (setId << 1) |
+				(list_member_int(set, (int) sgc->tleSortGroupRef) ? 0 : 1);
+		}
+		forboth(lc2, shape->gsetIds, lc3, shape->gsetCopies)
+		{
+			if (lfirst_int(lc2) == setId)
+			{
+				lfirst_int(lc3)++;
+				seen = true;
+				break;
+			}
+		}
+		if (!seen)
+		{
+			shape->gsetIds = lappend_int(shape->gsetIds, setId);
+			shape->gsetCopies = lappend_int(shape->gsetCopies, 1);
+		}
+	}
+	foreach(lc, query->groupClause)
+	{
+		SortGroupClause *sgc = lfirst(lc);
+		TargetEntry *tle = get_sortgroupclause_tle(sgc, query->targetList);
+
+		id->args = lappend(id->args, copyObject(tle->expr));
+		id->refs = lappend_int(id->refs, (int) sgc->tleSortGroupRef);
+	}
+	id->agglevelsup = 0;
+	id->location = -1;
+	shape->keyExprs = lcons(id, shape->keyExprs);
+	shape->nkeys++;
+	shape->groupingSets = true;
+}
+
 /* Replace group keys and aggregates by Vars of the finals tuple. */
 static Node *
 shape_map_to_finals_mutator(Node *node, MapContext *ctx)
@@ -705,6 +811,8 @@ shape_map_to_finals_mutator(Node *node, MapContext *ctx)
 			return (Node *) makeVar(1, i, exprType(key), exprTypmod(key),
 									exprCollation(key), 0);
 	}
+	if (IsA(node, GroupingFunc))
+		return shape_map_grouping(shape, (GroupingFunc *) node);
 	if (IsA(node, Aggref))
 	{
 		i = 0;
@@ -805,6 +913,8 @@ KappaBuildViewShape(Query *query, const char *sql)
 		shape->keyExprs = lappend(shape->keyExprs, tle->expr);
 	}
 	shape->nkeys = list_length(shape->keyExprs);
+	if (query->groupingSets != NIL)
+		shape_grouping_sets(shape, query);
 
 	/* count(*) comes first: it counts the rows applied to each group */
 	shape->aggrefs = list_make1(shape_count_star());

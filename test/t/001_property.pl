@@ -627,6 +627,18 @@ push @tviews,
 		min(s.ts) AS mints, max(d.weight) AS mw
 	FROM {S} s LEFT JOIN dim d ON d.k = s.k % 50
 	GROUP BY d.name},
+  },
+  {
+	# grouping sets (table mode only, which changes rows every way; the
+	# stream's are in sql/27_grouping_sets.sql): every level of a ROLLUP,
+	# NULL keys apart from the rolled-up ones by grouping(); min and max
+	# recompute each set's touched groups, the grand total over the table
+	name => 'tv_gsets',
+	keys => [qw(lvl g flag)],
+	floats => [qw(sf)],
+	query => q{SELECT grouping(g, flag) AS lvl, g, flag, count(*) AS n, sum(x) AS sx,
+		sum(f) AS sf, min(k) AS mink, max(ts) AS maxts
+	FROM {S} GROUP BY ROLLUP (g, flag)},
   };
 $s->query_safe(qq{
 CREATE TABLE tbl ($columns);

@@ -83,6 +83,10 @@ SELECT kappa.create_view('"per ""Country"""',
 SELECT kappa.create_view('"Analytics"."Daily Totals"',
   $$SELECT date_trunc('day', ts AT TIME ZONE 'UTC') AS day, count(*) AS n, sum(amount) AS total
       FROM events GROUP BY 1$$);
+SELECT kappa.create_view('url_rollup',
+  $$SELECT url, user_id % 3 AS part, grouping(url, user_id % 3) AS level, count(*) AS n,
+           sum(amount) AS total, max(ts) AS last
+      FROM events GROUP BY ROLLUP (url, user_id % 3)$$);
 SELECT kappa.create_view('kept_by_user',
   $$SELECT user_id, count(*) AS n, sum(amount) AS total FROM "Kept Events" GROUP BY user_id$$);
 
@@ -134,6 +138,9 @@ my %views = (
 		GROUP BY u.country HAVING count(*) > 1 ORDER BY sum(e.amount) DESC LIMIT 3},
 	'"Analytics"."Daily Totals"' => q{SELECT date_trunc('day', ts AT TIME ZONE 'UTC') AS day,
 		count(*) AS n, sum(amount) AS total FROM events_shadow GROUP BY 1},
+	'url_rollup' => q{SELECT url, user_id % 3 AS part, grouping(url, user_id % 3) AS level,
+		count(*) AS n, sum(amount) AS total, max(ts) AS last
+		FROM events_shadow GROUP BY ROLLUP (url, user_id % 3)},
 	'kept_by_user' => q{SELECT user_id, count(*) AS n, sum(amount) AS total
 		FROM kept_shadow GROUP BY user_id},
 	'"Owned By K"' => q{SELECT k, count(*) AS n, sum(v) AS sv FROM owned_shadow GROUP BY k},
