@@ -298,6 +298,8 @@ CREATE EVENT TRIGGER kappa_ddl_command_end ON ddl_command_end
 -- rename would make the views silently stale), no row-level security and no
 -- inheritance or partitions (refused at create_view too).  Checked after
 -- each command that could change that; a violation rolls the command back.
+-- A table with none of its capture triggers yet is being restored:
+-- pg_restore creates triggers after the table's constraints.
 CREATE FUNCTION kappa.on_table_capture_ddl()
 RETURNS event_trigger
 LANGUAGE plpgsql
@@ -305,7 +307,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     t record;
-    missing text;
+    missing text; present bigint;
 BEGIN
     IF to_regclass('kappa.view_catalog') IS NULL THEN
         RETURN;
@@ -317,15 +319,15 @@ BEGIN
               WHERE c.relkind OPERATOR(pg_catalog.=) 'r'
               GROUP BY c.oid, c.relrowsecurity
     LOOP
-        SELECT string_agg(n, ', ' ORDER BY n) INTO missing
+        SELECT string_agg(n, ', ' ORDER BY n) FILTER (WHERE NOT coalesce(tg.tgenabled
+                   OPERATOR(pg_catalog.=) ANY ('{O,A}'::"char"[]), false)), count(tg.tgname)
+          INTO missing, present
           FROM unnest(ARRAY['kappa_capture_before', 'kappa_capture_insert',
                             'kappa_capture_update', 'kappa_capture_delete',
                             'kappa_capture_truncate']) AS n
-         WHERE NOT EXISTS (SELECT FROM pg_trigger tg
-                            WHERE tg.tgrelid OPERATOR(pg_catalog.=) t.rel
-                              AND tg.tgname OPERATOR(pg_catalog.=) n
-                              AND tg.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::"char"[]));
-        IF missing IS NOT NULL THEN
+          LEFT JOIN pg_trigger tg ON tg.tgrelid OPERATOR(pg_catalog.=) t.rel
+                                 AND tg.tgname OPERATOR(pg_catalog.=) n;
+        IF missing IS NOT NULL AND present OPERATOR(pg_catalog.>) 0 THEN
             RAISE EXCEPTION 'cannot drop, disable or rename the triggers of table % that continuous views depend on', t.rel
                   USING ERRCODE = 'dependent_objects_still_exist',
                         DETAIL = format('Continuous views over the table (such as %s) see its changes through them; missing or disabled: %s.',

@@ -90,6 +90,12 @@ SELECT kappa.create_view('url_rollup',
 SELECT kappa.create_view('kept_by_user',
   $$SELECT user_id, count(*) AS n, sum(amount) AS total FROM "Kept Events" GROUP BY user_id$$);
 
+-- a view over a table with a primary key (restored before its triggers)
+CREATE TABLE accounts (id int PRIMARY KEY, branch int NOT NULL, balance numeric NOT NULL);
+INSERT INTO accounts SELECT i, i % 6, i * 2.5 FROM generate_series(1, 300) i;
+SELECT kappa.create_view('by_branch',
+  $$SELECT branch, count(*) AS n, sum(balance) AS total, max(balance) AS top FROM accounts GROUP BY branch$$);
+
 SET ROLE kappa_owner;
 SELECT kappa.create_stream('"Owned Stream"', 'k int, v numeric', retain => '7 days');
 CREATE TABLE owned_shadow (k int, v numeric);
@@ -144,6 +150,8 @@ my %views = (
 	'kept_by_user' => q{SELECT user_id, count(*) AS n, sum(amount) AS total
 		FROM kept_shadow GROUP BY user_id},
 	'"Owned By K"' => q{SELECT k, count(*) AS n, sum(v) AS sv FROM owned_shadow GROUP BY k},
+	'by_branch' => q{SELECT branch, count(*) AS n, sum(balance) AS total, max(balance) AS top
+		FROM accounts GROUP BY branch},
 );
 my @names = sort keys %views;
 
@@ -230,6 +238,14 @@ SELECT string_agg(id::text, ',' ORDER BY id) FROM checked WHERE id >= 10;});
 	is("$r|$o", "0|10,12\n10", "$db: the restored expectations skip violating rows and keep warned ones");
 	like($e, qr/skipped 1 row of table "orders".*\n.*"positive amount"/, "$db: with a WARNING naming the expectation");
 	$node->safe_psql($db, 'DELETE FROM orders WHERE id >= 10');
+
+	# the table's capture triggers are back: its view follows its changes
+	is($node->safe_psql($db, q{SELECT count(*) FROM pg_constraint WHERE conrelid = 'accounts'::regclass AND contype = 'p'}),
+		'1', "$db: the table under a continuous view has its primary key back");
+	$node->safe_psql($db, q{
+UPDATE accounts SET balance = balance + 1, branch = (branch + 1) % 6 WHERE id % 7 = 0;
+DELETE FROM accounts WHERE id % 5 = 0;
+INSERT INTO accounts SELECT i, i % 4, i FROM generate_series(1001, 1050) i;});
 
 	# new rows: existing groups (u0..u6, users 1..23) and new ones (x0..x6, days)
 	feed($db, 2001, 6000, 'x');
