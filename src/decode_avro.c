@@ -127,6 +127,12 @@ struct DecodeAvroState
 	List	   *row_maps;		/* of AvroRowMap, per record node */
 	struct AvroPlan *last_value;	/* DecodeAvro's last record's plan */
 	avro_reader_t reader;
+
+	/*
+	 * The plans found last, of values and of keys: consecutive messages
+	 * mostly share their writer schema.
+	 */
+	struct AvroPlan *last_plan[2];
 };
 
 /* Which column each field of a record node fills (Debezium rows). */
@@ -431,7 +437,6 @@ davro_check_value(AvroCursor *c, AvroNode *n)
 {
 	int64		v;
 
-	check_stack_depth();
 	switch (n->type)
 	{
 		case AVRO_NULL:
@@ -468,6 +473,7 @@ davro_check_value(AvroCursor *c, AvroNode *n)
 										   v, n->nsymbols));
 			break;
 		case AVRO_UNION:
+			check_stack_depth();
 			v = davro_check_long(c, 10);
 			if (v < 0 || v >= n->nchildren)
 				davro_bad_body(c, psprintf("union branch " INT64_FORMAT " is not one of its %d branches",
@@ -475,11 +481,13 @@ davro_check_value(AvroCursor *c, AvroNode *n)
 			davro_check_value(c, n->children[v]);
 			break;
 		case AVRO_RECORD:
+			check_stack_depth();
 			for (int i = 0; i < n->nchildren; i++)
 				davro_check_value(c, n->children[i]);
 			break;
 		case AVRO_ARRAY:
 		case AVRO_MAP:
+			check_stack_depth();
 			for (;;)
 			{
 				int64		count = davro_check_long(c, 10);
@@ -573,10 +581,16 @@ davro_plan(KappaDecoder *d, int32 id, const int *keycols, int nkeys)
 	JsonbValue	root;
 	List	   *memo = NIL;
 	int			nmissing = 0;
+	AvroPlan  **last = &a->last_plan[keycols ? 1 : 0];
 
+	if (*last != NULL && (*last)->id == id)
+		return *last;
 	plan = hash_search(plans, &id, HASH_FIND, NULL);
 	if (plan != NULL)
+	{
+		*last = plan;
 		return plan;
+	}
 
 	ws = KappaRegistryLookup(id);
 	if (ws == NULL)
@@ -625,6 +639,7 @@ davro_plan(KappaDecoder *d, int32 id, const int *keycols, int nkeys)
 		/* a key of one value: the one key column */
 		plan->elements[keycols[0]] = davro_element_column(&d->cols[keycols[0]]);
 		MemoryContextSwitchTo(old);
+		*last = plan;
 		return plan;
 	}
 	for (int i = 0; i < plan->root->nchildren; i++)
@@ -671,6 +686,7 @@ davro_plan(KappaDecoder *d, int32 id, const int *keycols, int nkeys)
 	}
 	plan->missing_notnull[nmissing] = -1;
 	MemoryContextSwitchTo(old);
+	*last = plan;
 	return plan;
 }
 
@@ -1806,6 +1822,7 @@ KappaAvroNewColumns(int32 id, bool debezium, TupleDesc tupdesc, List **names,
 			if (!att->attisdropped && strcmp(NameStr(att->attname), node->names[i]) == 0)
 				found = true;
 		}
+
 		/*
 		 * Names a column cannot have (too long, a system column's) or that
 		 * would make it a metadata column are left out: the field stays
@@ -2054,7 +2071,7 @@ davro_field(avro_value_t * record, AvroNode *n, const char *name,
  * number is an error.
  */
 static bool
-davro_position(KappaDecoder *d, avro_value_t *record, AvroNode *n,
+davro_position(KappaDecoder *d, avro_value_t * record, AvroNode *n,
 			   char *const *order_by, Datum *position)
 {
 	avro_value_t cur = *record;
@@ -2073,6 +2090,7 @@ davro_position(KappaDecoder *d, avro_value_t *record, AvroNode *n,
 	if (!found || curn->type == AVRO_NULL)
 		return false;
 	text = davro_scalar_text(d, &cur, curn);
+
 	if (text == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
