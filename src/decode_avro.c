@@ -127,6 +127,12 @@ struct DecodeAvroState
 	List	   *row_maps;		/* of AvroRowMap, per record node */
 	struct AvroPlan *last_value;	/* DecodeAvro's last record's plan */
 	avro_reader_t reader;
+
+	/*
+	 * The plans found last, of values and of keys: consecutive messages
+	 * mostly share their writer schema.
+	 */
+	struct AvroPlan *last_plan[2];
 };
 
 /* Which column each field of a record node fills (Debezium rows). */
@@ -431,7 +437,6 @@ davro_check_value(AvroCursor *c, AvroNode *n)
 {
 	int64		v;
 
-	check_stack_depth();
 	switch (n->type)
 	{
 		case AVRO_NULL:
@@ -468,6 +473,7 @@ davro_check_value(AvroCursor *c, AvroNode *n)
 										   v, n->nsymbols));
 			break;
 		case AVRO_UNION:
+			check_stack_depth();
 			v = davro_check_long(c, 10);
 			if (v < 0 || v >= n->nchildren)
 				davro_bad_body(c, psprintf("union branch " INT64_FORMAT " is not one of its %d branches",
@@ -475,11 +481,13 @@ davro_check_value(AvroCursor *c, AvroNode *n)
 			davro_check_value(c, n->children[v]);
 			break;
 		case AVRO_RECORD:
+			check_stack_depth();
 			for (int i = 0; i < n->nchildren; i++)
 				davro_check_value(c, n->children[i]);
 			break;
 		case AVRO_ARRAY:
 		case AVRO_MAP:
+			check_stack_depth();
 			for (;;)
 			{
 				int64		count = davro_check_long(c, 10);
@@ -553,60 +561,19 @@ davro_element_column(DecodeColumn *col)
 }
 
 /*
- * davro_plan returns the plan of writer schema 'id' for this decoder, for
- * the values of messages or (with 'keycols', 'nkeys') for their keys,
- * making it on first use.  A value's schema must be a record; a key's may
- * also be a single value, for a primary key of one column.  The fields of
- * a key fill only the key columns.  Raises the message's error when the
- * registry has no usable schema of that id, or the schema cannot fill the
- * target.
+ * davro_plan_build fills 'plan' (its schema set) for this decoder, with the
+ * fields of a key (with 'keycols', 'nkeys') or of a value, allocating in
+ * the current memory context.  Raises an error when the schema's JSON
+ * cannot be read (a decimal's scale that is not a number).
  */
-static AvroPlan *
-davro_plan(KappaDecoder *d, int32 id, const int *keycols, int nkeys)
+static void
+davro_plan_build(KappaDecoder *d, AvroPlan *plan, const int *keycols, int nkeys)
 {
-	DecodeAvroState *a = d->avro;
-	HTAB	   *plans = keycols ? a->key_plans : a->plans;
-	AvroPlan   *plan;
-	bool		found;
-	KappaWriterSchema *ws;
-	MemoryContext old;
+	KappaWriterSchema *ws = plan->schema;
 	JsonbValue	root;
 	List	   *memo = NIL;
 	int			nmissing = 0;
 
-	plan = hash_search(plans, &id, HASH_FIND, NULL);
-	if (plan != NULL)
-		return plan;
-
-	ws = KappaRegistryLookup(id);
-	if (ws == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("writer schema id %d of an Avro message was not fetched", id),
-				 errdetail("Only the Kafka workers fetch writer schemas from the schema registry."),
-				 errhint("Give kappa.decode_preview the writer schema as option \"writer_schema\".")));
-	if (ws->state != KAPPA_SCHEMA_OK)
-		ereport(ERROR,
-				(errcode(ws->state == KAPPA_SCHEMA_MISSING ? ERRCODE_UNDEFINED_OBJECT :
-						 ERRCODE_INVALID_SCHEMA_DEFINITION),
-				 errmsg("kafka message names a writer schema that cannot be used"),
-				 errdetail("%s.", ws->error),
-				 ws->state == KAPPA_SCHEMA_MISSING ?
-				 errhint("The producer registered its schema in another registry, or the schema was deleted.") : 0));
-	if (avro_typeof(ws->schema) != AVRO_RECORD && (keycols == NULL || nkeys != 1))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("writer schema id %d is not a record", id),
-				 keycols ?
-				 errdetail("The primary key has %d columns, which an Avro key fills from the fields of a record.", nkeys) :
-				 errdetail("Format avro fills the target's columns from the fields of a record."),
-				 keycols ? 0 :
-				 errhint("Produce the values as records, or consume the topic with format bytea.")));
-
-	old = MemoryContextSwitchTo(a->cxt);
-	plan = hash_search(plans, &id, HASH_ENTER, &found);
-	memset(((char *) plan) + sizeof(int32), 0, sizeof(AvroPlan) - sizeof(int32));
-	plan->schema = ws;
 	if (JB_ROOT_IS_SCALAR(ws->json))
 		(void) JsonbExtractScalar(&ws->json->root, &root);
 	else
@@ -624,8 +591,7 @@ davro_plan(KappaDecoder *d, int32 id, const int *keycols, int nkeys)
 	{
 		/* a key of one value: the one key column */
 		plan->elements[keycols[0]] = davro_element_column(&d->cols[keycols[0]]);
-		MemoryContextSwitchTo(old);
-		return plan;
+		return;
 	}
 	for (int i = 0; i < plan->root->nchildren; i++)
 	{
@@ -670,7 +636,86 @@ davro_plan(KappaDecoder *d, int32 id, const int *keycols, int nkeys)
 			plan->missing_notnull[nmissing++] = c;
 	}
 	plan->missing_notnull[nmissing] = -1;
-	MemoryContextSwitchTo(old);
+}
+
+/*
+ * davro_plan returns the plan of writer schema 'id' for this decoder, for
+ * the values of messages or (with 'keycols', 'nkeys') for their keys,
+ * making it on first use.  A value's schema must be a record; a key's may
+ * also be a single value, for a primary key of one column.  The fields of
+ * a key fill only the key columns.  Raises the message's error when the
+ * registry has no usable schema of that id, or the schema cannot fill the
+ * target.  A plan is built in a memory context of its own, under the
+ * decoder's, and kept only once complete: after an error while building,
+ * the next message of the schema tries again (and fails the same way).
+ */
+static AvroPlan *
+davro_plan(KappaDecoder *d, int32 id, const int *keycols, int nkeys)
+{
+	DecodeAvroState *a = d->avro;
+	HTAB	   *plans = keycols ? a->key_plans : a->plans;
+	AvroPlan   *plan;
+	AvroPlan	built;
+	KappaWriterSchema *ws;
+	MemoryContext plancxt;
+	MemoryContext old = CurrentMemoryContext;
+	AvroPlan  **last = &a->last_plan[keycols ? 1 : 0];
+
+	if (*last != NULL && (*last)->id == id)
+		return *last;
+	plan = hash_search(plans, &id, HASH_FIND, NULL);
+	if (plan != NULL)
+	{
+		*last = plan;
+		return plan;
+	}
+
+	ws = KappaRegistryLookup(id);
+	if (ws == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("writer schema id %d of an Avro message was not fetched", id),
+				 errdetail("Only the Kafka workers fetch writer schemas from the schema registry."),
+				 errhint("Give kappa.decode_preview the writer schema as option \"writer_schema\".")));
+	if (ws->state != KAPPA_SCHEMA_OK)
+		ereport(ERROR,
+				(errcode(ws->state == KAPPA_SCHEMA_MISSING ? ERRCODE_UNDEFINED_OBJECT :
+						 ERRCODE_INVALID_SCHEMA_DEFINITION),
+				 errmsg("kafka message names a writer schema that cannot be used"),
+				 errdetail("%s.", ws->error),
+				 ws->state == KAPPA_SCHEMA_MISSING ?
+				 errhint("The producer registered its schema in another registry, or the schema was deleted.") : 0));
+	if (avro_typeof(ws->schema) != AVRO_RECORD && (keycols == NULL || nkeys != 1))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("writer schema id %d is not a record", id),
+				 keycols ?
+				 errdetail("The primary key has %d columns, which an Avro key fills from the fields of a record.", nkeys) :
+				 errdetail("Format avro fills the target's columns from the fields of a record."),
+				 keycols ? 0 :
+				 errhint("Produce the values as records, or consume the topic with format bytea.")));
+
+	memset(&built, 0, sizeof(built));
+	built.id = id;
+	built.schema = ws;
+	plancxt = AllocSetContextCreate(a->cxt, "pg_kappa avro plan", ALLOCSET_SMALL_SIZES);
+	PG_TRY();
+	{
+		MemoryContextSwitchTo(plancxt);
+		davro_plan_build(d, &built, keycols, nkeys);
+		MemoryContextSwitchTo(old);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(plancxt);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	plan = hash_search(plans, &id, HASH_ENTER, NULL);
+	*plan = built;
+	*last = plan;
 	return plan;
 }
 
@@ -1806,6 +1851,7 @@ KappaAvroNewColumns(int32 id, bool debezium, TupleDesc tupdesc, List **names,
 			if (!att->attisdropped && strcmp(NameStr(att->attname), node->names[i]) == 0)
 				found = true;
 		}
+
 		/*
 		 * Names a column cannot have (too long, a system column's) or that
 		 * would make it a metadata column are left out: the field stays
@@ -2054,7 +2100,7 @@ davro_field(avro_value_t * record, AvroNode *n, const char *name,
  * number is an error.
  */
 static bool
-davro_position(KappaDecoder *d, avro_value_t *record, AvroNode *n,
+davro_position(KappaDecoder *d, avro_value_t * record, AvroNode *n,
 			   char *const *order_by, Datum *position)
 {
 	avro_value_t cur = *record;
@@ -2073,6 +2119,7 @@ davro_position(KappaDecoder *d, avro_value_t *record, AvroNode *n,
 	if (!found || curn->type == AVRO_NULL)
 		return false;
 	text = davro_scalar_text(d, &cur, curn);
+
 	if (text == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),

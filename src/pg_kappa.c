@@ -19,6 +19,7 @@
 
 #include "pg_kappa.h"
 #include "kafka.h"
+#include "schema_registry.h"
 #include "stats.h"
 
 PG_MODULE_MAGIC;
@@ -35,6 +36,7 @@ void
 _PG_init(void)
 {
 	KappaDefineGucs();
+	KappaAvroMemoryInit();
 	KappaCatalogInit();
 	KappaStreamViewsInit();
 	KappaTableCaptureInit();

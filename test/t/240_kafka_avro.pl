@@ -271,6 +271,30 @@ like($errors[5], qr/numeric field overflow.*field "dec"/, 'oversized decimal: de
 like($errors[6], qr/In field "n": the message ends inside a number/, 'body ending early: dead letter');
 like($errors[7], qr/not valid Avro/, 'truncated body: dead letter');
 
+# a schema avro-c accepts but whose decimal scale is not a number: every
+# message of it is a dead letter (the worker once kept a half-built plan
+# after the first one's error, and crashed on the second)
+my $badscale = $json->encode({
+	type => 'record', name => 'BadScale',
+	fields => [ { name => 'dec', type => { type => 'bytes', logicalType => 'decimal',
+										   precision => 10, scale => 'x' } } ] });
+$node->safe_psql('postgres', q{
+CREATE TABLE badscale (dec numeric);
+SELECT kappa.create_kafka_source('badscale_src', target => 'badscale', topic => 'badscale',
+    server => 'reg', format => 'avro');
+});
+# no lines: only registers the schema
+my $badscale_id = kafka_produce_avro($registry, $broker, 'badscale', [],
+	value_schema => $badscale, value_subject => 'badscale-value')->{value_schema_id};
+kafka_produce_avro($registry, $broker, 'badscale',
+	[ map { $json->encode({ value_raw_hex => sprintf('00%08x', $badscale_id) . '0205' }) } 1 .. 3 ],
+	value_schema => $badscale, value_subject => 'badscale-value');
+kafka_wait($node, q{SELECT count(*) FROM kappa.errors WHERE source = 'badscale_src'}, 3,
+	'a decimal scale that is not a number: every message a dead letter');
+like(count_of(q{SELECT min(error) FROM kappa.errors WHERE source = 'badscale_src'}),
+	qr/invalid input syntax for type integer: "x"/, 'the dead letter says why');
+is(count_of(q{SELECT count(*) FROM badscale}), 0, 'a decimal scale that is not a number: nothing applied');
+
 # ---------------------------------------------------------------- registry down, evolution
 # v2: 'added' (ignored), 'e' removed (NULL), n int -> long, f float -> double
 my $small_v2 = $json->encode({
