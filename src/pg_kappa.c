@@ -19,7 +19,6 @@
 
 #include "pg_kappa.h"
 #include "kafka.h"
-#include "schema_registry.h"
 #include "stats.h"
 
 PG_MODULE_MAGIC;
@@ -36,7 +35,6 @@ void
 _PG_init(void)
 {
 	KappaDefineGucs();
-	KappaAvroMemoryInit();
 	KappaCatalogInit();
 	KappaStreamViewsInit();
 	KappaTableCaptureInit();

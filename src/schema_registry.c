@@ -28,23 +28,11 @@
  * the database server.  Replies are bounded in size and time, and a
  * pending interrupt (a shutdown) aborts a request.
  *
- * avro-c's memory (KappaAvroMemoryInit).  avro_value_read gives every
- * string, bytes and fixed value a buffer of its own and frees the previous
- * one: two mallocs and two frees per value, a tenth of the instructions of
- * decoding a small record.  The process's avro-c allocator keeps freed
- * blocks of up to KR_AVRO_MAX_CACHED bytes on a free list per size class,
- * at most KR_AVRO_CACHE_DEPTH of them each, so that those buffers are
- * reused.  Blocks are plain malloc blocks: a block's class comes from its
- * usable size (malloc_usable_size), not from the size avro-c says it had.
- * avro-c is only called from the process's own thread (librdkafka's
- * threads never decode), so the lists take no lock.
- *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include <curl/curl.h>
-#include <malloc.h>
 
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
@@ -62,31 +50,6 @@
 #define KR_REQUEST_TIMEOUT_MS	15000
 #define KR_MAX_REPLY_BYTES		(16 * 1024 * 1024)
 #define KR_MISSING_RECHECK_MS	60000
-
-/* avro-c's memory: size classes of 16 bytes, up to this size */
-#define KR_AVRO_CLASS_BYTES		16
-#define KR_AVRO_MAX_CACHED		512
-#define KR_AVRO_CLASSES			(KR_AVRO_MAX_CACHED / KR_AVRO_CLASS_BYTES)
-#define KR_AVRO_CACHE_DEPTH		64	/* free blocks kept per class */
-
-/* A free block of avro-c's memory, linked through its first bytes. */
-typedef struct KrAvroFree
-{
-	struct KrAvroFree *next;
-} KrAvroFree;
-
-/*
- * The free lists of avro-c's memory: class c holds blocks of at least
- * (c + 1) * KR_AVRO_CLASS_BYTES usable bytes, fewer than
- * (c + 2) * KR_AVRO_CLASS_BYTES.
- */
-typedef struct KrAvroCache
-{
-	KrAvroFree *head[KR_AVRO_CLASSES];
-	int			count[KR_AVRO_CLASSES];
-} KrAvroCache;
-
-static KrAvroCache kr_avro_cache;
 
 typedef struct KrRegistry
 {
@@ -484,105 +447,4 @@ KappaRegistryLookup(int32 id)
 	if (kr_registry.schemas == NULL)
 		return NULL;
 	return hash_search(kr_registry.schemas, &id, HASH_FIND, NULL);
-}
-
-/* ---------------------------------------------------------------------
- * avro-c's memory (see the file header)
- * ---------------------------------------------------------------------
- */
-
-/*
- * kr_avro_malloc returns a block of at least 'size' bytes (> 0), from the
- * free list of its class when it has one, or NULL when malloc fails.
- */
-static void *
-kr_avro_malloc(size_t size)
-{
-	size_t		c = (size - 1) / KR_AVRO_CLASS_BYTES;
-	KrAvroFree *block;
-
-	if (c >= KR_AVRO_CLASSES)
-		return malloc(size);
-	block = kr_avro_cache.head[c];
-	if (block != NULL)
-	{
-		kr_avro_cache.head[c] = block->next;
-		kr_avro_cache.count[c]--;
-		return block;
-	}
-	return malloc((c + 1) * KR_AVRO_CLASS_BYTES);
-}
-
-/*
- * kr_avro_free frees a block that malloc (or kr_avro_malloc) returned:
- * onto the free list of the largest class its usable size covers, unless
- * that list is full or the block is larger than any class.
- */
-static void
-kr_avro_free(void *ptr)
-{
-	size_t		usable;
-	size_t		c;
-
-	if (ptr == NULL)
-		return;
-	usable = malloc_usable_size(ptr);
-	c = usable / KR_AVRO_CLASS_BYTES;
-	if (c == 0 || c > KR_AVRO_CLASSES)
-	{
-		free(ptr);
-		return;
-	}
-	c--;
-	if (kr_avro_cache.count[c] >= KR_AVRO_CACHE_DEPTH)
-	{
-		free(ptr);
-		return;
-	}
-	((KrAvroFree *) ptr)->next = kr_avro_cache.head[c];
-	kr_avro_cache.head[c] = ptr;
-	kr_avro_cache.count[c]++;
-}
-
-/*
- * kr_avro_allocator is avro-c's allocator (avro_allocator_t): with
- * 'nsize' 0 it frees 'ptr'; otherwise it returns a block of 'nsize' bytes
- * holding the first bytes of 'ptr' (which may be NULL), or NULL when out
- * of memory, with 'ptr' left alone.  'osize' is not trusted.
- */
-static void *
-kr_avro_allocator(void *user_data, void *ptr, size_t osize, size_t nsize)
-{
-	size_t		usable;
-	void	   *result;
-
-	if (nsize == 0)
-	{
-		kr_avro_free(ptr);
-		return NULL;
-	}
-	if (ptr == NULL)
-		return kr_avro_malloc(nsize);
-	usable = malloc_usable_size(ptr);
-	if (nsize <= usable)
-		return ptr;
-	if (usable / KR_AVRO_CLASS_BYTES > KR_AVRO_CLASSES)
-		return realloc(ptr, nsize);
-	result = kr_avro_malloc(nsize);
-	if (result == NULL)
-		return NULL;
-	memcpy(result, ptr, usable);
-	kr_avro_free(ptr);
-	return result;
-}
-
-/*
- * KappaAvroMemoryInit makes kr_avro_allocator avro-c's allocator in this
- * process (see the file header).  Called from _PG_init, before anything
- * calls avro-c.
- */
-void
-KappaAvroMemoryInit(void)
-{
-	avro_set_allocator(kr_avro_allocator, NULL);
 }

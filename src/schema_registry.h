@@ -74,11 +74,4 @@ extern void KappaRegistryAdd(int32 id, const char *schema_text);
  */
 extern KappaWriterSchema *KappaRegistryLookup(int32 id);
 
-/*
- * KappaAvroMemoryInit gives avro-c an allocator that reuses the buffers of
- * the values it decodes (schema_registry.c's file header); called once per
- * process, from _PG_init, before avro-c is used.
- */
-extern void KappaAvroMemoryInit(void);
-
 #endif							/* KAPPA_SCHEMA_REGISTRY_H */
