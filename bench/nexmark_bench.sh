@@ -41,7 +41,7 @@
 # must be 0 rows (printed, not asserted) -- and its materialization's size
 # (pg_total_relation_size) and number of groups.
 #
-# The default invocation takes about 2-3 minutes on a 2-core machine (most of
+# The default invocation takes about 2.5 minutes on a 2-core machine (most of
 # it q5's loads and its plain-SQL check).
 #
 # Not a test: it asserts nothing, it prints.  Starts its own throwaway server
@@ -106,15 +106,16 @@ COPY (
            - CASE WHEN random() < 0.05 THEN random() * interval '1 minute' ELSE interval '0' END
     FROM generate_series(1, $BIDS) i ORDER BY i)
   TO '$TMP/bids.csv' (FORMAT csv);
-CREATE TABLE timings (kind text, round int, seconds float8);
+CREATE TABLE timings (kind text, round int, seconds float8, wal numeric);
 SQL
 kappa_as_pg_user split -l "$BATCH" -d -a 5 "$TMP/bids.csv" "$TMP/chunks/c." || kappa_die "split failed"
 CHUNKS=$(find "$TMP/chunks" -name 'c.*' | wc -l)
-# one COPY per chunk, autocommit; the first and last lines read the server clock
+# one COPY per chunk, autocommit; the first and last lines read the server
+# clock and the WAL position
 {
-    echo "SELECT extract(epoch FROM clock_timestamp());"
+    echo "SELECT extract(epoch FROM clock_timestamp()), pg_current_wal_lsn();"
     find "$TMP/chunks" -name 'c.*' | sort | sed "s|.*|COPY target FROM '&' (FORMAT csv);|"
-    echo "SELECT extract(epoch FROM clock_timestamp());"
+    echo "SELECT extract(epoch FROM clock_timestamp()), pg_current_wal_lsn();"
 } >"$TMP/load.sql"
 chmod 644 "$TMP/load.sql"
 
@@ -144,8 +145,9 @@ SQL
 load() {
     local target=bids t
     [ "$1" = copy ] && target=plain_bids
-    t=$(sed "s/^COPY target /COPY $target /" "$TMP/load.sql" | psql_q -c 'SET timezone = UTC' -f - \
-        | awk 'NR == 1 {a = $1} END {print $1 - a}') || kappa_die "load of $1 failed"
+    t=$(sed "s/^COPY target /COPY $target /" "$TMP/load.sql" | psql_q -F ' ' -f - \
+        | awk 'NR == 1 {a = $1; l = $2} END {printf "%s, pg_wal_lsn_diff(\047%s\047, \047%s\047)", $1 - a, $2, l}') \
+        || kappa_die "load of $1 failed"
     psql_q -c "INSERT INTO timings VALUES ('$1', $2, $t)" >/dev/null
 }
 
@@ -200,19 +202,22 @@ psql_q -F ' ' -c "SELECT kind, percentile_disc(0.5) WITHIN GROUP (ORDER BY secon
     >"$TMP/medians"
 med() { awk -v k="$1" '$1 == k {print $2}' "$TMP/medians"; }
 runs() { psql_q -c "SELECT string_agg(round(seconds::numeric, 2)::text, ' ' ORDER BY round) FROM timings WHERE kind = '$1'"; }
+wal() { psql_q -c "SELECT round(percentile_disc(0.5) WITHIN GROUP (ORDER BY wal) / 1048576) FROM timings WHERE kind = '$1'"; }
+# row LABEL KIND SECONDS
+row() { printf '  %-44s %8.2f %10s %8s   %s\n' "$1" "$3" "$(rate "$3")" "$(wal "$2")" "$(runs "$2")"; }
 S=$(med stream); Q7T=$(med q7); Q5TT=$(med q5t); Q5MT=$(med q5m); Q5TM=$(med q5); C=$(med copy)
 rate() { awk -v n="$BIDS" -v s="$1" 'BEGIN {printf "%.0f", n / s}'; }
 
 echo
 echo "Nexmark q5 and q7: $BIDS bids, $CHUNKS COPY statements of $BATCH rows, medians of $REPEAT rounds"
 echo "  ($(nproc) cores; load average $LOAD_START before, $LOAD_END after)"
-printf '  %-44s %8s %12s   %s\n' "" "s" "rows/s" "runs (s)"
-printf '  %-44s %8.2f %12s   %s\n' "(a) stream, retained, no view" "$S" "$(rate "$S")" "$(runs stream)"
-printf '  %-44s %8.2f %12s   %s\n' "(b) stream + q7 (max per 1-minute window)" "$Q7T" "$(rate "$Q7T")" "$(runs q7)"
-printf '  %-44s %8.2f %12s   %s\n' "(c) stream + q5t (per auction, tumbling 10m)" "$Q5TT" "$(rate "$Q5TT")" "$(runs q5t)"
-printf '  %-44s %8.2f %12s   %s\n' "(d) stream + q5 (per auction, hop 10m/1m)" "$Q5TM" "$(rate "$Q5TM")" "$(runs q5)"
-printf '  %-44s %8.2f %12s   %s\n' "(e) COPY into a plain logged table (limit)" "$C" "$(rate "$C")" "$(runs copy)"
-printf '  %-44s %8.2f %12s   %s\n' "(f) stream + q5m (per auction, tumbling 1m)" "$Q5MT" "$(rate "$Q5MT")" "$(runs q5m)"
+printf '  %-44s %8s %10s %8s   %s\n' "" "s" "rows/s" "WAL MB" "runs (s)"
+row "(a) stream, retained, no view" stream "$S"
+row "(b) stream + q7 (max per 1-minute window)" q7 "$Q7T"
+row "(c) stream + q5t (per auction, tumbling 10m)" q5t "$Q5TT"
+row "(d) stream + q5 (per auction, hop 10m/1m)" q5 "$Q5TM"
+row "(e) COPY into a plain logged table (limit)" copy "$C"
+row "(f) stream + q5m (per auction, tumbling 1m)" q5m "$Q5MT"
 awk -v s="$S" -v q7="$Q7T" -v q5t="$Q5TT" -v q5m="$Q5MT" -v q5="$Q5TM" -v c="$C" 'BEGIN {
     printf "  q5 / q5t time: %.2fx  (hopping over tumbling of the same size; size/slide = 10)\n", q5 / q5t
     printf "  q5 / q5m time: %.2fx  (hopping over tumbling of the slide; the issue%ss target: about 1)\n", q5 / q5m, "\047"
