@@ -181,18 +181,20 @@ sub kafka_node
 	return $node;
 }
 
-# kafka_wait($node, $sql, $expected, $what, $timeout): poll until $sql
-# returns $expected; a failed test (with the last value) after the timeout.
+# kafka_wait($node, $sql, $expected, $what, $timeout, $db): poll until $sql
+# returns $expected (in database $db, postgres by default); a failed test
+# (with the last value) after the timeout.
 sub kafka_wait
 {
-	my ($node, $sql, $expected, $what, $timeout) = @_;
+	my ($node, $sql, $expected, $what, $timeout, $db) = @_;
 	$timeout //= 60;
+	$db //= 'postgres';
 	my $deadline = time + $timeout;
 	my $got;
 	while (1)
 	{
 		# the server may be restarting (crash tests): retry until the deadline
-		my ($ret, $out, $err) = $node->psql('postgres', $sql);
+		my ($ret, $out, $err) = $node->psql($db, $sql);
 		$got = $ret == 0 ? $out : "ERROR: $err";
 		return is($got, $expected, $what) if $got eq $expected;
 		if (time > $deadline)

@@ -77,7 +77,7 @@ SELECT kappa.create_kafka_source('w_other', target => 'w2', topic => 'w', broker
 kafka_wait($node, 'SELECT count(*) FROM w', 150, 'parallel source consumed everything');
 kafka_wait($node, q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_kappa worker'},
 	3, 'workers for both databases');
-is($node->safe_psql('other', 'SELECT count(*) FROM w2'), 150, 'source in another database');
+kafka_wait($node, 'SELECT count(*) FROM w2', 150, 'source in another database', 60, 'other');
 is($node->safe_psql('postgres', q{
 SELECT string_agg(array_to_string(partitions, ','), '|' ORDER BY slot)
   FROM kappa.source_status}), '0,2|1,3', 'partitions spread over the two workers');
