@@ -56,3 +56,20 @@ SELECT c.oid::regclass AS catalog_view
 
 DROP SCHEMA app CASCADE;
 -- The extension stays installed for the tests that follow.
+
+-- For the tests that follow: the rows in which each continuous view listed
+-- in 'checks' (view, query) differs from its query run as plain SQL, both
+-- ways -- "view=0 ..." when every view is exact.
+CREATE FUNCTION public.view_differences(checks regclass) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+    d bigint;
+    result text := '';
+BEGIN
+    FOR c IN EXECUTE format('SELECT view, query FROM %s ORDER BY view', checks) LOOP
+        EXECUTE format('SELECT count(*) FROM ((TABLE %I EXCEPT ALL (%s)) UNION ALL ((%s) EXCEPT ALL TABLE %I)) d',
+                       c.view, c.query, c.query, c.view) INTO d;
+        result := result || c.view || '=' || d || ' ';
+    END LOOP;
+    RETURN rtrim(result);
+END $$;

@@ -47,19 +47,8 @@ INSERT INTO checks VALUES
      GROUP BY qty HAVING count(*) > 5 ORDER BY total DESC LIMIT 3$$);
 
 -- differing rows per view (all zero when the views are exact)
-CREATE FUNCTION differences() RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    c record;
-    d bigint;
-    result text := '';
-BEGIN
-    FOR c IN SELECT * FROM checks ORDER BY view LOOP
-        EXECUTE format('SELECT count(*) FROM ((TABLE %I EXCEPT ALL (%s)) UNION ALL ((%s) EXCEPT ALL TABLE %I)) d',
-                       c.view, c.query, c.query, c.view) INTO d;
-        result := result || c.view || '=' || d || ' ';
-    END LOOP;
-    RETURN rtrim(result);
-END $$;
+CREATE FUNCTION differences() RETURNS text LANGUAGE sql
+  AS $$SELECT public.view_differences('checks')$$;
 
 -- backfill: the views start with the table's rows
 SELECT differences();

@@ -11,19 +11,8 @@ CREATE SCHEMA regress_gs;
 SET search_path = regress_gs, public;
 
 CREATE TABLE checks (view text PRIMARY KEY, query text);
-CREATE FUNCTION differences() RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    c record;
-    d bigint;
-    result text := '';
-BEGIN
-    FOR c IN SELECT * FROM checks ORDER BY view LOOP
-        EXECUTE format('SELECT count(*) FROM ((TABLE %I EXCEPT ALL (%s)) UNION ALL ((%s) EXCEPT ALL TABLE %I)) d',
-                       c.view, c.query, c.query, c.view) INTO d;
-        result := result || c.view || '=' || d || ' ';
-    END LOOP;
-    RETURN rtrim(result);
-END $$;
+CREATE FUNCTION differences() RETURNS text LANGUAGE sql
+  AS $$SELECT public.view_differences('checks')$$;
 -- create a continuous view and remember its query
 CREATE FUNCTION make_view(name text, query text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN

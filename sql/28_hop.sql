@@ -10,19 +10,8 @@ SET search_path = regress_hop, public;
 SET timezone = 'UTC';
 
 CREATE TABLE checks (view text PRIMARY KEY, query text);
-CREATE FUNCTION differences() RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    c record;
-    d bigint;
-    result text := '';
-BEGIN
-    FOR c IN SELECT * FROM checks ORDER BY view LOOP
-        EXECUTE format('SELECT count(*) FROM ((TABLE %I EXCEPT ALL (%s)) UNION ALL ((%s) EXCEPT ALL TABLE %I)) d',
-                       c.view, c.query, c.query, c.view) INTO d;
-        result := result || c.view || '=' || d || ' ';
-    END LOOP;
-    RETURN rtrim(result);
-END $$;
+CREATE FUNCTION differences() RETURNS text LANGUAGE sql
+  AS $$SELECT public.view_differences('checks')$$;
 CREATE FUNCTION make_view(name text, query text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM kappa.create_view(name, query);

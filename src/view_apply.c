@@ -596,12 +596,15 @@ KappaViewRecompute(KappaViewInfo *view, Snapshot snapshot)
 	KappaScanSource source;
 	KappaSavedUser saved;
 
+	/* (a copy: the caller's may be GetLatestSnapshot's, which is reused) */
+	snapshot = RegisterSnapshot(snapshot);
 	apply_begin_view_work(view, snapshot, &saved);
 	KappaMergeEmpty(view);
 	apply_end_view_work(&saved);
 	memset(&source, 0, sizeof(source));
 	source.streamRelid = view->shape->streamRelid;
 	apply_delta(view, &source, NULL, snapshot);
+	UnregisterSnapshot(snapshot);
 }
 
 /*
@@ -793,12 +796,7 @@ apply_changes_step(KappaViewFeed *feed, KappaViewInfo *view, FeedView *fv, void 
 static void
 apply_truncate_step(KappaViewFeed *feed, KappaViewInfo *view, FeedView *fv, void *arg)
 {
-	KappaSavedUser saved;
-
-	apply_begin_view_work(view, GetLatestSnapshot(), &saved);
-	KappaMergeEmpty(view);
-	apply_end_view_work(&saved);
-	KappaViewBackfill(view, false, NULL);
+	KappaViewRecompute(view, GetLatestSnapshot());
 }
 
 /*
